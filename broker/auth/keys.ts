@@ -1,0 +1,65 @@
+/**
+ * Issuer keys: trusted JWKS files, and the dev signing key made on first run.
+ *
+ * @example
+ *   const dev = await ensureDevKey('.bastion');       // { issuer, privateJwk, jwksFile }
+ *   const jwks = await readJwksFile(dev.jwksFile);
+ */
+import { mkdir, readFile, writeFile, rename } from 'node:fs/promises';
+import path from 'node:path';
+import { calculateJwkThumbprint, exportJWK, generateKeyPair, type JWK } from 'jose';
+import { z } from 'zod';
+
+/** The `iss` of tokens signed with the dev key. */
+export const DEV_ISSUER = 'urn:bastion:dev';
+
+const PublicJwkSchema = z
+  .looseObject({ kty: z.string(), kid: z.string().min(1) })
+  .refine((jwk) => !('d' in jwk), 'a JWKS of trusted keys must not contain private keys');
+
+const JwksSchema = z.strictObject({ keys: z.array(PublicJwkSchema).min(1) });
+export type Jwks = { keys: JWK[] };
+
+/** Reads and validates a JWKS file; every key needs a `kid` and none may be private. */
+export async function readJwksFile(file: string): Promise<Jwks> {
+  const parsed = JwksSchema.safeParse(JSON.parse(await readFile(file, 'utf8')));
+  if (!parsed.success) {
+    throw new Error(`JWKS ${file}: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  }
+  return parsed.data as Jwks;
+}
+
+export interface DevKey {
+  issuer: string;
+  /** Private JWK with `kid` and `alg`; never leaves the state folder. */
+  privateJwk: JWK;
+  jwksFile: string;
+}
+
+/** Writes a file atomically with owner-only permissions. */
+async function writePrivate(file: string, text: string): Promise<void> {
+  const tmp = `${file}.${process.pid}.tmp`;
+  await writeFile(tmp, text, { mode: 0o600 });
+  await rename(tmp, file);
+}
+
+/** Loads the dev Ed25519 key from `stateDir`, creating it (and its JWKS) on first run. */
+export async function ensureDevKey(stateDir: string): Promise<DevKey> {
+  const keyFile = path.join(stateDir, 'dev-signing-key.json');
+  const jwksFile = path.join(stateDir, 'dev-jwks.json');
+  try {
+    const privateJwk = JSON.parse(await readFile(keyFile, 'utf8')) as JWK;
+    await readJwksFile(jwksFile);
+    return { issuer: DEV_ISSUER, privateJwk, jwksFile };
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+  }
+  await mkdir(stateDir, { recursive: true, mode: 0o700 });
+  const { publicKey, privateKey } = await generateKeyPair('EdDSA', { crv: 'Ed25519', extractable: true });
+  const publicJwk = await exportJWK(publicKey);
+  const kid = await calculateJwkThumbprint(publicJwk);
+  const privateJwk = { ...(await exportJWK(privateKey)), kid, alg: 'EdDSA', use: 'sig' };
+  await writePrivate(keyFile, JSON.stringify(privateJwk, null, 2));
+  await writePrivate(jwksFile, JSON.stringify({ keys: [{ ...publicJwk, kid, alg: 'EdDSA', use: 'sig' }] }, null, 2));
+  return { issuer: DEV_ISSUER, privateJwk, jwksFile };
+}

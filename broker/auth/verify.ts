@@ -1,0 +1,207 @@
+/**
+ * Stage 1, authenticate: a capability token in, a Principal out, or a Denial.
+ *
+ * jose does the cryptography; this module pins down everything jose leaves
+ * open: it checks `exp` only when present and accepts an `aud` array that
+ * merely contains ours, so both are enforced here explicitly, along with the
+ * algorithm allow-list, `typ`, size, lifetime and claim shapes.
+ *
+ * @example
+ *   const verifier = createTokenVerifier({ issuers, audience, ... });
+ *   const principal = await verifier.verify(bearerToken); // throws Denial
+ */
+import { createHash } from 'node:crypto';
+import {
+  createLocalJWKSet,
+  decodeJwt,
+  decodeProtectedHeader,
+  errors,
+  jwtVerify,
+  type JWTPayload,
+  type ProtectedHeaderParameters,
+} from 'jose';
+import { z } from 'zod';
+import { Denial, type DenialCode } from '../errors.ts';
+import { CapabilitySchema, type Capability } from '../policy/schema.ts';
+import type { Jwks } from './keys.ts';
+
+/** Tokens above this size are refused before any parsing. */
+export const MAX_TOKEN_BYTES = 8192;
+
+/** Who is calling, as established by a verified token. */
+export interface Principal {
+  sub: string;
+  iss: string;
+  /** Delegation chain, outermost actor first (RFC 8693 `act`, flattened). */
+  act: { sub: string }[];
+  cap: Capability[];
+  jti: string;
+  /** Expiry, seconds since the epoch. */
+  exp: number;
+  anonymous: boolean;
+  /** sha256 of the token: lets the audit trail correlate calls without storing the token. */
+  tokenHash: string;
+}
+
+export interface TrustedIssuer {
+  issuer: string;
+  jwks: Jwks;
+}
+
+export interface VerifierOptions {
+  issuers: TrustedIssuer[];
+  /** The broker's resource identifier; `aud` must be exactly this. */
+  audience: string;
+  algorithms: ('EdDSA' | 'ES256')[];
+  tokenType: string;
+  maxTtlMs: number;
+  clockSkewMs: number;
+  /** Injected in tests; milliseconds since the epoch. */
+  now?: () => number;
+}
+
+export interface TokenVerifier {
+  verify(token: string | undefined): Promise<Principal>;
+}
+
+const deny = (code: DenialCode, reason: string) => new Denial('authenticate', code, reason);
+
+const ActSchema: z.ZodType<{ sub: string; act?: unknown }> = z.looseObject({
+  sub: z.string().min(1).max(256),
+  act: z.lazy(() => ActSchema).optional(),
+});
+
+const ClaimsSchema = z.looseObject({
+  sub: z.string().min(1).max(256),
+  jti: z.string().min(1).max(256),
+  cap: z.array(CapabilitySchema).max(64),
+  act: ActSchema.optional(),
+});
+
+/** Header parameters that would make a verifier fetch keys or nest tokens. */
+const REFUSED_HEADERS = ['jku', 'x5u', 'jwk', 'x5c'] as const;
+
+function flattenAct(act: { sub: string; act?: unknown } | undefined): { sub: string }[] {
+  const chain: { sub: string }[] = [];
+  let link: unknown = act;
+  while (link && typeof link === 'object' && chain.length < 16) {
+    const { sub, act: next } = link as { sub: string; act?: unknown };
+    chain.push({ sub });
+    link = next;
+  }
+  return chain;
+}
+
+function isNumericDate(value: unknown): value is number {
+  return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
+}
+
+/** Maps a jose error to a stable Bastion code; anything unexpected is a malformed token. */
+function fromJose(error: unknown): Denial {
+  if (error instanceof Denial) return error;
+  if (error instanceof errors.JWTExpired) return deny('BASTION_TOKEN_EXPIRED', 'token has expired');
+  if (error instanceof errors.JWTClaimValidationFailed) {
+    if (error.claim === 'aud') return deny('BASTION_TOKEN_AUDIENCE_INVALID', 'token audience is not this broker');
+    if (error.claim === 'iss') return deny('BASTION_TOKEN_ISSUER_UNTRUSTED', 'token issuer is not trusted');
+    if (error.claim === 'nbf' || error.claim === 'iat') {
+      return deny('BASTION_TOKEN_NOT_YET_VALID', `token is not valid yet (${error.claim} is in the future)`);
+    }
+    if (error.claim === 'typ') return deny('BASTION_TOKEN_TYPE_REFUSED', 'token typ header is not accepted');
+    return deny('BASTION_TOKEN_CLAIM_INVALID', `claim ${error.claim}: ${error.reason}`);
+  }
+  if (error instanceof errors.JOSEAlgNotAllowed || error instanceof errors.JOSENotSupported) {
+    return deny('BASTION_TOKEN_ALG_REFUSED', 'token algorithm is not allowed');
+  }
+  if (error instanceof errors.JWKSNoMatchingKey || error instanceof errors.JWKSMultipleMatchingKeys) {
+    return deny('BASTION_TOKEN_KEY_UNKNOWN', 'no trusted key matches the token kid');
+  }
+  if (error instanceof errors.JWSSignatureVerificationFailed) {
+    return deny('BASTION_TOKEN_SIGNATURE_INVALID', 'token signature is invalid');
+  }
+  return deny('BASTION_TOKEN_MALFORMED', 'token is malformed');
+}
+
+/** Builds a verifier with keys imported once; `verify` does no I/O. */
+export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
+  const now = options.now ?? Date.now;
+  const keySets = new Map(options.issuers.map((i) => [i.issuer, createLocalJWKSet(i.jwks)]));
+  const skewSeconds = Math.floor(options.clockSkewMs / 1000);
+  const maxTtlSeconds = Math.floor(options.maxTtlMs / 1000);
+
+  return {
+    async verify(token) {
+      if (!token) throw deny('BASTION_TOKEN_MISSING', 'a bearer capability token is required');
+      if (token.length > MAX_TOKEN_BYTES) {
+        throw deny('BASTION_TOKEN_TOO_LARGE', `token exceeds ${MAX_TOKEN_BYTES} bytes`);
+      }
+      let header: ProtectedHeaderParameters;
+      let unverified: JWTPayload;
+      try {
+        header = decodeProtectedHeader(token);
+        unverified = decodeJwt(token);
+      } catch {
+        throw deny('BASTION_TOKEN_MALFORMED', 'token is not a JWS compact serialization with a JSON payload');
+      }
+      if (typeof header.alg !== 'string' || !(options.algorithms as string[]).includes(header.alg)) {
+        throw deny('BASTION_TOKEN_ALG_REFUSED', `algorithm ${String(header.alg)} is not allowed (allowed: ${options.algorithms.join(', ')})`);
+      }
+      if (header.typ !== options.tokenType) {
+        throw deny('BASTION_TOKEN_TYPE_REFUSED', `typ must be ${options.tokenType}`);
+      }
+      for (const name of REFUSED_HEADERS) {
+        if (name in header) throw deny('BASTION_TOKEN_HEADER_REFUSED', `header parameter ${name} is not accepted`);
+      }
+      if (header.cty !== undefined) throw deny('BASTION_TOKEN_HEADER_REFUSED', 'nested tokens (cty) are not accepted');
+      if (typeof header.kid !== 'string') throw deny('BASTION_TOKEN_KEY_UNKNOWN', 'token has no kid');
+
+      const issuer = typeof unverified.iss === 'string' ? unverified.iss : undefined;
+      const keySet = issuer === undefined ? undefined : keySets.get(issuer);
+      if (!issuer || !keySet) throw deny('BASTION_TOKEN_ISSUER_UNTRUSTED', `issuer ${JSON.stringify(issuer ?? null)} is not trusted`);
+
+      let payload: JWTPayload;
+      try {
+        ({ payload } = await jwtVerify(token, keySet, {
+          algorithms: options.algorithms,
+          issuer,
+          typ: options.tokenType,
+          clockTolerance: skewSeconds,
+          currentDate: new Date(now()),
+          requiredClaims: ['exp', 'iat', 'jti', 'sub', 'aud'],
+        }));
+      } catch (error) {
+        throw fromJose(error);
+      }
+
+      // jose accepts any aud array containing ours; a token must be for this broker alone.
+      const aud = payload.aud;
+      const audOk = aud === options.audience || (Array.isArray(aud) && aud.length === 1 && aud[0] === options.audience);
+      if (!audOk) throw deny('BASTION_TOKEN_AUDIENCE_INVALID', `aud must be exactly ${options.audience}`);
+
+      const { exp, iat, nbf } = payload;
+      if (!isNumericDate(exp) || !isNumericDate(iat) || (nbf !== undefined && !isNumericDate(nbf))) {
+        throw deny('BASTION_TOKEN_CLAIM_INVALID', 'exp, iat and nbf must be integer NumericDates');
+      }
+      const nowSeconds = Math.floor(now() / 1000);
+      if (iat > nowSeconds + skewSeconds) throw deny('BASTION_TOKEN_NOT_YET_VALID', 'token iat is in the future');
+      if (exp - iat > maxTtlSeconds) {
+        throw deny('BASTION_TOKEN_LIFETIME_TOO_LONG', `token lifetime ${exp - iat}s exceeds the ${maxTtlSeconds}s cap`);
+      }
+
+      const claims = ClaimsSchema.safeParse({ cap: [], ...payload });
+      if (!claims.success) {
+        const issue = claims.error.issues[0];
+        throw deny('BASTION_TOKEN_CLAIM_INVALID', `claim ${issue?.path.join('.') ?? '?'}: ${issue?.message ?? 'invalid'}`);
+      }
+      return {
+        sub: claims.data.sub,
+        iss: issuer,
+        act: flattenAct(claims.data.act),
+        cap: claims.data.cap,
+        jti: claims.data.jti,
+        exp,
+        anonymous: false,
+        tokenHash: `sha256:${createHash('sha256').update(token).digest('hex')}`,
+      };
+    },
+  };
+}

@@ -1,0 +1,203 @@
+/**
+ * Bastion's configuration: one zod schema, the type inferred from it.
+ *
+ * A config file (YAML or JSON) is optional; with none, Bastion runs the
+ * embedded default: the demo connector, the default policy and a dev key.
+ * A bad config stops start-up with a message naming the bad field.
+ *
+ * @example
+ *   const config = await loadConfig('bastion.yaml'); // or loadConfig(undefined)
+ */
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import YAML from 'yaml';
+import { z } from 'zod';
+import { CapabilitySchema } from './policy/schema.ts';
+
+/** The repository root, so defaults resolve the same from any working directory. */
+export const PROJECT_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+const DURATION = /^(\d+)(ms|s|m|h)?$/;
+const UNIT_MS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 } as const;
+
+/** Parses "90", "90s", "5m", "250ms" into milliseconds (bare numbers are seconds). */
+export function parseDuration(value: string | number): number {
+  if (typeof value === 'number') return value * 1000;
+  const match = DURATION.exec(value.trim());
+  if (!match) throw new Error(`not a duration: ${JSON.stringify(value)} (use e.g. 30s, 5m)`);
+  const unit = (match[2] ?? 's') as keyof typeof UNIT_MS;
+  return Number(match[1]) * UNIT_MS[unit];
+}
+
+const Duration = z
+  .union([z.number().nonnegative(), z.string()])
+  .transform((value, ctx) => {
+    try {
+      return parseDuration(value);
+    } catch (error) {
+      ctx.addIssue({ code: 'custom', message: (error as Error).message });
+      return z.NEVER;
+    }
+  });
+
+const ConnectorName = z
+  .string()
+  .regex(/^[a-z][a-z0-9-]{0,31}$/, 'lowercase letters, digits and "-", starting with a letter, at most 32')
+  .refine((name) => !name.includes('__'), 'must not contain "__" (the namespace separator)');
+
+const ToolOverrides = z.record(
+  z.string(),
+  z.strictObject({ risk: z.enum(['low', 'medium', 'high']).optional() }),
+);
+
+const ConnectorCommon = {
+  name: ConnectorName,
+  /** Expose tools as `<name>__<tool>` (the default). Off only for a single-upstream setup; clashes are then hidden, never shadowed. */
+  namespace: z.boolean().default(true),
+  /** Per-tool settings; risk otherwise comes from the tool's annotations. */
+  tools: ToolOverrides.default({}),
+  /** Upstream call deadline. */
+  timeout: Duration.default(60_000),
+};
+
+const StdioConnector = z.strictObject({
+  ...ConnectorCommon,
+  transport: z.literal('stdio'),
+  command: z.string().min(1),
+  args: z.array(z.string()).default([]),
+  cwd: z.string().optional(),
+  /** Upstream credentials live here, never with the agent. */
+  env: z.record(z.string(), z.string()).default({}),
+});
+
+const HttpConnector = z.strictObject({
+  ...ConnectorCommon,
+  transport: z.literal('http'),
+  url: z.url(),
+  /** Upstream credentials (e.g. Authorization) injected by Bastion, never taken from the agent. */
+  headers: z.record(z.string(), z.string()).default({}),
+});
+
+export const ConnectorConfigSchema = z.discriminatedUnion('transport', [StdioConnector, HttpConnector]);
+export type ConnectorConfig = z.infer<typeof ConnectorConfigSchema>;
+
+const IssuerSchema = z.strictObject({
+  /** Exact `iss` claim value. */
+  issuer: z.string().min(1),
+  /** Local JWKS file with the issuer's public keys, looked up by `kid`. */
+  jwks_file: z.string().min(1),
+});
+
+const AnonymousSchema = z.strictObject({
+  /** Off by default. Lets token-less loopback clients in with these capabilities (conformance runs only). */
+  enabled: z.boolean().default(false),
+  sub: z.string().default('anonymous'),
+  cap: z.array(CapabilitySchema).default([]),
+});
+
+export const ConfigSchema = z.strictObject({
+  server: z
+    .strictObject({
+      host: z.string().default('127.0.0.1'),
+      port: z.number().int().min(0).max(65535).default(8080),
+      /** The broker's resource identifier: the only `aud` accepted. Defaults to the MCP URL. */
+      resource: z.string().optional(),
+      /** Extra browser origins allowed to call /mcp (DNS-rebinding defence). */
+      allowed_origins: z.array(z.string()).default([]),
+      /** Largest JSON-RPC request body accepted. */
+      max_body_bytes: z.number().int().positive().default(1_048_576),
+    })
+    .prefault({}),
+  auth: z
+    .strictObject({
+      /** Trusted issuers. Empty means the dev issuer with a key made on first run. */
+      issuers: z.array(IssuerSchema).default([]),
+      algorithms: z.array(z.enum(['EdDSA', 'ES256'])).min(1).default(['EdDSA', 'ES256']),
+      /** Required JOSE `typ` header; keeps other JWTs from the same issuer out. */
+      token_type: z.string().default('bastion-cap+jwt'),
+      /** Longest lifetime (exp − iat) a token may have. */
+      max_ttl: Duration.default(15 * 60_000),
+      clock_skew: Duration.default(30_000).refine((ms) => ms <= 30_000, 'at most 30s'),
+      anonymous: AnonymousSchema.prefault({}),
+    })
+    .prefault({}),
+  policy: z
+    .strictObject({
+      wasm: z.string().default(path.join(PROJECT_ROOT, 'policies/compiled/policy.wasm')),
+    })
+    .prefault({}),
+  audit: z
+    .strictObject({
+      /** Defaults to <state_dir>/audit.jsonl. */
+      file: z.string().optional(),
+    })
+    .prefault({}),
+  /** Where the dev key, audit file and other local state live. */
+  state_dir: z.string().default('.bastion'),
+  log_level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /** Upstream MCP servers. Absent means the embedded demo connector. */
+  connectors: z.array(ConnectorConfigSchema).optional(),
+});
+
+export type Config = z.infer<typeof ConfigSchema>;
+
+/** The demo upstream shipped in this repo: one low-risk and one high-risk tool. */
+export function demoConnector(): ConnectorConfig {
+  return ConnectorConfigSchema.parse({
+    name: 'demo',
+    transport: 'stdio',
+    command: process.execPath,
+    args: [path.join(PROJECT_ROOT, 'connectors/demo-server.ts')],
+  });
+}
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+}
+
+/** Validates a parsed config document; the error names each bad field by path. */
+export function parseConfig(document: unknown, source = 'config'): Config {
+  const result = ConfigSchema.safeParse(document ?? {});
+  if (!result.success) {
+    const lines = result.error.issues.map(
+      (issue) => `  ${issue.path.length ? issue.path.join('.') : '(root)'}: ${issue.message}`,
+    );
+    throw new ConfigError(`invalid ${source}:\n${lines.join('\n')}`);
+  }
+  const names = new Set<string>();
+  for (const connector of result.data.connectors ?? []) {
+    if (names.has(connector.name)) throw new ConfigError(`invalid ${source}:\n  connectors: duplicate name "${connector.name}"`);
+    names.add(connector.name);
+  }
+  return result.data;
+}
+
+/** Reads a YAML or JSON config file; `undefined` gives the embedded default. */
+export async function loadConfig(file: string | undefined): Promise<Config> {
+  if (!file) return parseConfig({}, 'embedded default');
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (error) {
+    throw new ConfigError(`cannot read config ${file}: ${(error as Error).message}`);
+  }
+  let document: unknown;
+  try {
+    document = file.endsWith('.json') ? JSON.parse(text) : YAML.parse(text);
+  } catch (error) {
+    throw new ConfigError(`cannot parse config ${file}: ${(error as Error).message}`);
+  }
+  const config = parseConfig(document, `config ${file}`);
+  // Relative paths in a config file are relative to that file, not the cwd.
+  const base = path.dirname(path.resolve(file));
+  const resolve = (p: string) => path.resolve(base, p);
+  config.state_dir = resolve(config.state_dir);
+  if (config.audit.file) config.audit.file = resolve(config.audit.file);
+  config.policy.wasm = resolve(config.policy.wasm);
+  for (const issuer of config.auth.issuers) issuer.jwks_file = resolve(issuer.jwks_file);
+  for (const connector of config.connectors ?? []) {
+    if (connector.transport === 'stdio' && connector.cwd) connector.cwd = resolve(connector.cwd);
+  }
+  return config;
+}

@@ -1,0 +1,79 @@
+/**
+ * Denials: the one way a pipeline stage says "no".
+ *
+ * Every refusal carries the stage that refused, a stable machine-readable
+ * `code` (callers branch on codes, never on messages) and a reason a person
+ * can act on. The front door turns a Denial into the MCP error, the audit
+ * record and the metric label; nothing else decides how a refusal looks.
+ *
+ * @example
+ *   throw new Denial('authorize', 'BASTION_POLICY_DENIED', 'no capability names demo__delete_file');
+ */
+export type Stage =
+  | 'authenticate'
+  | 'resolve'
+  | 'authorize'
+  | 'limit'
+  | 'approve'
+  | 'execute'
+  | 'filter'
+  | 'audit';
+
+export type DenialCode =
+  // authenticate
+  | 'BASTION_TOKEN_MISSING'
+  | 'BASTION_TOKEN_TOO_LARGE'
+  | 'BASTION_TOKEN_MALFORMED'
+  | 'BASTION_TOKEN_ALG_REFUSED'
+  | 'BASTION_TOKEN_TYPE_REFUSED'
+  | 'BASTION_TOKEN_HEADER_REFUSED'
+  | 'BASTION_TOKEN_KEY_UNKNOWN'
+  | 'BASTION_TOKEN_SIGNATURE_INVALID'
+  | 'BASTION_TOKEN_ISSUER_UNTRUSTED'
+  | 'BASTION_TOKEN_AUDIENCE_INVALID'
+  | 'BASTION_TOKEN_EXPIRED'
+  | 'BASTION_TOKEN_NOT_YET_VALID'
+  | 'BASTION_TOKEN_LIFETIME_TOO_LONG'
+  | 'BASTION_TOKEN_CLAIM_INVALID'
+  // resolve
+  | 'BASTION_TOOL_UNKNOWN'
+  | 'BASTION_CONNECTOR_UNAVAILABLE'
+  // authorize
+  | 'BASTION_POLICY_DENIED'
+  | 'BASTION_POLICY_ERROR'
+  // approve
+  | 'BASTION_APPROVAL_REQUIRED'
+  // execute
+  | 'BASTION_UPSTREAM_ERROR'
+  | 'BASTION_UPSTREAM_TIMEOUT'
+  // filter
+  | 'BASTION_RESULT_TOO_LARGE'
+  | 'BASTION_OBLIGATION_UNSUPPORTED'
+  // audit
+  | 'BASTION_AUDIT_UNAVAILABLE';
+
+export class Denial extends Error {
+  override readonly name = 'Denial';
+  readonly stage: Stage;
+  readonly code: DenialCode;
+  readonly reason: string;
+
+  constructor(stage: Stage, code: DenialCode, reason: string) {
+    super(`${code}: ${reason}`);
+    this.stage = stage;
+    this.code = code;
+    this.reason = reason;
+  }
+
+  /** The structured form sent to agents and written to the audit trail. */
+  toJSON(): { stage: Stage; code: DenialCode; reason: string } {
+    return { stage: this.stage, code: this.code, reason: this.reason };
+  }
+}
+
+/** Wraps any thrown value as a Denial of `stage`: fail closed, keep the why. */
+export function asDenial(stage: Stage, code: DenialCode, error: unknown): Denial {
+  if (error instanceof Denial) return error;
+  const message = error instanceof Error ? error.message : String(error);
+  return new Denial(stage, code, message);
+}

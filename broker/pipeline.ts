@@ -1,0 +1,248 @@
+/**
+ * The pipeline: every tool call passes resolve → authorize → approve →
+ * execute → filter → audit, in that order, with the principal already
+ * authenticated by the front door. Each stage either hands its outcome to
+ * the next or throws a Denial; a Denial ends the call with a clear error and
+ * an audit record, and the tool is never touched.
+ *
+ * The pipeline holds no business rules: who may call what is the policy's
+ * decision, and the pipeline only enforces it (fail closed).
+ *
+ * @example
+ *   const result = await pipeline.callTool(principal, call, 'demo__read_file', { path: '/srv/a' });
+ */
+import { McpError, ErrorCode, type CallToolResult, type Tool } from '@modelcontextprotocol/sdk/types.js';
+import type { Principal } from './auth/verify.ts';
+import { canonicalJson, sha256, type AuditEvent } from './audit/chain.ts';
+import type { AuditLog } from './audit/log.ts';
+import { asDenial, Denial } from './errors.ts';
+import type { Logger } from './log.ts';
+import type { PolicyEngine } from './policy/engine.ts';
+import type { Decision, PolicyInput } from './policy/schema.ts';
+import type { ToolEntry, ToolRegistry, Risk } from './registry.ts';
+import { ConnectorUnavailable, type CallOrigin } from '../connectors/upstream.ts';
+
+/** Where a call came from: the agent's session and its relay channel. */
+export interface CallContext {
+  session: string;
+  transport: 'http' | 'stdio';
+  origin: CallOrigin;
+  signal?: AbortSignal;
+  /** Present when the agent asked for progress notifications. */
+  progressToken?: string | number;
+}
+
+export interface PipelineParts {
+  registry: ToolRegistry;
+  policy: () => PolicyEngine;
+  audit: AuditLog;
+  log: Logger;
+  now?: () => Date;
+}
+
+/** What policy sees for a prompt or a resource: a pseudo-tool named `prompt:<name>` or `resource:<uri>`. */
+export type ItemKind = 'prompt' | 'resource';
+
+export function principalForAudit(principal: Principal): NonNullable<AuditEvent['principal']> {
+  return { sub: principal.sub, iss: principal.iss, jti: principal.jti, token_hash: principal.tokenHash, anonymous: principal.anonymous };
+}
+
+/** An MCP tool result that tells the agent which stage refused and why. */
+export function denialResult(denial: Denial): CallToolResult {
+  return {
+    isError: true,
+    content: [
+      { type: 'text', text: `Bastion refused this call at the ${denial.stage} stage (${denial.code}): ${denial.reason}` },
+    ],
+    _meta: { 'bastion/denial': denial.toJSON() },
+  };
+}
+
+/** Wraps an origin so its notifications go out one after another and can be awaited. */
+function orderedRelay(origin: CallOrigin): { origin: CallOrigin; drained: () => Promise<void> } {
+  let tail: Promise<void> = Promise.resolve();
+  return {
+    origin: {
+      ...origin,
+      sendNotification: (notification) => {
+        tail = tail.then(() => origin.sendNotification(notification)).catch(() => undefined);
+        return tail;
+      },
+    },
+    drained: () => tail,
+  };
+}
+
+export class Pipeline {
+  private readonly parts: PipelineParts;
+  private readonly now: () => Date;
+
+  constructor(parts: PipelineParts) {
+    this.parts = parts;
+    this.now = parts.now ?? (() => new Date());
+  }
+
+  private input(
+    principal: Principal,
+    call: CallContext,
+    method: PolicyInput['context']['method'],
+    tool: { name: string; connector: string; risk: Risk; descriptor_hash: string },
+    args: Record<string, unknown>,
+  ): PolicyInput {
+    return {
+      version: 1,
+      principal: { sub: principal.sub, iss: principal.iss, act: principal.act, cap: principal.cap, anonymous: principal.anonymous },
+      tool,
+      // Arguments arrived as parsed JSON, so every value is JSON; the engine re-validates.
+      arguments: args as PolicyInput['arguments'],
+      context: { time: this.now().toISOString(), transport: call.transport, session: call.session, method },
+    };
+  }
+
+  /** Stage 3 for listings: true when policy would let this principal use the item at all. */
+  private allowedToSee(principal: Principal, call: CallContext, input: Parameters<Pipeline['input']>[3], method: PolicyInput['context']['method']): boolean {
+    try {
+      return this.parts.policy().decide(this.input(principal, call, method, input, {})).allow;
+    } catch (error) {
+      this.parts.log.warn({ err: (error as Error).message, item: input.name }, 'policy error while listing; item hidden');
+      return false;
+    }
+  }
+
+  /** `tools/list`: only the tools policy lets this principal call. */
+  listTools(principal: Principal, call: CallContext): Tool[] {
+    const visible: Tool[] = [];
+    for (const entry of this.parts.registry.tools().values()) {
+      const tool = { name: entry.exposedName, connector: entry.connector.name, risk: entry.risk, descriptor_hash: entry.descriptorHash };
+      if (this.allowedToSee(principal, call, tool, 'tools/list')) visible.push(entry.descriptor);
+    }
+    return visible;
+  }
+
+  /** Whether a prompt or resource may be listed or used by this principal. */
+  mayUse(principal: Principal, call: CallContext, kind: ItemKind, name: string, connector: string): boolean {
+    const tool = { name: `${kind}:${name}`, connector, risk: 'low' as const, descriptor_hash: '' };
+    return this.allowedToSee(principal, call, tool, 'tools/list');
+  }
+
+  /** Throws the authorize-stage Denial when a prompt or resource is not allowed. */
+  authorizeItem(principal: Principal, call: CallContext, kind: ItemKind, name: string, connector: string): void {
+    if (!this.mayUse(principal, call, kind, name, connector)) {
+      throw new Denial('authorize', 'BASTION_POLICY_DENIED', `no capability covers ${kind} ${name}`);
+    }
+  }
+
+  /** Records a refusal that happened before the pipeline (e.g. at the HTTP front door). */
+  async recordDenial(event: Omit<AuditEvent, 'outcome'>, denial: Denial): Promise<void> {
+    this.parts.log.info({ ...event, denial: denial.toJSON() }, 'request refused');
+    await this.parts.audit.append({ ...event, outcome: 'denied', denial: denial.toJSON() });
+  }
+
+  /**
+   * `tools/call` through every stage. Returns the (filtered) upstream result,
+   * or a tool error naming the stage that refused. Throws McpError only for
+   * protocol-level problems: an unknown tool, or an upstream protocol error.
+   */
+  async callTool(principal: Principal, call: CallContext, name: string, args: Record<string, unknown>): Promise<CallToolResult> {
+    const started = performance.now();
+    const event: AuditEvent = {
+      event: 'tools/call',
+      session: call.session,
+      transport: call.transport,
+      principal: principalForAudit(principal),
+      tool: name,
+      args_hash: sha256(canonicalJson(args)),
+      outcome: 'ok',
+    };
+    const finish = async (outcome: AuditEvent['outcome'], extra: Partial<AuditEvent> = {}) => {
+      event.outcome = outcome;
+      Object.assign(event, extra);
+      event.latency_ms = Math.round((performance.now() - started) * 1000) / 1000;
+      await this.parts.audit.append(event);
+    };
+
+    let entry: ToolEntry;
+    let decision: Decision | undefined;
+    try {
+      entry = this.parts.registry.resolveTool(name);
+      const policy = this.parts.policy();
+      event.policy_revision = policy.revision;
+      decision = policy.decide(
+        this.input(principal, call, 'tools/call', { name: entry.exposedName, connector: entry.connector.name, risk: entry.risk, descriptor_hash: entry.descriptorHash }, args),
+      );
+      event.decision = { allow: decision.allow, reasons: decision.reasons, approval_required: decision.approval.required };
+      if (!decision.allow) {
+        throw new Denial('authorize', 'BASTION_POLICY_DENIED', decision.reasons.join('; ') || 'policy denied the call');
+      }
+      if (decision.approval.required) {
+        // Fail closed until human approval exists: never treat "needs approval" as allow.
+        throw new Denial(
+          'approve',
+          'BASTION_APPROVAL_REQUIRED',
+          `this call needs human approval (${decision.approval.reason || 'policy requires it'}), and approvals are not enabled on this broker`,
+        );
+      }
+      if (decision.obligations.redact.length > 0) {
+        throw new Denial('filter', 'BASTION_OBLIGATION_UNSUPPORTED', 'policy requires result redaction, which this broker cannot apply yet');
+      }
+    } catch (error) {
+      const denial = asDenial('authorize', 'BASTION_POLICY_ERROR', error);
+      await this.recordAndLog(finish, denial);
+      if (denial.code === 'BASTION_TOOL_UNKNOWN') {
+        throw new McpError(ErrorCode.InvalidParams, `Unknown tool: ${name}`, denial.toJSON());
+      }
+      return denialResult(denial);
+    }
+
+    // Relayed notifications (progress, logging) must reach the agent before the
+    // result does: the result closes the call's stream, and later sends are lost.
+    const relay = orderedRelay(call.origin);
+    let result: CallToolResult;
+    try {
+      result = await entry.connector.callTool(entry.upstreamName, args, {
+        origin: relay.origin,
+        ...(call.signal ? { signal: call.signal } : {}),
+        ...(call.progressToken !== undefined
+          ? {
+              onprogress: (progress) => {
+                void relay.origin.sendNotification({ method: 'notifications/progress', params: { ...progress, progressToken: call.progressToken! } });
+              },
+            }
+          : {}),
+      });
+      await relay.drained();
+    } catch (error) {
+      if (error instanceof McpError && error.code !== ErrorCode.RequestTimeout && error.code !== ErrorCode.ConnectionClosed) {
+        // The upstream answered with a protocol error (e.g. invalid params): pass it on as is.
+        await finish('error', { denial: { stage: 'execute', code: 'BASTION_UPSTREAM_ERROR', reason: error.message } });
+        throw error;
+      }
+      const denial =
+        error instanceof ConnectorUnavailable
+          ? new Denial('execute', 'BASTION_CONNECTOR_UNAVAILABLE', error.message)
+          : error instanceof McpError && error.code === ErrorCode.RequestTimeout
+            ? new Denial('execute', 'BASTION_UPSTREAM_TIMEOUT', `upstream ${entry.connector.name} did not answer in time`)
+            : new Denial('execute', 'BASTION_UPSTREAM_ERROR', `upstream ${entry.connector.name} failed: ${(error as Error).message}`);
+      await this.recordAndLog(finish, denial, 'error');
+      return denialResult(denial);
+    }
+
+    const size = Buffer.byteLength(canonicalJson(result));
+    if (size > decision.obligations.max_result_bytes) {
+      const denial = new Denial('filter', 'BASTION_RESULT_TOO_LARGE', `result of ${size} bytes exceeds the ${decision.obligations.max_result_bytes}-byte cap`);
+      await this.recordAndLog(finish, denial, 'error');
+      return denialResult(denial);
+    }
+    await finish(result.isError ? 'error' : 'ok', { detail: { result_bytes: size } });
+    return result;
+  }
+
+  private async recordAndLog(
+    finish: (outcome: AuditEvent['outcome'], extra?: Partial<AuditEvent>) => Promise<void>,
+    denial: Denial,
+    outcome: AuditEvent['outcome'] = 'denied',
+  ): Promise<void> {
+    this.parts.log.info({ denial: denial.toJSON() }, 'call refused');
+    await finish(outcome, { denial: denial.toJSON() });
+  }
+}

@@ -1,0 +1,179 @@
+/**
+ * Stage 2, resolve: maps the names agents see to the connector that serves
+ * them. Tools and prompts are exposed as `<connector>__<name>` unless a
+ * connector opts out of namespacing; a name offered by two connectors is
+ * hidden from both (and logged) rather than letting one shadow the other.
+ *
+ * @example
+ *   const entry = registry.resolveTool('demo__read_file'); // or throws Denial
+ */
+import type { Prompt, Resource, ResourceTemplate, Tool } from '@modelcontextprotocol/sdk/types.js';
+import { UriTemplate } from '@modelcontextprotocol/sdk/shared/uriTemplate.js';
+import { canonicalJson, sha256 } from './audit/chain.ts';
+import { Denial } from './errors.ts';
+import type { Logger } from './log.ts';
+import type { Connector } from '../connectors/upstream.ts';
+
+export type Risk = 'low' | 'medium' | 'high';
+
+export interface ToolEntry {
+  exposedName: string;
+  upstreamName: string;
+  connector: Connector;
+  /** The descriptor as agents see it (renamed). */
+  descriptor: Tool;
+  risk: Risk;
+  /** sha256 over the upstream descriptor's canonical form. */
+  descriptorHash: string;
+}
+
+export interface PromptEntry {
+  exposedName: string;
+  upstreamName: string;
+  connector: Connector;
+  descriptor: Prompt;
+}
+
+export const NAMESPACE_SEPARATOR = '__';
+
+/** Upstream annotations are hints from an untrusted party; config overrides them. */
+function riskOf(tool: Tool, override: Risk | undefined): Risk {
+  if (override) return override;
+  if (tool.annotations?.destructiveHint === true) return 'high';
+  if (tool.annotations?.readOnlyHint === true) return 'low';
+  return 'medium';
+}
+
+export function descriptorHash(tool: Tool): string {
+  const { name, title, description, inputSchema, outputSchema, annotations } = tool;
+  return sha256(canonicalJson({ name, title, description, inputSchema, outputSchema, annotations }));
+}
+
+function exposed(connector: Connector, name: string): string {
+  return connector.config.namespace ? `${connector.name}${NAMESPACE_SEPARATOR}${name}` : name;
+}
+
+/** Builds name → entry, dropping every name that more than one source offers. */
+function uniqueByName<T extends { exposedName: string }>(entries: T[], kind: string, log: Logger): Map<string, T> {
+  const byName = new Map<string, T>();
+  const clashes = new Set<string>();
+  for (const entry of entries) {
+    if (byName.has(entry.exposedName)) clashes.add(entry.exposedName);
+    else byName.set(entry.exposedName, entry);
+  }
+  for (const name of clashes) {
+    byName.delete(name);
+    log.warn({ [kind]: name }, `${kind} offered by more than one connector; hidden to prevent shadowing`);
+  }
+  return byName;
+}
+
+export class ToolRegistry {
+  private readonly connectors: Connector[];
+  private readonly log: Logger;
+  private toolIndex: Map<string, ToolEntry> | undefined;
+  private promptIndex: Map<string, PromptEntry> | undefined;
+
+  constructor(connectors: Connector[], log: Logger) {
+    this.connectors = connectors;
+    this.log = log;
+  }
+
+  /** Drops the cached indexes; called when a catalog or a connector status changes. */
+  invalidate(): void {
+    this.toolIndex = undefined;
+    this.promptIndex = undefined;
+  }
+
+  private ready(): Connector[] {
+    return this.connectors.filter((c) => c.status === 'ready');
+  }
+
+  tools(): Map<string, ToolEntry> {
+    this.toolIndex ??= uniqueByName(
+      this.ready().flatMap((connector) =>
+        connector.catalog.tools.map((tool): ToolEntry => {
+          const exposedName = exposed(connector, tool.name);
+          return {
+            exposedName,
+            upstreamName: tool.name,
+            connector,
+            descriptor: { ...tool, name: exposedName },
+            risk: riskOf(tool, connector.config.tools[tool.name]?.risk),
+            descriptorHash: descriptorHash(tool),
+          };
+        }),
+      ),
+      'tool',
+      this.log,
+    );
+    return this.toolIndex;
+  }
+
+  prompts(): Map<string, PromptEntry> {
+    this.promptIndex ??= uniqueByName(
+      this.ready().flatMap((connector) =>
+        connector.catalog.prompts.map((prompt) => {
+          const exposedName = exposed(connector, prompt.name);
+          return { exposedName, upstreamName: prompt.name, connector, descriptor: { ...prompt, name: exposedName } };
+        }),
+      ),
+      'prompt',
+      this.log,
+    );
+    return this.promptIndex;
+  }
+
+  /** Names a connector that is configured but not ready, so the error can say so. */
+  private unavailableOwner(name: string): Connector | undefined {
+    return this.connectors.find(
+      (c) => c.status !== 'ready' && (!c.config.namespace || name.startsWith(`${c.name}${NAMESPACE_SEPARATOR}`)),
+    );
+  }
+
+  private unknown(kind: string, name: string): Denial {
+    const down = this.unavailableOwner(name);
+    if (down) {
+      return new Denial('resolve', 'BASTION_CONNECTOR_UNAVAILABLE', `connector ${down.name} is unavailable${down.lastError ? `: ${down.lastError}` : ''}`);
+    }
+    return new Denial('resolve', 'BASTION_TOOL_UNKNOWN', `unknown ${kind}: ${name}`);
+  }
+
+  resolveTool(name: string): ToolEntry {
+    const entry = this.tools().get(name);
+    if (!entry) throw this.unknown('tool', name);
+    return entry;
+  }
+
+  resolvePrompt(name: string): PromptEntry {
+    const entry = this.prompts().get(name);
+    if (!entry) throw this.unknown('prompt', name);
+    return entry;
+  }
+
+  resources(): { resource: Resource; connector: Connector }[] {
+    return this.ready().flatMap((connector) => connector.catalog.resources.map((resource) => ({ resource, connector })));
+  }
+
+  resourceTemplates(): { template: ResourceTemplate; connector: Connector }[] {
+    return this.ready().flatMap((connector) =>
+      connector.catalog.resourceTemplates.map((template) => ({ template, connector })),
+    );
+  }
+
+  /** The connector serving a URI: a listed resource first, then a matching template. */
+  resolveResource(uri: string): Connector {
+    const listed = this.resources().filter((r) => r.resource.uri === uri);
+    if (listed.length === 1) return listed[0]!.connector;
+    if (listed.length === 0) {
+      const matching = this.resourceTemplates().filter((t) => new UriTemplate(t.template.uriTemplate).match(uri) !== null);
+      const owners = new Set(matching.map((t) => t.connector));
+      if (owners.size === 1) return [...owners][0]!;
+    }
+    throw new Denial('resolve', 'BASTION_TOOL_UNKNOWN', `unknown or ambiguous resource: ${uri}`);
+  }
+
+  connectorsWith(capability: 'completions' | 'logging' | 'resources'): Connector[] {
+    return this.ready().filter((c) => c.serverCapabilities[capability] !== undefined);
+  }
+}

@@ -1,0 +1,237 @@
+/**
+ * The HTTP front door: MCP Streamable HTTP at POST/GET/DELETE /mcp on
+ * express. Before any MCP machinery runs, a request must pass the Host and
+ * Origin checks (DNS rebinding), the body cap and bearer-token
+ * authentication; a session is bound to the principal that opened it.
+ *
+ * @example
+ *   const door = await startHttp(broker);
+ *   console.log(door.url); // http://127.0.0.1:8080/mcp
+ */
+import { randomUUID } from 'node:crypto';
+import type { Server as HttpServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import express, { type NextFunction, type Request, type Response } from 'express';
+import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
+import type { AuthInfo } from '@modelcontextprotocol/sdk/server/auth/types.js';
+import { isInitializeRequest, ErrorCode } from '@modelcontextprotocol/sdk/types.js';
+import type { Principal } from '../auth/verify.ts';
+import type { Broker } from '../broker.ts';
+import { Denial } from '../errors.ts';
+import { createAgentServer } from './session.ts';
+
+export interface HttpFrontDoor {
+  /** The MCP endpoint agents connect to. */
+  url: string;
+  /** The resource identifier tokens must name in `aud`. */
+  resource: string;
+  close(): Promise<void>;
+}
+
+interface HttpSession {
+  transport: StreamableHTTPServerTransport;
+  /** iss + sub of the principal that opened the session; only it may use the session. */
+  owner: string;
+}
+
+type AuthedRequest = Request & { auth?: AuthInfo };
+
+const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
+
+function jsonRpcError(res: Response, status: number, code: number, message: string, data?: unknown): void {
+  if (res.headersSent) return;
+  res.status(status).json({ jsonrpc: '2.0', error: { code, message, ...(data ? { data } : {}) }, id: null });
+}
+
+function ownerOf(principal: Principal): string {
+  return `${principal.iss} ${principal.sub}`;
+}
+
+/** The tool named in a JSON-RPC body, for audit records of refused requests. */
+function toolOf(body: unknown): string | undefined {
+  const message = Array.isArray(body) ? body[0] : body;
+  if (message && typeof message === 'object' && (message as { method?: unknown }).method === 'tools/call') {
+    const name = (message as { params?: { name?: unknown } }).params?.name;
+    return typeof name === 'string' ? name.slice(0, 256) : undefined;
+  }
+  return undefined;
+}
+
+function isLoopbackAddress(address: string | undefined): boolean {
+  return address === '127.0.0.1' || address === '::1' || address === '::ffff:127.0.0.1';
+}
+
+export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
+  const { config, log, pipeline } = broker;
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('trust proxy', false);
+
+  const server: HttpServer = await new Promise((resolve, reject) => {
+    const s = app.listen(config.server.port, config.server.host, () => resolve(s));
+    s.once('error', reject);
+  });
+  const port = (server.address() as AddressInfo).port;
+  const hostForUrl = config.server.host.includes(':') ? `[${config.server.host}]` : config.server.host;
+  const url = `http://${hostForUrl}:${port}/mcp`;
+  const resource = config.server.resource ?? url;
+  const verifier = broker.verifierFor(resource);
+
+  const allowedHosts = new Set([`127.0.0.1:${port}`, `localhost:${port}`, `[::1]:${port}`, new URL(resource).host]);
+  const allowedOrigins = new Set([
+    `http://127.0.0.1:${port}`,
+    `http://localhost:${port}`,
+    `http://[::1]:${port}`,
+    new URL(resource).origin,
+    ...config.server.allowed_origins,
+  ]);
+  const checkHost = LOOPBACK.has(config.server.host) || config.server.host === '::1';
+
+  const sessions = new Map<string, HttpSession>();
+
+  // DNS rebinding: a browser page on another origin must not reach a local broker.
+  const guardOrigin = (req: Request, res: Response, next: NextFunction) => {
+    if (checkHost && !allowedHosts.has(req.headers.host ?? '')) {
+      jsonRpcError(res, 403, ErrorCode.InvalidRequest, `Host ${req.headers.host ?? '(none)'} is not allowed`);
+      return;
+    }
+    const origin = req.headers.origin;
+    if (origin !== undefined && !allowedOrigins.has(origin)) {
+      jsonRpcError(res, 403, ErrorCode.InvalidRequest, `Origin ${origin} is not allowed`);
+      return;
+    }
+    next();
+  };
+
+  const authenticate = async (req: AuthedRequest, res: Response, next: NextFunction) => {
+    const header = req.headers.authorization;
+    let principal: Principal;
+    try {
+      if (header === undefined && broker.anonymous && isLoopbackAddress(req.socket.remoteAddress)) {
+        principal = broker.anonymous;
+      } else {
+        const match = header === undefined ? null : /^Bearer ([^\s]+)$/i.exec(header);
+        if (header !== undefined && !match) throw new Denial('authenticate', 'BASTION_TOKEN_MALFORMED', 'Authorization must be "Bearer <token>"');
+        principal = await verifier.verify(match?.[1]);
+      }
+    } catch (error) {
+      const denial = error instanceof Denial ? error : new Denial('authenticate', 'BASTION_TOKEN_MALFORMED', 'token could not be verified');
+      await pipeline
+        .recordDenial({ event: `http ${req.method}`, transport: 'http', tool: toolOf(req.body) }, denial)
+        .catch((auditError: Error) => log.error({ err: auditError.message }, 'audit append failed'));
+      const params =
+        denial.code === 'BASTION_TOKEN_MISSING'
+          ? `Bearer realm="bastion"`
+          : `Bearer realm="bastion", error="invalid_token", error_description="${denial.reason.replace(/["\\]/g, "'")}"`;
+      res.setHeader('WWW-Authenticate', params);
+      res.status(401).json({ error: 'invalid_token', code: denial.code, stage: denial.stage, error_description: denial.reason });
+      return;
+    }
+    req.auth = { token: '', clientId: principal.sub, scopes: [], expiresAt: principal.exp, extra: { principal } };
+    next();
+  };
+
+  /** The session named by the request, if it exists and belongs to this principal. */
+  const sessionFor = (req: AuthedRequest, res: Response): HttpSession | undefined => {
+    const id = req.headers['mcp-session-id'];
+    const session = typeof id === 'string' ? sessions.get(id) : undefined;
+    if (!session) {
+      jsonRpcError(res, 404, -32001, 'Session not found');
+      return undefined;
+    }
+    const principal = req.auth?.extra?.principal as Principal;
+    if (session.owner !== ownerOf(principal)) {
+      jsonRpcError(res, 403, ErrorCode.InvalidRequest, 'this session belongs to another principal');
+      return undefined;
+    }
+    return session;
+  };
+
+  const openSession = async (req: AuthedRequest, res: Response) => {
+    const principal = req.auth?.extra?.principal as Principal;
+    // One id names the session everywhere: the Mcp-Session-Id header, logs and audit records.
+    const sessionId = randomUUID();
+    const transport = new StreamableHTTPServerTransport({
+      sessionIdGenerator: () => sessionId,
+      onsessioninitialized: (id) => {
+        sessions.set(id, { transport, owner: ownerOf(principal) });
+        log.info({ session: id, sub: principal.sub }, 'session opened');
+      },
+    });
+    const agentServer = createAgentServer(broker, {
+      id: sessionId,
+      transport: 'http',
+      principal: async (extra) => {
+        const current = extra.authInfo?.extra?.principal as Principal | undefined;
+        if (!current) throw new Denial('authenticate', 'BASTION_TOKEN_MISSING', 'request carried no verified principal');
+        return current;
+      },
+    });
+    transport.onclose = () => {
+      sessions.delete(sessionId);
+      void agentServer.close().catch(() => undefined);
+    };
+    await agentServer.connect(transport);
+    await transport.handleRequest(req, res, req.body);
+  };
+
+  const mcp = express.Router();
+  mcp.use(guardOrigin);
+  mcp.use(express.json({ limit: config.server.max_body_bytes, type: () => true }));
+  mcp.use(authenticate);
+  mcp.post('/', async (req: AuthedRequest, res) => {
+    if (req.headers['mcp-session-id'] === undefined) {
+      if (!isInitializeRequest(req.body)) {
+        jsonRpcError(res, 400, ErrorCode.InvalidRequest, 'Bad Request: no session; send initialize first');
+        return;
+      }
+      await openSession(req, res);
+      return;
+    }
+    const session = sessionFor(req, res);
+    if (session) await session.transport.handleRequest(req, res, req.body);
+  });
+  const existing = async (req: AuthedRequest, res: Response) => {
+    const session = sessionFor(req, res);
+    if (session) await session.transport.handleRequest(req, res);
+  };
+  mcp.get('/', existing);
+  mcp.delete('/', existing);
+  mcp.all('/', (_req, res) => {
+    res.setHeader('Allow', 'GET, POST, DELETE');
+    jsonRpcError(res, 405, ErrorCode.InvalidRequest, 'Method not allowed');
+  });
+  app.use('/mcp', mcp);
+
+  app.get('/healthz', (_req, res) => {
+    res.json({ status: 'ok' });
+  });
+
+  // Body-parser and handler failures become JSON-RPC errors; nothing here may crash the process.
+  app.use((error: Error & { type?: string; status?: number }, _req: Request, res: Response, _next: NextFunction) => {
+    if (error.type === 'entity.too.large') {
+      jsonRpcError(res, 413, ErrorCode.InvalidRequest, `Request body exceeds ${config.server.max_body_bytes} bytes`);
+    } else if (error.type === 'entity.parse.failed') {
+      jsonRpcError(res, 400, ErrorCode.ParseError, 'Parse error: body is not valid JSON');
+    } else if (error.status && error.status >= 400 && error.status < 500) {
+      jsonRpcError(res, error.status, ErrorCode.InvalidRequest, error.message);
+    } else {
+      log.error({ err: error.message }, 'request failed');
+      jsonRpcError(res, 500, ErrorCode.InternalError, 'Internal error');
+    }
+  });
+
+  server.requestTimeout = 0; // SSE streams and parked calls are long-lived; sessions bound them instead.
+  server.headersTimeout = 15_000;
+
+  return {
+    url,
+    resource,
+    async close() {
+      for (const session of sessions.values()) await session.transport.close().catch(() => undefined);
+      sessions.clear();
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}

@@ -1,0 +1,233 @@
+/**
+ * One agent session's MCP server: the SDK's low-level Server with Bastion's
+ * handlers. Every request resolves the caller's Principal first, so a
+ * session never outlives the authority of the token that drives it.
+ *
+ * @example
+ *   const server = createAgentServer(broker, { id, transport: 'http', principal });
+ *   await server.connect(transport);
+ */
+import { Server } from '@modelcontextprotocol/sdk/server/index.js';
+import type { RequestHandlerExtra } from '@modelcontextprotocol/sdk/shared/protocol.js';
+import {
+  CallToolRequestSchema,
+  CompleteRequestSchema,
+  CreateMessageResultSchema,
+  ElicitResultSchema,
+  ErrorCode,
+  GetPromptRequestSchema,
+  ListPromptsRequestSchema,
+  ListResourcesRequestSchema,
+  ListResourceTemplatesRequestSchema,
+  ListRootsResultSchema,
+  ListToolsRequestSchema,
+  McpError,
+  ReadResourceRequestSchema,
+  ResultSchema,
+  SetLevelRequestSchema,
+  SubscribeRequestSchema,
+  UnsubscribeRequestSchema,
+  type Request,
+  type ServerNotification,
+  type ServerRequest,
+} from '@modelcontextprotocol/sdk/types.js';
+import type { Principal } from '../auth/verify.ts';
+import { Denial } from '../errors.ts';
+import { denialResult, type CallContext } from '../pipeline.ts';
+import type { Broker } from '../broker.ts';
+import type { CallOrigin } from '../../connectors/upstream.ts';
+
+export interface SessionBinding {
+  id: string;
+  transport: 'http' | 'stdio';
+  /** The caller of this request; throws a Denial when its token no longer holds. */
+  principal: (extra: RequestHandlerExtra<ServerRequest, ServerNotification>) => Promise<Principal>;
+}
+
+export const BASTION_VERSION = '0.1.0';
+
+const RELAYED_RESULT_SCHEMAS: Record<string, typeof ResultSchema> = {
+  'sampling/createMessage': CreateMessageResultSchema as unknown as typeof ResultSchema,
+  'elicitation/create': ElicitResultSchema as unknown as typeof ResultSchema,
+  'roots/list': ListRootsResultSchema as unknown as typeof ResultSchema,
+};
+
+type Extra = RequestHandlerExtra<ServerRequest, ServerNotification>;
+
+function originOf(session: SessionBinding, extra: Extra): CallOrigin {
+  return {
+    sessionId: session.id,
+    sendRequest: (request: Request) =>
+      extra.sendRequest(request as ServerRequest, RELAYED_RESULT_SCHEMAS[request.method] ?? ResultSchema),
+    sendNotification: (notification) => extra.sendNotification(notification as ServerNotification),
+  };
+}
+
+function callContext(session: SessionBinding, extra: Extra, progressToken?: string | number): CallContext {
+  return {
+    session: session.id,
+    transport: session.transport,
+    origin: originOf(session, extra),
+    signal: extra.signal,
+    ...(progressToken !== undefined ? { progressToken } : {}),
+  };
+}
+
+/** Turns a Denial into the protocol error for non-tool requests. */
+function protocolError(error: unknown): never {
+  if (error instanceof Denial) {
+    const code = error.code === 'BASTION_TOOL_UNKNOWN' ? ErrorCode.InvalidParams : ErrorCode.InvalidRequest;
+    throw new McpError(code, `Bastion refused this request at the ${error.stage} stage (${error.code}): ${error.reason}`, error.toJSON());
+  }
+  throw error;
+}
+
+export function createAgentServer(broker: Broker, session: SessionBinding): Server {
+  const server = new Server(
+    { name: 'bastion', version: BASTION_VERSION },
+    {
+      capabilities: {
+        tools: { listChanged: true },
+        resources: { subscribe: true, listChanged: true },
+        prompts: { listChanged: true },
+        logging: {},
+        completions: {},
+      },
+      instructions: 'Bastion mediates every tool call: each one is checked against your capability token and policy, and audited.',
+    },
+  );
+  const { pipeline, registry } = broker;
+  const subscriptions = new Set<string>();
+
+  server.setRequestHandler(ListToolsRequestSchema, async (_request, extra) => {
+    const principal = await session.principal(extra).catch(protocolError);
+    return { tools: pipeline.listTools(principal, callContext(session, extra)) };
+  });
+
+  server.setRequestHandler(CallToolRequestSchema, async (request, extra) => {
+    let principal: Principal;
+    try {
+      principal = await session.principal(extra);
+    } catch (error) {
+      if (!(error instanceof Denial)) throw error;
+      await pipeline.recordDenial({ event: 'tools/call', session: session.id, transport: session.transport, tool: request.params.name }, error);
+      return denialResult(error);
+    }
+    const progressToken = request.params._meta?.progressToken;
+    return pipeline.callTool(principal, callContext(session, extra, progressToken), request.params.name, request.params.arguments ?? {});
+  });
+
+  server.setRequestHandler(ListPromptsRequestSchema, async (_request, extra) => {
+    const principal = await session.principal(extra).catch(protocolError);
+    const call = callContext(session, extra);
+    const prompts = [...registry.prompts().values()]
+      .filter((p) => pipeline.mayUse(principal, call, 'prompt', p.exposedName, p.connector.name))
+      .map((p) => p.descriptor);
+    return { prompts };
+  });
+
+  server.setRequestHandler(GetPromptRequestSchema, async (request, extra) => {
+    const principal = await session.principal(extra).catch(protocolError);
+    const call = callContext(session, extra);
+    try {
+      const entry = registry.resolvePrompt(request.params.name);
+      pipeline.authorizeItem(principal, call, 'prompt', entry.exposedName, entry.connector.name);
+      return await entry.connector.withOrigin(call.origin, (client) =>
+        client.getPrompt({ ...request.params, name: entry.upstreamName }, { signal: extra.signal }),
+      );
+    } catch (error) {
+      return protocolError(error);
+    }
+  });
+
+  server.setRequestHandler(ListResourcesRequestSchema, async (_request, extra) => {
+    const principal = await session.principal(extra).catch(protocolError);
+    const call = callContext(session, extra);
+    const resources = registry
+      .resources()
+      .filter(({ resource, connector }) => pipeline.mayUse(principal, call, 'resource', resource.uri, connector.name))
+      .map(({ resource }) => resource);
+    return { resources };
+  });
+
+  server.setRequestHandler(ListResourceTemplatesRequestSchema, async (_request, extra) => {
+    const principal = await session.principal(extra).catch(protocolError);
+    const call = callContext(session, extra);
+    const resourceTemplates = registry
+      .resourceTemplates()
+      .filter(({ template, connector }) => pipeline.mayUse(principal, call, 'resource', template.uriTemplate, connector.name))
+      .map(({ template }) => template);
+    return { resourceTemplates };
+  });
+
+  /** Finds the connector for a URI and checks this principal may use it. */
+  const authorizedResource = (principal: Principal, call: CallContext, uri: string) => {
+    const connector = registry.resolveResource(uri);
+    pipeline.authorizeItem(principal, call, 'resource', uri, connector.name);
+    return connector;
+  };
+
+  server.setRequestHandler(ReadResourceRequestSchema, async (request, extra) => {
+    const principal = await session.principal(extra).catch(protocolError);
+    const call = callContext(session, extra);
+    try {
+      const connector = authorizedResource(principal, call, request.params.uri);
+      return await connector.withOrigin(call.origin, (client) => client.readResource(request.params, { signal: extra.signal }));
+    } catch (error) {
+      return protocolError(error);
+    }
+  });
+
+  server.setRequestHandler(SubscribeRequestSchema, async (request, extra) => {
+    const principal = await session.principal(extra).catch(protocolError);
+    const call = callContext(session, extra);
+    try {
+      const connector = authorizedResource(principal, call, request.params.uri);
+      await connector.withOrigin(call.origin, (client) => client.subscribeResource(request.params));
+      subscriptions.add(request.params.uri);
+      return {};
+    } catch (error) {
+      return protocolError(error);
+    }
+  });
+
+  server.setRequestHandler(UnsubscribeRequestSchema, async (request, extra) => {
+    await session.principal(extra).catch(protocolError);
+    subscriptions.delete(request.params.uri);
+    // Other sessions may still be subscribed upstream; the upstream subscription is kept.
+    return {};
+  });
+
+  server.setRequestHandler(CompleteRequestSchema, async (request, extra) => {
+    const principal = await session.principal(extra).catch(protocolError);
+    const call = callContext(session, extra);
+    try {
+      const ref = request.params.ref;
+      if (ref.type === 'ref/prompt') {
+        const entry = registry.resolvePrompt(ref.name);
+        pipeline.authorizeItem(principal, call, 'prompt', entry.exposedName, entry.connector.name);
+        return await entry.connector.withOrigin(call.origin, (client) =>
+          client.complete({ ...request.params, ref: { ...ref, name: entry.upstreamName } }, { signal: extra.signal }),
+        );
+      }
+      const connector = authorizedResource(principal, call, ref.uri);
+      return await connector.withOrigin(call.origin, (client) => client.complete(request.params, { signal: extra.signal }));
+    } catch (error) {
+      return protocolError(error);
+    }
+  });
+
+  server.setRequestHandler(SetLevelRequestSchema, async (request, extra) => {
+    const principal = await session.principal(extra).catch(protocolError);
+    const call = callContext(session, extra);
+    void principal;
+    for (const connector of registry.connectorsWith('logging')) {
+      await connector.withOrigin(call.origin, (client) => client.setLoggingLevel(request.params.level)).catch(() => undefined);
+    }
+    return {};
+  });
+
+  broker.sessions.add(session.id, { server, subscriptions });
+  server.onclose = () => broker.sessions.remove(session.id);
+  return server;
+}

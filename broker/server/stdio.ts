@@ -1,0 +1,27 @@
+/**
+ * The stdio front door (`bastion stdio`): an MCP client spawns Bastion and
+ * speaks JSON-RPC over stdin/stdout. The agent's capability token comes from
+ * the BASTION_TOKEN environment variable and is re-verified on every request,
+ * so an expired or revoked token stops the session's next call.
+ *
+ * @example
+ *   BASTION_TOKEN=$(bastion token mint --sub agent:x --cap 'demo__*') bastion stdio
+ */
+import { randomUUID } from 'node:crypto';
+import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js';
+import type { Broker } from '../broker.ts';
+import { createAgentServer } from './session.ts';
+
+export async function serveStdio(broker: Broker, token: string | undefined, resource: string): Promise<void> {
+  const verifier = broker.verifierFor(resource);
+  const server = createAgentServer(broker, {
+    id: randomUUID(),
+    transport: 'stdio',
+    principal: async () => (token === undefined && broker.anonymous ? broker.anonymous : verifier.verify(token)),
+  });
+  const closed = new Promise<void>((resolve) => {
+    server.onclose = () => resolve();
+  });
+  await server.connect(new StdioServerTransport());
+  await closed;
+}

@@ -1,0 +1,361 @@
+/**
+ * A connector: one upstream MCP server (stdio or Streamable HTTP) reached
+ * through the SDK's Client, with its catalog (tools, resources, prompts)
+ * cached and kept fresh by list_changed notifications.
+ *
+ * A connector that fails marks only itself down and reconnects with
+ * exponential backoff; the broker and the other connectors keep serving.
+ * Upstream credentials come from config (env for stdio, headers for HTTP);
+ * nothing the agent sent is ever forwarded as a credential.
+ *
+ * Server-to-client requests (sampling, elicitation, roots) and logging are
+ * relayed to the agent whose call is in flight on this connector. When calls
+ * from several agents are in flight at once, such a request cannot be
+ * attributed with certainty and is refused rather than sent to the wrong agent.
+ *
+ * @example
+ *   const demo = new Connector(config, { log, onListChanged });
+ *   await demo.start();
+ *   const result = await demo.callTool('read_file', { path: '/srv/a' }, call);
+ */
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { getDefaultEnvironment, StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
+import {
+  CallToolResultSchema,
+  CreateMessageRequestSchema,
+  ElicitRequestSchema,
+  ListRootsRequestSchema,
+  LoggingMessageNotificationSchema,
+  McpError,
+  ErrorCode,
+  ProgressNotificationSchema,
+  PromptListChangedNotificationSchema,
+  ResourceListChangedNotificationSchema,
+  ResourceUpdatedNotificationSchema,
+  ToolListChangedNotificationSchema,
+  type CallToolResult,
+  type Notification,
+  type Prompt,
+  type Request,
+  type Resource,
+  type ResourceTemplate,
+  type Result,
+  type ServerCapabilities,
+  type Tool,
+} from '@modelcontextprotocol/sdk/types.js';
+import type { ConnectorConfig } from '../broker/config.ts';
+import type { Logger } from '../broker/log.ts';
+
+export type ConnectorStatus = 'starting' | 'ready' | 'down' | 'stopped';
+
+/** The agent side of one in-flight call: where relayed traffic must go. */
+export interface CallOrigin {
+  sessionId: string;
+  sendRequest: (request: Request) => Promise<Result>;
+  sendNotification: (notification: Notification) => Promise<void>;
+}
+
+export interface CallOptions {
+  origin: CallOrigin;
+  signal?: AbortSignal;
+  onprogress?: (progress: { progress: number; total?: number; message?: string }) => void;
+}
+
+export interface ConnectorEvents {
+  log: Logger;
+  /** A catalog changed (after the connector refreshed it). */
+  onListChanged?: (connector: Connector, kind: 'tools' | 'resources' | 'prompts') => void;
+  /** An upstream resource changed; the front door forwards it to subscribers. */
+  onResourceUpdated?: (connector: Connector, uri: string) => void;
+  onStatus?: (connector: Connector, status: ConnectorStatus) => void;
+}
+
+export interface Catalog {
+  tools: Tool[];
+  resources: Resource[];
+  resourceTemplates: ResourceTemplate[];
+  prompts: Prompt[];
+}
+
+const EMPTY_CATALOG: Catalog = { tools: [], resources: [], resourceTemplates: [], prompts: [] };
+const BACKOFF_MIN_MS = 250;
+const BACKOFF_MAX_MS = 30_000;
+
+/** Pages through a list method until the upstream stops returning a cursor. */
+async function listAll<T>(page: (cursor?: string) => Promise<{ items: T[]; nextCursor?: string | undefined }>): Promise<T[]> {
+  const items: T[] = [];
+  let cursor: string | undefined;
+  for (let pages = 0; pages < 100; pages++) {
+    const result = await page(cursor);
+    items.push(...result.items);
+    if (!result.nextCursor) break;
+    cursor = result.nextCursor;
+  }
+  return items;
+}
+
+export class Connector {
+  readonly config: ConnectorConfig;
+  private readonly events: ConnectorEvents;
+  private client: Client | undefined;
+  private statusValue: ConnectorStatus = 'starting';
+  private catalogValue: Catalog = EMPTY_CATALOG;
+  private capabilities: ServerCapabilities = {};
+  private readonly inflight = new Map<number, CallOrigin>();
+  /** Progress listeners by the token Bastion sent upstream. */
+  private readonly progress = new Map<string, NonNullable<CallOptions['onprogress']>>();
+  private nextCallId = 1;
+  private backoffMs = BACKOFF_MIN_MS;
+  private reconnectTimer: NodeJS.Timeout | undefined;
+  private startPromise: Promise<void> | undefined;
+  lastError: string | undefined;
+
+  constructor(config: ConnectorConfig, events: ConnectorEvents) {
+    this.config = config;
+    this.events = events;
+  }
+
+  get name(): string {
+    return this.config.name;
+  }
+
+  get status(): ConnectorStatus {
+    return this.statusValue;
+  }
+
+  get catalog(): Catalog {
+    return this.catalogValue;
+  }
+
+  get serverCapabilities(): ServerCapabilities {
+    return this.capabilities;
+  }
+
+  /** Connects once; resolves when connected or failed (a failure schedules a retry). */
+  start(): Promise<void> {
+    this.startPromise ??= this.connect();
+    return this.startPromise;
+  }
+
+  async stop(): Promise<void> {
+    this.setStatus('stopped');
+    clearTimeout(this.reconnectTimer);
+    const client = this.client;
+    this.client = undefined;
+    await client?.close().catch(() => undefined);
+  }
+
+  private setStatus(status: ConnectorStatus): void {
+    if (this.statusValue === status) return;
+    this.statusValue = status;
+    this.events.onStatus?.(this, status);
+  }
+
+  private makeTransport(): Transport {
+    const config = this.config;
+    if (config.transport === 'stdio') {
+      const transport = new StdioClientTransport({
+        command: config.command,
+        args: config.args,
+        env: { ...getDefaultEnvironment(), ...config.env },
+        ...(config.cwd ? { cwd: config.cwd } : {}),
+        stderr: 'pipe',
+      });
+      transport.stderr?.on('data', (chunk: Buffer) => {
+        this.events.log.debug({ connector: config.name, stderr: chunk.toString('utf8').slice(0, 2000) }, 'upstream stderr');
+      });
+      return transport;
+    }
+    return new StreamableHTTPClientTransport(new URL(config.url), { requestInit: { headers: config.headers } });
+  }
+
+  private async connect(): Promise<void> {
+    if (this.statusValue === 'stopped') return;
+    this.setStatus('starting');
+    const client = new Client(
+      { name: 'bastion', version: '0.1.0' },
+      { capabilities: { sampling: {}, elicitation: { form: {}, url: {} }, roots: { listChanged: true } } },
+    );
+    this.installRelays(client);
+    client.onclose = () => {
+      if (this.client !== client) return;
+      this.client = undefined;
+      this.failInflight();
+      if (this.statusValue !== 'stopped') {
+        this.events.log.warn({ connector: this.name }, 'upstream connection closed');
+        this.scheduleReconnect();
+      }
+    };
+    client.onerror = (error) => {
+      this.events.log.debug({ connector: this.name, err: error.message }, 'upstream transport error');
+    };
+    try {
+      await client.connect(this.makeTransport(), { timeout: this.config.timeout });
+      this.client = client;
+      this.capabilities = client.getServerCapabilities() ?? {};
+      await this.refresh('tools');
+      await this.refresh('resources');
+      await this.refresh('prompts');
+      this.backoffMs = BACKOFF_MIN_MS;
+      this.lastError = undefined;
+      this.setStatus('ready');
+      this.events.log.info({ connector: this.name, tools: this.catalogValue.tools.length }, 'connector ready');
+    } catch (error) {
+      this.lastError = (error as Error).message;
+      this.events.log.warn({ connector: this.name, err: this.lastError }, 'connector failed to start');
+      this.client = undefined;
+      await client.close().catch(() => undefined);
+      this.scheduleReconnect();
+    }
+  }
+
+  private scheduleReconnect(): void {
+    if (this.statusValue === 'stopped') return;
+    this.setStatus('down');
+    clearTimeout(this.reconnectTimer);
+    const delay = this.backoffMs;
+    this.backoffMs = Math.min(this.backoffMs * 2, BACKOFF_MAX_MS);
+    this.reconnectTimer = setTimeout(() => void this.connect(), delay);
+    this.reconnectTimer.unref();
+  }
+
+  private failInflight(): void {
+    // The SDK rejects pending requests on close; nothing else to release here.
+    this.inflight.clear();
+  }
+
+  /** Re-reads one catalog list from the upstream. */
+  async refresh(kind: 'tools' | 'resources' | 'prompts'): Promise<void> {
+    const client = this.client;
+    if (!client) return;
+    const caps = this.capabilities;
+    const next = { ...this.catalogValue };
+    if (kind === 'tools') {
+      next.tools = caps.tools
+        ? await listAll(async (cursor) => {
+            const r = await client.listTools(cursor ? { cursor } : {});
+            return { items: r.tools, nextCursor: r.nextCursor };
+          })
+        : [];
+    } else if (kind === 'resources') {
+      next.resources = caps.resources
+        ? await listAll(async (cursor) => {
+            const r = await client.listResources(cursor ? { cursor } : {});
+            return { items: r.resources, nextCursor: r.nextCursor };
+          })
+        : [];
+      next.resourceTemplates = caps.resources
+        ? await listAll(async (cursor) => {
+            const r = await client.listResourceTemplates(cursor ? { cursor } : {});
+            return { items: r.resourceTemplates, nextCursor: r.nextCursor };
+          }).catch(() => [])
+        : [];
+    } else {
+      next.prompts = caps.prompts
+        ? await listAll(async (cursor) => {
+            const r = await client.listPrompts(cursor ? { cursor } : {});
+            return { items: r.prompts, nextCursor: r.nextCursor };
+          })
+        : [];
+    }
+    this.catalogValue = next;
+  }
+
+  /** The single agent with calls in flight here, or undefined when none or ambiguous. */
+  private currentOrigin(): CallOrigin | undefined {
+    let origin: CallOrigin | undefined;
+    for (const candidate of this.inflight.values()) {
+      if (origin && origin.sessionId !== candidate.sessionId) return undefined;
+      origin ??= candidate;
+    }
+    return origin;
+  }
+
+  private installRelays(client: Client): void {
+    const relayRequest = async (request: Request): Promise<Result> => {
+      const origin = this.currentOrigin();
+      if (!origin) {
+        throw new McpError(
+          ErrorCode.InvalidRequest,
+          `Bastion cannot attribute ${request.method} to exactly one agent call in flight on connector ${this.name}`,
+        );
+      }
+      return origin.sendRequest(request);
+    };
+    client.setRequestHandler(CreateMessageRequestSchema, (request) => relayRequest(request) as never);
+    client.setRequestHandler(ElicitRequestSchema, (request) => relayRequest(request) as never);
+    client.setRequestHandler(ListRootsRequestSchema, (request) => relayRequest(request) as never);
+
+    client.setNotificationHandler(LoggingMessageNotificationSchema, async (notification) => {
+      const origin = this.currentOrigin();
+      if (origin) await origin.sendNotification(notification).catch(() => undefined);
+      else this.events.log.info({ connector: this.name, upstream: notification.params }, 'upstream log message');
+    });
+    // The SDK's own onprogress drops a progress notification that arrives in the
+    // same read as the response (its handler runs a microtask after the response
+    // unregisters it), so Bastion routes progress by its own tokens.
+    client.setNotificationHandler(ProgressNotificationSchema, async (notification) => {
+      const { progressToken, ...progress } = notification.params;
+      this.progress.get(String(progressToken))?.(progress);
+    });
+    client.setNotificationHandler(ResourceUpdatedNotificationSchema, async (notification) => {
+      this.events.onResourceUpdated?.(this, notification.params.uri);
+    });
+    const onListChanged = (kind: 'tools' | 'resources' | 'prompts') => async () => {
+      await this.refresh(kind).catch((error: Error) => {
+        this.events.log.warn({ connector: this.name, err: error.message }, `refreshing ${kind} failed`);
+      });
+      this.events.onListChanged?.(this, kind);
+    };
+    client.setNotificationHandler(ToolListChangedNotificationSchema, onListChanged('tools'));
+    client.setNotificationHandler(ResourceListChangedNotificationSchema, onListChanged('resources'));
+    client.setNotificationHandler(PromptListChangedNotificationSchema, onListChanged('prompts'));
+  }
+
+  private requireClient(): Client {
+    if (!this.client || this.statusValue !== 'ready') {
+      throw new ConnectorUnavailable(this.name, this.lastError);
+    }
+    return this.client;
+  }
+
+  /** Runs `operation` with `origin` registered as the owner of relayed traffic. */
+  async withOrigin<T>(origin: CallOrigin, operation: (client: Client) => Promise<T>): Promise<T> {
+    const client = this.requireClient();
+    const id = this.nextCallId++;
+    this.inflight.set(id, origin);
+    try {
+      return await operation(client);
+    } finally {
+      this.inflight.delete(id);
+    }
+  }
+
+  /** Calls an upstream tool by its upstream (un-namespaced) name. */
+  callTool(name: string, args: Record<string, unknown>, options: CallOptions): Promise<CallToolResult> {
+    return this.withOrigin(options.origin, async (client) => {
+      const token = options.onprogress ? `bastion-${this.nextCallId++}` : undefined;
+      if (token) this.progress.set(token, options.onprogress!);
+      try {
+        const result = await client.callTool(
+          { name, arguments: args, ...(token ? { _meta: { progressToken: token } } : {}) },
+          CallToolResultSchema,
+          { timeout: this.config.timeout, ...(options.signal ? { signal: options.signal } : {}) },
+        );
+        return result as CallToolResult;
+      } finally {
+        if (token) this.progress.delete(token);
+      }
+    });
+  }
+}
+
+/** Thrown when a call targets a connector that is not connected. */
+export class ConnectorUnavailable extends Error {
+  override readonly name = 'ConnectorUnavailable';
+  constructor(connector: string, cause: string | undefined) {
+    super(`connector ${connector} is unavailable${cause ? ` (${cause})` : ''}`);
+  }
+}

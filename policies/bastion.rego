@@ -1,0 +1,280 @@
+# METADATA
+# title: Bastion default policy
+# description: |
+#   Deny unless one of the token's capabilities names the tool and the call's
+#   arguments satisfy that capability's constraints. High-risk tools need a
+#   human approval. The broker enforces `decision` and nothing else.
+#
+#   Authorization is computed only from positive rules (`granting`); the
+#   `reasons` explain the outcome but can never widen it, so a reason that
+#   fails to render cannot turn a denial into an allow.
+package bastion
+
+# Obligations attached to every decision. A site policy may tighten them.
+default_obligations := {"redact": [], "max_result_bytes": 1048576}
+
+# METADATA
+# title: decision
+# description: The document the broker enforces (entrypoint bastion/decision).
+decision := {
+	"allow": allow,
+	"approval": approval,
+	"reasons": reasons,
+	"obligations": default_obligations,
+}
+
+default allow := false
+
+allow if {
+	supported_input
+	count(granting) > 0
+}
+
+supported_input if {
+	input.version == 1
+	input.context.method in {"tools/call", "tools/list"}
+}
+
+# --- Which capabilities grant the call --------------------------------------
+
+# Indices of the capabilities whose tool glob names the tool.
+naming contains i if {
+	is_array(input.principal.cap)
+	some i, cap in input.principal.cap
+	tool_glob_matches(cap.tool, input.tool.name)
+}
+
+# Listing a tool only needs a capability that names it: argument constraints
+# can only be judged on a concrete call.
+granting contains i if {
+	input.context.method == "tools/list"
+	some i in naming
+}
+
+granting contains i if {
+	input.context.method == "tools/call"
+	some i in naming
+	arguments_satisfy(input.principal.cap[i])
+}
+
+# "*" is the only wildcard and matches any run of characters (including none).
+# Each literal piece is quoted with \Q...\E so that regex syntax in a tool name
+# or glob stays literal; a backslash could close the quote early, so a glob
+# containing one names nothing.
+tool_glob_matches(glob, name) if {
+	is_string(glob)
+	is_string(name)
+	not contains(glob, `\`)
+	quoted := [concat("", [`\Q`, piece, `\E`]) | some piece in split(glob, "*")]
+	regex.match(concat("", [`^(?s)`, concat(".*", quoted), "$"]), name)
+}
+
+cap_args(cap) := object.get(cap, "args", {})
+
+arguments_satisfy(cap) if {
+	args := cap_args(cap)
+	is_object(args)
+	every name, constraint in args {
+		constraint_holds(name, constraint)
+	}
+}
+
+# A constraint on an argument the call does not carry fails: absence must not
+# be a way around a constraint. Every field present must hold; an unknown
+# field has no `holds` rule and so fails closed.
+constraint_holds(name, constraint) if {
+	well_formed_constraint(constraint)
+	arg := input.arguments[name]
+	every kind, want in constraint {
+		holds(kind, want, arg)
+	}
+}
+
+well_formed_constraint(constraint) if {
+	is_object(constraint)
+	count(constraint) > 0
+}
+
+holds("eq", want, arg) if arg == want
+
+holds("enum", allowed, arg) if {
+	is_array(allowed)
+	arg in allowed
+}
+
+holds("prefix", prefix, arg) if {
+	is_string(prefix)
+	is_string(arg)
+	startswith(arg, prefix)
+}
+
+holds("path_prefix", prefix, arg) if {
+	is_string(prefix)
+	is_string(arg)
+	path_under(prefix, arg)
+	clean_path(arg)
+}
+
+# The pattern must be a valid regex on its own before it is anchored: that
+# keeps an unbalanced pattern such as `a)|(.*` from escaping the anchors.
+holds("pattern", pattern, arg) if {
+	is_string(pattern)
+	is_string(arg)
+	regex.is_valid(pattern)
+	regex.match(concat("", ["^(?:", pattern, ")$"]), arg)
+}
+
+holds("min", bound, arg) if {
+	is_number(bound)
+	is_number(arg)
+	arg >= bound
+}
+
+holds("max", bound, arg) if {
+	is_number(bound)
+	is_number(arg)
+	arg <= bound
+}
+
+# Length in Unicode code points.
+holds("max_length", limit, arg) if {
+	is_number(limit)
+	is_string(arg)
+	count(arg) <= limit
+}
+
+# Prefixes compare by path segment: "/srv" covers "/srv" and "/srv/x" but not
+# "/srv-secrets"; "/srv/" covers everything below /srv/.
+path_under(prefix, path) if {
+	endswith(prefix, "/")
+	startswith(path, prefix)
+}
+
+path_under(prefix, path) if {
+	not endswith(prefix, "/")
+	path == prefix
+}
+
+path_under(prefix, path) if {
+	not endswith(prefix, "/")
+	startswith(path, concat("", [prefix, "/"]))
+}
+
+# A string prefix says nothing about where a path resolves to; reject every
+# spelling that can climb out of, or alias within, the prefix.
+clean_path(path) if {
+	not contains(path, "\u0000")
+	not contains(path, `\`)
+	not contains(path, "//")
+	not dot_segment(path)
+}
+
+dot_segment(path) if {
+	some segment in split(path, "/")
+	segment in {".", ".."}
+}
+
+# --- Approval ----------------------------------------------------------------
+
+default approval := {"required": false, "quorum": 1, "reason": ""}
+
+# An unrecognised risk level is treated as high: fail closed.
+approval := {"required": true, "quorum": 1, "reason": concat("", [display(input.tool.name), risk_phrase])} if {
+	input.context.method == "tools/call"
+	not input.tool.risk in {"low", "medium"}
+}
+
+risk_phrase := " is a high-risk tool" if input.tool.risk == "high"
+
+else := " has an unrecognised risk level and is treated as high-risk"
+
+# --- Reasons -----------------------------------------------------------------
+
+reasons := sort(grant_reasons) if allow
+
+else := sort(deny_reasons) if count(deny_reasons) > 0
+
+else := ["no capability allows this call"]
+
+grant_reasons contains concat("", [cap_label(i), verb, display(input.tool.name)]) if {
+	some i in granting
+	verb := {"tools/call": " allows ", "tools/list": " lists "}[input.context.method]
+}
+
+deny_reasons contains "policy input is not a version 1 tools/call or tools/list request" if {
+	not supported_input
+}
+
+deny_reasons contains concat("", ["no capability names tool ", display(input.tool.name)]) if {
+	supported_input
+	count(naming) == 0
+}
+
+deny_reasons contains concat("", ["capability ", format_int(i, 10), ": ", problem]) if {
+	supported_input
+	input.context.method == "tools/call"
+	some i in naming
+	some problem in cap_problems(input.principal.cap[i])
+}
+
+cap_label(i) := concat("", ["capability ", format_int(i, 10), " (", display(input.principal.cap[i].tool), ")"])
+
+cap_problems(cap) := {"args must be an object"} if not is_object(cap_args(cap))
+
+else := {concat("", ["argument ", name, ": ", problem]) |
+	some name, constraint in cap_args(cap)
+	some problem in constraint_problems(name, constraint)
+}
+
+constraint_problems(name, constraint) := {"malformed constraint (must be a non-empty object)"} if {
+	not well_formed_constraint(constraint)
+}
+
+else := {"missing (this capability constrains it, so it is required)"} if {
+	not name_in_arguments(name)
+}
+
+else := {explain(kind, want) |
+	some kind, want in constraint
+	not holds(kind, want, input.arguments[name])
+}
+
+name_in_arguments(name) if {
+	some key, _ in input.arguments
+	key == name
+}
+
+explain("eq", want) := concat("", ["must equal ", json.marshal(want)])
+
+explain("enum", allowed) := concat("", ["must be one of ", json.marshal(allowed)])
+
+explain("prefix", prefix) := concat("", ["must be a string starting with ", json.marshal(prefix)])
+
+explain("path_prefix", prefix) := concat("", [
+	"must stay under ", display(prefix),
+	" without '..' or '.' segments, '//', backslashes or NUL bytes",
+])
+
+explain("pattern", pattern) := concat("", ["must be a string fully matching the pattern ", json.marshal(pattern)]) if {
+	regex.is_valid(pattern)
+}
+
+explain("pattern", pattern) := concat("", ["has a pattern that is not a valid RE2 expression: ", json.marshal(pattern)]) if {
+	not regex.is_valid(pattern)
+}
+
+explain("min", bound) := concat("", ["must be a number >= ", json.marshal(bound)])
+
+explain("max", bound) := concat("", ["must be a number <= ", json.marshal(bound)])
+
+explain("max_length", limit) := concat("", ["must be a string of at most ", json.marshal(limit), " characters"])
+
+explain(kind, _) := concat("", ["unsupported constraint ", json.marshal(kind)]) if {
+	not kind in {"eq", "enum", "prefix", "path_prefix", "pattern", "min", "max", "max_length"}
+}
+
+# Strings as themselves, anything else as JSON, so a malformed value still
+# renders instead of leaving the reason undefined.
+display(value) := value if is_string(value)
+
+else := json.marshal(value)

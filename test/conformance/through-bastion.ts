@@ -1,0 +1,86 @@
+/**
+ * Runs the official MCP conformance suite through Bastion:
+ *
+ *   conformance client ──HTTP──▶ bastion start ──HTTP──▶ test/fixtures/conformance-upstream.ts
+ *
+ * The suite's client sends no token, so this run (and only this run) enables
+ * the anonymous loopback principal; the upstream's names are exposed
+ * unprefixed because the suite calls exact names. Everything else is the
+ * real broker: policy, audit and the relay of progress, logging, sampling
+ * and elicitation. Prints `conformance: N passed, N failed` and exits non-zero
+ * on any failure.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import YAML from 'yaml';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const children: ChildProcess[] = [];
+
+/** Spawns a node script and resolves with the first stdout match of `pattern`. */
+function startAndWait(args: string[], pattern: RegExp, label: string): Promise<string> {
+  const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
+  children.push(child);
+  return new Promise((resolve, reject) => {
+    let seen = '';
+    const timer = setTimeout(() => reject(new Error(`${label} did not start in time; output: ${seen}`)), 30_000);
+    child.stdout!.on('data', (chunk: Buffer) => {
+      seen += chunk.toString('utf8');
+      const match = pattern.exec(seen);
+      if (match) {
+        clearTimeout(timer);
+        resolve(match[1]!);
+      }
+    });
+    child.once('exit', (code) => reject(new Error(`${label} exited with ${code} before it was ready; output: ${seen}`)));
+  });
+}
+
+async function main(): Promise<number> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'bastion-conformance-'));
+  try {
+    const upstream = await startAndWait(
+      ['test/fixtures/conformance-upstream.ts', '--http', '0'],
+      /listening (\S+)/,
+      'conformance upstream',
+    );
+    const configFile = path.join(dir, 'bastion.yaml');
+    await writeFile(
+      configFile,
+      YAML.stringify({
+        state_dir: dir,
+        log_level: 'warn',
+        server: { port: 0 },
+        auth: { anonymous: { enabled: true, sub: 'conformance-suite', cap: [{ tool: '*' }] } },
+        connectors: [{ name: 'conformance', transport: 'http', url: upstream, namespace: false }],
+      }),
+    );
+    const bastion = await startAndWait(
+      ['broker/cli.ts', 'start', '--config', configFile],
+      /Bastion is listening at (\S+)/,
+      'bastion',
+    );
+    process.stdout.write(`conformance: suite → ${bastion} → ${upstream}\n`);
+    const runner = spawn(process.execPath, ['test/fixtures/run-conformance.ts', '--url', bastion], { cwd: ROOT, stdio: 'inherit' });
+    const code: number = await new Promise((resolve) => runner.once('exit', (c) => resolve(c ?? 1)));
+    const verify = spawn(process.execPath, ['broker/cli.ts', 'audit', 'verify', path.join(dir, 'audit.jsonl')], { cwd: ROOT, stdio: 'inherit' });
+    const verified: number = await new Promise((resolve) => verify.once('exit', (c) => resolve(c ?? 1)));
+    return code || verified;
+  } finally {
+    for (const child of children) child.kill('SIGTERM');
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+main().then(
+  (code) => process.exit(code),
+  (error: Error) => {
+    process.stderr.write(`conformance: ${error.message}\n`);
+    for (const child of children) child.kill('SIGKILL');
+    process.exit(1);
+  },
+);
