@@ -9,8 +9,14 @@
  */
 import path from 'node:path';
 import type { Server } from '@modelcontextprotocol/sdk/server/index.js';
-import { ensureDevKey, readJwksFile, type DevKey } from './auth/keys.ts';
-import { createTokenVerifier, type Principal, type TokenVerifier, type TrustedIssuer } from './auth/verify.ts';
+import { createLocalJWKSet } from 'jose';
+import { createAuthenticator, type Authenticator } from './auth/authenticate.ts';
+import type { DelegationSigner } from './auth/delegate.ts';
+import { ensureDelegationKey, ensureDevKey, readJwksFile, type DevKey } from './auth/keys.ts';
+import { issuerKeys, type IssuerKeys } from './auth/keysets.ts';
+import { createTokenVerifier, type Principal } from './auth/verify.ts';
+import { openEmbeddedState } from './state/embedded.ts';
+import type { StateStore } from './state/store.ts';
 import { openAuditLog, type AuditLog } from './audit/log.ts';
 import { demoConnector, type Config } from './config.ts';
 import type { Logger } from './log.ts';
@@ -54,10 +60,14 @@ export interface Broker {
   connectors: Connector[];
   audit: AuditLog;
   sessions: SessionHub;
+  state: StateStore;
   /** Present when no issuer is configured: the embedded default's signing key. */
   devKey: DevKey | undefined;
-  issuers: TrustedIssuer[];
-  verifierFor(audience: string): TokenVerifier;
+  issuers: IssuerKeys[];
+  /** Stage 1 for tokens addressed to `audience` (the front door's resource identifier). */
+  authenticatorFor(audience: string): Authenticator;
+  /** Signs delegated tokens for `audience`; undefined when delegation is off. */
+  delegationSignerFor(audience: string): DelegationSigner | undefined;
   /** The anonymous principal, when config enables it (loopback-only; checked by the front door). */
   anonymous: Principal | undefined;
   stop(): Promise<void>;
@@ -65,10 +75,15 @@ export interface Broker {
 
 export async function createBroker(config: Config, log: Logger): Promise<Broker> {
   const devKey = config.auth.issuers.length === 0 ? await ensureDevKey(config.state_dir) : undefined;
-  const issuerFiles = devKey ? [{ issuer: devKey.issuer, jwks_file: devKey.jwksFile }] : config.auth.issuers;
-  const issuers = await Promise.all(
-    issuerFiles.map(async (i) => ({ issuer: i.issuer, jwks: await readJwksFile(i.jwks_file) })),
-  );
+  const sources = devKey ? [{ issuer: devKey.issuer, jwks_file: devKey.jwksFile }] : config.auth.issuers;
+  const keyOptions = { minRefreshMs: config.auth.jwks_min_refresh };
+  const issuers: IssuerKeys[] = sources.map((source) => issuerKeys(source, keyOptions));
+  const delegationKey = config.auth.delegation.enabled ? await ensureDelegationKey(config.state_dir) : undefined;
+  if (delegationKey) {
+    const local = createLocalJWKSet(await readJwksFile(delegationKey.jwksFile));
+    issuers.push({ issuer: delegationKey.issuer, getKey: local, loads: 1 });
+  }
+  const state = await openEmbeddedState(path.join(config.state_dir, 'state.jsonl'));
 
   const policy: PolicyEngine = await loadPolicy(config.policy.wasm);
   const audit = await openAuditLog(config.audit.file ?? path.join(config.state_dir, 'audit.jsonl'));
@@ -117,23 +132,41 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
     connectors,
     audit,
     sessions,
+    state,
     devKey,
     issuers,
     anonymous: anonymousConfig.enabled
-      ? { sub: anonymousConfig.sub, iss: 'urn:bastion:anonymous', act: [], cap: anonymousConfig.cap, jti: 'anonymous', exp: Number.MAX_SAFE_INTEGER, anonymous: true, tokenHash: 'none' }
+      ? { sub: anonymousConfig.sub, iss: 'urn:bastion:anonymous', act: [], cap: anonymousConfig.cap, jti: 'anonymous', exp: Number.MAX_SAFE_INTEGER, anonymous: true, tokenHash: 'none', singleUse: false }
       : undefined,
-    verifierFor: (audience) =>
-      createTokenVerifier({
-        issuers,
-        audience,
+    authenticatorFor: (audience) =>
+      createAuthenticator({
+        verifier: createTokenVerifier({
+          issuers,
+          audience,
+          algorithms: config.auth.algorithms,
+          tokenType: config.auth.token_type,
+          maxTtlMs: config.auth.max_ttl,
+          clockSkewMs: config.auth.clock_skew,
+        }),
+        state,
         algorithms: config.auth.algorithms,
-        tokenType: config.auth.token_type,
-        maxTtlMs: config.auth.max_ttl,
+        dpopMaxAgeMs: config.auth.dpop.max_age,
         clockSkewMs: config.auth.clock_skew,
       }),
+    delegationSignerFor: (audience) =>
+      delegationKey
+        ? {
+            key: delegationKey.privateJwk,
+            issuer: delegationKey.issuer,
+            audience,
+            tokenType: config.auth.token_type,
+            maxTtlMs: Math.min(config.auth.delegation.max_ttl, config.auth.max_ttl),
+          }
+        : undefined,
     async stop() {
       await Promise.all(connectors.map((c) => c.stop()));
       await audit.close();
+      await state.close();
     },
   };
 }

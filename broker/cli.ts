@@ -5,7 +5,8 @@
  */
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { ensureDevKey } from './auth/keys.ts';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { DEV_ISSUER, ensureDevKey, generateSigningKey, writePrivate } from './auth/keys.ts';
 import { mintToken } from './auth/mint.ts';
 import { verifyAuditFile } from './audit/verify.ts';
 import { createBroker } from './broker.ts';
@@ -24,6 +25,9 @@ commands:
   start          serve MCP over Streamable HTTP (default command)
   stdio          serve MCP over stdin/stdout (token from BASTION_TOKEN)
   token mint     sign a capability token with the dev key
+  token delegate ask a running broker for a narrower token for a sub-agent
+  token revoke   revoke a token (by jti) or a subject, on a running broker
+  keys generate  make an Ed25519 or P-256 signing key and its JWKS
   audit verify   check an audit file's hash chain
 
 Run "bastion <command> --help" for a command's options.`,
@@ -51,6 +55,27 @@ Signs a capability token with the dev key (embedded default only) and prints it.
                    '[{"tool":"demo__read_file","args":{"path":{"path_prefix":"/srv/"}}}]'
   --ttl DURATION   lifetime, e.g. 90s, 5m (default 5m; capped by auth.max_ttl)
   --aud URL        audience (default: the broker's MCP URL from config)`,
+  'token delegate': `usage: bastion token delegate --token PARENT --sub SUBJECT [--cap PATTERN]... [--cap-json JSON] [--ttl DURATION] [--url BROKER]
+
+Asks a running broker (POST /token/delegate) for a token for a sub-agent.
+The requested capabilities must be covered by the parent token's; the new
+token expires no later than the parent and records the chain in "act".
+
+  --token PARENT   the parent capability token (or env BASTION_TOKEN)
+  --sub SUBJECT    the sub-agent's identity (required)
+  --cap, --cap-json  the narrower grants (as for token mint)
+  --ttl DURATION   lifetime (default 5m; capped by auth.delegation.max_ttl)
+  --url BROKER     the broker's base URL (default from config, e.g. http://127.0.0.1:8080)`,
+  'token revoke': `usage: bastion token revoke (--jti JTI --iss ISSUER | --sub SUBJECT) [--url BROKER] [--token ADMIN] [--config FILE]
+
+Revokes on a running broker (POST /admin/revoke), effective for the next
+request. Revoking a subject also stops every token delegated from it. The
+admin token needs the literal grant "bastion:revoke"; with the embedded
+default one is minted with the dev key when --token is not given.`,
+  'keys generate': `usage: bastion keys generate [--alg EdDSA|ES256] [--out DIR]
+
+Writes DIR/signing-key.json (private JWK, mode 0600, keep it with the issuer)
+and DIR/jwks.json (public; point auth.issuers[].jwks_file at it). Prints the kid.`,
   'audit verify': `usage: bastion audit verify FILE
 
 Checks every record's sequence number, prev link and hash. Prints the first
@@ -135,6 +160,105 @@ async function stdio(argv: string[]): Promise<void> {
   process.exit(0);
 }
 
+/** --cap patterns plus --cap-json grants, validated like the token claim. */
+function capabilitiesFrom(patterns: string[] | undefined, json: string | undefined): Capability[] {
+  const cap: Capability[] = (patterns ?? []).map((tool) => ({ tool }));
+  if (json) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(json);
+    } catch {
+      fail('--cap-json: not valid JSON');
+    }
+    const grants = CapabilitySchema.array().safeParse(parsed);
+    if (!grants.success) fail(`--cap-json: ${grants.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+    cap.push(...grants.data);
+  }
+  return cap;
+}
+
+/** POSTs JSON to a running broker and prints the answer; exits 1 on refusal. */
+async function postToBroker(url: string, token: string, body: unknown): Promise<Record<string, unknown>> {
+  let response: Response;
+  try {
+    response = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` }, body: JSON.stringify(body) });
+  } catch (error) {
+    fail(`cannot reach ${url}: ${(error as Error).message}`, 1);
+  }
+  const answer = (await response.json().catch(() => ({}))) as Record<string, unknown>;
+  if (!response.ok) fail(`${url} refused (${response.status}): ${String(answer.code ?? '')} ${String(answer.error_description ?? answer.error ?? '')}`, 1);
+  return answer;
+}
+
+function brokerBase(config: Config, url: string | undefined): string {
+  return url ?? new URL(defaultResource(config)).origin;
+}
+
+async function tokenDelegate(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      token: { type: 'string' },
+      sub: { type: 'string' },
+      cap: { type: 'string', multiple: true },
+      'cap-json': { type: 'string' },
+      ttl: { type: 'string', default: '5m' },
+      url: { type: 'string' },
+      config: { type: 'string' },
+      help: { type: 'boolean' },
+    },
+  });
+  if (values.help) return void console.log(HELP['token delegate']);
+  const parent = values.token ?? process.env.BASTION_TOKEN;
+  if (!parent) fail('token delegate: --token (or BASTION_TOKEN) is required');
+  if (!values.sub) fail('token delegate: --sub is required');
+  const cap = capabilitiesFrom(values.cap, values['cap-json']);
+  if (cap.length === 0) fail('token delegate: give at least one --cap or --cap-json grant');
+  const config = await loadConfig(values.config);
+  const answer = await postToBroker(`${brokerBase(config, values.url)}/token/delegate`, parent, { sub: values.sub, cap, ttl: values.ttl });
+  process.stdout.write(`${String(answer.access_token)}\n`);
+}
+
+async function tokenRevoke(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      jti: { type: 'string' },
+      iss: { type: 'string' },
+      sub: { type: 'string' },
+      url: { type: 'string' },
+      token: { type: 'string' },
+      config: { type: 'string' },
+      help: { type: 'boolean' },
+    },
+  });
+  if (values.help) return void console.log(HELP['token revoke']);
+  if (Boolean(values.jti) === Boolean(values.sub)) fail('token revoke: give either --jti (with --iss) or --sub');
+  const config = await loadConfig(values.config);
+  let admin = values.token;
+  if (!admin) {
+    if (config.auth.issuers.length > 0) fail('token revoke: --token is required when issuers are configured');
+    const dev = await ensureDevKey(config.state_dir);
+    admin = await mintToken({ key: dev.privateJwk, issuer: dev.issuer, audience: defaultResource(config), sub: 'operator:cli', cap: [{ tool: 'bastion:revoke' }], ttlMs: 60_000, tokenType: config.auth.token_type });
+  }
+  const body = values.jti ? { jti: values.jti, iss: values.iss ?? DEV_ISSUER } : { sub: values.sub };
+  const answer = await postToBroker(`${brokerBase(config, values.url)}/admin/revoke`, admin, body);
+  process.stdout.write(`revoked ${JSON.stringify(answer.revoked)}\n`);
+}
+
+async function keysGenerate(argv: string[]): Promise<void> {
+  const { values } = parseArgs({ args: argv, options: { alg: { type: 'string', default: 'EdDSA' }, out: { type: 'string', default: '.' }, help: { type: 'boolean' } } });
+  if (values.help) return void console.log(HELP['keys generate']);
+  if (values.alg !== 'EdDSA' && values.alg !== 'ES256') fail('keys generate: --alg must be EdDSA or ES256');
+  const { privateJwk, jwks } = await generateSigningKey(values.alg);
+  await mkdir(values.out, { recursive: true });
+  const keyFile = path.join(values.out, 'signing-key.json');
+  const jwksFile = path.join(values.out, 'jwks.json');
+  await writePrivate(keyFile, JSON.stringify(privateJwk, null, 2));
+  await writeFile(jwksFile, JSON.stringify(jwks, null, 2));
+  process.stdout.write(`kid ${privateJwk.kid}\nprivate key ${keyFile} (mode 0600)\nJWKS ${jwksFile}\n`);
+}
+
 async function tokenMint(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv,
@@ -152,18 +276,7 @@ async function tokenMint(argv: string[]): Promise<void> {
   if (!values.sub) fail('token mint: --sub is required');
   const config = await loadConfig(values.config);
   if (config.auth.issuers.length > 0) fail('token mint signs with the dev key, which exists only when no issuers are configured');
-  const cap: Capability[] = (values.cap ?? []).map((tool) => ({ tool }));
-  if (values['cap-json']) {
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(values['cap-json']);
-    } catch {
-      fail('--cap-json: not valid JSON');
-    }
-    const grants = CapabilitySchema.array().safeParse(parsed);
-    if (!grants.success) fail(`--cap-json: ${grants.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
-    cap.push(...grants.data);
-  }
+  const cap = capabilitiesFrom(values.cap, values['cap-json']);
   let ttlMs: number;
   try {
     ttlMs = parseDuration(values.ttl);
@@ -201,6 +314,9 @@ async function main(argv: string[]): Promise<void> {
   if (first === 'help' || first === '--help' || first === '-h') return void console.log(HELP.main);
   if (first === 'stdio') return stdio(argv.slice(1));
   if (first === 'token' && second === 'mint') return tokenMint(rest);
+  if (first === 'token' && second === 'delegate') return tokenDelegate(rest);
+  if (first === 'token' && second === 'revoke') return tokenRevoke(rest);
+  if (first === 'keys' && second === 'generate') return keysGenerate(rest);
   if (first === 'audit' && second === 'verify') return auditVerify(rest);
   if (first.startsWith('-')) return start(argv);
   fail(`unknown command: ${argv.join(' ')}\n\n${HELP.main}`);

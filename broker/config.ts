@@ -82,12 +82,19 @@ const HttpConnector = z.strictObject({
 export const ConnectorConfigSchema = z.discriminatedUnion('transport', [StdioConnector, HttpConnector]);
 export type ConnectorConfig = z.infer<typeof ConnectorConfigSchema>;
 
-const IssuerSchema = z.strictObject({
-  /** Exact `iss` claim value. */
-  issuer: z.string().min(1),
-  /** Local JWKS file with the issuer's public keys, looked up by `kid`. */
-  jwks_file: z.string().min(1),
-});
+const IssuerSchema = z.union([
+  z.strictObject({
+    /** Exact `iss` claim value. */
+    issuer: z.string().min(1),
+    /** Local JWKS file with the issuer's public keys, looked up by `kid`; re-read when it changes. */
+    jwks_file: z.string().min(1),
+  }),
+  z.strictObject({
+    issuer: z.string().min(1),
+    /** JWKS URL: fetched, cached, refreshed on an unknown `kid` (rate-limited). */
+    jwks_url: z.url({ protocol: /^https?$/ }),
+  }),
+]);
 
 const AnonymousSchema = z.strictObject({
   /** Off by default. Lets token-less loopback clients in with these capabilities (conformance runs only). */
@@ -119,6 +126,16 @@ export const ConfigSchema = z.strictObject({
       /** Longest lifetime (exp − iat) a token may have. */
       max_ttl: Duration.default(15 * 60_000),
       clock_skew: Duration.default(30_000).refine((ms) => ms <= 30_000, 'at most 30s'),
+      /** At most one JWKS re-read or fetch per issuer per this interval, however many unknown kids arrive. */
+      jwks_min_refresh: Duration.default(30_000),
+      dpop: z.strictObject({ max_age: Duration.default(60_000) }).prefault({}),
+      delegation: z
+        .strictObject({
+          /** Lets a token holder mint narrower, shorter-lived tokens for sub-agents (POST /token/delegate). */
+          enabled: z.boolean().default(true),
+          max_ttl: Duration.default(5 * 60_000),
+        })
+        .prefault({}),
       anonymous: AnonymousSchema.prefault({}),
     })
     .prefault({}),
@@ -133,8 +150,14 @@ export const ConfigSchema = z.strictObject({
       file: z.string().optional(),
     })
     .prefault({}),
-  /** Where the dev key, audit file and other local state live. */
+  /** Where the dev key, audit file and embedded state journal live. */
   state_dir: z.string().default('.bastion'),
+  state: z
+    .strictObject({
+      /** `embedded`: a journal in state_dir, durable, one process. */
+      backend: z.literal('embedded').default('embedded'),
+    })
+    .prefault({}),
   log_level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   /** Upstream MCP servers. Absent means the embedded demo connector. */
   connectors: z.array(ConnectorConfigSchema).optional(),
@@ -195,7 +218,7 @@ export async function loadConfig(file: string | undefined): Promise<Config> {
   config.state_dir = resolve(config.state_dir);
   if (config.audit.file) config.audit.file = resolve(config.audit.file);
   config.policy.wasm = resolve(config.policy.wasm);
-  for (const issuer of config.auth.issuers) issuer.jwks_file = resolve(issuer.jwks_file);
+  for (const issuer of config.auth.issuers) if ('jwks_file' in issuer) issuer.jwks_file = resolve(issuer.jwks_file);
   for (const connector of config.connectors ?? []) {
     if (connector.transport === 'stdio' && connector.cwd) connector.cwd = resolve(connector.cwd);
   }

@@ -132,6 +132,11 @@ export class Pipeline {
     }
   }
 
+  /** Records an event outside tool calls (delegation, revocation). */
+  async recordEvent(event: AuditEvent): Promise<void> {
+    await this.parts.audit.append(event);
+  }
+
   /** Records a refusal that happened before the pipeline (e.g. at the HTTP front door). */
   async recordDenial(event: Omit<AuditEvent, 'outcome'>, denial: Denial): Promise<void> {
     this.parts.log.info({ ...event, denial: denial.toJSON() }, 'request refused');

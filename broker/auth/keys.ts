@@ -12,6 +12,8 @@ import { z } from 'zod';
 
 /** The `iss` of tokens signed with the dev key. */
 export const DEV_ISSUER = 'urn:bastion:dev';
+/** The `iss` of tokens Bastion itself mints by delegation. */
+export const DELEGATION_ISSUER = 'urn:bastion:delegation';
 
 const PublicJwkSchema = z
   .looseObject({ kty: z.string(), kid: z.string().min(1) })
@@ -37,29 +39,46 @@ export interface DevKey {
 }
 
 /** Writes a file atomically with owner-only permissions. */
-async function writePrivate(file: string, text: string): Promise<void> {
+export async function writePrivate(file: string, text: string): Promise<void> {
   const tmp = `${file}.${process.pid}.tmp`;
   await writeFile(tmp, text, { mode: 0o600 });
   await rename(tmp, file);
 }
 
 /** Loads the dev Ed25519 key from `stateDir`, creating it (and its JWKS) on first run. */
-export async function ensureDevKey(stateDir: string): Promise<DevKey> {
-  const keyFile = path.join(stateDir, 'dev-signing-key.json');
-  const jwksFile = path.join(stateDir, 'dev-jwks.json');
+export function ensureDevKey(stateDir: string): Promise<DevKey> {
+  return ensureSigningKey(stateDir, 'dev', DEV_ISSUER);
+}
+
+/** The key Bastion signs delegated tokens with; made on first run like the dev key. */
+export function ensureDelegationKey(stateDir: string): Promise<DevKey> {
+  return ensureSigningKey(stateDir, 'delegation', DELEGATION_ISSUER);
+}
+
+/** Generates a key pair: the private JWK (with kid and alg) and a JWKS of its public half. */
+export async function generateSigningKey(alg: 'EdDSA' | 'ES256' = 'EdDSA'): Promise<{ privateJwk: JWK; jwks: Jwks }> {
+  const { publicKey, privateKey } = await generateKeyPair(alg, alg === 'EdDSA' ? { crv: 'Ed25519', extractable: true } : { extractable: true });
+  const publicJwk = await exportJWK(publicKey);
+  const kid = await calculateJwkThumbprint(publicJwk);
+  return {
+    privateJwk: { ...(await exportJWK(privateKey)), kid, alg, use: 'sig' },
+    jwks: { keys: [{ ...publicJwk, kid, alg, use: 'sig' }] },
+  };
+}
+
+async function ensureSigningKey(stateDir: string, name: string, issuer: string): Promise<DevKey> {
+  const keyFile = path.join(stateDir, `${name}-signing-key.json`);
+  const jwksFile = path.join(stateDir, `${name}-jwks.json`);
   try {
     const privateJwk = JSON.parse(await readFile(keyFile, 'utf8')) as JWK;
     await readJwksFile(jwksFile);
-    return { issuer: DEV_ISSUER, privateJwk, jwksFile };
+    return { issuer, privateJwk, jwksFile };
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
   }
   await mkdir(stateDir, { recursive: true, mode: 0o700 });
-  const { publicKey, privateKey } = await generateKeyPair('EdDSA', { crv: 'Ed25519', extractable: true });
-  const publicJwk = await exportJWK(publicKey);
-  const kid = await calculateJwkThumbprint(publicJwk);
-  const privateJwk = { ...(await exportJWK(privateKey)), kid, alg: 'EdDSA', use: 'sig' };
+  const { privateJwk, jwks } = await generateSigningKey('EdDSA');
   await writePrivate(keyFile, JSON.stringify(privateJwk, null, 2));
-  await writePrivate(jwksFile, JSON.stringify({ keys: [{ ...publicJwk, kid, alg: 'EdDSA', use: 'sig' }] }, null, 2));
-  return { issuer: DEV_ISSUER, privateJwk, jwksFile };
+  await writePrivate(jwksFile, JSON.stringify(jwks, null, 2));
+  return { issuer, privateJwk, jwksFile };
 }

@@ -12,7 +12,6 @@
  */
 import { createHash } from 'node:crypto';
 import {
-  createLocalJWKSet,
   decodeJwt,
   decodeProtectedHeader,
   errors,
@@ -23,7 +22,7 @@ import {
 import { z } from 'zod';
 import { Denial, type DenialCode } from '../errors.ts';
 import { CapabilitySchema, type Capability } from '../policy/schema.ts';
-import type { Jwks } from './keys.ts';
+import type { IssuerKeys } from './keysets.ts';
 
 /** Tokens above this size are refused before any parsing. */
 export const MAX_TOKEN_BYTES = 8192;
@@ -41,15 +40,14 @@ export interface Principal {
   anonymous: boolean;
   /** sha256 of the token: lets the audit trail correlate calls without storing the token. */
   tokenHash: string;
-}
-
-export interface TrustedIssuer {
-  issuer: string;
-  jwks: Jwks;
+  /** `use: "once"`: the token is refused on a second presentation. */
+  singleUse: boolean;
+  /** `cnf.jkt`: the token is bound to this key; every request needs a DPoP proof. */
+  jkt?: string;
 }
 
 export interface VerifierOptions {
-  issuers: TrustedIssuer[];
+  issuers: IssuerKeys[];
   /** The broker's resource identifier; `aud` must be exactly this. */
   audience: string;
   algorithms: ('EdDSA' | 'ES256')[];
@@ -76,6 +74,8 @@ const ClaimsSchema = z.looseObject({
   jti: z.string().min(1).max(256),
   cap: z.array(CapabilitySchema).max(64),
   act: ActSchema.optional(),
+  use: z.literal('once').optional(),
+  cnf: z.strictObject({ jkt: z.string().regex(/^[A-Za-z0-9_-]{43}$/, 'a base64url SHA-256 JWK thumbprint') }).optional(),
 });
 
 /** Header parameters that would make a verifier fetch keys or nest tokens. */
@@ -103,7 +103,9 @@ function fromJose(error: unknown): Denial {
   if (error instanceof errors.JWTClaimValidationFailed) {
     if (error.claim === 'aud') return deny('BASTION_TOKEN_AUDIENCE_INVALID', 'token audience is not this broker');
     if (error.claim === 'iss') return deny('BASTION_TOKEN_ISSUER_UNTRUSTED', 'token issuer is not trusted');
-    if (error.claim === 'nbf' || error.claim === 'iat') {
+    // Only a failed time check means "not yet valid"; a missing or non-numeric nbf/iat is a bad claim
+    // (jose reports those as reason "missing"/"invalid" with the same claim name).
+    if ((error.claim === 'nbf' || error.claim === 'iat') && error.reason === 'check_failed') {
       return deny('BASTION_TOKEN_NOT_YET_VALID', `token is not valid yet (${error.claim} is in the future)`);
     }
     if (error.claim === 'typ') return deny('BASTION_TOKEN_TYPE_REFUSED', 'token typ header is not accepted');
@@ -124,7 +126,7 @@ function fromJose(error: unknown): Denial {
 /** Builds a verifier with keys imported once; `verify` does no I/O. */
 export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
   const now = options.now ?? Date.now;
-  const keySets = new Map(options.issuers.map((i) => [i.issuer, createLocalJWKSet(i.jwks)]));
+  const keySets = new Map(options.issuers.map((i) => [i.issuer, i.getKey]));
   const skewSeconds = Math.floor(options.clockSkewMs / 1000);
   const maxTtlSeconds = Math.floor(options.maxTtlMs / 1000);
 
@@ -135,12 +137,10 @@ export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
         throw deny('BASTION_TOKEN_TOO_LARGE', `token exceeds ${MAX_TOKEN_BYTES} bytes`);
       }
       let header: ProtectedHeaderParameters;
-      let unverified: JWTPayload;
       try {
         header = decodeProtectedHeader(token);
-        unverified = decodeJwt(token);
       } catch {
-        throw deny('BASTION_TOKEN_MALFORMED', 'token is not a JWS compact serialization with a JSON payload');
+        throw deny('BASTION_TOKEN_MALFORMED', 'token is not a JWS compact serialization');
       }
       if (typeof header.alg !== 'string' || !(options.algorithms as string[]).includes(header.alg)) {
         throw deny('BASTION_TOKEN_ALG_REFUSED', `algorithm ${String(header.alg)} is not allowed (allowed: ${options.algorithms.join(', ')})`);
@@ -152,7 +152,19 @@ export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
         if (name in header) throw deny('BASTION_TOKEN_HEADER_REFUSED', `header parameter ${name} is not accepted`);
       }
       if (header.cty !== undefined) throw deny('BASTION_TOKEN_HEADER_REFUSED', 'nested tokens (cty) are not accepted');
+      // No extension is understood, so any critical one must be refused (RFC 7515 §4.1.11).
+      if (header.crit !== undefined) throw deny('BASTION_TOKEN_HEADER_REFUSED', 'critical header extensions are not supported');
+      // Bastion understands no JWS extensions, so any `crit` is unknown to it. Refused here with its own
+      // code: left to jose, it surfaced as JOSENotSupported and was mislabelled BASTION_TOKEN_ALG_REFUSED.
+      if (header.crit !== undefined) throw deny('BASTION_TOKEN_HEADER_REFUSED', 'critical header extensions (crit) are not accepted');
       if (typeof header.kid !== 'string') throw deny('BASTION_TOKEN_KEY_UNKNOWN', 'token has no kid');
+
+      let unverified: JWTPayload;
+      try {
+        unverified = decodeJwt(token);
+      } catch {
+        throw deny('BASTION_TOKEN_MALFORMED', 'token payload is not a JSON claims set');
+      }
 
       const issuer = typeof unverified.iss === 'string' ? unverified.iss : undefined;
       const keySet = issuer === undefined ? undefined : keySets.get(issuer);
@@ -201,6 +213,8 @@ export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
         exp,
         anonymous: false,
         tokenHash: `sha256:${createHash('sha256').update(token).digest('hex')}`,
+        singleUse: claims.data.use === 'once',
+        ...(claims.data.cnf ? { jkt: claims.data.cnf.jkt } : {}),
       };
     },
   };

@@ -19,6 +19,7 @@ import type { Principal } from '../auth/verify.ts';
 import type { Broker } from '../broker.ts';
 import { Denial } from '../errors.ts';
 import { createAgentServer } from './session.ts';
+import { tokenRoutes } from './token-routes.ts';
 
 export interface HttpFrontDoor {
   /** The MCP endpoint agents connect to. */
@@ -34,7 +35,7 @@ interface HttpSession {
   owner: string;
 }
 
-type AuthedRequest = Request & { auth?: AuthInfo };
+export type AuthedRequest = Request & { auth?: AuthInfo };
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
 
@@ -75,7 +76,7 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   const hostForUrl = config.server.host.includes(':') ? `[${config.server.host}]` : config.server.host;
   const url = `http://${hostForUrl}:${port}/mcp`;
   const resource = config.server.resource ?? url;
-  const verifier = broker.verifierFor(resource);
+  const authenticator = broker.authenticatorFor(resource);
 
   const allowedHosts = new Set([`127.0.0.1:${port}`, `localhost:${port}`, `[::1]:${port}`, new URL(resource).host]);
   const allowedOrigins = new Set([
@@ -103,28 +104,48 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
     next();
   };
 
-  const authenticate = async (req: AuthedRequest, res: Response, next: NextFunction) => {
+  const resourceOrigin = new URL(resource).origin;
+  const metadataUrl = `${resourceOrigin}/.well-known/oauth-protected-resource${new URL(resource).pathname}`;
+
+  /** Sends the 401 (or 403 for state failures) a refused authentication gets, after auditing it. */
+  const refuseAuthentication = async (req: Request, res: Response, denial: Denial) => {
+    await pipeline
+      .recordDenial({ event: `http ${req.method} ${req.baseUrl || req.path}`, transport: 'http', tool: toolOf(req.body) }, denial)
+      .catch((auditError: Error) => log.error({ err: auditError.message }, 'audit append failed'));
+    const description = denial.reason.replace(/["\\]/g, "'");
+    const challenge =
+      denial.code === 'BASTION_TOKEN_MISSING'
+        ? `Bearer realm="bastion", resource_metadata="${metadataUrl}"`
+        : `Bearer realm="bastion", error="invalid_token", error_description="${description}", resource_metadata="${metadataUrl}"`;
+    const status = denial.code === 'BASTION_STATE_UNAVAILABLE' ? 503 : 401;
+    if (status === 401) res.setHeader('WWW-Authenticate', challenge);
+    res.status(status).json({ error: status === 401 ? 'invalid_token' : 'temporarily_unavailable', code: denial.code, stage: denial.stage, error_description: denial.reason });
+  };
+
+  /** Stage 1 for one HTTP request: token, revocation, DPoP proof, single use. */
+  const principalOf = async (req: Request): Promise<Principal> => {
     const header = req.headers.authorization;
+    if (header === undefined && broker.anonymous && isLoopbackAddress(req.socket.remoteAddress)) return broker.anonymous;
+    // RFC 9449 sends bound tokens with the DPoP scheme; Bearer is accepted too, the proof is what counts.
+    const match = header === undefined ? null : /^(?:Bearer|DPoP) ([^\s]+)$/i.exec(header);
+    if (header !== undefined && !match) throw new Denial('authenticate', 'BASTION_TOKEN_MALFORMED', 'Authorization must be "Bearer <token>" or "DPoP <token>"');
+    const dpop = req.headers.dpop;
+    return authenticator.authenticate({
+      token: match?.[1],
+      transport: 'http',
+      method: req.method,
+      url: `${resourceOrigin}${req.originalUrl}`,
+      dpop: typeof dpop === 'string' ? dpop : undefined,
+    });
+  };
+
+  const authenticate = async (req: AuthedRequest, res: Response, next: NextFunction) => {
     let principal: Principal;
     try {
-      if (header === undefined && broker.anonymous && isLoopbackAddress(req.socket.remoteAddress)) {
-        principal = broker.anonymous;
-      } else {
-        const match = header === undefined ? null : /^Bearer ([^\s]+)$/i.exec(header);
-        if (header !== undefined && !match) throw new Denial('authenticate', 'BASTION_TOKEN_MALFORMED', 'Authorization must be "Bearer <token>"');
-        principal = await verifier.verify(match?.[1]);
-      }
+      principal = await principalOf(req);
     } catch (error) {
       const denial = error instanceof Denial ? error : new Denial('authenticate', 'BASTION_TOKEN_MALFORMED', 'token could not be verified');
-      await pipeline
-        .recordDenial({ event: `http ${req.method}`, transport: 'http', tool: toolOf(req.body) }, denial)
-        .catch((auditError: Error) => log.error({ err: auditError.message }, 'audit append failed'));
-      const params =
-        denial.code === 'BASTION_TOKEN_MISSING'
-          ? `Bearer realm="bastion"`
-          : `Bearer realm="bastion", error="invalid_token", error_description="${denial.reason.replace(/["\\]/g, "'")}"`;
-      res.setHeader('WWW-Authenticate', params);
-      res.status(401).json({ error: 'invalid_token', code: denial.code, stage: denial.stage, error_description: denial.reason });
+      await refuseAuthentication(req, res, denial);
       return;
     }
     req.auth = { token: '', clientId: principal.sub, scopes: [], expiresAt: principal.exp, extra: { principal } };
@@ -202,6 +223,14 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
     jsonRpcError(res, 405, ErrorCode.InvalidRequest, 'Method not allowed');
   });
   app.use('/mcp', mcp);
+
+  app.use(
+    tokenRoutes({
+      broker,
+      resource,
+      authenticate,
+    }),
+  );
 
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });

@@ -13,11 +13,12 @@ import type { Broker } from '../broker.ts';
 import { createAgentServer } from './session.ts';
 
 export async function serveStdio(broker: Broker, token: string | undefined, resource: string): Promise<void> {
-  const verifier = broker.verifierFor(resource);
+  const authenticator = broker.authenticatorFor(resource);
   const server = createAgentServer(broker, {
     id: randomUUID(),
     transport: 'stdio',
-    principal: async () => (token === undefined && broker.anonymous ? broker.anonymous : verifier.verify(token)),
+    principal: async () =>
+      token === undefined && broker.anonymous ? broker.anonymous : authenticator.authenticate({ token, transport: 'stdio' }),
   });
   const closed = new Promise<void>((resolve) => {
     server.onclose = () => resolve();

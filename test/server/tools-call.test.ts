@@ -148,7 +148,9 @@ describe('refused at authentication (HTTP 401, upstream never called, audited)',
   it('no token', async () => {
     const response = await post(t.url, toolCall('rec__echo', { text: 'x' }), { 'mcp-session-id': sessionId });
     expect(response.status).toBe(401);
-    expect(response.headers.get('www-authenticate')).toBe('Bearer realm="bastion"');
+    expect(response.headers.get('www-authenticate')).toBe(
+      `Bearer realm="bastion", resource_metadata="${new URL(t.url).origin}/.well-known/oauth-protected-resource/mcp"`,
+    );
     expect((await t.auditRecords()).at(-1)?.denial?.code).toBe('BASTION_TOKEN_MISSING');
   });
 
