@@ -15,7 +15,15 @@ import type { DelegationSigner } from './auth/delegate.ts';
 import { ensureDelegationKey, ensureDevKey, readJwksFile, type DevKey } from './auth/keys.ts';
 import { issuerKeys, type IssuerKeys } from './auth/keysets.ts';
 import { createTokenVerifier, type Principal } from './auth/verify.ts';
+import { ApproverDirectory } from './approvals/approvers.ts';
+import { ApprovalDesk, localBus } from './approvals/desk.ts';
+import { webhookNotifier } from './approvals/webhook.ts';
+import { revocationOf } from './auth/revocation.ts';
+import { Denial } from './errors.ts';
 import { openEmbeddedState } from './state/embedded.ts';
+import { lockStateDir } from './state/lock.ts';
+import { createDescriptorCheck } from './filters/descriptor.ts';
+import { createResultFilter } from './filters/result.ts';
 import type { StateStore } from './state/store.ts';
 import { openAuditLog, type AuditLog } from './audit/log.ts';
 import { demoConnector, type Config } from './config.ts';
@@ -68,17 +76,25 @@ export interface Broker {
   authenticatorFor(audience: string): Authenticator;
   /** Signs delegated tokens for `audience`; undefined when delegation is off. */
   delegationSignerFor(audience: string): DelegationSigner | undefined;
+  /** Parks calls that need human approval; undefined when approvals are off. */
+  approvals: ApprovalDesk | undefined;
+  approversFor(audience: string): ApproverDirectory;
+  /** The approval page's URL, once the HTTP front door knows it (for links and webhooks). */
+  approvalPageUrl: string | undefined;
   /** The anonymous principal, when config enables it (loopback-only; checked by the front door). */
   anonymous: Principal | undefined;
   stop(): Promise<void>;
 }
 
 export async function createBroker(config: Config, log: Logger): Promise<Broker> {
+  const unlock = await lockStateDir(config.state_dir);
   const devKey = config.auth.issuers.length === 0 ? await ensureDevKey(config.state_dir) : undefined;
   const sources = devKey ? [{ issuer: devKey.issuer, jwks_file: devKey.jwksFile }] : config.auth.issuers;
   const keyOptions = { minRefreshMs: config.auth.jwks_min_refresh };
   const issuers: IssuerKeys[] = sources.map((source) => issuerKeys(source, keyOptions));
-  const delegationKey = config.auth.delegation.enabled ? await ensureDelegationKey(config.state_dir) : undefined;
+  // The broker's own key: signs delegated tokens and approval evidence.
+  const brokerKey = await ensureDelegationKey(config.state_dir);
+  const delegationKey = config.auth.delegation.enabled ? brokerKey : undefined;
   if (delegationKey) {
     const local = createLocalJWKSet(await readJwksFile(delegationKey.jwksFile));
     issuers.push({ issuer: delegationKey.issuer, getKey: local, loads: 1 });
@@ -90,7 +106,7 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
   const sessions = new SessionHub();
 
   const connectors: Connector[] = [];
-  const registry = new ToolRegistry(connectors, log);
+  const registry = new ToolRegistry(connectors, log, createDescriptorCheck(config.filters.descriptor));
   for (const connectorConfig of config.connectors ?? [demoConnector()]) {
     connectors.push(
       new Connector(connectorConfig, {
@@ -123,8 +139,35 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
     );
   }
 
-  const pipeline = new Pipeline({ registry, policy: () => policy, audit, log });
-  return {
+  let approvalPageUrl: string | undefined;
+  const approvals = config.approvals.enabled
+    ? new ApprovalDesk({
+        state,
+        bus: localBus(),
+        audit: async (event) => void (await audit.append(event)),
+        log,
+        signingKey: brokerKey.privateJwk,
+        progressEveryMs: config.approvals.progress_every,
+        ...(config.approvals.webhook ? { onParked: webhookNotifier(config.approvals.webhook, () => approvalPageUrl, log) } : {}),
+      })
+    : undefined;
+  await approvals?.start();
+
+  const recheck = async (principal: Principal) => {
+    const revoked = await revocationOf(state, principal);
+    if (revoked) throw new Denial('authenticate', 'BASTION_TOKEN_REVOKED', `${revoked} (revoked while the call waited)`);
+    if (principal.exp * 1000 < Date.now()) throw new Denial('authenticate', 'BASTION_TOKEN_EXPIRED', 'the token expired while the call waited for approval');
+  };
+  const pipeline = new Pipeline({
+    registry,
+    policy: () => policy,
+    audit,
+    log,
+    recheck,
+    filter: createResultFilter(config.filters.result),
+    ...(approvals ? { approvals: { desk: approvals, defaultTimeoutMs: config.approvals.timeout, maxTimeoutMs: config.approvals.max_timeout } } : {}),
+  });
+  const broker: Broker = {
     config,
     log,
     pipeline,
@@ -163,10 +206,29 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
             maxTtlMs: Math.min(config.auth.delegation.max_ttl, config.auth.max_ttl),
           }
         : undefined,
+    approvals,
+    approversFor: (audience) =>
+      new ApproverDirectory({
+        issuers,
+        audience,
+        algorithms: config.auth.algorithms,
+        state,
+        sessionTtlMs: config.approvals.session_ttl,
+        clockSkewMs: config.auth.clock_skew,
+      }),
+    get approvalPageUrl() {
+      return approvalPageUrl;
+    },
+    set approvalPageUrl(url) {
+      approvalPageUrl = url;
+    },
     async stop() {
+      await approvals?.stop();
       await Promise.all(connectors.map((c) => c.stop()));
       await audit.close();
       await state.close();
+      await unlock();
     },
   };
+  return broker;
 }

@@ -7,6 +7,8 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { DEV_ISSUER, ensureDevKey, generateSigningKey, writePrivate } from './auth/keys.ts';
+import { importJWK, SignJWT } from 'jose';
+import { APPROVER_TOKEN_TYPE } from './approvals/approvers.ts';
 import { mintToken } from './auth/mint.ts';
 import { verifyAuditFile } from './audit/verify.ts';
 import { createBroker } from './broker.ts';
@@ -28,6 +30,7 @@ commands:
   token delegate ask a running broker for a narrower token for a sub-agent
   token revoke   revoke a token (by jti) or a subject, on a running broker
   keys generate  make an Ed25519 or P-256 signing key and its JWKS
+  approver token sign an approver sign-in token with the dev key and print the page link
   audit verify   check an audit file's hash chain
 
 Run "bastion <command> --help" for a command's options.`,
@@ -72,6 +75,16 @@ Revokes on a running broker (POST /admin/revoke), effective for the next
 request. Revoking a subject also stops every token delegated from it. The
 admin token needs the literal grant "bastion:revoke"; with the embedded
 default one is minted with the dev key when --token is not given.`,
+  'approver token': `usage: bastion approver token --sub APPROVER [--role ROLE]... [--ttl DURATION] [--config FILE]
+
+Signs a single-use approver token with the dev key (embedded default only;
+in production your identity provider issues them with typ bastion-approver+jwt)
+and prints the sign-in link for the approval page. The token is in the link's
+fragment, which browsers never send to a server.
+
+  --sub APPROVER   the approver's identity, e.g. approver:alice (required)
+  --role ROLE      approver role the policy may require (repeatable)
+  --ttl DURATION   lifetime of the sign-in link (default 15m, the maximum)`,
   'keys generate': `usage: bastion keys generate [--alg EdDSA|ES256] [--out DIR]
 
 Writes DIR/signing-key.json (private JWK, mode 0600, keep it with the issuer)
@@ -134,8 +147,18 @@ async function start(argv: string[]): Promise<void> {
       ``,
       `Connect any MCP client to ${door.url} with the header`,
       `  Authorization: Bearer <token>`,
-      `Mint another: npm run bastion -- token mint --sub agent:me --cap 'demo__read_file'`,
+      `Mint another: npm run bastion -- token mint --sub agent:me --cap 'demo__read_file' --aud ${door.resource}`,
     );
+    if (broker.approvalPageUrl) {
+      lines.push(
+        ``,
+        `Approval page (sign-in link for approver:demo, single use, valid 15 min):`,
+        ``,
+        await approverLink(config, broker.approvalPageUrl, door.resource, 'approver:demo', [], 15 * 60_000),
+        ``,
+        `Another approver: npm run bastion -- approver token --sub approver:you`,
+      );
+    }
   }
   process.stdout.write(`${lines.join('\n')}\n\n`);
 
@@ -246,6 +269,43 @@ async function tokenRevoke(argv: string[]): Promise<void> {
   process.stdout.write(`revoked ${JSON.stringify(answer.revoked)}\n`);
 }
 
+/** A sign-in link for the approval page, with a fresh approver token in its fragment. */
+async function approverLink(config: Config, pageUrl: string, audience: string, sub: string, roles: string[], ttlMs: number): Promise<string> {
+  const dev = await ensureDevKey(config.state_dir);
+  const key = await importJWK(dev.privateJwk, 'EdDSA');
+  const iat = Math.floor(Date.now() / 1000);
+  const token = await new SignJWT({ roles })
+    .setProtectedHeader({ alg: 'EdDSA', typ: APPROVER_TOKEN_TYPE, kid: dev.privateJwk.kid! })
+    .setIssuer(dev.issuer)
+    .setSubject(sub)
+    .setAudience(audience)
+    .setIssuedAt(iat)
+    .setExpirationTime(iat + Math.floor(ttlMs / 1000))
+    .setJti(crypto.randomUUID())
+    .sign(key);
+  return `${pageUrl}#token=${token}`;
+}
+
+async function approverToken(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: { sub: { type: 'string' }, role: { type: 'string', multiple: true }, ttl: { type: 'string', default: '15m' }, url: { type: 'string' }, config: { type: 'string' }, help: { type: 'boolean' } },
+  });
+  if (values.help) return void console.log(HELP['approver token']);
+  if (!values.sub) fail('approver token: --sub is required');
+  const config = await loadConfig(values.config);
+  if (config.auth.issuers.length > 0) fail('approver token signs with the dev key, which exists only when no issuers are configured');
+  let ttlMs: number;
+  try {
+    ttlMs = parseDuration(values.ttl);
+  } catch (error) {
+    fail(`--ttl: ${(error as Error).message}`);
+  }
+  if (ttlMs > 15 * 60_000) fail('--ttl: approver tokens live at most 15m');
+  const page = values.url ?? `${new URL(defaultResource(config)).origin}/approvals`;
+  process.stdout.write(`${await approverLink(config, page, defaultResource(config), values.sub, values.role ?? [], ttlMs)}\n`);
+}
+
 async function keysGenerate(argv: string[]): Promise<void> {
   const { values } = parseArgs({ args: argv, options: { alg: { type: 'string', default: 'EdDSA' }, out: { type: 'string', default: '.' }, help: { type: 'boolean' } } });
   if (values.help) return void console.log(HELP['keys generate']);
@@ -317,6 +377,7 @@ async function main(argv: string[]): Promise<void> {
   if (first === 'token' && second === 'delegate') return tokenDelegate(rest);
   if (first === 'token' && second === 'revoke') return tokenRevoke(rest);
   if (first === 'keys' && second === 'generate') return keysGenerate(rest);
+  if (first === 'approver' && second === 'token') return approverToken(rest);
   if (first === 'audit' && second === 'verify') return auditVerify(rest);
   if (first.startsWith('-')) return start(argv);
   fail(`unknown command: ${argv.join(' ')}\n\n${HELP.main}`);

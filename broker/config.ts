@@ -14,6 +14,8 @@ import { fileURLToPath } from 'node:url';
 import YAML from 'yaml';
 import { z } from 'zod';
 import { CapabilitySchema } from './policy/schema.ts';
+import { DescriptorCheckConfigSchema } from './filters/descriptor.ts';
+import { ResultFilterConfigSchema } from './filters/result.ts';
 
 /** The repository root, so defaults resolve the same from any working directory. */
 export const PROJECT_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -148,6 +150,30 @@ export const ConfigSchema = z.strictObject({
     .strictObject({
       /** Defaults to <state_dir>/audit.jsonl. */
       file: z.string().optional(),
+    })
+    .prefault({}),
+  filters: z
+    .strictObject({
+      /** Tool results: secret redaction, prompt-injection flags, hidden-Unicode stripping. */
+      result: ResultFilterConfigSchema.prefault({}),
+      /** Tool descriptions: poisoning checks; action warn | require_approval | block. */
+      descriptor: DescriptorCheckConfigSchema.prefault({}),
+    })
+    .prefault({}),
+  approvals: z
+    .strictObject({
+      /** Off: a call that needs approval is refused (fail closed). */
+      enabled: z.boolean().default(true),
+      /** How long a parked call waits when the policy does not say. */
+      timeout: Duration.default(5 * 60_000),
+      /** Upper bound for a policy's approval.timeout_s. */
+      max_timeout: Duration.default(60 * 60_000),
+      /** Interval of MCP progress notifications to a waiting agent. */
+      progress_every: Duration.default(5_000),
+      /** Approver session lifetime. */
+      session_ttl: Duration.default(8 * 3_600_000),
+      /** POSTed a JSON summary and a link to the page for each new parked call (e.g. a chat webhook). */
+      webhook: z.strictObject({ url: z.url(), timeout: Duration.default(5_000) }).optional(),
     })
     .prefault({}),
   /** Where the dev key, audit file and embedded state journal live. */

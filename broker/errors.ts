@@ -10,6 +10,8 @@
  *   throw new Denial('authorize', 'BASTION_POLICY_DENIED', 'no capability names demo__delete_file');
  */
 export type Stage =
+  /** The front door's checks before authentication: Host/Origin, body size and syntax, session. */
+  | 'admit'
   | 'authenticate'
   | 'resolve'
   | 'authorize'
@@ -20,6 +22,11 @@ export type Stage =
   | 'audit';
 
 export type DenialCode =
+  // admit
+  | 'BASTION_ORIGIN_REFUSED'
+  | 'BASTION_REQUEST_INVALID'
+  | 'BASTION_REQUEST_TOO_LARGE'
+  | 'BASTION_SESSION_INVALID'
   // authenticate
   | 'BASTION_TOKEN_MISSING'
   | 'BASTION_TOKEN_TOO_LARGE'
@@ -45,11 +52,17 @@ export type DenialCode =
   // resolve
   | 'BASTION_TOOL_UNKNOWN'
   | 'BASTION_CONNECTOR_UNAVAILABLE'
+  | 'BASTION_TOOL_BLOCKED'
   // authorize
   | 'BASTION_POLICY_DENIED'
   | 'BASTION_POLICY_ERROR'
   // approve
   | 'BASTION_APPROVAL_REQUIRED'
+  | 'BASTION_APPROVAL_DENIED'
+  | 'BASTION_APPROVAL_TIMEOUT'
+  | 'BASTION_APPROVAL_WITHDRAWN'
+  | 'BASTION_APPROVAL_INVALID'
+  | 'BASTION_APPROVAL_UNAVAILABLE'
   // execute
   | 'BASTION_UPSTREAM_ERROR'
   | 'BASTION_UPSTREAM_TIMEOUT'

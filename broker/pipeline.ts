@@ -21,6 +21,9 @@ import type { PolicyEngine } from './policy/engine.ts';
 import type { Decision, PolicyInput } from './policy/schema.ts';
 import type { ToolEntry, ToolRegistry, Risk } from './registry.ts';
 import { ConnectorUnavailable, type CallOrigin } from '../connectors/upstream.ts';
+import type { ApprovalDesk } from './approvals/desk.ts';
+import { callHash } from './approvals/record.ts';
+import type { ResultFilter } from './filters/result.ts';
 
 /** Where a call came from: the agent's session and its relay channel. */
 export interface CallContext {
@@ -37,6 +40,16 @@ export interface PipelineParts {
   policy: () => PolicyEngine;
   audit: AuditLog;
   log: Logger;
+  /** Absent: approvals are off and a call that needs one is refused. */
+  approvals?: {
+    desk: ApprovalDesk;
+    defaultTimeoutMs: number;
+    maxTimeoutMs: number;
+  };
+  /** Stage 7: redaction, injection flags, size cap. */
+  filter: ResultFilter;
+  /** Re-checks a principal after a wait (revocation, expiry); throws a Denial. */
+  recheck?: (principal: Principal) => Promise<void>;
   now?: () => Date;
 }
 
@@ -150,18 +163,29 @@ export class Pipeline {
    */
   async callTool(principal: Principal, call: CallContext, name: string, args: Record<string, unknown>): Promise<CallToolResult> {
     const started = performance.now();
+    // Arguments nested too deeply to canonicalize (stack overflow) used to throw here, before any
+    // stage: the agent got a bare -32603 and no audit record was written. Keep the error and refuse
+    // the call below, after resolve, with a Denial and a record like any other refusal (fail closed).
+    let argsHash: string | undefined;
+    let argsError: Error | undefined;
+    try {
+      argsHash = sha256(canonicalJson(args));
+    } catch (error) {
+      argsError = error instanceof Error ? error : new Error(String(error));
+    }
     const event: AuditEvent = {
       event: 'tools/call',
       session: call.session,
       transport: call.transport,
       principal: principalForAudit(principal),
       tool: name,
-      args_hash: sha256(canonicalJson(args)),
+      args_hash: argsHash,
       outcome: 'ok',
     };
     const finish = async (outcome: AuditEvent['outcome'], extra: Partial<AuditEvent> = {}) => {
       event.outcome = outcome;
-      Object.assign(event, extra);
+      const detail = extra.detail || event.detail ? { ...event.detail, ...extra.detail } : undefined;
+      Object.assign(event, extra, { detail });
       event.latency_ms = Math.round((performance.now() - started) * 1000) / 1000;
       await this.parts.audit.append(event);
     };
@@ -170,6 +194,7 @@ export class Pipeline {
     let decision: Decision | undefined;
     try {
       entry = this.parts.registry.resolveTool(name);
+      if (argsError) throw new Denial('authorize', 'BASTION_POLICY_ERROR', `arguments cannot be evaluated: ${argsError.message}`);
       const policy = this.parts.policy();
       event.policy_revision = policy.revision;
       decision = policy.decide(
@@ -179,16 +204,24 @@ export class Pipeline {
       if (!decision.allow) {
         throw new Denial('authorize', 'BASTION_POLICY_DENIED', decision.reasons.join('; ') || 'policy denied the call');
       }
-      if (decision.approval.required) {
-        // Fail closed until human approval exists: never treat "needs approval" as allow.
-        throw new Denial(
-          'approve',
-          'BASTION_APPROVAL_REQUIRED',
-          `this call needs human approval (${decision.approval.reason || 'policy requires it'}), and approvals are not enabled on this broker`,
-        );
-      }
-      if (decision.obligations.redact.length > 0) {
-        throw new Denial('filter', 'BASTION_OBLIGATION_UNSUPPORTED', 'policy requires result redaction, which this broker cannot apply yet');
+      // An obligation the filter cannot honour refuses the call before the tool runs.
+      this.parts.filter.checkObligations(decision.obligations);
+      const poisoned = entry.descriptorVerdict.action === 'require_approval';
+      if (decision.approval.required || poisoned) {
+        const needs: Decision = poisoned
+          ? {
+              ...decision,
+              approval: {
+                ...decision.approval,
+                required: true,
+                reason: [decision.approval.reason, `the tool's description was flagged (${entry.descriptorVerdict.findings.map((f) => f.kind).join(', ')})`].filter(Boolean).join('; '),
+              },
+            }
+          : decision;
+        const approvalId = await this.approve(principal, call, entry, args, needs).catch((error: unknown) => {
+          throw asDenial('approve', 'BASTION_APPROVAL_UNAVAILABLE', error);
+        });
+        event.detail = { ...event.detail, approval_id: approvalId };
       }
     } catch (error) {
       const denial = asDenial('authorize', 'BASTION_POLICY_ERROR', error);
@@ -232,14 +265,80 @@ export class Pipeline {
       return denialResult(denial);
     }
 
-    const size = Buffer.byteLength(canonicalJson(result));
-    if (size > decision.obligations.max_result_bytes) {
-      const denial = new Denial('filter', 'BASTION_RESULT_TOO_LARGE', `result of ${size} bytes exceeds the ${decision.obligations.max_result_bytes}-byte cap`);
+    // Stage 7. A result that cannot be scanned or measured (too big, too deep) is withheld, never passed through.
+    let filtered: ReturnType<ResultFilter['filter']>;
+    try {
+      filtered = this.parts.filter.filter(result, decision.obligations);
+    } catch (error) {
+      const denial = asDenial('filter', 'BASTION_RESULT_TOO_LARGE', error);
       await this.recordAndLog(finish, denial, 'error');
       return denialResult(denial);
     }
-    await finish(result.isError ? 'error' : 'ok', { detail: { result_bytes: size } });
-    return result;
+    const { report } = filtered;
+    await finish(result.isError ? 'error' : 'ok', {
+      detail: {
+        result_bytes: report.bytes,
+        // What was redacted and flagged, by kind and place; never the content.
+        ...(Object.keys(report.redactions).length ? { redactions: report.redactions } : {}),
+        ...(report.flags.length ? { flags: report.flags.map(({ kind, where }) => ({ kind, where })) } : {}),
+      },
+    });
+    return filtered.result;
+  }
+
+  /**
+   * Stage 5: parks the call until approvers decide, then re-checks the token
+   * and the policy (either may have changed while it waited) and consumes
+   * the approval, so it runs once. Returns the approval id.
+   */
+  private async approve(principal: Principal, call: CallContext, entry: ToolEntry, args: Record<string, unknown>, decision: Decision): Promise<string> {
+    const approvals = this.parts.approvals;
+    if (!approvals) {
+      throw new Denial(
+        'approve',
+        'BASTION_APPROVAL_REQUIRED',
+        `this call needs human approval (${decision.approval.reason || 'policy requires it'}), and approvals are disabled on this broker`,
+      );
+    }
+    const hash = callHash(principal, entry.exposedName, args, entry.descriptorHash);
+    const timeoutMs = Math.min(decision.approval.timeout_s ? decision.approval.timeout_s * 1000 : approvals.defaultTimeoutMs, approvals.maxTimeoutMs);
+    const parked = await approvals.desk.park(
+      {
+        call_hash: hash,
+        principal: { sub: principal.sub, iss: principal.iss, act: principal.act },
+        tool: entry.exposedName,
+        connector: entry.connector.name,
+        risk: entry.risk,
+        descriptor_hash: entry.descriptorHash,
+        arguments: args,
+        reasons: decision.reasons,
+        approval_reason: decision.approval.reason,
+        quorum: decision.approval.quorum,
+        roles: decision.approval.roles ?? [],
+        timeoutMs,
+      },
+      {
+        ...(call.signal ? { signal: call.signal } : {}),
+        onWaiting: ({ approvals: given, quorum, secondsLeft }) => {
+          if (call.progressToken === undefined) return;
+          void call.origin
+            .sendNotification({
+              method: 'notifications/progress',
+              params: { progressToken: call.progressToken, progress: given, total: quorum, message: `waiting for human approval: ${given}/${quorum}, ${secondsLeft}s left` },
+            })
+            .catch(() => undefined);
+        },
+      },
+    );
+    await this.parts.recheck?.(principal);
+    const again = this.parts.policy().decide(
+      this.input(principal, call, 'tools/call', { name: entry.exposedName, connector: entry.connector.name, risk: entry.risk, descriptor_hash: entry.descriptorHash }, args),
+    );
+    if (!again.allow) {
+      throw new Denial('authorize', 'BASTION_POLICY_DENIED', `policy no longer allows this call after approval: ${again.reasons.join('; ')}`);
+    }
+    await approvals.desk.claimForExecution(parked.id, hash);
+    return parked.id;
   }
 
   private async recordAndLog(

@@ -13,6 +13,11 @@ import { canonicalJson, sha256 } from './audit/chain.ts';
 import { Denial } from './errors.ts';
 import type { Logger } from './log.ts';
 import type { Connector } from '../connectors/upstream.ts';
+import type { DescriptorVerdict } from './filters/descriptor.ts';
+
+/** Judges a tool descriptor for poisoning (broker/filters/descriptor.ts). */
+export type DescriptorCheck = (tool: Tool) => DescriptorVerdict;
+const CLEAN: DescriptorVerdict = { flagged: false, action: 'allow', findings: [] };
 
 export type Risk = 'low' | 'medium' | 'high';
 
@@ -25,6 +30,8 @@ export interface ToolEntry {
   risk: Risk;
   /** sha256 over the upstream descriptor's canonical form. */
   descriptorHash: string;
+  /** The poisoning check's verdict on the upstream descriptor. */
+  descriptorVerdict: DescriptorVerdict;
 }
 
 export interface PromptEntry {
@@ -71,12 +78,27 @@ function uniqueByName<T extends { exposedName: string }>(entries: T[], kind: str
 export class ToolRegistry {
   private readonly connectors: Connector[];
   private readonly log: Logger;
+  private readonly check: DescriptorCheck;
   private toolIndex: Map<string, ToolEntry> | undefined;
+  /** Tools whose descriptors the check blocked: never listed, calls refused with the reason. */
+  private blocked = new Map<string, DescriptorVerdict>();
+  private readonly warned = new Set<string>();
   private promptIndex: Map<string, PromptEntry> | undefined;
 
-  constructor(connectors: Connector[], log: Logger) {
+  constructor(connectors: Connector[], log: Logger, check: DescriptorCheck = () => CLEAN) {
     this.connectors = connectors;
     this.log = log;
+    this.check = check;
+  }
+
+  /** Runs the poisoning check once per descriptor; logs each flagged descriptor once. */
+  private judge(connector: Connector, tool: Tool, hash: string): DescriptorVerdict {
+    const verdict = this.check(tool);
+    if (verdict.flagged && !this.warned.has(hash)) {
+      this.warned.add(hash);
+      this.log.warn({ connector: connector.name, tool: tool.name, action: verdict.action, findings: verdict.findings }, 'tool description flagged as possibly poisoned');
+    }
+    return verdict;
   }
 
   /** Drops the cached indexes; called when a catalog or a connector status changes. */
@@ -90,24 +112,32 @@ export class ToolRegistry {
   }
 
   tools(): Map<string, ToolEntry> {
-    this.toolIndex ??= uniqueByName(
-      this.ready().flatMap((connector) =>
-        connector.catalog.tools.map((tool): ToolEntry => {
-          const exposedName = exposed(connector, tool.name);
-          return {
-            exposedName,
-            upstreamName: tool.name,
-            connector,
-            descriptor: { ...tool, name: exposedName },
-            risk: riskOf(tool, connector.config.tools[tool.name]?.risk),
-            descriptorHash: descriptorHash(tool),
-          };
-        }),
-      ),
-      'tool',
-      this.log,
+    if (this.toolIndex) return this.toolIndex;
+    const entries = this.ready().flatMap((connector) =>
+      connector.catalog.tools.map((tool): ToolEntry => {
+        const exposedName = exposed(connector, tool.name);
+        const hash = descriptorHash(tool);
+        return {
+          exposedName,
+          upstreamName: tool.name,
+          connector,
+          descriptor: { ...tool, name: exposedName },
+          risk: riskOf(tool, connector.config.tools[tool.name]?.risk),
+          descriptorHash: hash,
+          descriptorVerdict: this.judge(connector, tool, hash),
+        };
+      }),
     );
-    return this.toolIndex;
+    const index = uniqueByName(entries, 'tool', this.log);
+    this.blocked = new Map();
+    for (const [name, entry] of index) {
+      if (entry.descriptorVerdict.action === 'block') {
+        index.delete(name);
+        this.blocked.set(name, entry.descriptorVerdict);
+      }
+    }
+    this.toolIndex = index;
+    return index;
   }
 
   prompts(): Map<string, PromptEntry> {
@@ -141,6 +171,10 @@ export class ToolRegistry {
 
   resolveTool(name: string): ToolEntry {
     const entry = this.tools().get(name);
+    const blocked = this.blocked.get(name);
+    if (blocked) {
+      throw new Denial('resolve', 'BASTION_TOOL_BLOCKED', `the tool's description looks poisoned (${blocked.findings.map((f) => f.kind).join(', ')}); blocked by configuration`);
+    }
     if (!entry) throw this.unknown('tool', name);
     return entry;
   }

@@ -140,6 +140,10 @@ export const DecisionSchema = z.strictObject({
     required: z.boolean(),
     quorum: z.number().int().min(1),
     reason: z.string(),
+    /** Optional: only approvers holding one of these roles may decide. */
+    roles: z.array(z.string().min(1).max(64)).max(16).optional(),
+    /** Optional: how long the call may wait for approvers, capped by config. */
+    timeout_s: z.number().int().min(1).optional(),
   }),
   reasons: z.array(z.string()),
   obligations: z.strictObject({

@@ -20,6 +20,7 @@ import type { Broker } from '../broker.ts';
 import { Denial } from '../errors.ts';
 import { createAgentServer } from './session.ts';
 import { tokenRoutes } from './token-routes.ts';
+import { approvalRoutes } from './approval-routes.ts';
 
 export interface HttpFrontDoor {
   /** The MCP endpoint agents connect to. */
@@ -43,6 +44,8 @@ function jsonRpcError(res: Response, status: number, code: number, message: stri
   if (res.headersSent) return;
   res.status(status).json({ jsonrpc: '2.0', error: { code, message, ...(data ? { data } : {}) }, id: null });
 }
+
+type AdmitCode = 'BASTION_ORIGIN_REFUSED' | 'BASTION_REQUEST_INVALID' | 'BASTION_REQUEST_TOO_LARGE' | 'BASTION_SESSION_INVALID';
 
 function ownerOf(principal: Principal): string {
   return `${principal.iss} ${principal.sub}`;
@@ -90,15 +93,24 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
 
   const sessions = new Map<string, HttpSession>();
 
+  /** Answers a request refused at the front door, with an audit record like every other refusal. */
+  const refuseRequest = async (req: Request, res: Response, status: number, rpcCode: number, code: AdmitCode, reason: string) => {
+    const denial = new Denial('admit', code, reason);
+    await pipeline
+      .recordDenial({ event: `http ${req.method} ${req.baseUrl || req.path}`, transport: 'http', tool: toolOf(req.body) }, denial)
+      .catch((error: Error) => log.error({ err: error.message }, 'audit append failed'));
+    jsonRpcError(res, status, rpcCode, reason, denial.toJSON());
+  };
+
   // DNS rebinding: a browser page on another origin must not reach a local broker.
-  const guardOrigin = (req: Request, res: Response, next: NextFunction) => {
+  const guardOrigin = async (req: Request, res: Response, next: NextFunction) => {
     if (checkHost && !allowedHosts.has(req.headers.host ?? '')) {
-      jsonRpcError(res, 403, ErrorCode.InvalidRequest, `Host ${req.headers.host ?? '(none)'} is not allowed`);
+      await refuseRequest(req, res, 403, ErrorCode.InvalidRequest, 'BASTION_ORIGIN_REFUSED', `Host ${(req.headers.host ?? '(none)').slice(0, 200)} is not allowed`);
       return;
     }
     const origin = req.headers.origin;
     if (origin !== undefined && !allowedOrigins.has(origin)) {
-      jsonRpcError(res, 403, ErrorCode.InvalidRequest, `Origin ${origin} is not allowed`);
+      await refuseRequest(req, res, 403, ErrorCode.InvalidRequest, 'BASTION_ORIGIN_REFUSED', `Origin ${origin.slice(0, 200)} is not allowed`);
       return;
     }
     next();
@@ -153,16 +165,16 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   };
 
   /** The session named by the request, if it exists and belongs to this principal. */
-  const sessionFor = (req: AuthedRequest, res: Response): HttpSession | undefined => {
+  const sessionFor = async (req: AuthedRequest, res: Response): Promise<HttpSession | undefined> => {
     const id = req.headers['mcp-session-id'];
     const session = typeof id === 'string' ? sessions.get(id) : undefined;
     if (!session) {
-      jsonRpcError(res, 404, -32001, 'Session not found');
+      await refuseRequest(req, res, 404, -32001, 'BASTION_SESSION_INVALID', 'Session not found');
       return undefined;
     }
     const principal = req.auth?.extra?.principal as Principal;
     if (session.owner !== ownerOf(principal)) {
-      jsonRpcError(res, 403, ErrorCode.InvalidRequest, 'this session belongs to another principal');
+      await refuseRequest(req, res, 403, ErrorCode.InvalidRequest, 'BASTION_SESSION_INVALID', 'this session belongs to another principal');
       return undefined;
     }
     return session;
@@ -203,17 +215,17 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   mcp.post('/', async (req: AuthedRequest, res) => {
     if (req.headers['mcp-session-id'] === undefined) {
       if (!isInitializeRequest(req.body)) {
-        jsonRpcError(res, 400, ErrorCode.InvalidRequest, 'Bad Request: no session; send initialize first');
+        await refuseRequest(req, res, 400, ErrorCode.InvalidRequest, 'BASTION_SESSION_INVALID', 'Bad Request: no session; send initialize first');
         return;
       }
       await openSession(req, res);
       return;
     }
-    const session = sessionFor(req, res);
+    const session = await sessionFor(req, res);
     if (session) await session.transport.handleRequest(req, res, req.body);
   });
   const existing = async (req: AuthedRequest, res: Response) => {
-    const session = sessionFor(req, res);
+    const session = await sessionFor(req, res);
     if (session) await session.transport.handleRequest(req, res);
   };
   mcp.get('/', existing);
@@ -232,16 +244,29 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
     }),
   );
 
+  if (broker.approvals) {
+    app.use(
+      approvalRoutes({
+        desk: broker.approvals,
+        approvers: broker.approversFor(resource),
+        origins: allowedOrigins,
+        secureCookies: resourceOrigin.startsWith('https:'),
+        log,
+      }),
+    );
+    broker.approvalPageUrl = `${resourceOrigin}/approvals`;
+  }
+
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
   });
 
   // Body-parser and handler failures become JSON-RPC errors; nothing here may crash the process.
-  app.use((error: Error & { type?: string; status?: number }, _req: Request, res: Response, _next: NextFunction) => {
+  app.use(async (error: Error & { type?: string; status?: number }, req: Request, res: Response, _next: NextFunction) => {
     if (error.type === 'entity.too.large') {
-      jsonRpcError(res, 413, ErrorCode.InvalidRequest, `Request body exceeds ${config.server.max_body_bytes} bytes`);
+      await refuseRequest(req, res, 413, ErrorCode.InvalidRequest, 'BASTION_REQUEST_TOO_LARGE', `Request body exceeds ${config.server.max_body_bytes} bytes`);
     } else if (error.type === 'entity.parse.failed') {
-      jsonRpcError(res, 400, ErrorCode.ParseError, 'Parse error: body is not valid JSON');
+      await refuseRequest(req, res, 400, ErrorCode.ParseError, 'BASTION_REQUEST_INVALID', 'Parse error: body is not valid JSON');
     } else if (error.status && error.status >= 400 && error.status < 500) {
       jsonRpcError(res, error.status, ErrorCode.InvalidRequest, error.message);
     } else {

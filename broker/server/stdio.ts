@@ -24,5 +24,9 @@ export async function serveStdio(broker: Broker, token: string | undefined, reso
     server.onclose = () => resolve();
   });
   await server.connect(new StdioServerTransport());
+  // MCP stdio shutdown begins with the client closing our stdin. The SDK's StdioServerTransport does
+  // not listen for 'end', so the process lingered (kept alive by its upstream connectors) until the
+  // client gave up and sent SIGTERM, skipping broker.stop(). End the session when stdin ends.
+  process.stdin.once('end', () => void server.close());
   await closed;
 }

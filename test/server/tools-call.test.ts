@@ -98,10 +98,19 @@ describe('refused by policy or resolution (upstream never called)', () => {
     expect(record?.decision).toMatchObject({ allow: false });
   });
 
-  it('a high-risk tool needs approval, which is refused until approvals exist (fail closed)', async () => {
-    const { result, record } = await refusedCall([{ tool: 'rec__wipe' }], 'rec__wipe', {});
-    expect(denialOf(result!)).toMatchObject({ stage: 'approve', code: 'BASTION_APPROVAL_REQUIRED' });
-    expect(record?.decision).toMatchObject({ allow: true, approval_required: true });
+  it('a high-risk tool needs approval; with approvals disabled that is a refusal, never an allow (fail closed)', async () => {
+    const closed = await startTestBroker({ approvals: { enabled: false } });
+    try {
+      const sub = 'agent:no-approvals';
+      const client = await closed.connect(await closed.mint({ sub, cap: [{ tool: 'rec__wipe' }] }));
+      const result = (await client.callTool({ name: 'rec__wipe', arguments: {} })) as CallToolResult;
+      expect(denialOf(result)).toMatchObject({ stage: 'approve', code: 'BASTION_APPROVAL_REQUIRED' });
+      expect(await closed.upstreamCalls()).toEqual([]);
+      const record = (await closed.auditRecords()).find((r) => r.principal?.sub === sub && r.event === 'tools/call');
+      expect(record?.decision).toMatchObject({ allow: true, approval_required: true });
+    } finally {
+      await closed.close();
+    }
   });
 
   it('a result larger than the policy cap is withheld', async () => {
@@ -232,5 +241,20 @@ describe('refused at authentication (HTTP 401, upstream never called, audited)',
     });
     expect(response.status).toBe(200);
     expect(response.json.result.content[0].text).toBe('echo: owner-ok');
+  });
+});
+
+describe('refused at the front door (audited too)', () => {
+  it('a foreign Origin, a malformed body and an unknown session each leave an audit record', async () => {
+    const token = await t.mint({ sub: 'agent:front-door' });
+    const foreign = await post(t.url, toolCall('rec__echo', { text: 'x' }), { authorization: `Bearer ${token}`, origin: 'http://evil.example' });
+    expect(foreign.status).toBe(403);
+    expect((await t.auditRecords()).at(-1)).toMatchObject({ outcome: 'denied', denial: { stage: 'admit', code: 'BASTION_ORIGIN_REFUSED' } });
+    const malformed = await post(t.url, '{"jsonrpc": "2.0", "id": 1, "method": ', { authorization: `Bearer ${token}` });
+    expect(malformed.status).toBe(400);
+    expect((await t.auditRecords()).at(-1)).toMatchObject({ denial: { stage: 'admit', code: 'BASTION_REQUEST_INVALID' } });
+    const unknown = await post(t.url, toolCall('rec__echo', { text: 'x' }), { authorization: `Bearer ${token}`, 'mcp-session-id': 'no-such-session' });
+    expect(unknown.status).toBe(404);
+    expect((await t.auditRecords()).at(-1)).toMatchObject({ tool: 'rec__echo', denial: { stage: 'admit', code: 'BASTION_SESSION_INVALID' } });
   });
 });

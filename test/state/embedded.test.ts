@@ -73,3 +73,18 @@ describe('embedded state', () => {
     await third.close();
   });
 });
+
+describe('state folder lock', () => {
+  it('refuses a second broker on a folder held by a live process, and takes over a stale lock', async () => {
+    const { writeFile } = await import('node:fs/promises');
+    const { spawnSync } = await import('node:child_process');
+    const { lockStateDir } = await import('../../broker/state/lock.ts');
+    await writeFile(path.join(dir, 'broker.lock'), String(process.ppid));
+    await expect(lockStateDir(dir)).rejects.toThrow(`in use by broker process ${process.ppid}`);
+    const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))']).stdout.toString();
+    await writeFile(path.join(dir, 'broker.lock'), dead);
+    const release = await lockStateDir(dir);
+    await expect(lockStateDir(path.join(dir))).resolves.toBeTypeOf('function'); // same process re-entering is not a second broker
+    await release();
+  });
+});

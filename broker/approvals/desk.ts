@@ -1,0 +1,365 @@
+/**
+ * Stage 5, approve: parks a call until humans decide, then releases it
+ * exactly once.
+ *
+ * Every state change is a compare-and-set on the stored record, so racing
+ * events (approve vs. timeout, two approvers, a withdrawal) resolve to one
+ * outcome. The waiter is woken through the bus; the record in the state
+ * store is the truth. An approval is bound to the call's hash, counts only
+ * distinct approvers outside the requester's delegation chain, and is
+ * consumed when the call runs (`claimForExecution`), so it cannot run twice.
+ *
+ * @example
+ *   const parked = await desk.park(request, { signal, onWaiting });   // resolves when approved
+ *   await desk.claimForExecution(parked.id, parked.call_hash);         // approved → executed, once
+ */
+import { randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { importJWK, SignJWT, type JWK } from 'jose';
+import type { AuditEvent } from '../audit/chain.ts';
+import { Denial, type DenialCode } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import type { StateStore } from '../state/store.ts';
+import { APPROVALS, parseParkedCall, type ApproverDecision, type ParkedCall } from './record.ts';
+
+/** Wakes waiters when a record changes; in-process here, Redis pub/sub across replicas. */
+export interface ApprovalBus {
+  publish(id: string): Promise<void>;
+  subscribe(handler: (id: string) => void): () => void;
+}
+
+export function localBus(): ApprovalBus {
+  const emitter = new EventEmitter();
+  emitter.setMaxListeners(0);
+  return {
+    async publish(id) {
+      emitter.emit('changed', id);
+    },
+    subscribe(handler) {
+      emitter.on('changed', handler);
+      return () => emitter.off('changed', handler);
+    },
+  };
+}
+
+/** An authenticated approver, as the approval page's session knows them. */
+export interface Approver {
+  sub: string;
+  roles: string[];
+  /** ISO time the approver signed in. */
+  authTime: string;
+}
+
+export type ParkRequest = Omit<ParkedCall, 'id' | 'status' | 'created_at' | 'expires_at' | 'owner' | 'decisions' | 'outcome'> & {
+  timeoutMs: number;
+};
+
+export interface WaitOptions {
+  signal?: AbortSignal;
+  /** Called every `progressEveryMs` while the call waits (for MCP progress notifications). */
+  onWaiting?: (state: { approvals: number; quorum: number; secondsLeft: number }) => void;
+}
+
+export interface ApprovalDeskOptions {
+  state: StateStore;
+  bus: ApprovalBus;
+  audit: (event: AuditEvent) => Promise<void>;
+  log: Logger;
+  /** The broker's signing key for approval evidence. */
+  signingKey: JWK;
+  /** Identifies this broker process; a record whose owner is gone can never run. */
+  owner?: string;
+  progressEveryMs?: number;
+  /** Called once per new parked call (e.g. the webhook). */
+  onParked?: (call: ParkedCall) => void;
+  now?: () => number;
+}
+
+/** A refusal of an approver's action, with the HTTP status the page gets. */
+export class ApprovalActionError extends Error {
+  override readonly name = 'ApprovalActionError';
+  readonly status: number;
+  constructor(status: number, message: string) {
+    super(message);
+    this.status = status;
+  }
+}
+
+const OWNERS = 'approval-owners';
+const OWNER_TTL_MS = 30_000;
+const refuse = (code: DenialCode, reason: string) => new Denial('approve', code, reason);
+
+export class ApprovalDesk {
+  readonly owner: string;
+  /** Emits 'changed' (record id) for live views such as the approval page. */
+  readonly changes = new EventEmitter();
+  private readonly options: ApprovalDeskOptions;
+  private readonly now: () => number;
+  private heartbeat: NodeJS.Timeout | undefined;
+  private readonly unsubscribe: () => void;
+
+  constructor(options: ApprovalDeskOptions) {
+    this.options = options;
+    this.owner = options.owner ?? randomUUID();
+    this.now = options.now ?? Date.now;
+    this.changes.setMaxListeners(0);
+    this.unsubscribe = options.bus.subscribe((id) => this.changes.emit('changed', id));
+  }
+
+  /** Announces this process as alive, so approvals elsewhere know its parked calls can still run. */
+  async start(): Promise<void> {
+    const beat = () => this.options.state.set(OWNERS, this.owner, '1', OWNER_TTL_MS);
+    await beat();
+    this.heartbeat = setInterval(() => void beat().catch((e: Error) => this.options.log.warn({ err: e.message }, 'approval heartbeat failed')), OWNER_TTL_MS / 3);
+    this.heartbeat.unref();
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.heartbeat);
+    this.unsubscribe();
+    await this.options.state.delete(OWNERS, this.owner).catch(() => false);
+  }
+
+  private async read(id: string): Promise<{ text: string; call: ParkedCall } | undefined> {
+    const text = await this.options.state.get(APPROVALS, id);
+    return text === undefined ? undefined : { text, call: parseParkedCall(text) };
+  }
+
+  /** Applies `change` with compare-and-set, retrying on concurrent writes. Returns the new record, or undefined if `change` declined. */
+  private async update(id: string, change: (call: ParkedCall) => ParkedCall | undefined): Promise<ParkedCall | undefined> {
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const current = await this.read(id);
+      if (!current) return undefined;
+      const next = change(structuredClone(current.call));
+      if (!next) return undefined;
+      if (await this.options.state.compareAndSet(APPROVALS, id, current.text, JSON.stringify(next))) {
+        await this.options.bus.publish(id);
+        return next;
+      }
+    }
+    throw new Error(`approval ${id}: too many concurrent updates`);
+  }
+
+  private audit(event: string, call: ParkedCall, detail: Record<string, unknown> = {}): Promise<void> {
+    return this.options.audit({
+      event,
+      tool: call.tool,
+      principal: { sub: call.principal.sub, iss: call.principal.iss },
+      outcome: 'info',
+      detail: { approval_id: call.id, call_hash: call.call_hash, status: call.status, ...detail },
+    });
+  }
+
+  /** Parks a call and waits; resolves with the approved record, or throws the approve-stage Denial. */
+  async park(request: ParkRequest, wait: WaitOptions = {}): Promise<ParkedCall> {
+    const { timeoutMs, ...fields } = request;
+    const created = this.now();
+    const call: ParkedCall = {
+      ...fields,
+      id: randomUUID(),
+      status: 'pending',
+      created_at: new Date(created).toISOString(),
+      expires_at: new Date(created + timeoutMs).toISOString(),
+      owner: this.owner,
+      decisions: [],
+    };
+    // Keep decided records for a day so the page can show history.
+    await this.options.state.set(APPROVALS, call.id, JSON.stringify(call), timeoutMs + 86_400_000);
+    await this.audit('approval.requested', call, { quorum: call.quorum, expires_at: call.expires_at });
+    await this.options.bus.publish(call.id);
+    this.options.onParked?.(call);
+    return this.waitFor(call.id, created + timeoutMs, wait);
+  }
+
+  private waitFor(id: string, deadline: number, wait: WaitOptions): Promise<ParkedCall> {
+    return new Promise<ParkedCall>((resolve, reject) => {
+      let settled = false;
+      const timers: NodeJS.Timeout[] = [];
+      const finish = (error: Error | undefined, call?: ParkedCall) => {
+        if (settled) return;
+        settled = true;
+        timers.forEach(clearTimeout);
+        clearInterval(progress);
+        unsubscribe();
+        wait.signal?.removeEventListener('abort', onAbort);
+        if (error) reject(error);
+        else resolve(call!);
+      };
+
+      const check = async () => {
+        const current = await this.read(id);
+        if (!current) return finish(refuse('BASTION_APPROVAL_INVALID', 'the approval request disappeared'));
+        const { call } = current;
+        switch (call.status) {
+          case 'pending':
+            return;
+          case 'approved':
+            return finish(undefined, call);
+          case 'denied':
+            return finish(refuse('BASTION_APPROVAL_DENIED', call.outcome ?? 'denied by an approver'));
+          case 'expired':
+            return finish(refuse('BASTION_APPROVAL_TIMEOUT', 'no approver decided before the approval request expired'));
+          case 'withdrawn':
+            return finish(refuse('BASTION_APPROVAL_WITHDRAWN', 'the agent withdrew the request'));
+          default:
+            return finish(refuse('BASTION_APPROVAL_INVALID', `the approval request is ${call.status}`));
+        }
+      };
+      const checkSafely = () => void check().catch((error: Error) => finish(refuse('BASTION_APPROVAL_UNAVAILABLE', `approval state unavailable: ${error.message}`)));
+      const unsubscribe = this.options.bus.subscribe((changed) => {
+        if (changed === id) checkSafely();
+      });
+
+      const expire = async () => {
+        const expired = await this.update(id, (call) => (call.status === 'pending' ? { ...call, status: 'expired', outcome: 'timed out' } : undefined));
+        if (expired) await this.audit('approval.expired', expired);
+        await check();
+      };
+      timers.push(setTimeout(() => void expire().catch(() => checkSafely()), Math.max(0, deadline - this.now())));
+
+      const onAbort = () => {
+        void (async () => {
+          const withdrawn = await this.update(id, (call) => (call.status === 'pending' ? { ...call, status: 'withdrawn', outcome: 'the agent cancelled the call' } : undefined));
+          if (withdrawn) await this.audit('approval.withdrawn', withdrawn);
+          finish(refuse('BASTION_APPROVAL_WITHDRAWN', 'the agent cancelled the call'));
+        })().catch(() => finish(refuse('BASTION_APPROVAL_WITHDRAWN', 'the agent cancelled the call')));
+      };
+      if (wait.signal?.aborted) onAbort();
+      wait.signal?.addEventListener('abort', onAbort, { once: true });
+
+      const progress = setInterval(() => {
+        void this.read(id).then((current) => {
+          if (current?.call.status === 'pending') {
+            wait.onWaiting?.({
+              approvals: current.call.decisions.filter((d) => d.decision === 'approve').length,
+              quorum: current.call.quorum,
+              secondsLeft: Math.max(0, Math.round((deadline - this.now()) / 1000)),
+            });
+          }
+        });
+      }, this.options.progressEveryMs ?? 5000);
+      checkSafely();
+    });
+  }
+
+  /** Consumes an approval for the call about to run: approved → executed, exactly once, same hash only. */
+  async claimForExecution(id: string, expectedHash: string): Promise<void> {
+    let problem = '';
+    const executed = await this.update(id, (call) => {
+      if (call.call_hash !== expectedHash) {
+        problem = 'the approved call differs from the call about to run';
+        return undefined;
+      }
+      if (call.status !== 'approved') {
+        problem = `the approval is ${call.status}, not approved`;
+        return undefined;
+      }
+      return { ...call, status: 'executed' };
+    });
+    if (!executed) throw refuse('BASTION_APPROVAL_INVALID', problem || 'the approval request disappeared');
+    await this.audit('approval.executed', executed);
+  }
+
+  private async ownerAlive(owner: string): Promise<boolean> {
+    return owner === this.owner || (await this.options.state.get(OWNERS, owner)) !== undefined;
+  }
+
+  private async sign(call: ParkedCall, approver: Approver, decision: 'approve' | 'deny', reason: string): Promise<string> {
+    const key = await importJWK(this.options.signingKey, this.options.signingKey.alg ?? 'EdDSA');
+    return new SignJWT({ approval_id: call.id, call_hash: call.call_hash, approver: approver.sub, auth_time: approver.authTime, decision, reason })
+      .setProtectedHeader({ alg: this.options.signingKey.alg ?? 'EdDSA', typ: 'bastion-approval+jwt', ...(this.options.signingKey.kid ? { kid: this.options.signingKey.kid } : {}) })
+      .setIssuedAt()
+      .sign(key);
+  }
+
+  /**
+   * An approver's decision. `shownHash` is the call hash the page displayed:
+   * if the record changed since, nothing is decided.
+   */
+  async decide(approver: Approver, id: string, decision: 'approve' | 'deny', reason: string, shownHash: string): Promise<ParkedCall> {
+    reason = reason.trim().slice(0, 2000);
+    if (decision === 'deny' && reason.length === 0) throw new ApprovalActionError(400, 'a denial needs a reason');
+    const current = await this.read(id);
+    if (!current) throw new ApprovalActionError(404, 'no such approval request');
+    const call = current.call;
+    if (call.call_hash !== shownHash) throw new ApprovalActionError(409, 'the call changed since it was shown; reload and look again');
+    if (call.status !== 'pending') throw new ApprovalActionError(409, `the request is already ${call.status}`);
+    if (Date.parse(call.expires_at) <= this.now()) throw new ApprovalActionError(409, 'the request has expired');
+    const requesters = [call.principal.sub, ...call.principal.act.map((a) => a.sub)];
+    if (requesters.includes(approver.sub)) throw new ApprovalActionError(403, 'you cannot decide on a call you (or your delegation chain) requested');
+    if (call.roles.length > 0 && !call.roles.some((role) => approver.roles.includes(role))) {
+      throw new ApprovalActionError(403, `this call needs an approver with role ${call.roles.join(' or ')}`);
+    }
+    if (call.decisions.some((d) => d.approver === approver.sub)) throw new ApprovalActionError(409, 'you already decided on this request');
+
+    const entry: ApproverDecision = {
+      approver: approver.sub,
+      decision,
+      reason,
+      at: new Date(this.now()).toISOString(),
+      auth_time: approver.authTime,
+      jws: await this.sign(call, approver, decision, reason),
+    };
+    const ownerAlive = await this.ownerAlive(call.owner);
+    let refusal: ApprovalActionError | undefined;
+    const updated = await this.update(id, (latest) => {
+      if (latest.status !== 'pending' || latest.call_hash !== shownHash) {
+        refusal = new ApprovalActionError(409, `the request is already ${latest.status}`);
+        return undefined;
+      }
+      if (latest.decisions.some((d) => d.approver === approver.sub)) {
+        refusal = new ApprovalActionError(409, 'you already decided on this request');
+        return undefined;
+      }
+      const decisions = [...latest.decisions, entry];
+      if (decision === 'deny') return { ...latest, decisions, status: 'denied', outcome: `denied by ${approver.sub}: ${reason}` };
+      const approvals = decisions.filter((d) => d.decision === 'approve').length;
+      if (approvals < latest.quorum) return { ...latest, decisions };
+      return ownerAlive
+        ? { ...latest, decisions, status: 'approved', outcome: `approved by ${decisions.map((d) => d.approver).join(', ')}` }
+        : { ...latest, decisions, status: 'abandoned', outcome: 'approved, but the agent connection is gone; the call will not run' };
+    });
+    if (!updated) throw refusal ?? new ApprovalActionError(404, 'no such approval request');
+    await this.audit(`approval.${decision === 'deny' ? 'denied' : updated.status === 'pending' ? 'vote' : updated.status}`, updated, {
+      approver: approver.sub,
+      reason,
+      jws: entry.jws,
+    });
+    return updated;
+  }
+
+  /** Every record still waiting, oldest first. */
+  async pending(): Promise<ParkedCall[]> {
+    return (await this.all()).filter((c) => c.status === 'pending').sort((a, b) => a.created_at.localeCompare(b.created_at));
+  }
+
+  /** Recently decided records, newest first. */
+  async history(limit = 50): Promise<ParkedCall[]> {
+    return (await this.all())
+      .filter((c) => c.status !== 'pending')
+      .sort((a, b) => b.created_at.localeCompare(a.created_at))
+      .slice(0, limit);
+  }
+
+  async get(id: string): Promise<ParkedCall | undefined> {
+    return (await this.read(id))?.call;
+  }
+
+  /** Whether the process holding a call's agent connection is still alive. */
+  ownerIsAlive(call: ParkedCall): Promise<boolean> {
+    return this.ownerAlive(call.owner);
+  }
+
+  private async all(): Promise<ParkedCall[]> {
+    const entries = await this.options.state.entries(APPROVALS);
+    const calls: ParkedCall[] = [];
+    for (const [, text] of entries) {
+      try {
+        calls.push(parseParkedCall(text));
+      } catch {
+        // A record that does not parse is never shown and never runs.
+      }
+    }
+    return calls;
+  }
+}

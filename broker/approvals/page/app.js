@@ -1,0 +1,223 @@
+// The approval page. Everything shown comes from agents and is attacker
+// controlled, so it is only ever inserted with textContent, never as HTML.
+'use strict';
+
+const state = { csrf: '', me: '', pending: [], history: [] };
+const $ = (id) => document.getElementById(id);
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === 'class') node.className = value;
+    else if (key === 'text') node.textContent = value;
+    else if (key.startsWith('on')) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) if (child) node.append(child);
+  return node;
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, {
+    credentials: 'same-origin',
+    ...options,
+    headers: { 'content-type': 'application/json', 'x-csrf-token': state.csrf, ...(options.headers || {}) },
+  });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw Object.assign(new Error(body.error || response.statusText), { status: response.status });
+  return body;
+}
+
+const LONG = 400;
+/** Pretty JSON with long string values folded behind a disclosure. */
+function renderArguments(args) {
+  const container = el('div');
+  const folded = [];
+  const text = JSON.stringify(
+    args,
+    (key, value) => {
+      if (typeof value === 'string' && value.length > LONG) {
+        folded.push({ key, value });
+        return `${value.slice(0, 120)}… [${value.length} characters, shown below]`;
+      }
+      return value;
+    },
+    2,
+  );
+  container.append(el('pre', { class: 'args', text }));
+  for (const { key, value } of folded) {
+    container.append(el('details', { class: 'fold' }, el('summary', { text: `full value of "${key}" (${value.length} characters)` }), el('pre', { class: 'args', text: value })));
+  }
+  return container;
+}
+
+function timeLeft(iso) {
+  const seconds = Math.max(0, Math.round((Date.parse(iso) - Date.now()) / 1000));
+  return seconds >= 60 ? `${Math.floor(seconds / 60)} min ${seconds % 60} s left` : `${seconds} s left`;
+}
+
+function renderCard(call) {
+  const chain = call.principal.act.map((a) => a.sub);
+  const approvals = call.decisions.filter((d) => d.decision === 'approve').length;
+  const reason = el('input', { type: 'text', placeholder: 'Reason (required to deny)', 'aria-label': 'Reason', maxlength: '2000' });
+  const status = el('span', { class: 'error', role: 'alert' });
+  const decide = async (decision) => {
+    if (decision === 'deny' && !reason.value.trim()) {
+      status.textContent = 'Give a reason to deny.';
+      reason.focus();
+      return;
+    }
+    card.querySelectorAll('button').forEach((b) => (b.disabled = true));
+    try {
+      await api(`/approvals/api/${encodeURIComponent(call.id)}/decision`, {
+        method: 'POST',
+        body: JSON.stringify({ decision, reason: reason.value, call_hash: call.call_hash }),
+      });
+      status.textContent = '';
+    } catch (error) {
+      status.textContent = error.message;
+      card.querySelectorAll('button').forEach((b) => (b.disabled = false));
+    }
+    await refresh();
+  };
+  reason.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter') decide('deny');
+  });
+  const clock = el('span', { class: 'meta countdown', 'data-expires': call.expires_at, text: timeLeft(call.expires_at) });
+  const card = el(
+    'article',
+    { class: `card risk-${call.risk}`, tabindex: '0', 'data-id': call.id },
+    el(
+      'div',
+      { class: 'row' },
+      el('span', { class: 'tool', text: call.tool }),
+      el('span', { class: `badge ${call.risk === 'high' ? 'high' : ''}`, text: `${call.risk} risk` }),
+      el('span', { class: 'badge', text: `connector ${call.connector}` }),
+      call.owner_alive === false ? el('span', { class: 'badge gone', text: 'agent disconnected: approving will not run it' }) : null,
+      clock,
+    ),
+    el(
+      'div',
+      { class: 'meta' },
+      `agent ${call.principal.sub}`,
+      chain.length ? ` · delegated by ${chain.join(' ← ')}` : '',
+      ` · issuer ${call.principal.iss}`,
+      ` · approvals ${approvals}/${call.quorum}`,
+    ),
+    el('ul', { class: 'reasons' }, ...[call.approval_reason, ...call.reasons].filter(Boolean).map((r) => el('li', { text: r }))),
+    renderArguments(call.arguments),
+    el('div', { class: 'meta', text: `call ${call.call_hash}` }),
+    el(
+      'div',
+      { class: 'actions' },
+      reason,
+      el('button', { class: 'approve', type: 'button', onclick: () => decide('approve'), text: 'Approve' }),
+      el('button', { class: 'deny', type: 'button', onclick: () => decide('deny'), text: 'Deny' }),
+      status,
+    ),
+  );
+  card._decide = decide;
+  card._reason = reason;
+  return card;
+}
+
+function render() {
+  const pending = $('pending');
+  const focusedId = document.activeElement?.closest?.('.card')?.dataset.id;
+  pending.replaceChildren(...state.pending.map(renderCard));
+  $('pending-count').textContent = String(state.pending.length);
+  $('empty').hidden = state.pending.length > 0;
+  if (focusedId) pending.querySelector(`[data-id="${CSS.escape(focusedId)}"]`)?.focus();
+  $('history').replaceChildren(
+    ...state.history.map((call) =>
+      el(
+        'li',
+        {},
+        el('span', { class: call.status, text: call.status }),
+        ` · ${call.tool} · ${call.principal.sub}`,
+        call.outcome ? ` · ${call.outcome}` : '',
+        ` · ${new Date(call.created_at).toLocaleString()}`,
+      ),
+    ),
+  );
+}
+
+async function refresh() {
+  try {
+    const [pending, history] = await Promise.all([api('/approvals/api/pending'), api('/approvals/api/history')]);
+    state.pending = pending.calls;
+    state.history = history.calls;
+    render();
+  } catch (error) {
+    if (error.status === 401) showSignIn();
+  }
+}
+
+function showSignIn(message = '') {
+  $('signin').hidden = false;
+  $('queue').hidden = true;
+  $('signin-error').textContent = message;
+}
+
+async function signIn(token) {
+  try {
+    const session = await api('/approvals/login', { method: 'POST', body: JSON.stringify({ token }) });
+    state.csrf = session.csrf;
+    return true;
+  } catch (error) {
+    showSignIn(error.message);
+    return false;
+  }
+}
+
+async function start() {
+  // A sign-in link carries the token in the fragment, which never reaches the server or its logs.
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  if (fragment.has('token')) {
+    const token = fragment.get('token');
+    history.replaceState(null, '', location.pathname);
+    await signIn(token);
+  }
+  let session;
+  try {
+    session = await api('/approvals/api/session');
+  } catch {
+    showSignIn();
+    return;
+  }
+  state.csrf = session.csrf;
+  state.me = session.sub;
+  $('who').textContent = `signed in as ${session.sub}${session.roles.length ? ` (${session.roles.join(', ')})` : ''}`;
+  $('signin').hidden = true;
+  $('queue').hidden = false;
+  await refresh();
+  const events = new EventSource('/approvals/events');
+  events.addEventListener('changed', () => refresh());
+  setInterval(() => {
+    document.querySelectorAll('.countdown').forEach((node) => (node.textContent = timeLeft(node.dataset.expires)));
+  }, 1000);
+}
+
+$('signin-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  if (await signIn($('signin-token').value.trim())) location.reload();
+});
+
+document.addEventListener('keydown', (event) => {
+  if (event.target instanceof HTMLInputElement || event.target instanceof HTMLTextAreaElement) return;
+  const cards = [...document.querySelectorAll('#pending .card')];
+  const current = document.activeElement?.closest?.('.card');
+  const index = cards.indexOf(current);
+  if (event.key === 'j' || event.key === 'k') {
+    const next = cards[Math.min(cards.length - 1, Math.max(0, index + (event.key === 'j' ? 1 : -1)))];
+    next?.focus();
+    event.preventDefault();
+  } else if (current && event.key === 'a') {
+    current._decide('approve');
+  } else if (current && event.key === 'd') {
+    current._reason.focus();
+    event.preventDefault();
+  }
+});
+
+start();

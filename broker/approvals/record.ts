@@ -1,0 +1,62 @@
+/**
+ * A parked call: what approvers see and decide on, stored behind the state
+ * interface so it survives a restart. The record is bound to one exact call
+ * by `call_hash`; an approval is for that hash and nothing else.
+ *
+ * @example
+ *   const hash = callHash({ iss, sub }, 'demo__delete_file', { path: '/srv/tmp/x' }, 'sha256:…');
+ */
+import { z } from 'zod';
+import { canonicalJson, sha256 } from '../audit/chain.ts';
+
+export const APPROVALS = 'approvals';
+
+export const ApprovalStatus = z.enum(['pending', 'approved', 'denied', 'expired', 'withdrawn', 'abandoned', 'executed']);
+export type ApprovalStatus = z.infer<typeof ApprovalStatus>;
+
+export const ApproverDecisionSchema = z.strictObject({
+  approver: z.string(),
+  decision: z.enum(['approve', 'deny']),
+  reason: z.string(),
+  at: z.string(),
+  /** When the approver authenticated (their session start). */
+  auth_time: z.string(),
+  /** Broker-signed JWS over approver, auth_time, call_hash, decision, reason: evidence that outlives the log. */
+  jws: z.string(),
+});
+export type ApproverDecision = z.infer<typeof ApproverDecisionSchema>;
+
+export const ParkedCallSchema = z.strictObject({
+  id: z.string(),
+  call_hash: z.string(),
+  status: ApprovalStatus,
+  principal: z.strictObject({ sub: z.string(), iss: z.string(), act: z.array(z.strictObject({ sub: z.string() })) }),
+  tool: z.string(),
+  connector: z.string(),
+  risk: z.enum(['low', 'medium', 'high']),
+  descriptor_hash: z.string(),
+  /** Shown to approvers exactly as the agent sent them; attacker-controlled text. */
+  arguments: z.record(z.string(), z.unknown()),
+  reasons: z.array(z.string()),
+  approval_reason: z.string(),
+  quorum: z.number().int().min(1),
+  /** Approver roles the policy asked for; empty: any approver. */
+  roles: z.array(z.string()),
+  created_at: z.string(),
+  expires_at: z.string(),
+  /** The broker process holding the agent's connection; gone means the call can never run. */
+  owner: z.string(),
+  decisions: z.array(ApproverDecisionSchema),
+  /** Why the record left `pending` (who denied, timeout, agent gone). */
+  outcome: z.string().optional(),
+});
+export type ParkedCall = z.infer<typeof ParkedCallSchema>;
+
+/** The hash an approval is bound to: principal, tool, arguments and the tool's descriptor. */
+export function callHash(principal: { iss: string; sub: string }, tool: string, args: Record<string, unknown>, descriptorHash: string): string {
+  return sha256(canonicalJson({ principal: { iss: principal.iss, sub: principal.sub }, tool, arguments: args, descriptor_hash: descriptorHash }));
+}
+
+export function parseParkedCall(text: string): ParkedCall {
+  return ParkedCallSchema.parse(JSON.parse(text));
+}

@@ -1,0 +1,132 @@
+/**
+ * The approval page driven in Debian's Chromium (playwright-core): calls
+ * appear live without a reload, an approver approves or denies with a
+ * click, the agent gets the result or the reason, and hostile arguments
+ * render as inert text. Screenshots go to test-artifacts/.
+ */
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { ROOT, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { approverToken } from '../helpers/approver.ts';
+
+const ARTIFACTS = path.join(ROOT, 'test-artifacts/approvals');
+const HOSTILE = `<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>"><svg onload=window.pwned=3>`;
+
+let t: TestBroker;
+let browser: Browser;
+let page: Page;
+
+export async function launchChromium(): Promise<Browser> {
+  return chromium.launch({
+    executablePath: '/usr/bin/chromium',
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+}
+
+beforeAll(async () => {
+  await mkdir(ARTIFACTS, { recursive: true });
+  t = await startTestBroker();
+  browser = await launchChromium();
+  page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+  page.on('pageerror', (error) => console.log('PAGEERROR', error.message));
+  const key = t.broker.devKey!;
+  const token = await approverToken(key.privateJwk, key.issuer, t.door.resource, 'approver:browser');
+  await page.goto(`${new URL(t.url).origin}/approvals#token=${token}`);
+  await page.waitForSelector('#queue:not([hidden])');
+});
+afterAll(async () => {
+  await browser?.close();
+  await t?.close();
+});
+
+/** Starts the call and returns at once; the caller awaits `result` after deciding. */
+async function startWipe(sub: string, args: Record<string, unknown>): Promise<{ result: Promise<CallToolResult> }> {
+  const client = await t.connect(await t.mint({ sub, cap: [{ tool: 'rec__wipe' }] }));
+  const result = client.callTool({ name: 'rec__wipe', arguments: args }) as Promise<CallToolResult>;
+  result.catch(() => undefined);
+  return { result };
+}
+
+describe('approval page in Chromium', () => {
+  it('signs in from the link and removes the token from the address bar', async () => {
+    expect(page.url()).not.toContain('token=');
+    await expect.poll(() => page.textContent('#who')).toContain('approver:browser');
+  });
+
+  it('shows a new call live, without a reload, and approving it returns the result to the agent', async () => {
+    await page.evaluate('window.marker = 42');
+    const { result } = await startWipe('agent:browser-ok', { reason_for_wipe: 'cleanup', long: 'x'.repeat(2000) });
+    const card = page.locator('.card', { hasText: 'agent:browser-ok' });
+    await card.waitFor();
+    expect(await page.evaluate('window.marker')).toBe(42);
+    await expect.poll(() => card.locator('details.fold summary').count()).toBe(1);
+    await page.screenshot({ path: path.join(ARTIFACTS, '1-pending.png'), fullPage: true });
+    await card.getByRole('button', { name: 'Approve' }).click();
+    const outcome = await result;
+    expect(outcome.content).toEqual([{ type: 'text', text: 'wiped' }]);
+    await page.locator('#history li', { hasText: 'agent:browser-ok' }).waitFor();
+    await page.screenshot({ path: path.join(ARTIFACTS, '2-approved.png'), fullPage: true });
+  });
+
+  it('denying needs a reason, and the agent receives it', async () => {
+    const { result } = await startWipe('agent:browser-deny', {});
+    const card = page.locator('.card', { hasText: 'agent:browser-deny' });
+    await card.waitFor();
+    await card.getByRole('button', { name: 'Deny' }).click();
+    await expect.poll(() => card.locator('[role=alert]').textContent()).toContain('reason');
+    await card.getByLabel('Reason').fill('not without a change ticket');
+    await card.getByRole('button', { name: 'Deny' }).click();
+    const outcome = await result;
+    expect(outcome._meta?.['bastion/denial']).toMatchObject({ code: 'BASTION_APPROVAL_DENIED' });
+    expect(JSON.stringify(outcome.content)).toContain('not without a change ticket');
+    await page.screenshot({ path: path.join(ARTIFACTS, '3-denied.png'), fullPage: true });
+  });
+
+  it('renders HTML and script in arguments as inert text', async () => {
+    let dialogs = 0;
+    page.on('dialog', (dialog) => {
+      dialogs++;
+      void dialog.dismiss();
+    });
+    const { result } = await startWipe('agent:browser-xss', { note: HOSTILE, [HOSTILE]: 1 });
+    const card = page.locator('.card', { hasText: 'agent:browser-xss' });
+    await card.waitFor();
+    expect(await card.locator('pre.args').textContent()).toContain('<script>window.pwned=2</script>');
+    expect(await card.locator('img, script, svg').count()).toBe(0);
+    expect(await page.evaluate('window.pwned')).toBeUndefined();
+    expect(dialogs).toBe(0);
+    await page.screenshot({ path: path.join(ARTIFACTS, '4-hostile-arguments.png'), fullPage: true });
+    await card.getByLabel('Reason').fill('hostile input');
+    await card.getByRole('button', { name: 'Deny' }).click();
+    await result;
+  });
+
+  it('works by keyboard: j to focus a call, a to approve', async () => {
+    const { result } = await startWipe('agent:browser-keys', {});
+    await page.locator('.card', { hasText: 'agent:browser-keys' }).waitFor();
+    await page.locator('body').click({ position: { x: 5, y: 5 } });
+    await page.keyboard.press('j');
+    await page.keyboard.press('a');
+    expect((await result).content).toEqual([{ type: 'text', text: 'wiped' }]);
+  });
+
+  it('is readable on a phone-sized screen', async () => {
+    const phone = await browser.newPage({ viewport: { width: 390, height: 844 }, isMobile: true });
+    const key = t.broker.devKey!;
+    await phone.goto(`${new URL(t.url).origin}/approvals#token=${await approverToken(key.privateJwk, key.issuer, t.door.resource, 'approver:phone')}`);
+    const { result } = await startWipe('agent:browser-phone', { path: '/srv/tmp/a-rather-long-path/that/should/wrap/nicely/on/a/small/screen.txt' });
+    const card = phone.locator('.card', { hasText: 'agent:browser-phone' });
+    await card.waitFor();
+    const width = await phone.evaluate<number>('document.documentElement.scrollWidth');
+    expect(width).toBeLessThanOrEqual(390);
+    await phone.screenshot({ path: path.join(ARTIFACTS, '5-phone.png'), fullPage: true });
+    await card.getByLabel('Reason').fill('phone test');
+    await card.getByRole('button', { name: 'Deny' }).click();
+    await result;
+    await phone.close();
+  });
+});

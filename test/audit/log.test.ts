@@ -1,0 +1,184 @@
+/**
+ * Stage 8, audit: the append-only, hash-chained log. The chain must survive
+ * a restart, stay intact under concurrent appends (group commit), fail
+ * closed once a write fails, and never hold a token or argument values.
+ */
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { GENESIS_HASH, recordHash, type AuditRecord } from '../../broker/audit/chain.ts';
+import { openAuditLog } from '../../broker/audit/log.ts';
+import { verifyAuditFile } from '../../broker/audit/verify.ts';
+import { startTestBroker, type TestBroker } from '../helpers/broker.ts';
+
+let dir: string;
+
+beforeAll(async () => {
+  dir = await mkdtemp(path.join(tmpdir(), 'bastion-audit-log-'));
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function readRecords(file: string): Promise<AuditRecord[]> {
+  const text = await readFile(file, 'utf8');
+  return text.split('\n').filter(Boolean).map((line) => JSON.parse(line) as AuditRecord);
+}
+
+function expectChained(records: AuditRecord[]): void {
+  let prev = GENESIS_HASH;
+  records.forEach((record, i) => {
+    expect(record.seq).toBe(i + 1);
+    expect(record.prev).toBe(prev);
+    expect(record.hash).toBe(recordHash(record));
+    prev = record.hash;
+  });
+}
+
+describe('openAuditLog', () => {
+  it('starts a new file at seq 1 from the genesis hash', async () => {
+    const file = path.join(dir, 'fresh', 'audit.jsonl');
+    const log = await openAuditLog(file);
+    const record = await log.append({ event: 'test', outcome: 'info' });
+    await log.close();
+    expect(record).toMatchObject({ seq: 1, prev: GENESIS_HASH, event: 'test', outcome: 'info' });
+    expect(record.hash).toMatch(/^sha256:[0-9a-f]{64}$/);
+    expect(await readRecords(file)).toEqual([record]);
+  });
+
+  it('continues the chain across a close and reopen (seq continues, prev links)', async () => {
+    const file = path.join(dir, 'reopen.jsonl');
+    const first = await openAuditLog(file);
+    const a = await first.append({ event: 'one', outcome: 'ok' });
+    const b = await first.append({ event: 'two', outcome: 'denied' });
+    await first.close();
+
+    const second = await openAuditLog(file);
+    const c = await second.append({ event: 'three', outcome: 'ok' });
+    await second.close();
+
+    const third = await openAuditLog(file);
+    const d = await third.append({ event: 'four', outcome: 'error' });
+    await third.close();
+
+    expect([a.seq, b.seq, c.seq, d.seq]).toEqual([1, 2, 3, 4]);
+    expect(c.prev).toBe(b.hash);
+    expect(d.prev).toBe(c.hash);
+    const records = await readRecords(file);
+    expect(records.map((r) => r.event)).toEqual(['one', 'two', 'three', 'four']);
+    expectChained(records);
+    expect(await verifyAuditFile(file)).toEqual({ ok: true, records: 4, head: d.hash });
+  });
+
+  it('200 concurrent appends produce one valid chain with unique seqs', async () => {
+    const file = path.join(dir, 'concurrent.jsonl');
+    const log = await openAuditLog(file);
+    const appended = await Promise.all(
+      Array.from({ length: 200 }, (_, i) => log.append({ event: 'burst', outcome: 'ok', detail: { i } })),
+    );
+    await log.close();
+
+    expect(new Set(appended.map((r) => r.seq)).size).toBe(200);
+    expect(appended.map((r) => r.seq).sort((x, y) => x - y)).toEqual(Array.from({ length: 200 }, (_, i) => i + 1));
+    const records = await readRecords(file);
+    expect(records).toHaveLength(200);
+    expectChained(records);
+    // Every caller got back exactly the record that was written under its seq.
+    for (const record of appended) expect(records[record.seq - 1]).toEqual(record);
+    // And every event is in the file once.
+    expect(new Set(records.map((r) => (r.detail as { i: number }).i)).size).toBe(200);
+    expect((await verifyAuditFile(file)).ok).toBe(true);
+  });
+
+  it('a record is in the file when append resolves', async () => {
+    const file = path.join(dir, 'durable.jsonl');
+    const log = await openAuditLog(file);
+    const record = await log.append({ event: 'durable', outcome: 'ok' });
+    const onDisk = await readRecords(file);
+    await log.close();
+    expect(onDisk.at(-1)).toEqual(record);
+  });
+
+  it('time comes from the injected clock and is covered by the hash', async () => {
+    const file = path.join(dir, 'clock.jsonl');
+    const fixed = new Date('2030-01-02T03:04:05.678Z');
+    const log = await openAuditLog(file, () => fixed);
+    const record = await log.append({ event: 'clocked', outcome: 'ok' });
+    await log.close();
+    expect(record.time).toBe('2030-01-02T03:04:05.678Z');
+    expect(recordHash({ ...record, time: '2030-01-02T03:04:05.679Z' })).not.toBe(record.hash);
+  });
+
+  it('undefined members are dropped, not written as null', async () => {
+    const file = path.join(dir, 'undefined.jsonl');
+    const log = await openAuditLog(file);
+    await log.append({ event: 'sparse', outcome: 'ok', tool: undefined, session: undefined });
+    await log.close();
+    const text = await readFile(file, 'utf8');
+    expect(text).not.toContain('tool');
+    expect(text).not.toContain('null');
+    expect((await verifyAuditFile(file)).ok).toBe(true);
+  });
+
+  it('refuses to reopen a file that ends with a partial record', async () => {
+    const file = path.join(dir, 'partial.jsonl');
+    const log = await openAuditLog(file);
+    await log.append({ event: 'whole', outcome: 'ok' });
+    await log.close();
+    await writeFile(file, `${await readFile(file, 'utf8')}{"seq":2,"ev`);
+    await expect(openAuditLog(file)).rejects.toThrow(/partial record.*audit verify/);
+  });
+
+  it('a failed write poisons the log: every later append fails too (fail closed)', async () => {
+    const file = path.join(dir, 'poisoned.jsonl');
+    const log = await openAuditLog(file);
+    await log.append({ event: 'before', outcome: 'ok' });
+    await log.close(); // the file handle is gone: the next write fails
+    await expect(log.append({ event: 'lost', outcome: 'ok' })).rejects.toThrow(/audit log unavailable/);
+    await expect(log.append({ event: 'also lost', outcome: 'ok' })).rejects.toThrow(/audit log unavailable/);
+    expect((await readRecords(file)).map((r) => r.event)).toEqual(['before']);
+  });
+});
+
+describe('what a broker writes to the audit log', () => {
+  let t: TestBroker;
+
+  beforeAll(async () => {
+    t = await startTestBroker();
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  it('never contains the raw token or argument values', async () => {
+    const secret = `sk_live_${'9'.repeat(8)}_SECRET_${Math.random().toString(36).slice(2)}`;
+    const token = await t.mint({ sub: 'agent:audit-secrets', cap: [{ tool: 'rec__echo' }, { tool: 'rec__transfer', args: { amount: { max: 10 } } }] });
+    const client = await t.connect(token);
+
+    const ok = (await client.callTool({ name: 'rec__echo', arguments: { text: secret } })) as CallToolResult;
+    expect(ok.content).toEqual([{ type: 'text', text: `echo: ${secret}` }]);
+    const refused = (await client.callTool({ name: 'rec__transfer', arguments: { amount: 7777.125, to: secret } })) as CallToolResult;
+    expect(refused.isError).toBe(true);
+
+    const text = await readFile(path.join(t.dir, 'audit.jsonl'), 'utf8');
+    const mine = (await t.auditRecords()).filter((r) => r.principal?.sub === 'agent:audit-secrets');
+    expect(mine.map((r) => [r.tool, r.outcome])).toEqual(
+      expect.arrayContaining([
+        ['rec__echo', 'ok'],
+        ['rec__transfer', 'denied'],
+      ]),
+    );
+    for (const record of mine) {
+      expect(record.args_hash).toMatch(/^sha256:[0-9a-f]{64}$/);
+      expect(record.principal?.token_hash).toMatch(/^sha256:[0-9a-f]{64}$/);
+    }
+    expect(text).not.toContain(secret);
+    expect(text).not.toContain('7777.125');
+    expect(text).not.toContain(token);
+    // Not even one segment of the token (its payload or signature) is stored.
+    for (const segment of token.split('.')) expect(text).not.toContain(segment);
+    expect((await verifyAuditFile(path.join(t.dir, 'audit.jsonl'))).ok).toBe(true);
+  });
+});
