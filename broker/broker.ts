@@ -16,7 +16,7 @@ import { ensureDelegationKey, ensureDevKey, readJwksFile, type DevKey } from './
 import { issuerKeys, type IssuerKeys } from './auth/keysets.ts';
 import { createTokenVerifier, type Principal } from './auth/verify.ts';
 import { ApproverDirectory } from './approvals/approvers.ts';
-import { ApprovalDesk, localBus } from './approvals/desk.ts';
+import { ApprovalDesk, stateBus } from './approvals/desk.ts';
 import { webhookNotifier } from './approvals/webhook.ts';
 import { revocationOf } from './auth/revocation.ts';
 import { Denial } from './errors.ts';
@@ -24,13 +24,15 @@ import { openEmbeddedState } from './state/embedded.ts';
 import { lockStateDir } from './state/lock.ts';
 import { createDescriptorCheck } from './filters/descriptor.ts';
 import { createResultFilter } from './filters/result.ts';
+import { Limits } from './limits.ts';
 import type { StateStore } from './state/store.ts';
 import { openAuditLog, type AuditLog } from './audit/log.ts';
 import { demoConnector, type Config } from './config.ts';
 import type { Logger } from './log.ts';
 import { loadPolicy, type PolicyEngine } from './policy/engine.ts';
 import { Pipeline } from './pipeline.ts';
-import { ToolRegistry } from './registry.ts';
+import { descriptorHash, exposed, ToolRegistry } from './registry.ts';
+import { DescriptorPins } from './pins.ts';
 import { Connector } from '../connectors/upstream.ts';
 
 interface LiveSession {
@@ -81,9 +83,19 @@ export interface Broker {
   approversFor(audience: string): ApproverDirectory;
   /** The approval page's URL, once the HTTP front door knows it (for links and webhooks). */
   approvalPageUrl: string | undefined;
+  pins: DescriptorPins;
   /** The anonymous principal, when config enables it (loopback-only; checked by the front door). */
   anonymous: Principal | undefined;
   stop(): Promise<void>;
+}
+
+/** The configured state backend; Redis is loaded only when configured. */
+async function openState(config: Config): Promise<StateStore> {
+  if (config.state.backend === 'redis') {
+    const { openRedisState } = await import('./state/redis.ts');
+    return openRedisState({ url: config.state.url, prefix: config.state.prefix, commandTimeoutMs: config.state.command_timeout });
+  }
+  return openEmbeddedState(path.join(config.state_dir, 'state.jsonl'));
 }
 
 export async function createBroker(config: Config, log: Logger): Promise<Broker> {
@@ -99,7 +111,7 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
     const local = createLocalJWKSet(await readJwksFile(delegationKey.jwksFile));
     issuers.push({ issuer: delegationKey.issuer, getKey: local, loads: 1 });
   }
-  const state = await openEmbeddedState(path.join(config.state_dir, 'state.jsonl'));
+  const state = await openState(config);
 
   const policy: PolicyEngine = await loadPolicy(config.policy.wasm);
   const audit = await openAuditLog(config.audit.file ?? path.join(config.state_dir, 'audit.jsonl'));
@@ -107,16 +119,39 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
 
   const connectors: Connector[] = [];
   const registry = new ToolRegistry(connectors, log, createDescriptorCheck(config.filters.descriptor));
+  const pins = new DescriptorPins({
+    state,
+    log,
+    audit: async (event) => void (await audit.append(event)),
+    hashOf: descriptorHash,
+    exposedName: (connector, tool) => {
+      const owner = connectors.find((c) => c.name === connector);
+      return owner ? exposed(owner, tool) : `${connector}__${tool}`;
+    },
+  });
+  await pins.load();
+  registry.pinStatus = (connector, tool, hash) => pins.status(connector, tool, hash);
+  /** Re-pins or quarantines after a catalog change, then tells every session the list changed. */
+  const reconcile = (connector: Connector) =>
+    pins
+      .reconcile(connector)
+      .catch((error: Error) => log.error({ connector: connector.name, err: error.message }, 'descriptor pinning failed'))
+      .finally(() => {
+        registry.invalidate();
+        sessions.broadcast((s) => s.server.sendToolListChanged());
+      });
   for (const connectorConfig of config.connectors ?? [demoConnector()]) {
     connectors.push(
       new Connector(connectorConfig, {
         log,
-        onStatus: () => {
+        onStatus: (connector, status) => {
           registry.invalidate();
           sessions.broadcast((s) => s.server.sendToolListChanged());
+          if (status === 'ready') void reconcile(connector);
         },
-        onListChanged: (_connector, kind) => {
+        onListChanged: (connector, kind) => {
           registry.invalidate();
+          if (kind === 'tools') void reconcile(connector);
           sessions.broadcast((s) =>
             kind === 'tools' ? s.server.sendToolListChanged() : kind === 'prompts' ? s.server.sendPromptListChanged() : s.server.sendResourceListChanged(),
           );
@@ -130,6 +165,8 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
     );
   }
   await Promise.all(connectors.map((c) => c.start()));
+  // Pin (or quarantine) before the first agent sees a tool list.
+  await Promise.all(connectors.map((c) => reconcile(c)));
 
   const anonymousConfig = config.auth.anonymous;
   if (anonymousConfig.enabled) {
@@ -143,7 +180,7 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
   const approvals = config.approvals.enabled
     ? new ApprovalDesk({
         state,
-        bus: localBus(),
+        bus: stateBus(state),
         audit: async (event) => void (await audit.append(event)),
         log,
         signingKey: brokerKey.privateJwk,
@@ -165,6 +202,7 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
     log,
     recheck,
     filter: createResultFilter(config.filters.result),
+    limits: new Limits(config.limits, state),
     ...(approvals ? { approvals: { desk: approvals, defaultTimeoutMs: config.approvals.timeout, maxTimeoutMs: config.approvals.max_timeout } } : {}),
   });
   const broker: Broker = {
@@ -207,6 +245,7 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
           }
         : undefined,
     approvals,
+    pins,
     approversFor: (audience) =>
       new ApproverDirectory({
         issuers,

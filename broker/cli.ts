@@ -31,6 +31,8 @@ commands:
   token revoke   revoke a token (by jti) or a subject, on a running broker
   keys generate  make an Ed25519 or P-256 signing key and its JWKS
   approver token sign an approver sign-in token with the dev key and print the page link
+  tools review   list quarantined tools (descriptor changed since pinned) with the diff
+  tools approve  re-pin a quarantined tool after review
   audit verify   check an audit file's hash chain
 
 Run "bastion <command> --help" for a command's options.`,
@@ -85,6 +87,16 @@ fragment, which browsers never send to a server.
   --sub APPROVER   the approver's identity, e.g. approver:alice (required)
   --role ROLE      approver role the policy may require (repeatable)
   --ttl DURATION   lifetime of the sign-in link (default 15m, the maximum)`,
+  'tools review': `usage: bastion tools review [--url BROKER] [--token ADMIN] [--config FILE]
+
+Lists tools whose descriptors changed since Bastion pinned them (possible rug
+pulls), with the field-level diff. They stay hidden and uncallable until
+approved. The admin token needs the literal grant "bastion:tools"; with the
+embedded default one is minted with the dev key.`,
+  'tools approve': `usage: bastion tools approve TOOL [--url BROKER] [--token ADMIN] [--config FILE]
+
+Re-pins TOOL (as agents see it, e.g. demo__read_file) to its new descriptor,
+after you reviewed the diff. The decision is audited.`,
   'keys generate': `usage: bastion keys generate [--alg EdDSA|ES256] [--out DIR]
 
 Writes DIR/signing-key.json (private JWK, mode 0600, keep it with the issuer)
@@ -242,6 +254,43 @@ async function tokenDelegate(argv: string[]): Promise<void> {
   process.stdout.write(`${String(answer.access_token)}\n`);
 }
 
+/** The operator token: given, or minted with the dev key for the embedded default. */
+async function adminToken(config: Config, given: string | undefined, grant: string): Promise<string> {
+  if (given) return given;
+  if (config.auth.issuers.length > 0) fail('--token is required when issuers are configured');
+  const dev = await ensureDevKey(config.state_dir);
+  return mintToken({ key: dev.privateJwk, issuer: dev.issuer, audience: defaultResource(config), sub: 'operator:cli', cap: [{ tool: grant }], ttlMs: 60_000, tokenType: config.auth.token_type });
+}
+
+async function toolsCommand(verb: 'review' | 'approve', argv: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: { url: { type: 'string' }, token: { type: 'string' }, config: { type: 'string' }, help: { type: 'boolean' } },
+  });
+  if (values.help) return void console.log(HELP[`tools ${verb}`]);
+  const config = await loadConfig(values.config);
+  const admin = await adminToken(config, values.token, 'bastion:tools');
+  const base = brokerBase(config, values.url);
+  if (verb === 'approve') {
+    if (positionals.length !== 1) fail('tools approve: give exactly one TOOL');
+    const answer = await postToBroker(`${base}/admin/tools/approve`, admin, { tool: positionals[0] });
+    process.stdout.write(`re-pinned ${String(answer.approved)} at ${String(answer.hash)}\n`);
+    return;
+  }
+  let response: Response;
+  try {
+    response = await fetch(`${base}/admin/tools/quarantine`, { headers: { authorization: `Bearer ${admin}` } });
+  } catch (error) {
+    fail(`cannot reach ${base}: ${(error as Error).message}`, 1);
+  }
+  const answer = (await response.json().catch(() => ({}))) as { quarantined?: { tool: string; since: string; diff: string[] }[]; error_description?: string };
+  if (!response.ok) fail(`${base} refused (${response.status}): ${answer.error_description ?? ''}`, 1);
+  const list = answer.quarantined ?? [];
+  if (list.length === 0) return void process.stdout.write('no quarantined tools\n');
+  for (const q of list) process.stdout.write(`${q.tool} (quarantined since ${q.since})\n${q.diff.map((line) => `  ${line}`).join('\n')}\n\n`);
+}
+
 async function tokenRevoke(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv,
@@ -258,12 +307,7 @@ async function tokenRevoke(argv: string[]): Promise<void> {
   if (values.help) return void console.log(HELP['token revoke']);
   if (Boolean(values.jti) === Boolean(values.sub)) fail('token revoke: give either --jti (with --iss) or --sub');
   const config = await loadConfig(values.config);
-  let admin = values.token;
-  if (!admin) {
-    if (config.auth.issuers.length > 0) fail('token revoke: --token is required when issuers are configured');
-    const dev = await ensureDevKey(config.state_dir);
-    admin = await mintToken({ key: dev.privateJwk, issuer: dev.issuer, audience: defaultResource(config), sub: 'operator:cli', cap: [{ tool: 'bastion:revoke' }], ttlMs: 60_000, tokenType: config.auth.token_type });
-  }
+  const admin = await adminToken(config, values.token, 'bastion:revoke');
   const body = values.jti ? { jti: values.jti, iss: values.iss ?? DEV_ISSUER } : { sub: values.sub };
   const answer = await postToBroker(`${brokerBase(config, values.url)}/admin/revoke`, admin, body);
   process.stdout.write(`revoked ${JSON.stringify(answer.revoked)}\n`);
@@ -378,6 +422,7 @@ async function main(argv: string[]): Promise<void> {
   if (first === 'token' && second === 'revoke') return tokenRevoke(rest);
   if (first === 'keys' && second === 'generate') return keysGenerate(rest);
   if (first === 'approver' && second === 'token') return approverToken(rest);
+  if (first === 'tools' && (second === 'review' || second === 'approve')) return toolsCommand(second, rest);
   if (first === 'audit' && second === 'verify') return auditVerify(rest);
   if (first.startsWith('-')) return start(argv);
   fail(`unknown command: ${argv.join(' ')}\n\n${HELP.main}`);

@@ -16,6 +16,7 @@ import { z } from 'zod';
 import { CapabilitySchema } from './policy/schema.ts';
 import { DescriptorCheckConfigSchema } from './filters/descriptor.ts';
 import { ResultFilterConfigSchema } from './filters/result.ts';
+import { LimitsConfigSchema } from './limits.ts';
 
 /** The repository root, so defaults resolve the same from any working directory. */
 export const PROJECT_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -116,6 +117,12 @@ export const ConfigSchema = z.strictObject({
       allowed_origins: z.array(z.string()).default([]),
       /** Largest JSON-RPC request body accepted. */
       max_body_bytes: z.number().int().positive().default(1_048_576),
+      /** Serve HTTPS directly (PEM files). Without it, bind to loopback or put a TLS-terminating proxy in front. */
+      tls: z.strictObject({ cert_file: z.string(), key_file: z.string() }).optional(),
+      /** A client must send a whole request (headers and body) within this time; slow clients are cut off. */
+      request_timeout: Duration.default(30_000),
+      /** Sessions with no request for this long are closed (clients often vanish without DELETE). */
+      session_idle: Duration.default(30 * 60_000),
     })
     .prefault({}),
   auth: z
@@ -152,6 +159,8 @@ export const ConfigSchema = z.strictObject({
       file: z.string().optional(),
     })
     .prefault({}),
+  /** Quotas and caps (stage 4). */
+  limits: LimitsConfigSchema.prefault({}),
   filters: z
     .strictObject({
       /** Tool results: secret redaction, prompt-injection flags, hidden-Unicode stripping. */
@@ -179,11 +188,22 @@ export const ConfigSchema = z.strictObject({
   /** Where the dev key, audit file and embedded state journal live. */
   state_dir: z.string().default('.bastion'),
   state: z
-    .strictObject({
-      /** `embedded`: a journal in state_dir, durable, one process. */
-      backend: z.literal('embedded').default('embedded'),
-    })
-    .prefault({}),
+    .discriminatedUnion('backend', [
+      /** A journal in state_dir: durable, one process, no server. */
+      z.strictObject({ backend: z.literal('embedded') }),
+      /** Redis: several replicas share approvals, replay cache, revocations, quotas and pins. */
+      z.strictObject({
+        backend: z.literal('redis'),
+        url: z.string().regex(/^rediss?:\/\//, 'a redis:// or rediss:// URL'),
+        /** Prefix of every key, so several deployments can share one Redis. */
+        prefix: z.string().default('bastion:'),
+        /** A command that takes longer fails (and the call is denied). */
+        command_timeout: Duration.default(2_000),
+      }),
+    ])
+    .default({ backend: 'embedded' }),
+  /** Names this broker in audit records and approval ownership; defaults to host name and pid. */
+  replica_id: z.string().min(1).max(128).optional(),
   log_level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   /** Upstream MCP servers. Absent means the embedded demo connector. */
   connectors: z.array(ConnectorConfigSchema).optional(),
@@ -245,6 +265,10 @@ export async function loadConfig(file: string | undefined): Promise<Config> {
   if (config.audit.file) config.audit.file = resolve(config.audit.file);
   config.policy.wasm = resolve(config.policy.wasm);
   for (const issuer of config.auth.issuers) if ('jwks_file' in issuer) issuer.jwks_file = resolve(issuer.jwks_file);
+  if (config.server.tls) {
+    config.server.tls.cert_file = resolve(config.server.tls.cert_file);
+    config.server.tls.key_file = resolve(config.server.tls.key_file);
+  }
   for (const connector of config.connectors ?? []) {
     if (connector.transport === 'stdio' && connector.cwd) connector.cwd = resolve(connector.cwd);
   }

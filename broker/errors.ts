@@ -53,6 +53,11 @@ export type DenialCode =
   | 'BASTION_TOOL_UNKNOWN'
   | 'BASTION_CONNECTOR_UNAVAILABLE'
   | 'BASTION_TOOL_BLOCKED'
+  | 'BASTION_TOOL_QUARANTINED'
+  // limit
+  | 'BASTION_RATE_LIMITED'
+  | 'BASTION_ARGUMENTS_TOO_LARGE'
+  | 'BASTION_SESSIONS_EXCEEDED'
   // authorize
   | 'BASTION_POLICY_DENIED'
   | 'BASTION_POLICY_ERROR'
@@ -77,17 +82,20 @@ export class Denial extends Error {
   readonly stage: Stage;
   readonly code: DenialCode;
   readonly reason: string;
+  /** For limits: when trying again can succeed. */
+  readonly retryAfterMs: number | undefined;
 
-  constructor(stage: Stage, code: DenialCode, reason: string) {
+  constructor(stage: Stage, code: DenialCode, reason: string, retryAfterMs?: number) {
     super(`${code}: ${reason}`);
     this.stage = stage;
     this.code = code;
     this.reason = reason;
+    this.retryAfterMs = retryAfterMs;
   }
 
   /** The structured form sent to agents and written to the audit trail. */
-  toJSON(): { stage: Stage; code: DenialCode; reason: string } {
-    return { stage: this.stage, code: this.code, reason: this.reason };
+  toJSON(): { stage: Stage; code: DenialCode; reason: string; retry_after_ms?: number } {
+    return { stage: this.stage, code: this.code, reason: this.reason, ...(this.retryAfterMs !== undefined ? { retry_after_ms: this.retryAfterMs } : {}) };
   }
 }
 

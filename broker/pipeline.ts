@@ -24,6 +24,7 @@ import { ConnectorUnavailable, type CallOrigin } from '../connectors/upstream.ts
 import type { ApprovalDesk } from './approvals/desk.ts';
 import { callHash } from './approvals/record.ts';
 import type { ResultFilter } from './filters/result.ts';
+import type { Limits } from './limits.ts';
 
 /** Where a call came from: the agent's session and its relay channel. */
 export interface CallContext {
@@ -48,6 +49,8 @@ export interface PipelineParts {
   };
   /** Stage 7: redaction, injection flags, size cap. */
   filter: ResultFilter;
+  /** Stage 4: quotas and argument caps. */
+  limits?: Limits;
   /** Re-checks a principal after a wait (revocation, expiry); throws a Denial. */
   recheck?: (principal: Principal) => Promise<void>;
   now?: () => Date;
@@ -167,9 +170,12 @@ export class Pipeline {
     // stage: the agent got a bare -32603 and no audit record was written. Keep the error and refuse
     // the call below, after resolve, with a Denial and a record like any other refusal (fail closed).
     let argsHash: string | undefined;
+    let argsBytes = 0;
     let argsError: Error | undefined;
     try {
-      argsHash = sha256(canonicalJson(args));
+      const canonical = canonicalJson(args);
+      argsBytes = Buffer.byteLength(canonical);
+      argsHash = sha256(canonical);
     } catch (error) {
       argsError = error instanceof Error ? error : new Error(String(error));
     }
@@ -190,11 +196,35 @@ export class Pipeline {
       await this.parts.audit.append(event);
     };
 
+    const slots: { release?: () => Promise<void> } = {};
+    try {
+      return await this.runStages(principal, call, name, args, { event, finish, argsBytes, argsError, slots });
+    } finally {
+      // Concurrency slots are held until the call has ended, whatever the outcome.
+      await slots.release?.();
+    }
+  }
+
+  private async runStages(
+    principal: Principal,
+    call: CallContext,
+    name: string,
+    args: Record<string, unknown>,
+    ctx: {
+      event: AuditEvent;
+      finish: (outcome: AuditEvent['outcome'], extra?: Partial<AuditEvent>) => Promise<void>;
+      argsBytes: number;
+      argsError: Error | undefined;
+      slots: { release?: () => Promise<void> };
+    },
+  ): Promise<CallToolResult> {
+    const { event, finish, argsBytes, argsError, slots } = ctx;
     let entry: ToolEntry;
     let decision: Decision | undefined;
     try {
       entry = this.parts.registry.resolveTool(name);
-      if (argsError) throw new Denial('authorize', 'BASTION_POLICY_ERROR', `arguments cannot be evaluated: ${argsError.message}`);
+      if (argsError) throw new Denial('limit', 'BASTION_ARGUMENTS_TOO_LARGE', `arguments cannot be evaluated: ${argsError.message}`);
+      this.parts.limits?.checkArguments(argsBytes, args);
       const policy = this.parts.policy();
       event.policy_revision = policy.revision;
       decision = policy.decide(
@@ -206,6 +236,12 @@ export class Pipeline {
       }
       // An obligation the filter cannot honour refuses the call before the tool runs.
       this.parts.filter.checkObligations(decision.obligations);
+      // Stage 4: quotas are taken only for calls policy allows, so refused calls cannot drain them.
+      if (this.parts.limits) {
+        slots.release = await this.parts.limits.enter(principal, entry.exposedName).catch((error: unknown) => {
+          throw asDenial('limit', 'BASTION_STATE_UNAVAILABLE', error);
+        });
+      }
       const poisoned = entry.descriptorVerdict.action === 'require_approval';
       if (decision.approval.required || poisoned) {
         const needs: Decision = poisoned

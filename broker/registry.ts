@@ -56,7 +56,7 @@ export function descriptorHash(tool: Tool): string {
   return sha256(canonicalJson({ name, title, description, inputSchema, outputSchema, annotations }));
 }
 
-function exposed(connector: Connector, name: string): string {
+export function exposed(connector: Pick<Connector, 'name' | 'config'>, name: string): string {
   return connector.config.namespace ? `${connector.name}${NAMESPACE_SEPARATOR}${name}` : name;
 }
 
@@ -79,6 +79,9 @@ export class ToolRegistry {
   private readonly connectors: Connector[];
   private readonly log: Logger;
   private readonly check: DescriptorCheck;
+  /** Pin status of a descriptor; a changed one is quarantined (see pins.ts). */
+  pinStatus: (connector: string, tool: string, hash: string) => 'pinned' | 'new' | 'quarantined' = () => 'new';
+  private quarantinedNames = new Set<string>();
   private toolIndex: Map<string, ToolEntry> | undefined;
   /** Tools whose descriptors the check blocked: never listed, calls refused with the reason. */
   private blocked = new Map<string, DescriptorVerdict>();
@@ -130,7 +133,13 @@ export class ToolRegistry {
     );
     const index = uniqueByName(entries, 'tool', this.log);
     this.blocked = new Map();
+    this.quarantinedNames = new Set();
     for (const [name, entry] of index) {
+      if (this.pinStatus(entry.connector.name, entry.upstreamName, entry.descriptorHash) === 'quarantined') {
+        index.delete(name);
+        this.quarantinedNames.add(name);
+        continue;
+      }
       if (entry.descriptorVerdict.action === 'block') {
         index.delete(name);
         this.blocked.set(name, entry.descriptorVerdict);
@@ -171,6 +180,9 @@ export class ToolRegistry {
 
   resolveTool(name: string): ToolEntry {
     const entry = this.tools().get(name);
+    if (this.quarantinedNames.has(name)) {
+      throw new Denial('resolve', 'BASTION_TOOL_QUARANTINED', `the tool's descriptor changed since it was pinned; it stays unavailable until an operator reviews it (bastion tools review)`);
+    }
     const blocked = this.blocked.get(name);
     if (blocked) {
       throw new Denial('resolve', 'BASTION_TOOL_BLOCKED', `the tool's description looks poisoned (${blocked.findings.map((f) => f.kind).join(', ')}); blocked by configuration`);

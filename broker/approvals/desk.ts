@@ -28,17 +28,11 @@ export interface ApprovalBus {
   subscribe(handler: (id: string) => void): () => void;
 }
 
-export function localBus(): ApprovalBus {
-  const emitter = new EventEmitter();
-  emitter.setMaxListeners(0);
+/** The bus over the state store's channels: in-process when embedded, Redis pub/sub across replicas. */
+export function stateBus(state: Pick<StateStore, 'publish' | 'subscribe'>): ApprovalBus {
   return {
-    async publish(id) {
-      emitter.emit('changed', id);
-    },
-    subscribe(handler) {
-      emitter.on('changed', handler);
-      return () => emitter.off('changed', handler);
-    },
+    publish: (id) => state.publish('approvals', id),
+    subscribe: (handler) => state.subscribe('approvals', handler),
   };
 }
 

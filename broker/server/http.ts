@@ -9,7 +9,11 @@
  *   console.log(door.url); // http://127.0.0.1:8080/mcp
  */
 import { randomUUID } from 'node:crypto';
-import type { Server as HttpServer } from 'node:http';
+import { readFileSync } from 'node:fs';
+import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import helmet from 'helmet';
+import { jsonDepth } from '../limits.ts';
 import type { AddressInfo } from 'node:net';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
@@ -18,8 +22,9 @@ import { isInitializeRequest, ErrorCode } from '@modelcontextprotocol/sdk/types.
 import type { Principal } from '../auth/verify.ts';
 import type { Broker } from '../broker.ts';
 import { Denial } from '../errors.ts';
+import { principalForAudit } from '../pipeline.ts';
 import { createAgentServer } from './session.ts';
-import { tokenRoutes } from './token-routes.ts';
+import { adminRoutes } from './admin-routes.ts';
 import { approvalRoutes } from './approval-routes.ts';
 
 export interface HttpFrontDoor {
@@ -32,6 +37,8 @@ export interface HttpFrontDoor {
 
 interface HttpSession {
   transport: StreamableHTTPServerTransport;
+  /** Last request, for closing idle sessions. */
+  seen: number;
   /** iss + sub of the principal that opened the session; only it may use the session. */
   owner: string;
 }
@@ -45,7 +52,7 @@ function jsonRpcError(res: Response, status: number, code: number, message: stri
   res.status(status).json({ jsonrpc: '2.0', error: { code, message, ...(data ? { data } : {}) }, id: null });
 }
 
-type AdmitCode = 'BASTION_ORIGIN_REFUSED' | 'BASTION_REQUEST_INVALID' | 'BASTION_REQUEST_TOO_LARGE' | 'BASTION_SESSION_INVALID';
+type AdmitCode = 'BASTION_ORIGIN_REFUSED' | 'BASTION_REQUEST_INVALID' | 'BASTION_REQUEST_TOO_LARGE' | 'BASTION_SESSION_INVALID' | 'BASTION_SESSIONS_EXCEEDED';
 
 function ownerOf(principal: Principal): string {
   return `${principal.iss} ${principal.sub}`;
@@ -70,14 +77,26 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   const app = express();
   app.disable('x-powered-by');
   app.set('trust proxy', false);
+  // Security headers everywhere; the approval page sets its own stricter CSP.
+  app.use(helmet({ contentSecurityPolicy: false, strictTransportSecurity: Boolean(config.server.tls) }));
 
-  const server: HttpServer = await new Promise((resolve, reject) => {
-    const s = app.listen(config.server.port, config.server.host, () => resolve(s));
-    s.once('error', reject);
+  const tls = config.server.tls;
+  const server: HttpServer = tls
+    ? createHttpsServer({ cert: readFileSync(tls.cert_file), key: readFileSync(tls.key_file) }, app)
+    : createHttpServer(app);
+  // Slow clients: the whole request must arrive in time. Responses (SSE, parked calls) may last longer.
+  server.requestTimeout = config.server.request_timeout;
+  server.headersTimeout = Math.min(15_000, config.server.request_timeout);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.server.port, config.server.host, () => resolve());
   });
+  if (!LOOPBACK.has(config.server.host) && config.server.host !== '::1' && !tls) {
+    log.warn({ host: config.server.host }, 'listening beyond loopback WITHOUT TLS: tokens cross the network in clear text; configure server.tls or a TLS-terminating proxy');
+  }
   const port = (server.address() as AddressInfo).port;
   const hostForUrl = config.server.host.includes(':') ? `[${config.server.host}]` : config.server.host;
-  const url = `http://${hostForUrl}:${port}/mcp`;
+  const url = `${tls ? 'https' : 'http'}://${hostForUrl}:${port}/mcp`;
   const resource = config.server.resource ?? url;
   const authenticator = broker.authenticatorFor(resource);
 
@@ -96,8 +115,12 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   /** Answers a request refused at the front door, with an audit record like every other refusal. */
   const refuseRequest = async (req: Request, res: Response, status: number, rpcCode: number, code: AdmitCode, reason: string) => {
     const denial = new Denial('admit', code, reason);
+    const principal = (req as AuthedRequest).auth?.extra?.principal as Principal | undefined;
     await pipeline
-      .recordDenial({ event: `http ${req.method} ${req.baseUrl || req.path}`, transport: 'http', tool: toolOf(req.body) }, denial)
+      .recordDenial(
+        { event: `http ${req.method} ${req.baseUrl || req.path}`, transport: 'http', tool: toolOf(req.body), ...(principal ? { principal: principalForAudit(principal) } : {}) },
+        denial,
+      )
       .catch((error: Error) => log.error({ err: error.message }, 'audit append failed'));
     jsonRpcError(res, status, rpcCode, reason, denial.toJSON());
   };
@@ -173,6 +196,7 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
       return undefined;
     }
     const principal = req.auth?.extra?.principal as Principal;
+    session.seen = Date.now();
     if (session.owner !== ownerOf(principal)) {
       await refuseRequest(req, res, 403, ErrorCode.InvalidRequest, 'BASTION_SESSION_INVALID', 'this session belongs to another principal');
       return undefined;
@@ -187,7 +211,7 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
     const transport = new StreamableHTTPServerTransport({
       sessionIdGenerator: () => sessionId,
       onsessioninitialized: (id) => {
-        sessions.set(id, { transport, owner: ownerOf(principal) });
+        sessions.set(id, { transport, owner: ownerOf(principal), seen: Date.now() });
         log.info({ session: id, sub: principal.sub }, 'session opened');
       },
     });
@@ -212,8 +236,22 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   mcp.use(guardOrigin);
   mcp.use(express.json({ limit: config.server.max_body_bytes, type: () => true }));
   mcp.use(authenticate);
+  // Deep nesting is refused before the MCP machinery walks the body recursively.
+  mcp.use(async (req, res, next) => {
+    if (req.body !== undefined && jsonDepth(req.body, config.limits.max_json_depth) > config.limits.max_json_depth) {
+      await refuseRequest(req, res, 400, ErrorCode.InvalidRequest, 'BASTION_REQUEST_INVALID', `JSON nested deeper than ${config.limits.max_json_depth} levels`);
+      return;
+    }
+    next();
+  });
   mcp.post('/', async (req: AuthedRequest, res) => {
     if (req.headers['mcp-session-id'] === undefined) {
+      const owner = ownerOf(req.auth?.extra?.principal as Principal);
+      const open = [...sessions.values()].filter((s) => s.owner === owner).length;
+      if (open >= config.limits.sessions_per_principal) {
+        await refuseRequest(req, res, 429, ErrorCode.InvalidRequest, 'BASTION_SESSIONS_EXCEEDED', `this principal already holds ${open} sessions (limit ${config.limits.sessions_per_principal}); close one (DELETE /mcp) first`);
+        return;
+      }
       if (!isInitializeRequest(req.body)) {
         await refuseRequest(req, res, 400, ErrorCode.InvalidRequest, 'BASTION_SESSION_INVALID', 'Bad Request: no session; send initialize first');
         return;
@@ -237,7 +275,7 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   app.use('/mcp', mcp);
 
   app.use(
-    tokenRoutes({
+    adminRoutes({
       broker,
       resource,
       authenticate,
@@ -275,13 +313,19 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
     }
   });
 
-  server.requestTimeout = 0; // SSE streams and parked calls are long-lived; sessions bound them instead.
-  server.headersTimeout = 15_000;
+
+  // Clients that vanish without DELETE leave sessions behind; idle ones are closed.
+  const sweeper = setInterval(() => {
+    const cutoff = Date.now() - config.server.session_idle;
+    for (const session of sessions.values()) if (session.seen < cutoff) void session.transport.close().catch(() => undefined);
+  }, Math.min(60_000, config.server.session_idle));
+  sweeper.unref();
 
   return {
     url,
     resource,
     async close() {
+      clearInterval(sweeper);
       for (const session of sessions.values()) await session.transport.close().catch(() => undefined);
       sessions.clear();
       server.closeAllConnections();

@@ -10,6 +10,8 @@
  * @example
  *   const state = await openEmbeddedState('.bastion/state.jsonl');
  */
+import { randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
 import { mkdir, open, readFile, rename, writeFile, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { StateUnavailable, type StateStore } from './store.ts';
@@ -123,7 +125,47 @@ export async function openEmbeddedState(file: string, now: () => number = Date.n
     ...(ttlMs !== undefined ? { exp: now() + ttlMs } : {}),
   });
 
+  // Rate counters and slots live in memory only: a restart resets them, which is safe.
+  const buckets = new Map<string, { tokens: number; at: number }>();
+  const slots = new Map<string, Map<string, number>>();
+  const channels = new EventEmitter();
+  channels.setMaxListeners(0);
+
   return {
+    async takeTokens(key, bucket, cost = 1) {
+      if (failure) throw failure;
+      const at = now();
+      const current = buckets.get(key) ?? { tokens: bucket.capacity, at };
+      const tokens = Math.min(bucket.capacity, current.tokens + ((at - current.at) / 1000) * bucket.refillPerSecond);
+      if (tokens >= cost) {
+        buckets.set(key, { tokens: tokens - cost, at });
+        return { allowed: true, retryAfterMs: 0 };
+      }
+      buckets.set(key, { tokens, at });
+      const retryAfterMs = bucket.refillPerSecond > 0 ? Math.ceil(((cost - tokens) / bucket.refillPerSecond) * 1000) : Number.POSITIVE_INFINITY;
+      return { allowed: false, retryAfterMs };
+    },
+    async acquireSlot(key, limit, leaseMs) {
+      if (failure) throw failure;
+      const held = slots.get(key) ?? new Map<string, number>();
+      for (const [slot, expires] of held) if (expires <= now()) held.delete(slot);
+      if (held.size >= limit) return undefined;
+      const slot = randomUUID();
+      held.set(slot, now() + leaseMs);
+      slots.set(key, held);
+      return slot;
+    },
+    async releaseSlot(key, slot) {
+      slots.get(key)?.delete(slot);
+    },
+    async publish(channel, message) {
+      if (failure) throw failure;
+      channels.emit(channel, message);
+    },
+    subscribe(channel, handler) {
+      channels.on(channel, handler);
+      return () => channels.off(channel, handler);
+    },
     async claim(ns, key, ttlMs) {
       if (read(ns, key)) return false;
       await persist(setLine(ns, key, '1', ttlMs));

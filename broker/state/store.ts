@@ -22,6 +22,17 @@ export interface StateStore {
   compareAndSet(namespace: string, key: string, expected: string | undefined, next: string, ttlMs?: number): Promise<boolean>;
   /** Every live entry of a namespace. */
   entries(namespace: string): Promise<[string, string][]>;
+  /**
+   * Token bucket `key`: takes `cost` tokens when available, atomically.
+   * Counters are shared (across replicas with Redis) but need no durability.
+   */
+  takeTokens(key: string, bucket: { capacity: number; refillPerSecond: number }, cost?: number): Promise<{ allowed: boolean; retryAfterMs: number }>;
+  /** Takes one of `limit` concurrency slots for `key`; the lease frees it if its holder dies. Undefined when all are held. */
+  acquireSlot(key: string, limit: number, leaseMs: number): Promise<string | undefined>;
+  releaseSlot(key: string, slot: string): Promise<void>;
+  /** Delivers `message` to every subscriber of `channel` (on every replica with Redis). */
+  publish(channel: string, message: string): Promise<void>;
+  subscribe(channel: string, handler: (message: string) => void): () => void;
   /** True when the store can serve requests right now. */
   ready(): Promise<boolean>;
   close(): Promise<void>;

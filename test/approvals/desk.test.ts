@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { compactVerify, exportJWK, generateKeyPair, type CryptoKey, type JWK } from 'jose';
-import { ApprovalDesk, localBus, type Approver, type ParkRequest } from '../../broker/approvals/desk.ts';
+import { ApprovalDesk, stateBus, type Approver, type ParkRequest } from '../../broker/approvals/desk.ts';
 import { callHash } from '../../broker/approvals/record.ts';
 import type { AuditEvent } from '../../broker/audit/chain.ts';
 import { Denial } from '../../broker/errors.ts';
@@ -37,7 +37,7 @@ afterEach(async () => {
 });
 
 const desk = (owner?: string) =>
-  new ApprovalDesk({ state, bus: localBus(), audit: async (e) => void audit.push(e), log: createLogger('silent'), signingKey: key, ...(owner ? { owner } : {}) });
+  new ApprovalDesk({ state, bus: stateBus(state), audit: async (e) => void audit.push(e), log: createLogger('silent'), signingKey: key, ...(owner ? { owner } : {}) });
 
 const request = (quorum = 1): ParkRequest => {
   const args = { path: '/prod/db' };

@@ -55,6 +55,8 @@ async function main(): Promise<number> {
         log_level: 'warn',
         server: { port: 0 },
         auth: { anonymous: { enabled: true, sub: 'conformance-suite', cap: [{ tool: '*' }] } },
+        // The suite opens a session per scenario and never closes one; all are the same anonymous principal.
+        limits: { sessions_per_principal: 1000, principal: { requests_per_minute: 0, burst: 1 } },
         connectors: [{ name: 'conformance', transport: 'http', url: upstream, namespace: false }],
       }),
     );

@@ -1,11 +1,12 @@
 /**
- * HTTP routes around tokens: RFC 9728 protected-resource metadata (so
- * standard MCP clients discover the issuer), delegation (a holder mints a
- * narrower token for a sub-agent) and revocation (operators stop a token or
- * a subject at once).
+ * HTTP routes beside MCP: RFC 9728 protected-resource metadata (so standard
+ * MCP clients discover the issuer), delegation (a holder mints a narrower
+ * token for a sub-agent), and the operator endpoints: revocation, and the
+ * review of quarantined tool descriptors. Operator endpoints need a token
+ * with a literal grant (`bastion:revoke`, `bastion:tools`); no glob confers one.
  *
  * @example
- *   app.use(tokenRoutes({ broker, resource, authenticate, refuse }));
+ *   app.use(adminRoutes({ broker, resource, authenticate }));
  */
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import { z } from 'zod';
@@ -17,10 +18,11 @@ import { Denial } from '../errors.ts';
 import { principalForAudit } from '../pipeline.ts';
 import type { AuthedRequest } from './http.ts';
 
-/** The literal grant an operator token needs for POST /admin/revoke; globs never confer it. */
+/** The literal grants operator tokens need; globs never confer them. */
 export const REVOKE_GRANT = 'bastion:revoke';
+export const TOOLS_GRANT = 'bastion:tools';
 
-export interface TokenRouteOptions {
+export interface AdminRouteOptions {
   broker: Broker;
   resource: string;
   authenticate: (req: AuthedRequest, res: Response, next: NextFunction) => Promise<void>;
@@ -31,7 +33,7 @@ const RevokeSchema = z.union([
   z.strictObject({ sub: z.string().min(1).max(256) }),
 ]);
 
-export function tokenRoutes({ broker, resource, authenticate }: TokenRouteOptions): Router {
+export function adminRoutes({ broker, resource, authenticate }: AdminRouteOptions): Router {
   const router = express.Router();
   const { config, pipeline } = broker;
   const resourcePath = new URL(resource).pathname;
@@ -80,14 +82,18 @@ export function tokenRoutes({ broker, resource, authenticate }: TokenRouteOption
     }
   });
 
-  router.post('/admin/revoke', json, authenticate, async (req: AuthedRequest, res) => {
+  /** Refuses (403, audited) unless the caller's token holds `grant` literally. */
+  const holds = async (req: AuthedRequest, res: Response, grant: string, event: string): Promise<boolean> => {
     const principal = principalOf(req);
-    if (principal.anonymous || !principal.cap.some((grant) => grant.tool === REVOKE_GRANT)) {
-      const denial = new Denial('authorize', 'BASTION_POLICY_DENIED', `revocation needs a token with the literal grant "${REVOKE_GRANT}"`);
-      await audited(req, 'admin/revoke', 'denied', {}, denial);
-      res.status(403).json({ error: 'forbidden', code: denial.code, error_description: denial.reason });
-      return;
-    }
+    if (!principal.anonymous && principal.cap.some((g) => g.tool === grant)) return true;
+    const denial = new Denial('authorize', 'BASTION_POLICY_DENIED', `this needs a token with the literal grant "${grant}"`);
+    await audited(req, event, 'denied', {}, denial);
+    res.status(403).json({ error: 'forbidden', code: denial.code, error_description: denial.reason });
+    return false;
+  };
+
+  router.post('/admin/revoke', json, authenticate, async (req: AuthedRequest, res) => {
+    if (!(await holds(req, res, REVOKE_GRANT, 'admin/revoke'))) return;
     const parsed = RevokeSchema.safeParse(req.body);
     if (!parsed.success) {
       res.status(400).json({ error: 'invalid_request', error_description: 'send {"jti": "...", "iss": "..."} or {"sub": "..."}' });
@@ -101,6 +107,28 @@ export function tokenRoutes({ broker, resource, authenticate }: TokenRouteOption
     }
     await audited(req, 'admin/revoke', 'ok', { revoked: parsed.data });
     res.json({ revoked: parsed.data });
+  });
+
+  router.get('/admin/tools/quarantine', authenticate, async (req: AuthedRequest, res) => {
+    if (!(await holds(req, res, TOOLS_GRANT, 'admin/tools/review'))) return;
+    res.json({ quarantined: await broker.pins.quarantined() });
+  });
+
+  router.post('/admin/tools/approve', json, authenticate, async (req: AuthedRequest, res) => {
+    if (!(await holds(req, res, TOOLS_GRANT, 'admin/tools/approve'))) return;
+    const tool = (req.body as { tool?: unknown })?.tool;
+    if (typeof tool !== 'string') {
+      res.status(400).json({ error: 'invalid_request', error_description: 'send {"tool": "<connector>__<tool>"}' });
+      return;
+    }
+    const approved = await broker.pins.approve(tool, principalOf(req).sub);
+    if (!approved) {
+      res.status(404).json({ error: 'not_found', error_description: `${tool} is not quarantined` });
+      return;
+    }
+    broker.registry.invalidate();
+    broker.sessions.broadcast((s) => s.server.sendToolListChanged());
+    res.json({ approved: tool, hash: approved.seen.hash });
   });
 
   return router;
