@@ -9,7 +9,8 @@
  */
 import path from 'node:path';
 import type { Server } from '@modelcontextprotocol/sdk/server/index.js';
-import { createLocalJWKSet } from 'jose';
+import { createLocalJWKSet, decodeJwt } from 'jose';
+import { CapabilitySchema } from './policy/schema.ts';
 import { createAuthenticator, type Authenticator } from './auth/authenticate.ts';
 import type { DelegationSigner } from './auth/delegate.ts';
 import { ensureDelegationKey, ensureDevKey, readJwksFile, type DevKey } from './auth/keys.ts';
@@ -87,6 +88,46 @@ export interface Broker {
   /** The anonymous principal, when config enables it (loopback-only; checked by the front door). */
   anonymous: Principal | undefined;
   stop(): Promise<void>;
+}
+
+/** Ablation only: a "policy" that allows everything, keeping approval for high-risk tools (a separate layer). */
+function permissivePolicy(real: PolicyEngine): PolicyEngine {
+  return {
+    ...real,
+    revision: 'ablation:no-policy',
+    decide: (input) => ({
+      allow: true,
+      approval: { required: input.tool.risk === 'high', quorum: 1, reason: `${input.tool.name} is a high-risk tool` },
+      reasons: ['policy switched off (ablation run)'],
+      obligations: { redact: [], max_result_bytes: 16 * 1024 * 1024 },
+    }),
+  };
+}
+
+/** Ablation only: believes a token's claims without verifying anything. */
+function uncheckedAuthenticator(_options: Parameters<typeof createAuthenticator>[0]): Authenticator {
+  return {
+    async authenticate({ token }) {
+      let claims: Record<string, unknown> = {};
+      try {
+        claims = token ? decodeJwt(token) : {};
+      } catch {
+        // An undecodable token still gets in: that is what "no token checks" means.
+      }
+      const cap = CapabilitySchema.array().safeParse(claims.cap);
+      return {
+        sub: typeof claims.sub === 'string' ? claims.sub : 'unverified',
+        iss: typeof claims.iss === 'string' ? claims.iss : 'unverified',
+        act: [],
+        cap: cap.success ? cap.data : [],
+        jti: typeof claims.jti === 'string' ? claims.jti : 'unverified',
+        exp: Number.MAX_SAFE_INTEGER,
+        anonymous: false,
+        tokenHash: 'unverified',
+        singleUse: false,
+      };
+    },
+  };
 }
 
 /** The configured state backend; Redis is loaded only when configured. */
@@ -195,14 +236,18 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
     if (revoked) throw new Denial('authenticate', 'BASTION_TOKEN_REVOKED', `${revoked} (revoked while the call waited)`);
     if (principal.exp * 1000 < Date.now()) throw new Denial('authenticate', 'BASTION_TOKEN_EXPIRED', 'the token expired while the call waited for approval');
   };
+  const off = new Set(config.defenses_off);
+  if (off.size > 0) log.warn({ defenses_off: [...off] }, 'DEFENSES SWITCHED OFF FOR AN ABLATION RUN: this broker is not safe to use');
+  const decidingPolicy = off.has('policy') ? permissivePolicy(policy) : policy;
   const pipeline = new Pipeline({
     registry,
-    policy: () => policy,
+    policy: () => decidingPolicy,
     audit,
     log,
     recheck,
-    filter: createResultFilter(config.filters.result),
-    limits: new Limits(config.limits, state),
+    filter: createResultFilter(off.has('filters') ? { redaction: { enabled: false }, injection: { enabled: false } } : config.filters.result),
+    ...(off.has('quotas') ? {} : { limits: new Limits(config.limits, state) }),
+    autoApprove: off.has('approvals'),
     ...(approvals ? { approvals: { desk: approvals, defaultTimeoutMs: config.approvals.timeout, maxTimeoutMs: config.approvals.max_timeout } } : {}),
   });
   const broker: Broker = {
@@ -220,7 +265,7 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
       ? { sub: anonymousConfig.sub, iss: 'urn:bastion:anonymous', act: [], cap: anonymousConfig.cap, jti: 'anonymous', exp: Number.MAX_SAFE_INTEGER, anonymous: true, tokenHash: 'none', singleUse: false }
       : undefined,
     authenticatorFor: (audience) =>
-      createAuthenticator({
+      (off.has('tokens') ? uncheckedAuthenticator : createAuthenticator)({
         verifier: createTokenVerifier({
           issuers,
           audience,

@@ -202,6 +202,11 @@ export const ConfigSchema = z.strictObject({
       }),
     ])
     .default({ backend: 'embedded' }),
+  /**
+   * For `bastion redteam` ablation runs only: defenses switched OFF to measure
+   * what each one stops. Never set this in production; start-up logs it loudly.
+   */
+  defenses_off: z.array(z.enum(['tokens', 'policy', 'approvals', 'sandbox_limits', 'filters', 'quotas'])).default([]),
   /** Names this broker in audit records and approval ownership; defaults to host name and pid. */
   replica_id: z.string().min(1).max(128).optional(),
   log_level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

@@ -51,6 +51,8 @@ export interface PipelineParts {
   filter: ResultFilter;
   /** Stage 4: quotas and argument caps. */
   limits?: Limits;
+  /** Ablation runs only: calls that need approval run without one. */
+  autoApprove?: boolean;
   /** Re-checks a principal after a wait (revocation, expiry); throws a Denial. */
   recheck?: (principal: Principal) => Promise<void>;
   now?: () => Date;
@@ -243,7 +245,7 @@ export class Pipeline {
         });
       }
       const poisoned = entry.descriptorVerdict.action === 'require_approval';
-      if (decision.approval.required || poisoned) {
+      if ((decision.approval.required || poisoned) && !this.parts.autoApprove) {
         const needs: Decision = poisoned
           ? {
               ...decision,

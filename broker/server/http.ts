@@ -295,8 +295,15 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
     broker.approvalPageUrl = `${resourceOrigin}/approvals`;
   }
 
+  /** Liveness: the process answers. */
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
+  });
+  /** Readiness: state reachable (Redis with replicas); connectors are reported, a down one does not make the broker unready. */
+  app.get('/readyz', async (_req, res) => {
+    const state = await broker.state.ready().catch(() => false);
+    const connectors = Object.fromEntries(broker.connectors.map((c) => [c.name, c.status]));
+    res.status(state ? 200 : 503).json({ status: state ? 'ready' : 'not ready', state: state ? 'ok' : 'unavailable', connectors });
   });
 
   // Body-parser and handler failures become JSON-RPC errors; nothing here may crash the process.
