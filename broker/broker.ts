@@ -7,13 +7,15 @@
  *   const broker = await createBroker(config, log);
  *   const verifier = broker.verifierFor('http://127.0.0.1:8080/mcp');
  */
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Server } from '@modelcontextprotocol/sdk/server/index.js';
+import type { JWK } from 'jose';
 import { createLocalJWKSet, decodeJwt } from 'jose';
 import { CapabilitySchema } from './policy/schema.ts';
 import { createAuthenticator, type Authenticator } from './auth/authenticate.ts';
 import type { DelegationSigner } from './auth/delegate.ts';
-import { ensureDelegationKey, ensureDevKey, readJwksFile, type DevKey } from './auth/keys.ts';
+import { ensureAuditCheckpointKey, ensureDelegationKey, ensureDevKey, readJwksFile, type DevKey } from './auth/keys.ts';
 import { issuerKeys, type IssuerKeys } from './auth/keysets.ts';
 import { createTokenVerifier, type Principal } from './auth/verify.ts';
 import { ApproverDirectory } from './approvals/approvers.ts';
@@ -27,10 +29,14 @@ import { createDescriptorCheck } from './filters/descriptor.ts';
 import { createResultFilter } from './filters/result.ts';
 import { Limits } from './limits.ts';
 import type { StateStore } from './state/store.ts';
+import { AuditCheckpointer, withCheckpoints } from './audit/checkpoint.ts';
 import { openAuditLog, type AuditLog } from './audit/log.ts';
 import { demoConnector, type Config } from './config.ts';
 import type { Logger } from './log.ts';
-import { loadPolicy, type PolicyEngine } from './policy/engine.ts';
+import { DecisionLog, type DecisionLogDestination } from './policy/decision-log.ts';
+import type { PolicyEngine } from './policy/engine.ts';
+import { PolicyHolder, type PolicySource } from './policy/holder.ts';
+import { readBundleKeyFile, type BundleVerification } from './policy/signature.ts';
 import { Pipeline } from './pipeline.ts';
 import { descriptorHash, exposed, ToolRegistry } from './registry.ts';
 import { DescriptorPins } from './pins.ts';
@@ -70,6 +76,9 @@ export interface Broker {
   registry: ToolRegistry;
   connectors: Connector[];
   audit: AuditLog;
+  /** The policy in force, hot-reloaded from its source; `reload()` on SIGHUP, `onReload` for metrics. */
+  policy: PolicyHolder;
+  decisionLog: DecisionLog | undefined;
   sessions: SessionHub;
   state: StateStore;
   /** Present when no issuer is configured: the embedded default's signing key. */
@@ -154,8 +163,29 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
   }
   const state = await openState(config);
 
-  const policy: PolicyEngine = await loadPolicy(config.policy.wasm);
-  const audit = await openAuditLog(config.audit.file ?? path.join(config.state_dir, 'audit.jsonl'));
+  const policy = await PolicyHolder.open({
+    source: policySource(config),
+    log,
+    verification: await bundleVerification(config.policy.signing),
+    engine: { maxInputBytes: config.policy.max_input_bytes },
+    watch: config.policy.watch,
+  });
+  const decisionLog = config.policy.decision_log.enabled ? await openDecisionLog(config, log) : undefined;
+  const auditFile = config.audit.file ?? path.join(config.state_dir, 'audit.jsonl');
+  let audit = await openAuditLog(auditFile);
+  if (config.audit.checkpoints.enabled) {
+    const key = config.audit.checkpoints.key_file
+      ? (JSON.parse(await readFile(config.audit.checkpoints.key_file, 'utf8')) as JWK)
+      : (await ensureAuditCheckpointKey(config.state_dir)).privateJwk;
+    const checkpointer = await AuditCheckpointer.open({
+      auditFile,
+      key,
+      kid: key.kid ?? 'audit',
+      every: config.audit.checkpoints.every,
+      intervalMs: config.audit.checkpoints.interval,
+    });
+    audit = withCheckpoints(audit, checkpointer);
+  }
   const sessions = new SessionHub();
 
   const connectors: Connector[] = [];
@@ -238,10 +268,11 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
   };
   const off = new Set(config.defenses_off);
   if (off.size > 0) log.warn({ defenses_off: [...off] }, 'DEFENSES SWITCHED OFF FOR AN ABLATION RUN: this broker is not safe to use');
-  const decidingPolicy = off.has('policy') ? permissivePolicy(policy) : policy;
   const pipeline = new Pipeline({
     registry,
-    policy: () => decidingPolicy,
+    // Asked once per call, and that engine decides the whole call: a reload never changes it mid-call.
+    policy: off.has('policy') ? () => permissivePolicy(policy.current()) : () => policy.current(),
+    ...(decisionLog ? { decisionLog } : {}),
     audit,
     log,
     recheck,
@@ -257,6 +288,8 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
     registry,
     connectors,
     audit,
+    policy,
+    decisionLog,
     sessions,
     state,
     devKey,
@@ -309,10 +342,46 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
     async stop() {
       await approvals?.stop();
       await Promise.all(connectors.map((c) => c.stop()));
+      await policy.close();
+      await decisionLog?.close();
       await audit.close();
       await state.close();
       await unlock();
     },
   };
   return broker;
+}
+
+/** The configured policy source: a Rego directory, a bundle file or URL, else the compiled module (+ data). */
+function policySource(config: Config): PolicySource {
+  const { policy } = config;
+  if (policy.dir) return { kind: 'rego', dir: policy.dir };
+  if (policy.bundle) return { kind: 'bundle', path: policy.bundle };
+  if (policy.bundle_url) {
+    return {
+      kind: 'url',
+      url: policy.bundle_url,
+      intervalMs: policy.poll_interval,
+      headers: policy.bundle_headers,
+      persist: policy.bundle_persist ?? path.join(config.state_dir, 'policy-bundle.tar.gz'),
+    };
+  }
+  return { kind: 'wasm', path: policy.wasm, dataFile: policy.data };
+}
+
+async function bundleVerification(signing: Config['policy']['signing']): Promise<BundleVerification> {
+  return {
+    required: signing.required,
+    algorithm: signing.algorithm,
+    keyId: signing.key_id,
+    scope: signing.scope,
+    ...(signing.public_key_file ? { publicKey: await readBundleKeyFile(signing.public_key_file) } : {}),
+  };
+}
+
+function openDecisionLog(config: Config, log: Logger): Promise<DecisionLog> {
+  const settings = config.policy.decision_log;
+  const { destination: where } = settings;
+  const destination: DecisionLogDestination = where === 'stdout' || where === 'stderr' ? { stream: where } : { file: path.resolve(config.state_dir, where) };
+  return DecisionLog.open({ destination, mask: settings.mask, maskArguments: settings.mask_arguments, maxQueued: settings.max_queued, log });
 }

@@ -3,6 +3,7 @@
  * The `bastion` command line. Each verb parses its own flags and has its
  * own --help; the texts here are the reference the README points to.
  */
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { mkdir, writeFile } from 'node:fs/promises';
@@ -10,7 +11,10 @@ import { DEV_ISSUER, ensureDevKey, generateSigningKey, writePrivate } from './au
 import { importJWK, SignJWT } from 'jose';
 import { APPROVER_TOKEN_TYPE } from './approvals/approvers.ts';
 import { mintToken } from './auth/mint.ts';
+import { checkpointsFileFor, verifyCheckpoints } from './audit/checkpoint.ts';
 import { verifyAuditFile } from './audit/verify.ts';
+import { readJwksFile } from './auth/keys.ts';
+import { policyCommand } from './cli/policy.ts';
 import { createBroker } from './broker.ts';
 import { ConfigError, loadConfig, parseDuration, type Config } from './config.ts';
 import { createLogger } from './log.ts';
@@ -33,7 +37,8 @@ commands:
   approver token sign an approver sign-in token with the dev key and print the page link
   tools review   list quarantined tools (descriptor changed since pinned) with the diff
   tools approve  re-pin a quarantined tool after review
-  audit verify   check an audit file's hash chain
+  audit verify   check an audit file's hash chain and its signed checkpoints
+  policy         build, test, evaluate, format and lint Rego policies (bastion policy --help)
 
 Run "bastion <command> --help" for a command's options.`,
   start: `usage: bastion start [--config FILE] [--host HOST] [--port PORT]
@@ -101,10 +106,16 @@ after you reviewed the diff. The decision is audited.`,
 
 Writes DIR/signing-key.json (private JWK, mode 0600, keep it with the issuer)
 and DIR/jwks.json (public; point auth.issuers[].jwks_file at it). Prints the kid.`,
-  'audit verify': `usage: bastion audit verify FILE
+  'audit verify': `usage: bastion audit verify FILE [--checkpoints FILE] [--jwks FILE]
 
 Checks every record's sequence number, prev link and hash. Prints the first
-broken, missing or reordered record and exits 1; exits 0 when intact.`,
+broken, missing or reordered record and exits 1; exits 0 when intact.
+
+Then checks the signed checkpoints (default FILE.checkpoints.jsonl, when it
+exists) against the checkpoint key's JWKS (default
+audit-checkpoint-jwks.json beside FILE): a checkpoint naming a record the
+file no longer has (truncation), or a record whose hash differs from the
+signed one (rewrite), fails the check even when the chain itself is intact.`,
 };
 
 function fail(message: string, code = 2): never {
@@ -182,6 +193,8 @@ async function start(argv: string[]): Promise<void> {
   };
   process.once('SIGINT', shutdown);
   process.once('SIGTERM', shutdown);
+  // Reload the policy now (it is also watched); the holder logs the outcome.
+  process.on('SIGHUP', () => void broker.policy.reload('SIGHUP'));
 }
 
 async function stdio(argv: string[]): Promise<void> {
@@ -394,7 +407,11 @@ async function tokenMint(argv: string[]): Promise<void> {
 }
 
 async function auditVerify(argv: string[]): Promise<void> {
-  const { values, positionals } = parseArgs({ args: argv, options: { help: { type: 'boolean' } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { checkpoints: { type: 'string' }, jwks: { type: 'string' }, help: { type: 'boolean' } },
+    allowPositionals: true,
+  });
   if (values.help) return void console.log(HELP['audit verify']);
   if (positionals.length !== 1) fail('audit verify: give exactly one FILE');
   const file = path.resolve(positionals[0]!);
@@ -408,6 +425,27 @@ async function auditVerify(argv: string[]): Promise<void> {
     process.stdout.write(`${file}: OK, ${report.records} records, head ${report.head}\n`);
   } else {
     process.stdout.write(`${file}: BROKEN at line ${report.line}: ${report.problem} (${report.records} records verified before it)\n`);
+    process.exit(1);
+  }
+
+  const sidecar = path.resolve(values.checkpoints ?? checkpointsFileFor(file));
+  if (!existsSync(sidecar)) {
+    if (values.checkpoints) fail(`audit verify: no checkpoints file ${sidecar}`, 1);
+    process.stdout.write(`${file}: no signed checkpoints (${sidecar}); a truncated tail would not show\n`);
+    return;
+  }
+  const jwksFile = path.resolve(values.jwks ?? path.join(path.dirname(file), 'audit-checkpoint-jwks.json'));
+  let checkpoints;
+  try {
+    checkpoints = await verifyCheckpoints(file, sidecar, await readJwksFile(jwksFile));
+  } catch (error) {
+    fail(`audit verify: checkpoints: ${(error as Error).message}`, 1);
+  }
+  if (checkpoints.ok) {
+    const unsigned = checkpoints.records - checkpoints.signedSeq;
+    process.stdout.write(`${sidecar}: OK, ${checkpoints.checkpoints} checkpoints, records up to ${checkpoints.signedSeq} signed${unsigned > 0 ? `, ${unsigned} after the last checkpoint` : ''}\n`);
+  } else {
+    process.stdout.write(`${sidecar}: BROKEN at checkpoint ${checkpoints.line} (${checkpoints.code}): ${checkpoints.problem}\n`);
     process.exit(1);
   }
 }
@@ -424,6 +462,10 @@ async function main(argv: string[]): Promise<void> {
   if (first === 'approver' && second === 'token') return approverToken(rest);
   if (first === 'tools' && (second === 'review' || second === 'approve')) return toolsCommand(second, rest);
   if (first === 'audit' && second === 'verify') return auditVerify(rest);
+  if (first === 'policy') {
+    process.exitCode = await policyCommand(argv.slice(1));
+    return;
+  }
   if (first.startsWith('-')) return start(argv);
   fail(`unknown command: ${argv.join(' ')}\n\n${HELP.main}`);
 }

@@ -14,6 +14,7 @@ import { fileURLToPath } from 'node:url';
 import YAML from 'yaml';
 import { z } from 'zod';
 import { CapabilitySchema } from './policy/schema.ts';
+import { BUNDLE_ALGORITHMS } from './policy/signature.ts';
 import { DescriptorCheckConfigSchema } from './filters/descriptor.ts';
 import { ResultFilterConfigSchema } from './filters/result.ts';
 import { LimitsConfigSchema } from './limits.ts';
@@ -99,6 +100,59 @@ const IssuerSchema = z.union([
   }),
 ]);
 
+/** Where the policy comes from, how it is checked, and what is logged about its decisions. */
+const PolicyConfigSchema = z
+  .strictObject({
+    /** A compiled module (the default: policies/compiled/policy.wasm); watched and reloaded when it changes. */
+    wasm: z.string().default(path.join(PROJECT_ROOT, 'policies/compiled/policy.wasm')),
+    /** JSON data for `wasm` (data.bastion.tool_risk, teams, …), reloaded with it. */
+    data: z.string().optional(),
+    /** A Rego directory: rebuilt with opa build and swapped in only if its opa test passes. Needs the opa CLI. */
+    dir: z.string().optional(),
+    /** An OPA bundle file (opa build -t wasm -e bastion/decision), reloaded when it changes. */
+    bundle: z.string().optional(),
+    /** An OPA bundle URL, polled with If-None-Match. */
+    bundle_url: z.url({ protocol: /^https?$/ }).optional(),
+    /** Request headers for bundle_url (e.g. Authorization), never sent anywhere else. */
+    bundle_headers: z.record(z.string(), z.string()).default({}),
+    poll_interval: Duration.default(60_000),
+    /** Last activated bundle from bundle_url, used when the server is down at start-up. Default <state_dir>/policy-bundle.tar.gz. */
+    bundle_persist: z.string().optional(),
+    signing: z
+      .strictObject({
+        /** Refuse bundles without a valid signature (opa build --signing-key). */
+        required: z.boolean().default(false),
+        /** The signer's public key: PEM (SPKI, PKCS#1, certificate) or JWK file. */
+        public_key_file: z.string().optional(),
+        algorithm: z.enum(BUNDLE_ALGORITHMS).default('RS256'),
+        key_id: z.string().optional(),
+        scope: z.string().optional(),
+      })
+      .prefault({})
+      .refine((signing) => !signing.required || signing.public_key_file !== undefined, 'required signatures need public_key_file'),
+    /** Watch file sources and reload on change (SIGHUP reloads too). */
+    watch: z.boolean().default(true),
+    /** Largest policy input evaluated; larger calls are denied. */
+    max_input_bytes: z.number().int().positive().default(2 * 1024 * 1024),
+    decision_log: z
+      .strictObject({
+        enabled: z.boolean().default(false),
+        /** A file path (relative to state_dir), or "stderr" / "stdout" (never stdout with `bastion stdio`: it is the MCP channel). */
+        destination: z.string().default('decisions.jsonl'),
+        /** JSON pointers to erase, e.g. /input/arguments/password. */
+        mask: z.array(z.string()).default([]),
+        /** Erase every argument. */
+        mask_arguments: z.boolean().default(false),
+        /** Records waiting to be written before new ones are dropped (and counted). */
+        max_queued: z.number().int().positive().default(10_000),
+      })
+      .prefault({}),
+  })
+  .refine(
+    (policy) => [policy.dir, policy.bundle, policy.bundle_url].filter((source) => source !== undefined).length <= 1,
+    'give at most one of policy.dir, policy.bundle and policy.bundle_url',
+  );
+
 const AnonymousSchema = z.strictObject({
   /** Off by default. Lets token-less loopback clients in with these capabilities (conformance runs only). */
   enabled: z.boolean().default(false),
@@ -148,15 +202,23 @@ export const ConfigSchema = z.strictObject({
       anonymous: AnonymousSchema.prefault({}),
     })
     .prefault({}),
-  policy: z
-    .strictObject({
-      wasm: z.string().default(path.join(PROJECT_ROOT, 'policies/compiled/policy.wasm')),
-    })
-    .prefault({}),
+  policy: PolicyConfigSchema.prefault({}),
   audit: z
     .strictObject({
       /** Defaults to <state_dir>/audit.jsonl. */
       file: z.string().optional(),
+      /** Signed checkpoints of the chain head in <file>.checkpoints.jsonl (proves truncation and rewrites). */
+      checkpoints: z
+        .strictObject({
+          enabled: z.boolean().default(true),
+          /** Private Ed25519 JWK; default <state_dir>/audit-checkpoint-signing-key.json, made on first run (its JWKS beside it). */
+          key_file: z.string().optional(),
+          /** Checkpoint after this many records… */
+          every: z.number().int().positive().default(1000),
+          /** …and at least this often while records arrive. */
+          interval: Duration.default(60_000),
+        })
+        .prefault({}),
     })
     .prefault({}),
   /** Quotas and caps (stage 4). */

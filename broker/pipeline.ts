@@ -17,6 +17,7 @@ import { canonicalJson, sha256, type AuditEvent } from './audit/chain.ts';
 import type { AuditLog } from './audit/log.ts';
 import { asDenial, Denial } from './errors.ts';
 import type { Logger } from './log.ts';
+import type { DecisionLog } from './policy/decision-log.ts';
 import type { PolicyEngine } from './policy/engine.ts';
 import type { Decision, PolicyInput } from './policy/schema.ts';
 import type { ToolEntry, ToolRegistry, Risk } from './registry.ts';
@@ -38,7 +39,10 @@ export interface CallContext {
 
 export interface PipelineParts {
   registry: ToolRegistry;
+  /** The policy in force (PolicyHolder.current); asked once per call, and that engine decides the whole call. */
   policy: () => PolicyEngine;
+  /** Records each tools/call decision; never awaited, never blocks (drops when full). */
+  decisionLog?: DecisionLog;
   audit: AuditLog;
   log: Logger;
   /** Absent: approvals are off and a call that needs one is refused. */
@@ -229,8 +233,10 @@ export class Pipeline {
       this.parts.limits?.checkArguments(argsBytes, args);
       const policy = this.parts.policy();
       event.policy_revision = policy.revision;
-      decision = policy.decide(
+      decision = this.decideLogged(
+        policy,
         this.input(principal, call, 'tools/call', { name: entry.exposedName, connector: entry.connector.name, risk: entry.risk, descriptor_hash: entry.descriptorHash }, args),
+        event,
       );
       event.decision = { allow: decision.allow, reasons: decision.reasons, approval_required: decision.approval.required };
       if (!decision.allow) {
@@ -377,6 +383,21 @@ export class Pipeline {
     }
     await approvals.desk.claimForExecution(parked.id, hash);
     return parked.id;
+  }
+
+  /** Stage 3 for a call: the decision, and its decision log id on the audit event (also when the policy fails). */
+  private decideLogged(policy: PolicyEngine, input: PolicyInput, event: AuditEvent): Decision {
+    const log = this.parts.decisionLog;
+    const entry = { input, revision: policy.revision, bundleRevision: policy.bundleRevision };
+    let decision: Decision;
+    try {
+      decision = policy.decide(input);
+    } catch (error) {
+      event.decision_id = log?.record({ ...entry, error: error instanceof Denial ? error.reason : String(error) });
+      throw error;
+    }
+    event.decision_id = log?.record({ ...entry, result: decision });
+    return decision;
   }
 
   private async recordAndLog(

@@ -8,6 +8,10 @@
 #   Authorization is computed only from positive rules (`granting`); the
 #   `reasons` explain the outcome but can never widen it, so a reason that
 #   fails to render cannot turn a denial into an allow.
+#
+#   Site rules (packages under bastion.site, see policies/examples/) can only
+#   narrow this: veto a call (`deny`) or ask for a human approval
+#   (`require_approval`). Data (data.bastion.tool_risk) can re-rate a tool.
 package bastion
 
 # Obligations attached to every decision. A site policy may tighten them.
@@ -28,6 +32,7 @@ default allow := false
 allow if {
 	supported_input
 	count(granting) > 0
+	count(site_denials) == 0
 }
 
 supported_input if {
@@ -174,25 +179,85 @@ dot_segment(path) if {
 	segment in {".", ".."}
 }
 
+# --- Risk ----------------------------------------------------------------------
+
+# data.bastion.tool_risk (a bundle's data.json, or the configured data file)
+# maps exposed tool names to a risk level that replaces the one the broker
+# derived from the tool's annotations, in either direction.
+risk := override if {
+	override := data.bastion.tool_risk[input.tool.name]
+}
+
+else := input.tool.risk
+
 # --- Approval ----------------------------------------------------------------
 
 default approval := {"required": false, "quorum": 1, "reason": ""}
 
-# An unrecognised risk level is treated as high: fail closed.
-approval := {"required": true, "quorum": 1, "reason": concat("", [display(input.tool.name), risk_phrase])} if {
+approval := {"required": true, "quorum": approval_quorum, "reason": concat("; ", approval_reasons)} if {
 	input.context.method == "tools/call"
-	not input.tool.risk in {"low", "medium"}
+	count(approval_reasons) > 0
 }
 
-risk_phrase := " is a high-risk tool" if input.tool.risk == "high"
+# An unrecognised risk level is treated as high: fail closed.
+approval_reasons contains concat("", [display(input.tool.name), risk_phrase]) if {
+	not risk in {"low", "medium"}
+}
+
+approval_reasons contains concat("", ["site ", name, ": ", entry.reason]) if {
+	some [name, entry] in site_approvals
+}
+
+approval_quorum := max({entry.quorum | some [_, entry] in site_approvals} | {1})
+
+risk_phrase := " is a high-risk tool" if risk == "high"
 
 else := " has an unrecognised risk level and is treated as high-risk"
+
+# --- Site rules ----------------------------------------------------------------
+
+# Every package bastion.site.<name> may define two sets:
+#   deny              strings; any member vetoes the call, with that reason;
+#   require_approval  {"reason": string, "quorum": integer >= 1} objects.
+# Neither can grant anything. A site rule whose body errors (e.g. a builtin
+# given a bad value) is undefined, not false, so write vetoes as "deny unless
+# proven safe" (see policies/examples/time_window.rego).
+site_denials contains concat("", ["site ", name, ": ", display(reason)]) if {
+	some name
+	some reason in data.bastion.site[name].deny
+}
+
+# A malformed approval entry must not silently lower the bar: it vetoes.
+site_denials contains concat("", ["site ", name, ": malformed require_approval entry ", display(entry)]) if {
+	some name
+	some entry in data.bastion.site[name].require_approval
+	not well_formed_approval(entry)
+}
+
+site_approvals contains [name, entry] if {
+	some name
+	some entry in data.bastion.site[name].require_approval
+	well_formed_approval(entry)
+}
+
+well_formed_approval(entry) if {
+	is_string(entry.reason)
+	is_number(entry.quorum)
+	entry.quorum >= 1
+	entry.quorum == floor(entry.quorum)
+}
 
 # --- Reasons -----------------------------------------------------------------
 
 reasons := sort(grant_reasons) if allow
 
-else := sort(deny_reasons) if count(deny_reasons) > 0
+# Capabilities grant the call, but a site rule vetoes it: only the veto is news.
+else := sort(site_denials) if {
+	count(granting) > 0
+	count(site_denials) > 0
+}
+
+else := sort(deny_reasons | site_denials) if count(deny_reasons | site_denials) > 0
 
 else := ["no capability allows this call"]
 

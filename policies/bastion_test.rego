@@ -356,3 +356,98 @@ test_input_without_tool_still_decides if {
 	not d.allow
 	d.reasons == ["no capability allows this call"]
 }
+
+# --- Risk from data ------------------------------------------------------------
+
+test_tool_risk_from_data_raises_the_risk if {
+	d := bastion.decision with input as read_file([{"tool": "*"}], {})
+		with data.bastion.tool_risk as {"demo__read_file": "high"}
+	d.allow
+	d.approval == {"required": true, "quorum": 1, "reason": "demo__read_file is a high-risk tool"}
+}
+
+test_tool_risk_from_data_lowers_the_risk if {
+	d := bastion.decision with input as call([{"tool": "*"}], "demo__delete_file", "high", {})
+		with data.bastion.tool_risk as {"demo__delete_file": "low"}
+	d.allow
+	not d.approval.required
+}
+
+test_tool_risk_for_other_tools_is_ignored if {
+	d := bastion.decision with input as call([{"tool": "*"}], "demo__delete_file", "high", {})
+		with data.bastion.tool_risk as {"demo__read_file": "low"}
+	d.approval.required
+}
+
+test_unrecognised_tool_risk_from_data_is_high if {
+	d := bastion.decision with input as read_file([{"tool": "*"}], {})
+		with data.bastion.tool_risk as {"demo__read_file": "none"}
+	d.approval == {"required": true, "quorum": 1, "reason": "demo__read_file has an unrecognised risk level and is treated as high-risk"}
+}
+
+# --- Site rules ----------------------------------------------------------------
+
+test_site_deny_vetoes_a_granted_call if {
+	d := bastion.decision with input as read_file([{"tool": "*"}], {})
+		with data.bastion.site.acme.deny as {"no calls on Fridays"}
+	not d.allow
+	d.reasons == ["site acme: no calls on Fridays"]
+}
+
+test_site_deny_joins_capability_reasons if {
+	d := bastion.decision with input as read_file([{"tool": "fs__*"}], {})
+		with data.bastion.site.acme.deny as {"no calls on Fridays"}
+	not d.allow
+	d.reasons == ["no capability names tool demo__read_file", "site acme: no calls on Fridays"]
+}
+
+test_site_deny_hides_a_tool_from_listings if {
+	not bastion.allow with input as listing([{"tool": "*"}], "demo__read_file")
+		with data.bastion.site.acme.deny as {"hidden"}
+}
+
+test_site_deny_cannot_grant if {
+	d := bastion.decision with input as read_file([], {})
+		with data.bastion.site.acme.deny as set()
+	not d.allow
+}
+
+test_site_approval_adds_a_reason_and_raises_the_quorum if {
+	d := bastion.decision with input as call([{"tool": "*"}], "demo__delete_file", "high", {})
+		with data.bastion.site.acme.require_approval as {{"reason": "two people must agree", "quorum": 2}}
+		with data.bastion.site.prod.require_approval as {{"reason": "touches production", "quorum": 1}}
+	d.allow
+	d.approval == {
+		"required": true,
+		"quorum": 2,
+		"reason": "demo__delete_file is a high-risk tool; site acme: two people must agree; site prod: touches production",
+	}
+}
+
+test_site_approval_applies_to_low_risk_tools if {
+	d := bastion.decision with input as read_file([{"tool": "*"}], {})
+		with data.bastion.site.prod.require_approval as {{"reason": "touches production", "quorum": 1}}
+	d.approval == {"required": true, "quorum": 1, "reason": "site prod: touches production"}
+}
+
+test_site_approval_is_not_needed_to_list if {
+	d := bastion.decision with input as listing([{"tool": "*"}], "demo__read_file")
+		with data.bastion.site.prod.require_approval as {{"reason": "touches production", "quorum": 1}}
+	d.allow
+	not d.approval.required
+}
+
+test_malformed_site_approval_vetoes if {
+	every bad in [
+		{"reason": "x", "quorum": "2"},
+		{"reason": "x", "quorum": 0},
+		{"reason": "x", "quorum": 1.5},
+		{"quorum": 2},
+		"two people",
+	] {
+		d := bastion.decision with input as read_file([{"tool": "*"}], {})
+			with data.bastion.site.acme.require_approval as {bad}
+		not d.allow
+		d.reasons == [concat("", ["site acme: malformed require_approval entry ", bastion.display(bad)])]
+	}
+}

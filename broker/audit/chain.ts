@@ -23,6 +23,8 @@ export interface AuditEvent {
   args_hash?: string | undefined;
   decision?: { allow: boolean; reasons: string[]; approval_required: boolean } | undefined;
   policy_revision?: string | undefined;
+  /** The decision log record of this call's policy decision (broker/policy/decision-log.ts). */
+  decision_id?: string | undefined;
   outcome: 'ok' | 'denied' | 'error' | 'info';
   denial?: { stage: string; code: string; reason: string } | undefined;
   latency_ms?: number | undefined;

@@ -55,6 +55,11 @@ export function ensureDelegationKey(stateDir: string): Promise<DevKey> {
   return ensureSigningKey(stateDir, 'delegation', DELEGATION_ISSUER);
 }
 
+/** The key that signs audit checkpoints (broker/audit/checkpoint.ts); its JWKS verifies them. Made on first run. */
+export function ensureAuditCheckpointKey(stateDir: string): Promise<DevKey> {
+  return ensureSigningKey(stateDir, 'audit-checkpoint', 'urn:bastion:audit');
+}
+
 /** Generates a key pair: the private JWK (with kid and alg) and a JWKS of its public half. */
 export async function generateSigningKey(alg: 'EdDSA' | 'ES256' = 'EdDSA'): Promise<{ privateJwk: JWK; jwks: Jwks }> {
   const { publicKey, privateKey } = await generateKeyPair(alg, alg === 'EdDSA' ? { crv: 'Ed25519', extractable: true } : { extractable: true });

@@ -4,7 +4,14 @@
  * The engine is a dumb, total enforcement point: it validates the input,
  * runs `data.bastion.decision` in the OPA WebAssembly module and validates
  * the answer. Every rule lives in the Rego (policies/); every failure here
- * (bad input, a WASM abort, no result, a malformed decision) is a denial.
+ * (bad input, an input over the size cap, a WASM abort or out-of-memory, no
+ * result, a malformed decision) is a denial.
+ *
+ * Everything that can be checked before the first call is checked at load:
+ * the module compiles, has the entrypoint, accepts its data (handed over
+ * with setData once per instance, never per call), and imports no builtin
+ * the broker does not provide (builtins.ts). Hot reload builds a new engine
+ * and swaps it in (holder.ts); an engine itself never changes.
  *
  * @example
  *   const engine = await loadPolicy('policies/compiled/policy.wasm');
@@ -17,6 +24,8 @@ import { createRequire } from 'node:module';
 import type { LoadedPolicy } from '@open-policy-agent/opa-wasm';
 import type { z } from 'zod';
 import { Denial } from '../errors.ts';
+import { ALLOWED_BUILTINS } from './capabilities.ts';
+import { HOST_BUILTINS, hostBuiltins, REFUSED_SDK_BUILTINS } from './builtins.ts';
 import { DecisionSchema, PolicyInputSchema, type Decision, type PolicyInput } from './schema.ts';
 
 // The package's ESM entry only re-exports the async loadPolicy, although its
@@ -29,13 +38,22 @@ const opaWasm = createRequire(import.meta.url)('@open-policy-agent/opa-wasm') as
 type WasmModule = object;
 declare const WebAssembly: { compile(bytes: Uint8Array): Promise<WasmModule> };
 
-const ENTRYPOINT = 'bastion/decision';
+/** What the SDK keeps of an instance, as far as the engine reads it. */
+interface InstanceInternals {
+  wasmInstance: { exports: { builtins(): number; opa_json_dump(addr: number): number } };
+  mem: { buffer: ArrayBuffer };
+}
+
+export const ENTRYPOINT = 'bastion/decision';
 
 // In 64 KiB pages: the SDK's default start, and a ceiling so a runaway policy
 // or an oversized input fails its evaluation (and is denied) instead of
 // growing the broker's memory without bound.
 const MEMORY_PAGES_INITIAL = 5;
 const MEMORY_PAGES_MAX = 4096;
+
+/** Largest policy input, as UTF-8 JSON, evaluated at all; larger ones are denied before they reach the module. */
+export const DEFAULT_MAX_INPUT_BYTES = 2 * 1024 * 1024;
 
 /**
  * A loaded policy. `decide` is synchronous and reuses one WASM instance.
@@ -45,59 +63,173 @@ const MEMORY_PAGES_MAX = 4096;
  *   audit.write({ policy_revision: engine.revision, allow, reasons });
  */
 export interface PolicyEngine {
-  /** "sha256:<hex>" of the WASM file, recorded with every decision. */
+  /**
+   * "sha256:<hex>" naming exactly what decides: the WASM module's digest, or,
+   * when the policy has data, the digest of the module's digest and the data.
+   */
   readonly revision: string;
+  /** The bundle manifest's `revision`, when the policy came from a bundle that sets one. */
+  readonly bundleRevision: string | undefined;
+  /** Where the policy was loaded from (a path or URL), for logs. */
+  readonly source: string;
   /** Evaluates the policy; throws Denial('authorize', 'BASTION_POLICY_ERROR') on any failure. */
   decide(input: PolicyInput): Decision;
 }
 
+/** A compiled policy and its data, however it was obtained (file, bundle, opa build). */
+export interface PolicyModule {
+  wasm: Uint8Array;
+  /** JSON text of an object, handed to the module as `data` (e.g. a bundle's /data.json). */
+  data?: Uint8Array | undefined;
+  source: string;
+  bundleRevision?: string | undefined;
+}
+
+export interface EngineOptions {
+  /** Default DEFAULT_MAX_INPUT_BYTES. */
+  maxInputBytes?: number;
+  /** WASM memory ceiling in 64 KiB pages (default 4096, i.e. 256 MiB). */
+  maxMemoryPages?: number;
+  /** Clock for time.now_ns, in milliseconds (default Date.now). */
+  now?: () => number;
+}
+
 /**
  * Reads and compiles a policy built by `policies/build.sh`. Throws (at start-up,
- * not per call) if the file is missing, is not an OPA WASM module, or lacks
- * the `bastion/decision` entrypoint.
+ * not per call) if the file is missing, is not an OPA WASM module, lacks
+ * the `bastion/decision` entrypoint, or calls a builtin the broker does not provide.
  *
  * @example
  *   const engine = await loadPolicy(config.policy.wasm);
  *   log.info({ revision: engine.revision }, 'policy loaded');
  */
-export async function loadPolicy(wasmPath: string): Promise<PolicyEngine> {
-  const bytes = await readFile(wasmPath);
-  const revision = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
-  let module: WasmModule;
-  let first: LoadedPolicy;
-  try {
-    // Compiled once; a replacement instance after a failure only instantiates.
-    module = await WebAssembly.compile(bytes);
-    first = instantiate(module);
-  } catch (error) {
-    throw new Error(`policy ${wasmPath} is not a loadable OPA WASM module: ${describe(error)}`, { cause: error });
-  }
-  const entrypoint: unknown = first.entrypoints[ENTRYPOINT];
-  if (typeof entrypoint !== 'number') {
-    const found = Object.keys(first.entrypoints as object).join(', ') || 'none';
-    throw new Error(`policy ${wasmPath} has no ${ENTRYPOINT} entrypoint (found: ${found}); build it with policies/build.sh`);
-  }
-  return new WasmPolicyEngine(revision, module, first, entrypoint);
+export async function loadPolicy(wasmPath: string, options: EngineOptions & { data?: Uint8Array } = {}): Promise<PolicyEngine> {
+  const { data, ...engineOptions } = options;
+  return createPolicyEngine({ wasm: await readFile(wasmPath), data, source: wasmPath }, engineOptions);
 }
 
-function instantiate(module: WasmModule): LoadedPolicy {
-  // A fresh descriptor each time: the SDK writes into the one it is given.
-  return opaWasm.loadPolicySync(module, { initial: MEMORY_PAGES_INITIAL, maximum: MEMORY_PAGES_MAX });
+/**
+ * Compiles a policy module, instantiates it once with its data and checks
+ * it can run here. Everything that can be checked before the first call is
+ * checked here, so a bad policy fails to load rather than failing calls.
+ *
+ * @example
+ *   const bundle = await readBundle(bytes, verification);
+ *   const engine = await createPolicyEngine({ wasm: bundle.wasm, data: bundle.data, source: url, bundleRevision: bundle.revision });
+ */
+export async function createPolicyEngine(policy: PolicyModule, options: EngineOptions = {}): Promise<PolicyEngine> {
+  const { wasm, source } = policy;
+  const data = policy.data && policy.data.length > 0 ? checkData(policy.data, source) : undefined;
+  let module: WasmModule;
+  try {
+    // Compiled once; a replacement instance after a failure only instantiates.
+    module = await WebAssembly.compile(wasm);
+  } catch (error) {
+    throw new Error(`policy ${source} is not a loadable OPA WASM module: ${describe(error)}`, { cause: error });
+  }
+  return new WasmPolicyEngine(module, { ...policy, data, revision: revisionOf(wasm, data) }, options);
+}
+
+function sha256(bytes: Uint8Array | string): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+function revisionOf(wasm: Uint8Array, data: ArrayBuffer | undefined): string {
+  const module = sha256(wasm);
+  return data === undefined ? `sha256:${module}` : `sha256:${sha256(`wasm sha256:${module}\ndata sha256:${sha256(new Uint8Array(data))}\n`)}`;
+}
+
+/** Data must be a JSON object; returned as an exact ArrayBuffer, which the SDK passes to the module as raw JSON text. */
+function checkData(bytes: Uint8Array, source: string): ArrayBuffer | undefined {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
+  } catch (error) {
+    throw new Error(`policy data for ${source} is not valid JSON: ${describe(error)}`, { cause: error });
+  }
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
+    throw new Error(`policy data for ${source} must be a JSON object`);
+  }
+  if (Object.keys(parsed).length === 0) return undefined;
+  return exactBuffer(bytes);
+}
+
+/** The builtins the module imports from the host, by name. */
+function importedBuiltins(policy: LoadedPolicy): string[] {
+  const { wasmInstance, mem } = policy as unknown as InstanceInternals;
+  const start = wasmInstance.exports.opa_json_dump(wasmInstance.exports.builtins());
+  const memory = new Uint8Array(mem.buffer);
+  let end = start;
+  while (memory[end] !== 0) end++;
+  return Object.keys(JSON.parse(new TextDecoder().decode(memory.subarray(start, end))) as object);
 }
 
 class WasmPolicyEngine implements PolicyEngine {
   readonly revision: string;
+  readonly bundleRevision: string | undefined;
+  readonly source: string;
   readonly #module: WasmModule;
+  readonly #data: ArrayBuffer | undefined;
   readonly #entrypoint: number;
+  readonly #maxInputBytes: number;
+  readonly #maxMemoryPages: number;
+  readonly #now: () => number;
+  readonly #encoder = new TextEncoder();
+  #evaluationNs = 0n;
   // Undefined after an evaluation threw: a trap can leave the instance's heap
   // in any state, so the next call starts from a fresh one.
   #policy: LoadedPolicy | undefined;
 
-  constructor(revision: string, module: WasmModule, policy: LoadedPolicy, entrypoint: number) {
-    this.revision = revision;
+  constructor(
+    module: WasmModule,
+    policy: { data: ArrayBuffer | undefined; revision: string; source: string; bundleRevision?: string | undefined },
+    options: EngineOptions,
+  ) {
+    this.revision = policy.revision;
+    this.bundleRevision = policy.bundleRevision;
+    this.source = policy.source;
     this.#module = module;
-    this.#policy = policy;
+    this.#data = policy.data;
+    this.#maxInputBytes = options.maxInputBytes ?? DEFAULT_MAX_INPUT_BYTES;
+    this.#maxMemoryPages = options.maxMemoryPages ?? MEMORY_PAGES_MAX;
+    this.#now = options.now ?? Date.now;
+
+    let first: LoadedPolicy;
+    try {
+      first = this.#instantiate(false);
+    } catch (error) {
+      throw new Error(`policy ${this.source} is not a loadable OPA WASM module: ${describe(error)}`, { cause: error });
+    }
+    const entrypoint: unknown = first.entrypoints[ENTRYPOINT];
+    if (typeof entrypoint !== 'number') {
+      const found = Object.keys(first.entrypoints as object).join(', ') || 'none';
+      throw new Error(`policy ${this.source} has no ${ENTRYPOINT} entrypoint (found: ${found}); build it with policies/build.sh`);
+    }
     this.#entrypoint = entrypoint;
+    const unsupported = importedBuiltins(first).filter((name) => !HOST_BUILTINS.has(name) || REFUSED_SDK_BUILTINS.includes(name));
+    if (unsupported.length > 0) {
+      throw new Error(
+        `policy ${this.source} calls builtin(s) the broker does not provide to WASM policies: ${unsupported.join(', ')} ` +
+          `(${ALLOWED_BUILTINS.size} are allowed; build with --capabilities policies/capabilities.json to catch this at build time)`,
+      );
+    }
+    try {
+      if (this.#data) first.setData(this.#data);
+    } catch (error) {
+      throw new Error(`policy ${this.source}: its data does not fit the module's memory: ${describe(error)}`, { cause: error });
+    }
+    this.#policy = first;
+  }
+
+  #instantiate(withData = true): LoadedPolicy {
+    // A fresh descriptor each time: the SDK writes into the one it is given.
+    const policy = opaWasm.loadPolicySync(
+      this.#module,
+      { initial: MEMORY_PAGES_INITIAL, maximum: this.#maxMemoryPages },
+      hostBuiltins(() => this.#evaluationNs),
+    );
+    if (withData && this.#data) policy.setData(this.#data);
+    return policy;
   }
 
   decide(input: PolicyInput): Decision {
@@ -112,10 +244,17 @@ class WasmPolicyEngine implements PolicyEngine {
       throw policyError(`invalid policy input: ${summarize(parsedInput.error)}`);
     }
 
+    // Serialized here rather than by the SDK, to measure it before the module sees it.
+    const encoded = this.#encoder.encode(JSON.stringify(parsedInput.data));
+    if (encoded.byteLength > this.#maxInputBytes) {
+      throw policyError(`policy input of ${encoded.byteLength} bytes exceeds the ${this.#maxInputBytes}-byte limit`);
+    }
+
     let resultSet: unknown;
     try {
-      this.#policy ??= instantiate(this.#module);
-      resultSet = this.#policy.evaluate(parsedInput.data, this.#entrypoint);
+      this.#policy ??= this.#instantiate();
+      this.#evaluationNs = BigInt(this.#now()) * 1_000_000n;
+      resultSet = this.#policy.evaluate(exactBuffer(encoded), this.#entrypoint);
     } catch (error) {
       this.#policy = undefined;
       throw policyError(`policy evaluation failed: ${describe(error)}`);
@@ -133,6 +272,16 @@ class WasmPolicyEngine implements PolicyEngine {
     }
     return parsedDecision.data;
   }
+}
+
+/**
+ * The SDK reads a whole ArrayBuffer as the JSON text, so a view into a larger
+ * buffer (a file inside a bundle) must be copied out. Not with `.slice()`: on
+ * a Node Buffer that is a view too.
+ */
+function exactBuffer(bytes: Uint8Array): ArrayBuffer {
+  const { buffer } = bytes;
+  return bytes.byteOffset === 0 && buffer.byteLength === bytes.byteLength ? (buffer as ArrayBuffer) : (new Uint8Array(bytes).buffer as ArrayBuffer);
 }
 
 function policyError(reason: string): Denial {
