@@ -8,6 +8,8 @@
  *   const verifier = broker.verifierFor('http://127.0.0.1:8080/mcp');
  */
 import { readFile } from 'node:fs/promises';
+import { randomUUID } from 'node:crypto';
+import os from 'node:os';
 import path from 'node:path';
 import type { Server } from '@modelcontextprotocol/sdk/server/index.js';
 import type { JWK } from 'jose';
@@ -172,7 +174,8 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
   });
   const decisionLog = config.policy.decision_log.enabled ? await openDecisionLog(config, log) : undefined;
   const auditFile = config.audit.file ?? path.join(config.state_dir, 'audit.jsonl');
-  let audit = await openAuditLog(auditFile);
+  const replicaId = config.replica_id ?? `${os.hostname()}:${process.pid}`;
+  let audit = await openAuditLog(auditFile, undefined, replicaId);
   if (config.audit.checkpoints.enabled) {
     const key = config.audit.checkpoints.key_file
       ? (JSON.parse(await readFile(config.audit.checkpoints.key_file, 'utf8')) as JWK)
@@ -255,6 +258,8 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
         audit: async (event) => void (await audit.append(event)),
         log,
         signingKey: brokerKey.privateJwk,
+        // Unique per process: a restarted replica must not look like the owner of its predecessor's parked calls.
+        owner: `${replicaId}/${randomUUID()}`,
         progressEveryMs: config.approvals.progress_every,
         ...(config.approvals.webhook ? { onParked: webhookNotifier(config.approvals.webhook, () => approvalPageUrl, log) } : {}),
       })

@@ -106,10 +106,12 @@ after you reviewed the diff. The decision is audited.`,
 
 Writes DIR/signing-key.json (private JWK, mode 0600, keep it with the issuer)
 and DIR/jwks.json (public; point auth.issuers[].jwks_file at it). Prints the kid.`,
-  'audit verify': `usage: bastion audit verify FILE [--checkpoints FILE] [--jwks FILE]
+  'audit verify': `usage: bastion audit verify FILE... [--checkpoints FILE] [--jwks FILE]
 
-Checks every record's sequence number, prev link and hash. Prints the first
-broken, missing or reordered record and exits 1; exits 0 when intact.
+Checks every record's sequence number, prev link and hash, in each FILE (one
+per replica when several share Redis: each replica keeps its own chain).
+Prints, per file, the first broken, missing or reordered record; exits 1 if
+any file is broken or unreadable, 0 when all are intact.
 
 Then checks the signed checkpoints (default FILE.checkpoints.jsonl, when it
 exists) against the checkpoint key's JWKS (default
@@ -406,6 +408,48 @@ async function tokenMint(argv: string[]): Promise<void> {
   process.stdout.write(`${token}\n`);
 }
 
+/** Verifies one audit file and its checkpoints; prints the outcome, returns whether it is intact. */
+async function verifyOneAuditFile(given: string, checkpointsFile: string | undefined, jwksOption: string | undefined): Promise<boolean> {
+  const file = path.resolve(given);
+  let report;
+  try {
+    report = await verifyAuditFile(file);
+  } catch (error) {
+    process.stderr.write(`bastion: audit verify: ${(error as Error).message}\n`);
+    return false;
+  }
+  if (!report.ok) {
+    process.stdout.write(`${file}: BROKEN at line ${report.line}: ${report.problem} (${report.records} records verified before it)\n`);
+    return false;
+  }
+  process.stdout.write(`${file}: OK, ${report.records} records, head ${report.head}\n`);
+
+  const sidecar = path.resolve(checkpointsFile ?? checkpointsFileFor(file));
+  if (!existsSync(sidecar)) {
+    if (checkpointsFile) {
+      process.stderr.write(`bastion: audit verify: no checkpoints file ${sidecar}\n`);
+      return false;
+    }
+    process.stdout.write(`${file}: no signed checkpoints (${sidecar}); a truncated tail would not show\n`);
+    return true;
+  }
+  const jwksFile = path.resolve(jwksOption ?? path.join(path.dirname(file), 'audit-checkpoint-jwks.json'));
+  let checkpoints;
+  try {
+    checkpoints = await verifyCheckpoints(file, sidecar, await readJwksFile(jwksFile));
+  } catch (error) {
+    process.stderr.write(`bastion: audit verify: checkpoints: ${(error as Error).message}\n`);
+    return false;
+  }
+  if (!checkpoints.ok) {
+    process.stdout.write(`${sidecar}: BROKEN at checkpoint ${checkpoints.line} (${checkpoints.code}): ${checkpoints.problem}\n`);
+    return false;
+  }
+  const unsigned = checkpoints.records - checkpoints.signedSeq;
+  process.stdout.write(`${sidecar}: OK, ${checkpoints.checkpoints} checkpoints, records up to ${checkpoints.signedSeq} signed${unsigned > 0 ? `, ${unsigned} after the last checkpoint` : ''}\n`);
+  return true;
+}
+
 async function auditVerify(argv: string[]): Promise<void> {
   const { values, positionals } = parseArgs({
     args: argv,
@@ -413,41 +457,12 @@ async function auditVerify(argv: string[]): Promise<void> {
     allowPositionals: true,
   });
   if (values.help) return void console.log(HELP['audit verify']);
-  if (positionals.length !== 1) fail('audit verify: give exactly one FILE');
-  const file = path.resolve(positionals[0]!);
-  let report;
-  try {
-    report = await verifyAuditFile(file);
-  } catch (error) {
-    fail(`audit verify: ${(error as Error).message}`, 1);
-  }
-  if (report.ok) {
-    process.stdout.write(`${file}: OK, ${report.records} records, head ${report.head}\n`);
-  } else {
-    process.stdout.write(`${file}: BROKEN at line ${report.line}: ${report.problem} (${report.records} records verified before it)\n`);
-    process.exit(1);
-  }
-
-  const sidecar = path.resolve(values.checkpoints ?? checkpointsFileFor(file));
-  if (!existsSync(sidecar)) {
-    if (values.checkpoints) fail(`audit verify: no checkpoints file ${sidecar}`, 1);
-    process.stdout.write(`${file}: no signed checkpoints (${sidecar}); a truncated tail would not show\n`);
-    return;
-  }
-  const jwksFile = path.resolve(values.jwks ?? path.join(path.dirname(file), 'audit-checkpoint-jwks.json'));
-  let checkpoints;
-  try {
-    checkpoints = await verifyCheckpoints(file, sidecar, await readJwksFile(jwksFile));
-  } catch (error) {
-    fail(`audit verify: checkpoints: ${(error as Error).message}`, 1);
-  }
-  if (checkpoints.ok) {
-    const unsigned = checkpoints.records - checkpoints.signedSeq;
-    process.stdout.write(`${sidecar}: OK, ${checkpoints.checkpoints} checkpoints, records up to ${checkpoints.signedSeq} signed${unsigned > 0 ? `, ${unsigned} after the last checkpoint` : ''}\n`);
-  } else {
-    process.stdout.write(`${sidecar}: BROKEN at checkpoint ${checkpoints.line} (${checkpoints.code}): ${checkpoints.problem}\n`);
-    process.exit(1);
-  }
+  if (positionals.length === 0) fail('audit verify: give at least one FILE');
+  if (positionals.length > 1 && (values.checkpoints || values.jwks)) fail('audit verify: --checkpoints and --jwks go with a single FILE');
+  // Each replica keeps its own chain: every file is verified on its own, and all must hold.
+  let intact = true;
+  for (const file of positionals) intact = (await verifyOneAuditFile(file, values.checkpoints, values.jwks)) && intact;
+  if (!intact) process.exit(1);
 }
 
 async function main(argv: string[]): Promise<void> {

@@ -222,15 +222,18 @@ export class ApprovalDesk {
       wait.signal?.addEventListener('abort', onAbort, { once: true });
 
       const progress = setInterval(() => {
-        void this.read(id).then((current) => {
-          if (current?.call.status === 'pending') {
+        void this.read(id)
+          .then((current) => {
+            // Decided but not woken: the bus message was lost (e.g. Redis pub/sub across a reconnect).
+            if (current?.call.status !== 'pending') return checkSafely();
             wait.onWaiting?.({
               approvals: current.call.decisions.filter((d) => d.decision === 'approve').length,
               quorum: current.call.quorum,
               secondsLeft: Math.max(0, Math.round((deadline - this.now()) / 1000)),
             });
-          }
-        });
+          })
+          // State unavailable: skip this tick; the call stays parked (an unhandled rejection here would kill the broker).
+          .catch(() => undefined);
       }, this.options.progressEveryMs ?? 5000);
       checkSafely();
     });

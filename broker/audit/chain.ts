@@ -15,6 +15,8 @@ export const GENESIS_HASH = `sha256:${'0'.repeat(64)}`;
 /** What a stage hands to the audit log; `seq`, `time`, `prev` and `hash` are added on append. */
 export interface AuditEvent {
   event: string;
+  /** The broker replica that wrote the record (config replica_id; host name and pid by default). Added on append. */
+  replica?: string | undefined;
   session?: string | undefined;
   transport?: 'http' | 'stdio' | undefined;
   principal?: { sub: string; iss: string; jti?: string; token_hash?: string; anonymous?: boolean } | undefined;

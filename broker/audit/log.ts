@@ -2,7 +2,8 @@
  * Stage 8, audit: appends hash-chained records to a file.
  *
  * Appends are group-committed: records that arrive while a write is in
- * flight are written together and made durable with one fdatasync. `append`
+ * flight are written together and made durable at once (one O_DSYNC write;
+ * write + fdatasync where the platform has no O_DSYNC). `append`
  * resolves only after its record is on disk, so no call is acknowledged
  * before its evidence exists. A failed write poisons the log: every later
  * append rejects, and the pipeline fails closed.
@@ -11,8 +12,10 @@
  *   const audit = await openAuditLog('.bastion/audit.jsonl');
  *   await audit.append({ event: 'tools/call', outcome: 'ok', tool: 'demo__echo' });
  */
+import { constants } from 'node:fs';
 import { mkdir, open, readFile, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
+import { metrics } from '../metrics.ts';
 import { canonicalJson, GENESIS_HASH, seal, type AuditEvent, type AuditRecord } from './chain.ts';
 
 export interface AuditLog {
@@ -48,10 +51,13 @@ async function readHead(file: string): Promise<{ seq: number; hash: string }> {
   return { seq: last.seq, hash: last.hash };
 }
 
-export async function openAuditLog(file: string, now: () => Date = () => new Date()): Promise<AuditLog> {
+export async function openAuditLog(file: string, now: () => Date = () => new Date(), replica?: string): Promise<AuditLog> {
   await mkdir(path.dirname(file), { recursive: true });
   let { seq, hash } = await readHead(file);
-  const handle: FileHandle = await open(file, 'a', 0o600);
+  // O_DSYNC: each write returns only once its data (and the size change) is on stable storage, the
+  // guarantee write + fdatasync gives, in one syscall and one thread-pool round trip instead of two.
+  const dsync = constants.O_DSYNC !== undefined;
+  const handle: FileHandle = await open(file, dsync ? constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_DSYNC : 'a', 0o600);
   let queue: Pending[] = [];
   let writing = false;
   let failure: Error | undefined;
@@ -66,14 +72,16 @@ export async function openAuditLog(file: string, now: () => Date = () => new Dat
         continue;
       }
       const records = batch.map((p) => {
-        const record = seal(p.event, seq + 1, hash, now());
+        const record = seal(replica === undefined ? p.event : { ...p.event, replica }, seq + 1, hash, now());
         seq = record.seq;
         hash = record.hash;
         return record;
       });
       try {
+        const started = performance.now();
         await handle.write(records.map((r) => `${canonicalJson(r)}\n`).join(''));
-        await handle.datasync();
+        if (!dsync) await handle.datasync();
+        metrics.auditCommitted(records.length, (performance.now() - started) / 1000);
         batch.forEach((p, i) => p.resolve(records[i]!));
       } catch (error) {
         failure = new Error(`audit log unavailable: ${(error as Error).message}`);

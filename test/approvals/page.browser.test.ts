@@ -118,6 +118,7 @@ describe('approval page in Chromium', () => {
     const phone = await browser.newPage({ viewport: { width: 390, height: 844 }, isMobile: true });
     const key = t.broker.devKey!;
     await phone.goto(`${new URL(t.url).origin}/approvals#token=${await approverToken(key.privateJwk, key.issuer, t.door.resource, 'approver:phone')}`);
+    await phone.waitForSelector('#queue:not([hidden])');
     const { result } = await startWipe('agent:browser-phone', { path: '/srv/tmp/a-rather-long-path/that/should/wrap/nicely/on/a/small/screen.txt' });
     const card = phone.locator('.card', { hasText: 'agent:browser-phone' });
     await card.waitFor();

@@ -7,6 +7,18 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openEmbeddedState } from '../../broker/state/embedded.ts';
+import { stateContract } from './contract.ts';
+
+stateContract('embedded', () => {
+  let contractDir = '';
+  return {
+    async open() {
+      contractDir = await mkdtemp(path.join(tmpdir(), 'bastion-state-contract-'));
+      return openEmbeddedState(path.join(contractDir, 'state.jsonl'));
+    },
+    cleanup: () => rm(contractDir, { recursive: true, force: true }),
+  };
+});
 
 let dir: string;
 beforeEach(async () => {

@@ -190,9 +190,12 @@ async function start() {
   $('who').textContent = `signed in as ${session.sub}${session.roles.length ? ` (${session.roles.join(', ')})` : ''}`;
   $('signin').hidden = true;
   $('queue').hidden = false;
-  await refresh();
+  // Subscribe first, and refresh once the stream is open (and after every reconnect),
+  // so a call parked between the first fetch and the subscription is never missed.
   const events = new EventSource('/approvals/events');
   events.addEventListener('changed', () => refresh());
+  events.addEventListener('open', () => refresh());
+  await refresh();
   setInterval(() => {
     document.querySelectorAll('.countdown').forEach((node) => (node.textContent = timeLeft(node.dataset.expires)));
   }, 1000);

@@ -1,0 +1,112 @@
+/**
+ * A Bastion replica as an operator runs it: the real CLI (`bastion start
+ * --config FILE`) in its own process, with its own state folder and port,
+ * sharing Redis, the resource identifier and the trusted issuer with its
+ * siblings. Nothing here is a double.
+ */
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { ROOT, RECORDING_UPSTREAM } from '../helpers/broker.ts';
+
+const CLI = path.join(ROOT, 'broker/cli.ts');
+
+export interface ReplicaOptions {
+  name: string;
+  dir: string;
+  redisUrl: string;
+  resource: string;
+  issuer: string;
+  jwksFile: string;
+  /** Shared by every replica's upstream: one line per call the upstream actually ran. */
+  callLog: string;
+  commandTimeout?: string;
+  /** Approval progress interval; 10 minutes by default, so only pub/sub wakes a parked call. */
+  progressEvery?: string;
+}
+
+export interface Replica {
+  name: string;
+  /** The MCP endpoint (http://127.0.0.1:<port>/mcp). */
+  url: string;
+  origin: string;
+  stateDir: string;
+  auditFile: string;
+  stderr(): string;
+  stop(): Promise<void>;
+}
+
+export async function startReplica(options: ReplicaOptions): Promise<Replica> {
+  const stateDir = path.join(options.dir, options.name);
+  await mkdir(stateDir, { recursive: true });
+  const config = {
+    server: { port: 0, resource: options.resource },
+    auth: { issuers: [{ issuer: options.issuer, jwks_file: options.jwksFile }] },
+    state: { backend: 'redis', url: options.redisUrl, command_timeout: options.commandTimeout ?? '500ms' },
+    replica_id: options.name,
+    state_dir: stateDir,
+    log_level: 'warn',
+    // No progress notifications while a call waits: the desk then never re-reads a parked
+    // record on a timer, so a call released on another replica was woken by pub/sub.
+    approvals: { progress_every: options.progressEvery ?? '10m' },
+    connectors: [
+      {
+        name: 'rec',
+        transport: 'stdio',
+        command: process.execPath,
+        args: [RECORDING_UPSTREAM],
+        env: { CALL_LOG: options.callLog },
+        timeout: '20s',
+      },
+    ],
+  };
+  const configFile = path.join(stateDir, 'bastion.yaml');
+  // JSON is YAML.
+  await writeFile(configFile, JSON.stringify(config, null, 2));
+
+  const child: ChildProcessWithoutNullStreams = spawn(process.execPath, [CLI, 'start', '--config', configFile], {
+    cwd: stateDir,
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const killOnExit = () => child.kill('SIGKILL');
+  process.once('exit', killOnExit);
+
+  for (let i = 0; i < 600 && !/Bastion is listening at \S+/.test(stdout) && child.exitCode === null; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  const url = /Bastion is listening at (\S+)/.exec(stdout)?.[1];
+  if (!url) {
+    child.kill('SIGKILL');
+    throw new Error(`replica ${options.name} did not come up:\nstdout:\n${stdout}\nstderr:\n${stderr}`);
+  }
+  return {
+    name: options.name,
+    url,
+    origin: new URL(url).origin,
+    stateDir,
+    auditFile: path.join(stateDir, 'audit.jsonl'),
+    stderr: () => stderr,
+    async stop() {
+      process.off('exit', killOnExit);
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}
+
+export async function readJsonLines<T>(file: string): Promise<T[]> {
+  try {
+    return (await readFile(file, 'utf8')).split('\n').filter(Boolean).map((line) => JSON.parse(line) as T);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw error;
+  }
+}
