@@ -90,7 +90,13 @@ export function approvalRoutes({ desk, approvers, origins, secureCookies, log }:
   };
 
   const requireSession = async (req: SessionRequest, res: Response, next: NextFunction) => {
-    const session = await approvers.session(cookieOf(req)).catch(() => undefined);
+    let session: ApproverSession | undefined;
+    try {
+      session = await approvers.session(cookieOf(req));
+    } catch {
+      res.status(503).json({ error: 'approval state unavailable; try again shortly' });
+      return;
+    }
     if (!session) {
       res.status(401).json({ error: 'sign in first' });
       return;
