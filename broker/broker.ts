@@ -192,7 +192,13 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
   const sessions = new SessionHub();
 
   const connectors: Connector[] = [];
-  const registry = new ToolRegistry(connectors, log, createDescriptorCheck(config.filters.descriptor));
+  const off = new Set(config.defenses_off);
+  // With filters switched off (ablation), poisoned descriptions are only logged.
+  const registry = new ToolRegistry(
+    connectors,
+    log,
+    createDescriptorCheck(off.has('filters') ? { ...config.filters.descriptor, action: 'warn' } : config.filters.descriptor),
+  );
   const pins = new DescriptorPins({
     state,
     log,
@@ -223,12 +229,13 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
           sessions.broadcast((s) => s.server.sendToolListChanged());
           if (status === 'ready') void reconcile(connector);
         },
-        onListChanged: (connector, kind) => {
+        onListChanged: async (connector, kind) => {
           registry.invalidate();
-          if (kind === 'tools') void reconcile(connector);
           sessions.broadcast((s) =>
             kind === 'tools' ? s.server.sendToolListChanged() : kind === 'prompts' ? s.server.sendPromptListChanged() : s.server.sendResourceListChanged(),
           );
+          // Returned, so the connector's catalogSettled() covers re-pinning too.
+          if (kind === 'tools') await reconcile(connector);
         },
         onResourceUpdated: (_connector, uri) => {
           sessions.broadcast(async (s) => {
@@ -271,7 +278,6 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
     if (revoked) throw new Denial('authenticate', 'BASTION_TOKEN_REVOKED', `${revoked} (revoked while the call waited)`);
     if (principal.exp * 1000 < Date.now()) throw new Denial('authenticate', 'BASTION_TOKEN_EXPIRED', 'the token expired while the call waited for approval');
   };
-  const off = new Set(config.defenses_off);
   if (off.size > 0) log.warn({ defenses_off: [...off] }, 'DEFENSES SWITCHED OFF FOR AN ABLATION RUN: this broker is not safe to use');
   const pipeline = new Pipeline({
     registry,

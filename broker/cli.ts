@@ -38,6 +38,7 @@ commands:
   tools review   list quarantined tools (descriptor changed since pinned) with the diff
   tools approve  re-pin a quarantined tool after review
   audit verify   check an audit file's hash chain and its signed checkpoints
+  redteam        attack fresh brokers with the corpus, each defense switched off in turn; report what got through
   policy         build, test, evaluate, format and lint Rego policies (bastion policy --help)
 
 Run "bastion <command> --help" for a command's options.`,
@@ -480,6 +481,11 @@ async function main(argv: string[]): Promise<void> {
   if (first === 'policy') {
     process.exitCode = await policyCommand(argv.slice(1));
     return;
+  }
+  if (first === 'redteam') {
+    // Loaded lazily: the other commands' start-up stays lean.
+    const { redteamCommand } = await import('./redteam/cli.ts');
+    process.exit(await redteamCommand(argv.slice(1)));
   }
   if (first.startsWith('-')) return start(argv);
   fail(`unknown command: ${argv.join(' ')}\n\n${HELP.main}`);

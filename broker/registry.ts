@@ -51,6 +51,22 @@ function riskOf(tool: Tool, override: Risk | undefined): Risk {
   return 'medium';
 }
 
+/** Strips every description and title from a flagged descriptor, keeping its shape. */
+function withheldDescriptor(tool: Tool, verdict: DescriptorVerdict): Tool {
+  const strip = (value: unknown): unknown => {
+    if (Array.isArray(value)) return value.map(strip);
+    if (value === null || typeof value !== 'object') return value;
+    return Object.fromEntries(Object.entries(value).filter(([key]) => key !== 'description' && key !== 'title').map(([key, v]) => [key, strip(v)]));
+  };
+  const { title: _title, ...rest } = tool;
+  return {
+    ...rest,
+    description: `[Bastion withheld this tool's description: flagged as possibly poisoned (${[...new Set(verdict.findings.map((f) => f.kind))].join(', ')}); every call needs human approval]`,
+    inputSchema: strip(tool.inputSchema) as Tool['inputSchema'],
+    ...(tool.outputSchema ? { outputSchema: strip(tool.outputSchema) as Tool['outputSchema'] } : {}),
+  };
+}
+
 export function descriptorHash(tool: Tool): string {
   const { name, title, description, inputSchema, outputSchema, annotations } = tool;
   return sha256(canonicalJson({ name, title, description, inputSchema, outputSchema, annotations }));
@@ -120,7 +136,7 @@ export class ToolRegistry {
       connector.catalog.tools.map((tool): ToolEntry => {
         const exposedName = exposed(connector, tool.name);
         const hash = descriptorHash(tool);
-        return {
+        const entry: ToolEntry = {
           exposedName,
           upstreamName: tool.name,
           connector,
@@ -129,6 +145,10 @@ export class ToolRegistry {
           descriptorHash: hash,
           descriptorVerdict: this.judge(connector, tool, hash),
         };
+        // A flagged description must not reach the model that it tries to instruct:
+        // agents see the tool (its calls need a human) but not the suspect text.
+        if (entry.descriptorVerdict.action === 'require_approval') entry.descriptor = withheldDescriptor(entry.descriptor, entry.descriptorVerdict);
+        return entry;
       }),
     );
     const index = uniqueByName(entries, 'tool', this.log);

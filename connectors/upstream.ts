@@ -66,7 +66,7 @@ export interface CallOptions {
 export interface ConnectorEvents {
   log: Logger;
   /** A catalog changed (after the connector refreshed it). */
-  onListChanged?: (connector: Connector, kind: 'tools' | 'resources' | 'prompts') => void;
+  onListChanged?: (connector: Connector, kind: 'tools' | 'resources' | 'prompts') => void | Promise<void>;
   /** An upstream resource changed; the front door forwards it to subscribers. */
   onResourceUpdated?: (connector: Connector, uri: string) => void;
   onStatus?: (connector: Connector, status: ConnectorStatus) => void;
@@ -110,6 +110,8 @@ export class Connector {
   private backoffMs = BACKOFF_MIN_MS;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private startPromise: Promise<void> | undefined;
+  /** Settles when the latest announced tools change has been re-listed (and re-pinned). */
+  private toolsSettled: Promise<void> = Promise.resolve();
   lastError: string | undefined;
 
   constructor(config: ConnectorConfig, events: ConnectorEvents) {
@@ -127,6 +129,11 @@ export class Connector {
 
   get catalog(): Catalog {
     return this.catalogValue;
+  }
+
+  /** Waits for an announced catalog change to be processed, so a call never runs against a stale descriptor. */
+  catalogSettled(): Promise<void> {
+    return this.toolsSettled;
   }
 
   get serverCapabilities(): ServerCapabilities {
@@ -303,11 +310,14 @@ export class Connector {
     client.setNotificationHandler(ResourceUpdatedNotificationSchema, async (notification) => {
       this.events.onResourceUpdated?.(this, notification.params.uri);
     });
-    const onListChanged = (kind: 'tools' | 'resources' | 'prompts') => async () => {
-      await this.refresh(kind).catch((error: Error) => {
-        this.events.log.warn({ connector: this.name, err: error.message }, `refreshing ${kind} failed`);
-      });
-      this.events.onListChanged?.(this, kind);
+    const onListChanged = (kind: 'tools' | 'resources' | 'prompts') => () => {
+      const settled = this.refresh(kind)
+        .catch((error: Error) => {
+          this.events.log.warn({ connector: this.name, err: error.message }, `refreshing ${kind} failed`);
+        })
+        .then(() => this.events.onListChanged?.(this, kind));
+      if (kind === 'tools') this.toolsSettled = settled;
+      return settled;
     };
     client.setNotificationHandler(ToolListChangedNotificationSchema, onListChanged('tools'));
     client.setNotificationHandler(ResourceListChangedNotificationSchema, onListChanged('resources'));

@@ -1,0 +1,264 @@
+/**
+ * The broker under attack: a real `bastion start` child process per
+ * configuration, with a fresh state directory, the recording upstream as
+ * connector `rec` (and, when the corpus needs it, the same upstream with a
+ * poisoned tool description as connector `poisoned`), and a red-team issuer
+ * whose key signs the attacker's and approvers' tokens. The upstream writes
+ * every call it receives to a file, which is how an attack's success is
+ * judged: by what reached the tool, not by what the broker says.
+ *
+ * @example
+ *   const issuer = await createRedteamIssuer(workDir);
+ *   const target = await launchTarget({ workDir, name: 'full', defensesOff: [], issuer, base: {}, poisoned: true });
+ *   const token = await target.mint({ sub: 'agent:x', cap: [{ tool: 'rec__echo' }] });
+ *   await target.stop();
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import YAML from 'yaml';
+import { importJWK, SignJWT, type JWK } from 'jose';
+import { APPROVER_TOKEN_TYPE } from '../approvals/approvers.ts';
+import type { AuditRecord } from '../audit/chain.ts';
+import { generateSigningKey } from '../auth/keys.ts';
+import { mintToken } from '../auth/mint.ts';
+import { parseConfig, PROJECT_ROOT, type Config } from '../config.ts';
+import type { Capability } from '../policy/schema.ts';
+import type { AblatableDefense } from './corpus.ts';
+
+/** The issuer of every token the red team signs; trusted only by the brokers it starts. */
+export const REDTEAM_ISSUER = 'urn:bastion:redteam';
+export const RECORDING_UPSTREAM = path.join(PROJECT_ROOT, 'test/fixtures/recording-upstream.ts');
+const CLI = path.join(PROJECT_ROOT, 'broker/cli.ts');
+
+export interface RedteamIssuer {
+  issuer: string;
+  privateJwk: JWK;
+  /** The public half, as the broker reads it. */
+  jwksFile: string;
+  publicJwk: JWK;
+}
+
+/** Makes the red team's signing key and writes its JWKS under `dir`. */
+export async function createRedteamIssuer(dir: string): Promise<RedteamIssuer> {
+  const { privateJwk, jwks } = await generateSigningKey('EdDSA');
+  const jwksFile = path.join(dir, 'redteam-jwks.json');
+  await writeFile(jwksFile, JSON.stringify(jwks, null, 2));
+  return { issuer: REDTEAM_ISSUER, privateJwk, jwksFile, publicJwk: jwks.keys[0]! };
+}
+
+/** A call the upstream received, named as agents see the tool. */
+export interface UpstreamCall {
+  tool: string;
+  args: Record<string, unknown>;
+  /** The upstream process that ran it (a restarted upstream has a new pid). */
+  pid?: number;
+}
+
+/** How many calls each upstream had recorded at some moment. */
+export type UpstreamMark = Record<string, number>;
+
+export interface Target {
+  /** Configuration name: "full" or "no-<defense>". */
+  name: string;
+  defensesOff: AblatableDefense[];
+  /** The MCP endpoint. */
+  url: string;
+  /** The broker's origin, for the approval page and admin routes. */
+  origin: string;
+  /** The only audience the broker accepts. */
+  resource: string;
+  /** The effective configuration, as the broker parsed it. */
+  config: Config;
+  issuer: RedteamIssuer;
+  mint(options: { sub: string; cap: Capability[]; ttlMs: number; use?: 'once'; jkt?: string }): Promise<string>;
+  approverToken(sub: string): Promise<string>;
+  /** Where each upstream's call log stands now. */
+  upstreamMark(): Promise<UpstreamMark>;
+  /** Calls each upstream received (after `since`, when given), in the order each received them. */
+  upstreamCalls(since?: UpstreamMark): Promise<UpstreamCall[]>;
+  auditRecords(): Promise<AuditRecord[]>;
+  /** What the broker wrote on stderr (its logs), for diagnosing a failed start. */
+  stderr(): string;
+  stop(): Promise<void>;
+}
+
+export interface LaunchOptions {
+  workDir: string;
+  name: string;
+  defensesOff: AblatableDefense[];
+  issuer: RedteamIssuer;
+  /** The operator's configuration document (raw, as written), the base every run starts from. */
+  base: Record<string, unknown>;
+  /** Add the poisoned-descriptor upstream as connector `poisoned`. */
+  poisoned: boolean;
+  /** Start-up deadline. */
+  timeoutMs?: number;
+}
+
+async function readLines<T>(file: string): Promise<T[]> {
+  try {
+    const text = await readFile(file, 'utf8');
+    return text
+      .split('\n')
+      .filter(Boolean)
+      .flatMap((line) => {
+        try {
+          return [JSON.parse(line) as T];
+        } catch {
+          return []; // a line being written right now
+        }
+      });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw error;
+  }
+}
+
+function asObject(value: unknown): Record<string, unknown> {
+  return value && typeof value === 'object' && !Array.isArray(value) ? { ...(value as Record<string, unknown>) } : {};
+}
+
+/**
+ * The configuration a run uses: the operator's document with what the red
+ * team must own replaced: state in a fresh directory, loopback on a free
+ * port, the recording upstreams instead of real connectors, the red-team
+ * issuer added to the trusted ones, and the defenses switched off for this
+ * run. Everything else (policy, limits, filters, approvals) is measured as
+ * the operator configured it.
+ */
+export function targetDocument(options: LaunchOptions, dir: string): Record<string, unknown> {
+  const base = asObject(options.base);
+  const auth = asObject(base.auth);
+  const issuers = Array.isArray(auth.issuers) ? [...(auth.issuers as unknown[])] : [];
+  issuers.push({ issuer: options.issuer.issuer, jwks_file: options.issuer.jwksFile });
+  const server = asObject(base.server);
+  delete server.resource;
+  delete server.tls;
+  const audit = asObject(base.audit);
+  delete audit.file;
+  const connector = (name: string, env: Record<string, string>) => ({
+    name,
+    transport: 'stdio',
+    command: process.execPath,
+    args: [RECORDING_UPSTREAM],
+    env,
+    timeout: '20s',
+  });
+  const connectors = [connector('rec', { CALL_LOG: path.join(dir, 'rec-calls.jsonl') })];
+  if (options.poisoned) connectors.push(connector('poisoned', { CALL_LOG: path.join(dir, 'poisoned-calls.jsonl'), POISON: '1' }));
+  return {
+    ...base,
+    server: { ...server, host: '127.0.0.1', port: 0 },
+    auth: { ...auth, issuers },
+    audit,
+    state_dir: dir,
+    state: { backend: 'embedded' },
+    log_level: 'warn',
+    connectors,
+    defenses_off: options.defensesOff,
+  };
+}
+
+/** Kills a child and waits for it: SIGTERM first (the broker shuts down cleanly), SIGKILL after a grace period. */
+async function terminate(child: ChildProcess, graceMs = 5_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+  await exited;
+  clearTimeout(timer);
+}
+
+export async function launchTarget(options: LaunchOptions): Promise<Target> {
+  const dir = path.join(options.workDir, options.name);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const document = targetDocument(options, dir);
+  // Validate here too, so a bad base config fails with the parser's message rather than a dead child.
+  const config = parseConfig(document, `red-team configuration ${options.name}`);
+  const configFile = path.join(dir, 'bastion.yaml');
+  await writeFile(configFile, YAML.stringify(document));
+
+  const child = spawn(process.execPath, [CLI, 'start', '--config', configFile], {
+    cwd: PROJECT_ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env },
+  });
+  const killOnExit = () => child.kill('SIGKILL');
+  process.once('exit', killOnExit);
+  child.once('exit', () => process.off('exit', killOnExit));
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
+  child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
+    // Keep the tail only: a flood can make a broker log a lot.
+    stderr = (stderr + chunk).slice(-20_000);
+  });
+
+  const url = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => done(new Error(`broker ${options.name} did not start within ${options.timeoutMs ?? 30_000} ms`)), options.timeoutMs ?? 30_000);
+    const onData = () => {
+      const match = /Bastion is listening at (\S+)/.exec(stdout);
+      if (match) done(undefined, match[1]!);
+    };
+    const onExit = (code: number | null) => done(new Error(`broker ${options.name} exited with ${code} before listening:\n${stderr.slice(-4000)}`));
+    function done(error: Error | undefined, value?: string) {
+      clearTimeout(timer);
+      child.stdout!.off('data', onData);
+      child.off('exit', onExit);
+      if (error) reject(error);
+      else resolve(value!);
+    }
+    child.stdout!.on('data', onData);
+    child.once('exit', onExit);
+  }).catch(async (error: unknown) => {
+    await terminate(child, 1_000);
+    throw error;
+  });
+
+  const origin = new URL(url).origin;
+  const issuer = options.issuer;
+  const logs: [string, string][] = [['rec', path.join(dir, 'rec-calls.jsonl')]];
+  if (options.poisoned) logs.push(['poisoned', path.join(dir, 'poisoned-calls.jsonl')]);
+  return {
+    name: options.name,
+    defensesOff: options.defensesOff,
+    url,
+    origin,
+    resource: url,
+    config,
+    issuer,
+    mint: ({ sub, cap, ttlMs, use, jkt }) =>
+      mintToken({ key: issuer.privateJwk, issuer: issuer.issuer, audience: url, sub, cap, ttlMs, tokenType: config.auth.token_type, ...(use ? { use } : {}), ...(jkt ? { jkt } : {}) }),
+    async approverToken(sub) {
+      const iat = Math.floor(Date.now() / 1000);
+      return new SignJWT({ roles: [] })
+        .setProtectedHeader({ alg: 'EdDSA', typ: APPROVER_TOKEN_TYPE, kid: issuer.privateJwk.kid! })
+        .setIssuer(issuer.issuer)
+        .setSubject(sub)
+        .setAudience(url)
+        .setIssuedAt(iat)
+        .setExpirationTime(iat + 600)
+        .setJti(crypto.randomUUID())
+        .sign(await importJWK(issuer.privateJwk, 'EdDSA'));
+    },
+    async upstreamMark() {
+      const mark: UpstreamMark = {};
+      for (const [connector, file] of logs) mark[connector] = (await readLines(file)).length;
+      return mark;
+    },
+    async upstreamCalls(since = {}) {
+      const all: UpstreamCall[] = [];
+      for (const [connector, file] of logs) {
+        const records = await readLines<{ tool: string; args?: Record<string, unknown>; pid?: number }>(file);
+        for (const record of records.slice(since[connector] ?? 0)) {
+          all.push({ tool: `${connector}__${record.tool}`, args: record.args ?? {}, ...(typeof record.pid === 'number' ? { pid: record.pid } : {}) });
+        }
+      }
+      return all;
+    },
+    auditRecords: () => readLines<AuditRecord>(path.join(dir, 'audit.jsonl')),
+    stderr: () => stderr,
+    stop: () => terminate(child),
+  };
+}
