@@ -26,6 +26,8 @@ import { webhookNotifier } from './approvals/webhook.ts';
 import { revocationOf } from './auth/revocation.ts';
 import { Denial } from './errors.ts';
 import { openEmbeddedState } from './state/embedded.ts';
+import { PluginHost } from '../sandboxes/host.ts';
+import { SandboxPool } from '../sandboxes/pool.ts';
 import { lockStateDir } from './state/lock.ts';
 import { createDescriptorCheck } from './filters/descriptor.ts';
 import { createResultFilter } from './filters/result.ts';
@@ -33,7 +35,7 @@ import { Limits } from './limits.ts';
 import type { StateStore } from './state/store.ts';
 import { AuditCheckpointer, withCheckpoints } from './audit/checkpoint.ts';
 import { openAuditLog, type AuditLog } from './audit/log.ts';
-import { demoConnector, type Config } from './config.ts';
+import { DEMO_PLUGIN_DIR, DEMO_PLUGIN_HASH, demoConnector, PluginConfigSchema, type Config, type PluginConfig } from './config.ts';
 import type { Logger } from './log.ts';
 import { DecisionLog, type DecisionLogDestination } from './policy/decision-log.ts';
 import type { PolicyEngine } from './policy/engine.ts';
@@ -77,6 +79,8 @@ export interface Broker {
   pipeline: Pipeline;
   registry: ToolRegistry;
   connectors: Connector[];
+  /** Sandboxed plugins (isolated-vm isolates in supervised sandbox processes). */
+  plugins: PluginHost[];
   audit: AuditLog;
   /** The policy in force, hot-reloaded from its source; `reload()` on SIGHUP, `onReload` for metrics. */
   policy: PolicyHolder;
@@ -141,6 +145,49 @@ function uncheckedAuthenticator(_options: Parameters<typeof createAuthenticator>
   };
 }
 
+/**
+ * Loads the configured plugins (or the demo plugin of the embedded default)
+ * into one supervised pool of sandbox processes. A plugin whose files do not
+ * match its pin stays down with an error naming both hashes; the broker
+ * serves everything else.
+ */
+async function startPlugins(config: Config, state: StateStore, log: Logger, limitsOff: boolean): Promise<{ pool: SandboxPool | undefined; plugins: PluginHost[] }> {
+  const configured: PluginConfig[] =
+    config.plugins ?? (config.connectors === undefined ? [PluginConfigSchema.parse({ dir: DEMO_PLUGIN_DIR, hash: DEMO_PLUGIN_HASH })] : []);
+  if (configured.length === 0) return { pool: undefined, plugins: [] };
+  const pool = new SandboxPool({ log, size: config.sandbox.processes, maxIsolatesPerPlugin: config.sandbox.max_isolates_per_plugin });
+  await pool.start();
+  // Ablation only: "no sandbox limits" lifts the caps to the schema's maximums.
+  const maxLimits = limitsOff ? { memory_mb: 4096, cpu_ms: 600_000, wall_ms: 3_600_000 } : config.sandbox.max_limits;
+  const plugins = configured.map(
+    (plugin) =>
+      new PluginHost({
+        dir: plugin.dir,
+        hash: plugin.hash,
+        pool,
+        log,
+        kv: state,
+        namespace: plugin.namespace,
+        tools: plugin.tools,
+        maxLimits,
+        ...(plugin.name ? { name: plugin.name } : {}),
+        grants: {
+          kv: plugin.grants.kv,
+          log: plugin.grants.log,
+          maxCapabilityCalls: plugin.grants.max_capability_calls,
+          ...(plugin.grants.fetch
+            ? { fetch: { origins: plugin.grants.fetch.origins, methods: plugin.grants.fetch.methods, timeoutMs: plugin.grants.fetch.timeout, maxResponseBytes: plugin.grants.fetch.max_response_bytes } }
+            : {}),
+        },
+      }),
+  );
+  await Promise.all(plugins.map((p) => p.start()));
+  for (const plugin of plugins) {
+    if (plugin.status !== 'ready') log.error({ plugin: plugin.name, err: plugin.lastError }, 'plugin not loaded');
+  }
+  return { pool, plugins };
+}
+
 /** The configured state backend; Redis is loaded only when configured. */
 async function openState(config: Config): Promise<StateStore> {
   if (config.state.backend === 'redis') {
@@ -194,10 +241,12 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
   const connectors: Connector[] = [];
   const off = new Set(config.defenses_off);
   // With filters switched off (ablation), poisoned descriptions are only logged.
+  const { pool, plugins } = await startPlugins(config, state, log, off.has('sandbox_limits'));
   const registry = new ToolRegistry(
     connectors,
     log,
     createDescriptorCheck(off.has('filters') ? { ...config.filters.descriptor, action: 'warn' } : config.filters.descriptor),
+    plugins,
   );
   const pins = new DescriptorPins({
     state,
@@ -335,6 +384,7 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
         : undefined,
     approvals,
     pins,
+    plugins,
     approversFor: (audience) =>
       new ApproverDirectory({
         issuers,
@@ -353,6 +403,8 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
     async stop() {
       await approvals?.stop();
       await Promise.all(connectors.map((c) => c.stop()));
+      await Promise.all(plugins.map((p) => p.stop()));
+      await pool?.stop();
       await policy.close();
       await decisionLog?.close();
       await audit.close();

@@ -38,6 +38,7 @@ commands:
   tools review   list quarantined tools (descriptor changed since pinned) with the diff
   tools approve  re-pin a quarantined tool after review
   audit verify   check an audit file's hash chain and its signed checkpoints
+  plugin pin     print a plugin directory's pin (the hash to put in config)
   redteam        attack fresh brokers with the corpus, each defense switched off in turn; report what got through
   policy         build, test, evaluate, format and lint Rego policies (bastion policy --help)
 
@@ -103,6 +104,11 @@ embedded default one is minted with the dev key.`,
 
 Re-pins TOOL (as agents see it, e.g. demo__read_file) to its new descriptor,
 after you reviewed the diff. The decision is audited.`,
+  'plugin pin': `usage: bastion plugin pin DIR
+
+Prints the plugin's name, version and pin: sha256 over its manifest and script
+bytes. Put the hash in config (plugins: [{ dir, hash }]); a plugin whose files
+no longer match is refused at start-up with both hashes named.`,
   'keys generate': `usage: bastion keys generate [--alg EdDSA|ES256] [--out DIR]
 
 Writes DIR/signing-key.json (private JWK, mode 0600, keep it with the issuer)
@@ -131,10 +137,11 @@ function defaultResource(config: Config): string {
   return config.server.resource ?? `http://${host}:${config.server.port}/mcp`;
 }
 
-/** Capabilities of the demo token: read under /srv/, delete only under /srv/tmp/ (high risk). */
+/** Capabilities of the demo token: read under /srv/, delete only under /srv/tmp/ (high risk), the sandboxed text utilities. */
 const DEMO_CAPABILITIES: Capability[] = [
   { tool: 'demo__read_file', args: { path: { path_prefix: '/srv/' } } },
   { tool: 'demo__delete_file', args: { path: { path_prefix: '/srv/tmp/' } } },
+  { tool: 'text-utils__*' },
 ];
 
 async function start(argv: string[]): Promise<void> {
@@ -167,7 +174,7 @@ async function start(argv: string[]): Promise<void> {
     });
     lines.push(
       ``,
-      `Demo token (agent:demo, valid ${Math.round(config.auth.max_ttl / 60_000)} min; read files under /srv/, delete under /srv/tmp/ with approval):`,
+      `Demo token (agent:demo, valid ${Math.round(config.auth.max_ttl / 60_000)} min; read files under /srv/, delete under /srv/tmp/ with approval, text-utils plugin):`,
       ``,
       token,
       ``,
@@ -366,6 +373,20 @@ async function approverToken(argv: string[]): Promise<void> {
   process.stdout.write(`${await approverLink(config, page, defaultResource(config), values.sub, values.role ?? [], ttlMs)}\n`);
 }
 
+async function pluginPin(argv: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { help: { type: 'boolean' } } });
+  if (values.help) return void console.log(HELP['plugin pin']);
+  if (positionals.length !== 1) fail('plugin pin: give exactly one DIR');
+  const { readPlugin } = await import('../sandboxes/pin.ts');
+  let plugin;
+  try {
+    plugin = await readPlugin(path.resolve(positionals[0]!));
+  } catch (error) {
+    fail(`plugin pin: ${(error as Error).message}`, 1);
+  }
+  process.stdout.write(`${plugin.manifest.name} ${plugin.manifest.version}\n${plugin.hash}\n`);
+}
+
 async function keysGenerate(argv: string[]): Promise<void> {
   const { values } = parseArgs({ args: argv, options: { alg: { type: 'string', default: 'EdDSA' }, out: { type: 'string', default: '.' }, help: { type: 'boolean' } } });
   if (values.help) return void console.log(HELP['keys generate']);
@@ -476,6 +497,7 @@ async function main(argv: string[]): Promise<void> {
   if (first === 'token' && second === 'revoke') return tokenRevoke(rest);
   if (first === 'keys' && second === 'generate') return keysGenerate(rest);
   if (first === 'approver' && second === 'token') return approverToken(rest);
+  if (first === 'plugin' && second === 'pin') return pluginPin(rest);
   if (first === 'tools' && (second === 'review' || second === 'approve')) return toolsCommand(second, rest);
   if (first === 'audit' && second === 'verify') return auditVerify(rest);
   if (first === 'policy') {

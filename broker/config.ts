@@ -84,6 +84,38 @@ const HttpConnector = z.strictObject({
 });
 
 export const ConnectorConfigSchema = z.discriminatedUnion('transport', [StdioConnector, HttpConnector]);
+
+export const PluginConfigSchema = z.strictObject({
+  /** The plugin directory: plugin.json and its script. */
+  dir: z.string().min(1),
+  /** `bastion plugin pin <dir>` prints it; a plugin whose files differ is not loaded. */
+  hash: z.string().regex(/^sha256:[0-9a-f]{64}$/, 'sha256:<64 hex digits>, from bastion plugin pin'),
+  /** Namespace for its tools; default: the manifest's name. */
+  name: ConnectorName.optional(),
+  namespace: z.boolean().default(true),
+  tools: ToolOverrides.default({}),
+  /** What the operator allows; a plugin gets what its manifest asks for within this. */
+  grants: z
+    .strictObject({
+      fetch: z
+        .strictObject({
+          origins: z.array(z.string()).min(1),
+          methods: z.array(z.enum(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'])).default(['GET', 'HEAD']),
+          timeout: Duration.default(5_000),
+          max_response_bytes: z.number().int().positive().default(1_048_576),
+        })
+        .optional(),
+      kv: z.boolean().default(false),
+      log: z.boolean().default(false),
+      max_capability_calls: z.number().int().min(0).default(64),
+    })
+    .prefault({}),
+});
+export type PluginConfig = z.infer<typeof PluginConfigSchema>;
+
+/** The demo plugin of the embedded default, pinned here (a test keeps the pin current). */
+export const DEMO_PLUGIN_DIR = path.join(PROJECT_ROOT, 'sandboxes/examples/text-utils');
+export const DEMO_PLUGIN_HASH = 'sha256:52eac37023cd9306e508b741b9ee4370321577341d85ed978c7b311c74e3b8c9';
 export type ConnectorConfig = z.infer<typeof ConnectorConfigSchema>;
 
 const IssuerSchema = z.union([
@@ -274,6 +306,20 @@ export const ConfigSchema = z.strictObject({
   log_level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   /** Upstream MCP servers. Absent means the embedded demo connector. */
   connectors: z.array(ConnectorConfigSchema).optional(),
+  /** Untrusted plugins run in isolated-vm sandboxes. Absent (with connectors absent too) means the demo plugin. */
+  plugins: z.array(PluginConfigSchema).optional(),
+  sandbox: z
+    .strictObject({
+      /** Supervised sandbox processes holding the isolates (never the broker's own process). */
+      processes: z.number().int().min(1).max(32).default(2),
+      /** Isolates one plugin may have busy at once: its concurrency. */
+      max_isolates_per_plugin: z.number().int().min(1).max(64).default(4),
+      /** Caps on what a manifest may ask for. */
+      max_limits: z
+        .strictObject({ memory_mb: z.number().int().min(8).optional(), cpu_ms: z.number().int().min(1).optional(), wall_ms: z.number().int().min(1).optional() })
+        .prefault({}),
+    })
+    .prefault({}),
 });
 
 export type Config = z.infer<typeof ConfigSchema>;
@@ -339,5 +385,6 @@ export async function loadConfig(file: string | undefined): Promise<Config> {
   for (const connector of config.connectors ?? []) {
     if (connector.transport === 'stdio' && connector.cwd) connector.cwd = resolve(connector.cwd);
   }
+  for (const plugin of config.plugins ?? []) plugin.dir = resolve(plugin.dir);
   return config;
 }

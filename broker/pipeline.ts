@@ -22,10 +22,13 @@ import type { PolicyEngine } from './policy/engine.ts';
 import type { Decision, PolicyInput } from './policy/schema.ts';
 import type { ToolEntry, ToolRegistry, Risk } from './registry.ts';
 import { ConnectorUnavailable, type CallOrigin } from '../connectors/upstream.ts';
+import { SandboxError } from '../sandboxes/errors.ts';
+import { capabilityUsesOf } from '../sandboxes/host.ts';
 import type { ApprovalDesk } from './approvals/desk.ts';
 import { callHash } from './approvals/record.ts';
 import type { ResultFilter } from './filters/result.ts';
 import type { Limits } from './limits.ts';
+import { metrics, TOOL_UNAUTHENTICATED_LABEL } from './metrics.ts';
 
 /** Where a call came from: the agent's session and its relay channel. */
 export interface CallContext {
@@ -163,6 +166,8 @@ export class Pipeline {
   async recordDenial(event: Omit<AuditEvent, 'outcome'>, denial: Denial): Promise<void> {
     this.parts.log.info({ ...event, denial: denial.toJSON() }, 'request refused');
     await this.parts.audit.append({ ...event, outcome: 'denied', denial: denial.toJSON() });
+    if (event.event !== 'tools/call') metrics.requestRefused(denial);
+    else metrics.toolCall(denial.stage === 'authenticate' || denial.stage === 'admit' ? TOOL_UNAUTHENTICATED_LABEL : (event.tool ?? ''), 'denied', denial);
   }
 
   /**
@@ -199,7 +204,15 @@ export class Pipeline {
       const detail = extra.detail || event.detail ? { ...event.detail, ...extra.detail } : undefined;
       Object.assign(event, extra, { detail });
       event.latency_ms = Math.round((performance.now() - started) * 1000) / 1000;
-      await this.parts.audit.append(event);
+      const appending = performance.now();
+      try {
+        await this.parts.audit.append(event);
+      } catch (error) {
+        metrics.toolCall(name, 'error', { stage: 'audit', code: 'BASTION_AUDIT_UNAVAILABLE' });
+        throw error;
+      }
+      metrics.stageTime('audit', appending);
+      metrics.toolCall(name, outcome === 'ok' ? 'ok' : outcome === 'denied' ? 'denied' : 'error', event.denial);
     };
 
     const slots: { release?: () => Promise<void> } = {};
@@ -228,9 +241,14 @@ export class Pipeline {
     let entry: ToolEntry;
     let decision: Decision | undefined;
     try {
+      let mark = performance.now();
       entry = this.parts.registry.resolveTool(name);
+      metrics.stageTime('resolve', mark);
+      mark = performance.now();
       if (argsError) throw new Denial('limit', 'BASTION_ARGUMENTS_TOO_LARGE', `arguments cannot be evaluated: ${argsError.message}`);
       this.parts.limits?.checkArguments(argsBytes, args);
+      const argumentCapsMs = performance.now() - mark;
+      mark = performance.now();
       const policy = this.parts.policy();
       event.policy_revision = policy.revision;
       decision = this.decideLogged(
@@ -238,6 +256,7 @@ export class Pipeline {
         this.input(principal, call, 'tools/call', { name: entry.exposedName, connector: entry.connector.name, risk: entry.risk, descriptor_hash: entry.descriptorHash }, args),
         event,
       );
+      metrics.stageTime('authorize', mark);
       event.decision = { allow: decision.allow, reasons: decision.reasons, approval_required: decision.approval.required };
       if (!decision.allow) {
         throw new Denial('authorize', 'BASTION_POLICY_DENIED', decision.reasons.join('; ') || 'policy denied the call');
@@ -245,11 +264,13 @@ export class Pipeline {
       // An obligation the filter cannot honour refuses the call before the tool runs.
       this.parts.filter.checkObligations(decision.obligations);
       // Stage 4: quotas are taken only for calls policy allows, so refused calls cannot drain them.
+      mark = performance.now();
       if (this.parts.limits) {
         slots.release = await this.parts.limits.enter(principal, entry.exposedName).catch((error: unknown) => {
           throw asDenial('limit', 'BASTION_STATE_UNAVAILABLE', error);
         });
       }
+      metrics.stageMs('limit', argumentCapsMs + performance.now() - mark);
       const poisoned = entry.descriptorVerdict.action === 'require_approval';
       if ((decision.approval.required || poisoned) && !this.parts.autoApprove) {
         const needs: Decision = poisoned
@@ -262,10 +283,20 @@ export class Pipeline {
               },
             }
           : decision;
+        mark = performance.now();
         const approvalId = await this.approve(principal, call, entry, args, needs).catch((error: unknown) => {
           throw asDenial('approve', 'BASTION_APPROVAL_UNAVAILABLE', error);
         });
+        metrics.stageTime('approve', mark);
         event.detail = { ...event.detail, approval_id: approvalId };
+      }
+      // The upstream may have announced a changed tool while this call was decided:
+      // run only against the descriptor that was authorized (rug-pull race).
+      if (entry.connector.catalogSettled) {
+        await entry.connector.catalogSettled();
+        if (this.parts.registry.resolveTool(name).descriptorHash !== entry.descriptorHash) {
+          throw new Denial('resolve', 'BASTION_TOOL_QUARANTINED', 'the tool descriptor changed while the call was being decided');
+        }
       }
     } catch (error) {
       const denial = asDenial('authorize', 'BASTION_POLICY_ERROR', error);
@@ -280,6 +311,7 @@ export class Pipeline {
     // result does: the result closes the call's stream, and later sends are lost.
     const relay = orderedRelay(call.origin);
     let result: CallToolResult;
+    const executing = performance.now();
     try {
       result = await entry.connector.callTool(entry.upstreamName, args, {
         origin: relay.origin,
@@ -293,14 +325,16 @@ export class Pipeline {
           : {}),
       });
       await relay.drained();
+      metrics.stageTime('execute', executing);
     } catch (error) {
+      metrics.stageTime('execute', executing);
       if (error instanceof McpError && error.code !== ErrorCode.RequestTimeout && error.code !== ErrorCode.ConnectionClosed) {
         // The upstream answered with a protocol error (e.g. invalid params): pass it on as is.
         await finish('error', { denial: { stage: 'execute', code: 'BASTION_UPSTREAM_ERROR', reason: error.message } });
         throw error;
       }
       const denial =
-        error instanceof ConnectorUnavailable
+        error instanceof ConnectorUnavailable || error instanceof SandboxError
           ? new Denial('execute', 'BASTION_CONNECTOR_UNAVAILABLE', error.message)
           : error instanceof McpError && error.code === ErrorCode.RequestTimeout
             ? new Denial('execute', 'BASTION_UPSTREAM_TIMEOUT', `upstream ${entry.connector.name} did not answer in time`)
@@ -311,17 +345,23 @@ export class Pipeline {
 
     // Stage 7. A result that cannot be scanned or measured (too big, too deep) is withheld, never passed through.
     let filtered: ReturnType<ResultFilter['filter']>;
+    const filtering = performance.now();
     try {
       filtered = this.parts.filter.filter(result, decision.obligations);
+      metrics.stageTime('filter', filtering);
     } catch (error) {
       const denial = asDenial('filter', 'BASTION_RESULT_TOO_LARGE', error);
       await this.recordAndLog(finish, denial, 'error');
       return denialResult(denial);
     }
     const { report } = filtered;
+    // Host capabilities a plugin used (fetches, kv keys) go to the audit record; the
+    // filter already dropped them from what the agent gets.
+    const capabilityUses = capabilityUsesOf(result);
     await finish(result.isError ? 'error' : 'ok', {
       detail: {
         result_bytes: report.bytes,
+        ...(capabilityUses.length ? { capability_uses: capabilityUses } : {}),
         // What was redacted and flagged, by kind and place; never the content.
         ...(Object.keys(report.redactions).length ? { redactions: report.redactions } : {}),
         ...(report.flags.length ? { flags: report.flags.map(({ kind, where }) => ({ kind, where })) } : {}),

@@ -12,7 +12,23 @@ import { UriTemplate } from '@modelcontextprotocol/sdk/shared/uriTemplate.js';
 import { canonicalJson, sha256 } from './audit/chain.ts';
 import { Denial } from './errors.ts';
 import type { Logger } from './log.ts';
-import type { Connector } from '../connectors/upstream.ts';
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type { CallOptions, Connector } from '../connectors/upstream.ts';
+
+/**
+ * What serves tools: an upstream connector or a sandboxed plugin. The
+ * pipeline does not care which runs a tool.
+ */
+export interface ToolSource {
+  readonly name: string;
+  readonly config: { namespace: boolean; tools: Record<string, { risk?: Risk | undefined }> };
+  readonly status: string;
+  readonly catalog: { tools: Tool[] };
+  lastError: string | undefined;
+  callTool(name: string, args: Record<string, unknown>, options: CallOptions): Promise<CallToolResult>;
+  /** Connectors: resolves once an announced catalog change is processed. */
+  catalogSettled?(): Promise<void>;
+}
 import type { DescriptorVerdict } from './filters/descriptor.ts';
 
 /** Judges a tool descriptor for poisoning (broker/filters/descriptor.ts). */
@@ -24,7 +40,7 @@ export type Risk = 'low' | 'medium' | 'high';
 export interface ToolEntry {
   exposedName: string;
   upstreamName: string;
-  connector: Connector;
+  connector: ToolSource;
   /** The descriptor as agents see it (renamed). */
   descriptor: Tool;
   risk: Risk;
@@ -72,7 +88,7 @@ export function descriptorHash(tool: Tool): string {
   return sha256(canonicalJson({ name, title, description, inputSchema, outputSchema, annotations }));
 }
 
-export function exposed(connector: Pick<Connector, 'name' | 'config'>, name: string): string {
+export function exposed(connector: Pick<ToolSource, 'name' | 'config'>, name: string): string {
   return connector.config.namespace ? `${connector.name}${NAMESPACE_SEPARATOR}${name}` : name;
 }
 
@@ -93,6 +109,7 @@ function uniqueByName<T extends { exposedName: string }>(entries: T[], kind: str
 
 export class ToolRegistry {
   private readonly connectors: Connector[];
+  private readonly plugins: ToolSource[];
   private readonly log: Logger;
   private readonly check: DescriptorCheck;
   /** Pin status of a descriptor; a changed one is quarantined (see pins.ts). */
@@ -104,14 +121,15 @@ export class ToolRegistry {
   private readonly warned = new Set<string>();
   private promptIndex: Map<string, PromptEntry> | undefined;
 
-  constructor(connectors: Connector[], log: Logger, check: DescriptorCheck = () => CLEAN) {
+  constructor(connectors: Connector[], log: Logger, check: DescriptorCheck = () => CLEAN, plugins: ToolSource[] = []) {
     this.connectors = connectors;
+    this.plugins = plugins;
     this.log = log;
     this.check = check;
   }
 
   /** Runs the poisoning check once per descriptor; logs each flagged descriptor once. */
-  private judge(connector: Connector, tool: Tool, hash: string): DescriptorVerdict {
+  private judge(connector: ToolSource, tool: Tool, hash: string): DescriptorVerdict {
     const verdict = this.check(tool);
     if (verdict.flagged && !this.warned.has(hash)) {
       this.warned.add(hash);
@@ -130,9 +148,14 @@ export class ToolRegistry {
     return this.connectors.filter((c) => c.status === 'ready');
   }
 
+  /** Every ready source of tools: connectors and plugins. */
+  private readyToolSources(): ToolSource[] {
+    return [...this.ready(), ...this.plugins.filter((p) => p.status === 'ready')];
+  }
+
   tools(): Map<string, ToolEntry> {
     if (this.toolIndex) return this.toolIndex;
-    const entries = this.ready().flatMap((connector) =>
+    const entries = this.readyToolSources().flatMap((connector) =>
       connector.catalog.tools.map((tool): ToolEntry => {
         const exposedName = exposed(connector, tool.name);
         const hash = descriptorHash(tool);
@@ -184,8 +207,8 @@ export class ToolRegistry {
   }
 
   /** Names a connector that is configured but not ready, so the error can say so. */
-  private unavailableOwner(name: string): Connector | undefined {
-    return this.connectors.find(
+  private unavailableOwner(name: string): ToolSource | undefined {
+    return [...this.connectors, ...this.plugins].find(
       (c) => c.status !== 'ready' && (!c.config.namespace || name.startsWith(`${c.name}${NAMESPACE_SEPARATOR}`)),
     );
   }

@@ -6,17 +6,28 @@
  * merely contains ours, so both are enforced here explicitly, along with the
  * algorithm allow-list, `typ`, size, lifetime and claim shapes.
  *
+ * A token that verified is remembered (by its SHA-256, in a bounded LRU)
+ * until it expires, so an agent presenting the same token on every request
+ * pays for the signature and claim checks once. A remembered token is
+ * re-checked against its issuer's current keys on every use: rotating a key
+ * out of the JWKS retires its tokens at once, as without the cache.
+ * Revocation, single use and proof of possession are not this module's
+ * business (authenticate.ts) and run on every request regardless.
+ *
  * @example
  *   const verifier = createTokenVerifier({ issuers, audience, ... });
  *   const principal = await verifier.verify(bearerToken); // throws Denial
  */
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import {
   decodeJwt,
   decodeProtectedHeader,
   errors,
   jwtVerify,
+  type FlattenedJWSInput,
+  type JWTHeaderParameters,
   type JWTPayload,
+  type JWTVerifyGetKey,
   type ProtectedHeaderParameters,
 } from 'jose';
 import { z } from 'zod';
@@ -56,7 +67,12 @@ export interface VerifierOptions {
   clockSkewMs: number;
   /** Injected in tests; milliseconds since the epoch. */
   now?: () => number;
+  /** How many verified tokens to remember until they expire; 0 turns the cache off. Default 10,000. */
+  cacheEntries?: number;
 }
+
+/** Default bound of the verified-token cache. */
+export const DEFAULT_TOKEN_CACHE_ENTRIES = 10_000;
 
 export interface TokenVerifier {
   verify(token: string | undefined): Promise<Principal>;
@@ -123,12 +139,57 @@ function fromJose(error: unknown): Denial {
   return deny('BASTION_TOKEN_MALFORMED', 'token is malformed');
 }
 
+/** A verified token, remembered with the key that verified it. */
+interface Verified {
+  principal: Principal;
+  getKey: JWTVerifyGetKey;
+  header: JWTHeaderParameters;
+  input: FlattenedJWSInput;
+  key: unknown;
+}
+
+/** Deep-freezes a principal: a cached one is shared by every request that presents the token. */
+function freeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
+    for (const child of Object.values(value)) freeze(child);
+    Object.freeze(value);
+  }
+  return value;
+}
+
 /** Builds a verifier with keys imported once; `verify` does no I/O. */
 export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
   const now = options.now ?? Date.now;
   const keySets = new Map(options.issuers.map((i) => [i.issuer, i.getKey]));
   const skewSeconds = Math.floor(options.clockSkewMs / 1000);
   const maxTtlSeconds = Math.floor(options.maxTtlMs / 1000);
+  const cacheEntries = options.cacheEntries ?? DEFAULT_TOKEN_CACHE_ENTRIES;
+  // Insertion order is recency order: a hit moves its entry to the end, eviction takes the first.
+  const cache = new Map<string, Verified>();
+
+  /** The remembered principal, if the token has not expired and its key is still the issuer's. */
+  async function remembered(tokenHash: string): Promise<Principal | undefined> {
+    const entry = cache.get(tokenHash);
+    if (!entry) return undefined;
+    cache.delete(tokenHash);
+    // Never past exp, even within the clock-skew allowance a fresh verification would grant.
+    if (entry.principal.exp * 1000 <= now()) return undefined;
+    let key: unknown;
+    try {
+      key = await entry.getKey(entry.header, entry.input);
+    } catch {
+      return undefined; // the key is gone: verify afresh, which names the reason
+    }
+    if (key !== entry.key) return undefined;
+    cache.set(tokenHash, entry);
+    return entry.principal;
+  }
+
+  function remember(tokenHash: string, entry: Verified): void {
+    if (cacheEntries <= 0) return;
+    if (cache.size >= cacheEntries) cache.delete(cache.keys().next().value!);
+    cache.set(tokenHash, entry);
+  }
 
   return {
     async verify(token) {
@@ -137,6 +198,10 @@ export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
       if (token.length > MAX_TOKEN_BYTES || Buffer.byteLength(token) > MAX_TOKEN_BYTES) {
         throw deny('BASTION_TOKEN_TOO_LARGE', `token exceeds ${MAX_TOKEN_BYTES} bytes`);
       }
+      const tokenHash = `sha256:${hash('sha256', token)}`;
+      const known = await remembered(tokenHash);
+      if (known) return known;
+
       let header: ProtectedHeaderParameters;
       try {
         header = decodeProtectedHeader(token);
@@ -169,8 +234,15 @@ export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
       if (!issuer || !keySet) throw deny('BASTION_TOKEN_ISSUER_UNTRUSTED', `issuer ${JSON.stringify(issuer ?? null)} is not trusted`);
 
       let payload: JWTPayload;
+      let used: Pick<Verified, 'header' | 'input' | 'key'> | undefined;
+      // Notes the key jose verified with, so a cache hit can check it is still the issuer's.
+      const noteKey: JWTVerifyGetKey = async (protectedHeader, input) => {
+        const key = await keySet(protectedHeader, input);
+        used = { header: protectedHeader, input, key };
+        return key;
+      };
       try {
-        ({ payload } = await jwtVerify(token, keySet, {
+        ({ payload } = await jwtVerify(token, noteKey, {
           algorithms: options.algorithms,
           issuer,
           typ: options.tokenType,
@@ -202,7 +274,7 @@ export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
         const issue = claims.error.issues[0];
         throw deny('BASTION_TOKEN_CLAIM_INVALID', `claim ${issue?.path.join('.') ?? '?'}: ${issue?.message ?? 'invalid'}`);
       }
-      return {
+      const principal: Principal = freeze({
         sub: claims.data.sub,
         iss: issuer,
         act: flattenAct(claims.data.act),
@@ -210,10 +282,12 @@ export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
         jti: claims.data.jti,
         exp,
         anonymous: false,
-        tokenHash: `sha256:${createHash('sha256').update(token).digest('hex')}`,
+        tokenHash,
         singleUse: claims.data.use === 'once',
         ...(claims.data.cnf ? { jkt: claims.data.cnf.jkt } : {}),
-      };
+      });
+      if (used) remember(tokenHash, { principal, getKey: keySet, ...used });
+      return principal;
     },
   };
 }

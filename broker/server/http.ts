@@ -22,6 +22,7 @@ import { isInitializeRequest, ErrorCode } from '@modelcontextprotocol/sdk/types.
 import type { Principal } from '../auth/verify.ts';
 import type { Broker } from '../broker.ts';
 import { Denial } from '../errors.ts';
+import { metrics } from '../metrics.ts';
 import { principalForAudit } from '../pipeline.ts';
 import { createAgentServer } from './session.ts';
 import { adminRoutes } from './admin-routes.ts';
@@ -176,9 +177,12 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
 
   const authenticate = async (req: AuthedRequest, res: Response, next: NextFunction) => {
     let principal: Principal;
+    const started = performance.now();
     try {
       principal = await principalOf(req);
+      metrics.stageTime('authenticate', started);
     } catch (error) {
+      metrics.stageTime('authenticate', started);
       const denial = error instanceof Denial ? error : new Denial('authenticate', 'BASTION_TOKEN_MALFORMED', 'token could not be verified');
       await refuseAuthentication(req, res, denial);
       return;
@@ -295,6 +299,18 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
     broker.approvalPageUrl = `${resourceOrigin}/approvals`;
   }
 
+  /** Prometheus scrape (broker/metrics.ts); behind the same Host/Origin checks as /mcp. */
+  metrics.collectProcessMetrics();
+  const unwatch = metrics.watch({
+    ...(broker.approvals ? { approvalsPending: async () => (await broker.approvals!.pending()).length } : {}),
+    toolsQuarantined: async () => (await broker.pins.quarantined()).length,
+  });
+  app.get('/metrics', guardOrigin, async (_req, res) => {
+    const { contentType, body } = await metrics.render();
+    res.setHeader('Content-Type', contentType);
+    res.end(body);
+  });
+
   /** Liveness: the process answers. */
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
@@ -332,6 +348,7 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
     url,
     resource,
     async close() {
+      unwatch();
       clearInterval(sweeper);
       for (const session of sessions.values()) await session.transport.close().catch(() => undefined);
       sessions.clear();

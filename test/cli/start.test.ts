@@ -113,10 +113,13 @@ describe('bastion start on the embedded default', () => {
     expect(bastion!.stdout()).not.toContain('"level"');
   });
 
-  it('the demo token lists demo__read_file and demo__delete_file', async () => {
+  it('the demo token lists the demo connector tools and the sandboxed demo plugin', async () => {
     const client = await connect(bastion!.url, bastion!.token);
     const names = (await client.listTools()).tools.map((tool) => tool.name).sort();
-    expect(names).toEqual(['demo__delete_file', 'demo__read_file']);
+    expect(names).toEqual(['demo__delete_file', 'demo__read_file', 'text-utils__json_format', 'text-utils__slugify', 'text-utils__word_count']);
+    const slug = (await client.callTool({ name: 'text-utils__slugify', arguments: { text: 'Hello, Bastion!' } })) as CallToolResult;
+    expect(slug.isError).toBeFalsy();
+    expect(JSON.stringify(slug.content)).toContain('hello-bastion');
   });
 
   it('reading /srv/app/README.md works', async () => {

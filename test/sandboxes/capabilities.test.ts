@@ -1,0 +1,267 @@
+/**
+ * Host capabilities: granted only when the manifest asks and the operator
+ * allows; performed by the broker; every use recorded. fetch is checked per
+ * hop (allow-listed origin and method, public addresses unless the operator
+ * named the address), with size and time caps; kv is namespaced per plugin;
+ * log lands in the broker's logger under the plugin's name.
+ */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { isPublicAddress } from '../../sandboxes/capabilities/fetch.ts';
+import { MemoryKeyValueStore } from '../../sandboxes/capabilities/kv.ts';
+import type { CapabilityUse } from '../../sandboxes/capabilities/uses.ts';
+import { capabilityUsesOf, PluginHost, type PluginHostOptions } from '../../sandboxes/host.ts';
+import { SandboxPool } from '../../sandboxes/pool.ts';
+import { capturingLog, HOSTILE_DIR, pluginCopy, removePluginCopies, quietLog, sandboxCode, textOf, valueOf } from './helpers.ts';
+
+const log = quietLog();
+let pool: SandboxPool;
+let allowed: http.Server;
+let other: http.Server;
+let allowedOrigin: string;
+let otherOrigin: string;
+let otherHits = 0;
+const started: PluginHost[] = [];
+
+function listen(server: http.Server): Promise<string> {
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(`http://127.0.0.1:${(server.address() as AddressInfo).port}`)));
+}
+
+/** A hostile-plugin copy whose manifest asks for fetch on `origins`, loaded with `options`. */
+async function plugin(
+  origins: string[],
+  options: Omit<PluginHostOptions, 'dir' | 'hash' | 'pool' | 'log'> & { log?: PluginHostOptions['log'] },
+  limits: Record<string, number> = {},
+): Promise<PluginHost> {
+  const copy = await pluginCopy(HOSTILE_DIR, (m) => {
+    m.capabilities.fetch.origins = origins;
+    Object.assign(m.limits, limits);
+  });
+  const host = new PluginHost({ log, ...options, dir: copy.dir, hash: copy.hash, pool });
+  await host.start();
+  expect(host.lastError).toBeUndefined();
+  started.push(host);
+  return host;
+}
+
+const attack = (host: PluginHost, name: string, extra: Record<string, unknown> = {}) => host.callTool('attack', { name, ...extra });
+
+beforeAll(async () => {
+  pool = new SandboxPool({ log, size: 2 });
+  allowed = http.createServer((req, res) => {
+    switch (req.url) {
+      case '/hello':
+        res.end(`hello ${req.method}`);
+        return;
+      case '/big':
+        res.end('x'.repeat(1024 * 1024));
+        return;
+      case '/big-chunked':
+        res.write('y'.repeat(40 * 1024));
+        res.write('y'.repeat(40 * 1024));
+        res.end();
+        return;
+      case '/redirect-out':
+        res.writeHead(302, { location: `${otherOrigin}/steal` }).end();
+        return;
+      case '/redirect-in':
+        res.writeHead(301, { location: '/hello' }).end();
+        return;
+      case '/slow':
+        setTimeout(() => res.end('slow'), 150);
+        return;
+      default:
+        res.writeHead(404).end('no');
+    }
+  });
+  other = http.createServer((_req, res) => {
+    otherHits++;
+    res.end('you should not see this');
+  });
+  [allowedOrigin, otherOrigin] = await Promise.all([listen(allowed), listen(other), pool.start()]);
+});
+
+afterAll(async () => {
+  await removePluginCopies();
+  for (const host of started) await host.stop();
+  await pool.stop();
+  allowed.closeAllConnections();
+  other.closeAllConnections();
+  await Promise.all([new Promise((r) => allowed.close(r)), new Promise((r) => other.close(r))]);
+});
+
+describe('fetch', () => {
+  let host: PluginHost;
+
+  beforeAll(async () => {
+    host = await plugin([allowedOrigin, 'http://allowed-name.test:1'], {
+      grants: { fetch: { origins: [allowedOrigin, 'http://allowed-name.test:1'], methods: ['GET'], maxResponseBytes: 64 * 1024 } },
+    });
+  });
+
+  it('reaches an allow-listed origin, performed by the host, and records the use', async () => {
+    const result = await attack(host, 'fetch', { url: `${allowedOrigin}/hello` });
+    expect(valueOf(result)).toEqual({ status: 200, body: 'hello GET' });
+    expect(capabilityUsesOf(result)).toEqual([{ cap: 'fetch', method: 'GET', url: `${allowedOrigin}/hello`, outcome: 'ok', status: 200, bytes: 9 }]);
+  });
+
+  it('follows a redirect that stays on allow-listed origins', async () => {
+    const result = await attack(host, 'fetch', { url: `${allowedOrigin}/redirect-in` });
+    expect(valueOf(result)).toEqual({ status: 200, body: 'hello GET' });
+    expect(capabilityUsesOf(result)[0]).toMatchObject({ finalUrl: `${allowedOrigin}/hello`, redirects: 1, status: 200 });
+  });
+
+  it('refuses a host that is not allow-listed, before any network access', async () => {
+    const result = await attack(host, 'fetch', { url: 'http://example.com/' });
+    expect(sandboxCode(result)).toBe('SANDBOX_CAPABILITY_DENIED');
+    expect(textOf(result)).toMatch(/origin http:\/\/example\.com is not allow-listed/);
+  });
+
+  it('refuses 127.0.0.1 on a port nobody allow-listed', async () => {
+    const hits = otherHits;
+    const result = await attack(host, 'fetch', { url: `${otherOrigin}/` });
+    expect(sandboxCode(result)).toBe('SANDBOX_CAPABILITY_DENIED');
+    expect(otherHits).toBe(hits);
+  });
+
+  it('refuses a redirect to a host that is not allow-listed, and never contacts it', async () => {
+    const hits = otherHits;
+    const result = await attack(host, 'fetch', { url: `${allowedOrigin}/redirect-out` });
+    expect(sandboxCode(result)).toBe('SANDBOX_CAPABILITY_DENIED');
+    expect(textOf(result)).toContain(`origin ${otherOrigin} is not allow-listed`);
+    expect(otherHits).toBe(hits);
+  });
+
+  it('refuses a response over the size cap (declared or streamed)', async () => {
+    for (const path of ['/big', '/big-chunked']) {
+      const result = await attack(host, 'fetch', { url: `${allowedOrigin}${path}` });
+      expect(sandboxCode(result)).toBe('SANDBOX_CAPABILITY_DENIED');
+      expect(textOf(result)).toMatch(/65536-byte cap/);
+    }
+  });
+
+  it('refuses a method that is not allowed', async () => {
+    const result = await attack(host, 'fetch', { url: `${allowedOrigin}/hello`, value: 'POST' });
+    expect(sandboxCode(result)).toBe('SANDBOX_CAPABILITY_DENIED');
+    expect(textOf(result)).toMatch(/method POST is not allowed/);
+  });
+
+  it('refuses a non-http scheme', async () => {
+    const result = await attack(host, 'fetch', { url: 'file:///etc/passwd' });
+    expect(sandboxCode(result)).toBe('SANDBOX_CAPABILITY_DENIED');
+  });
+
+  it('lets the plugin handle a refusal, and still records it', async () => {
+    const result = await attack(host, 'fetch_caught', { url: 'http://169.254.169.254/latest/meta-data/' });
+    expect(valueOf(result)).toMatch(/^refused: fetch: origin http:\/\/169\.254\.169\.254 is not allow-listed/);
+    expect(capabilityUsesOf(result)).toEqual([
+      expect.objectContaining({ cap: 'fetch', url: 'http://169.254.169.254/latest/meta-data/', outcome: 'denied' }),
+    ]);
+  });
+});
+
+describe('fetch and private addresses', () => {
+  it.each([
+    ['127.0.0.1', false],
+    ['127.8.9.10', false],
+    ['::1', false],
+    ['::ffff:127.0.0.1', false],
+    ['10.1.2.3', false],
+    ['172.16.0.1', false],
+    ['192.168.1.1', false],
+    ['169.254.169.254', false],
+    ['100.64.0.1', false],
+    ['0.0.0.0', false],
+    ['fe80::1', false],
+    ['fd00::1', false],
+    ['not an address', false],
+    ['93.184.215.14', true],
+    ['8.8.8.8', true],
+    ['2606:4700:4700::1111', true],
+  ])('%s is public: %s', (address, expected) => {
+    expect(isPublicAddress(address)).toBe(expected);
+  });
+
+  it('refuses an allow-listed host name that resolves to a loopback address', async () => {
+    const port = new URL(allowedOrigin).port;
+    const origin = `http://internal.test:${port}`;
+    const host = await plugin([origin], { grants: { fetch: { origins: [origin], resolve: async () => ['127.0.0.1'] } } });
+    const result = await attack(host, 'fetch', { url: `${origin}/hello` });
+    expect(sandboxCode(result)).toBe('SANDBOX_CAPABILITY_DENIED');
+    expect(textOf(result)).toMatch(/resolves to the non-public address 127\.0\.0\.1/);
+  });
+
+  it('reaches localhost when the operator allow-listed it by that name', async () => {
+    const port = new URL(allowedOrigin).port;
+    const origin = `http://localhost:${port}`;
+    const host = await plugin([origin], { grants: { fetch: { origins: [origin], resolve: async () => ['127.0.0.1'] } } });
+    expect(valueOf(await attack(host, 'fetch', { url: `${origin}/hello` }))).toEqual({ status: 200, body: 'hello GET' });
+  });
+
+  it('gives the plugin only the intersection of what it asked for and what the operator granted', async () => {
+    const host = await plugin([allowedOrigin, otherOrigin], { grants: { fetch: { origins: [allowedOrigin] } } });
+    expect(sandboxCode(await attack(host, 'fetch', { url: `${otherOrigin}/` }))).toBe('SANDBOX_CAPABILITY_DENIED');
+    expect(valueOf(await attack(host, 'fetch', { url: `${allowedOrigin}/hello` }))).toEqual({ status: 200, body: 'hello GET' });
+  });
+});
+
+describe('deadlines and budgets', () => {
+  it('a plugin that calls a capability in a loop is stopped by the wall-clock deadline (SANDBOX_TIMEOUT)', async () => {
+    const host = await plugin([allowedOrigin], { grants: { fetch: { origins: [allowedOrigin] }, maxCapabilityCalls: 1000 } }, { wall_ms: 600 });
+    const result = await attack(host, 'fetch_loop', { url: `${allowedOrigin}/slow` });
+    expect(sandboxCode(result)).toBe('SANDBOX_TIMEOUT');
+    expect(textOf(result)).toMatch(/600 ms wall-clock deadline/);
+    const uses = capabilityUsesOf(result);
+    expect(uses.length).toBeGreaterThan(0);
+    expect(uses.every((use) => use.cap === 'fetch')).toBe(true);
+  });
+
+  it('each fetch has its own deadline', async () => {
+    const host = await plugin([allowedOrigin], { grants: { fetch: { origins: [allowedOrigin], timeoutMs: 50 } } });
+    const result = await attack(host, 'fetch_caught', { url: `${allowedOrigin}/slow` });
+    expect(valueOf(result)).toMatch(/did not answer in time/);
+    expect(capabilityUsesOf(result)[0]).toMatchObject({ outcome: 'error' });
+  });
+
+  it('caps the number of capability uses per call', async () => {
+    const host = await plugin([allowedOrigin], { grants: { fetch: { origins: [allowedOrigin] }, maxCapabilityCalls: 3 } });
+    const result = await attack(host, 'fetch_loop', { url: `${allowedOrigin}/hello` });
+    expect(sandboxCode(result)).toBe('SANDBOX_CAPABILITY_DENIED');
+    expect(textOf(result)).toMatch(/more than 3 capability uses/);
+    expect(capabilityUsesOf(result).map((u) => u.outcome)).toEqual(['ok', 'ok', 'ok', 'denied']);
+  });
+});
+
+describe('kv', () => {
+  it('is namespaced per plugin', async () => {
+    const store = new MemoryKeyValueStore();
+    const alpha = await plugin([allowedOrigin], { name: 'alpha', kv: store, grants: { kv: true } });
+    const beta = await plugin([allowedOrigin], { name: 'beta', kv: store, grants: { kv: true } });
+    expect(valueOf(await attack(alpha, 'kv_set', { value: { owner: 'alpha' } }))).toBe('set');
+    expect(valueOf(await attack(alpha, 'kv_get'))).toEqual({ owner: 'alpha' });
+    expect(valueOf(await attack(beta, 'kv_get'))).toBeNull();
+    expect(await store.get('plugin:alpha', 'k')).toBe('{"owner":"alpha"}');
+    expect(await store.get('plugin:beta', 'k')).toBeUndefined();
+    const uses = capabilityUsesOf(await attack(beta, 'kv_get'));
+    expect(uses).toEqual([{ cap: 'kv', op: 'get', key: 'k', outcome: 'ok' } satisfies CapabilityUse]);
+  });
+
+  it('is refused when the operator did not grant it', async () => {
+    const host = await plugin([allowedOrigin], { grants: {} });
+    const result = await attack(host, 'kv_get');
+    expect(sandboxCode(result)).toBe('SANDBOX_CAPABILITY_DENIED');
+    expect(textOf(result)).toMatch(/kv is not granted/);
+  });
+});
+
+describe('log', () => {
+  it("writes to the broker's logger under the plugin's name", async () => {
+    const captured = capturingLog();
+    const host = await plugin([allowedOrigin], { name: 'chatty', log: captured.log, grants: { log: true } });
+    const result = await attack(host, 'log');
+    expect(valueOf(result)).toBe('logged');
+    expect(capabilityUsesOf(result)).toEqual([{ cap: 'log', level: 'warn', outcome: 'ok' }]);
+    expect(captured.lines).toContainEqual(expect.objectContaining({ plugin: 'chatty', source: 'plugin', level: 40, msg: 'hello from the hostile plugin' }));
+  });
+});
