@@ -40,6 +40,7 @@ import type { Logger } from './log.ts';
 import { DecisionLog, type DecisionLogDestination } from './policy/decision-log.ts';
 import type { PolicyEngine } from './policy/engine.ts';
 import { PolicyHolder, type PolicySource } from './policy/holder.ts';
+import { recordPolicyReload } from './metrics.ts';
 import { readBundleKeyFile, type BundleVerification } from './policy/signature.ts';
 import { Pipeline } from './pipeline.ts';
 import { descriptorHash, exposed, ToolRegistry } from './registry.ts';
@@ -219,6 +220,8 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
     engine: { maxInputBytes: config.policy.max_input_bytes },
     watch: config.policy.watch,
   });
+  // Every reload attempt (file watch, bundle poll, SIGHUP) is counted in bastion_policy_reloads_total{outcome}.
+  policy.onReload((event) => recordPolicyReload(!event.ok ? 'failed' : event.changed ? 'changed' : 'unchanged'));
   const decisionLog = config.policy.decision_log.enabled ? await openDecisionLog(config, log) : undefined;
   const auditFile = config.audit.file ?? path.join(config.state_dir, 'audit.jsonl');
   const replicaId = config.replica_id ?? `${os.hostname()}:${process.pid}`;

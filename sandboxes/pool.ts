@@ -29,6 +29,7 @@
  *   const host = new PluginHost({ dir, hash, pool, log });   // see host.ts
  *   await pool.stop();
  */
+import { recordSandboxDisposal } from '../broker/metrics.ts';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -414,6 +415,10 @@ export class SandboxPool {
     const queued = backlog.indexOf(call);
     if (queued >= 0) backlog.splice(queued, 1);
     if (outcome instanceof SandboxError) {
+      // These failures dispose of the isolate (or its whole process); it is never reused.
+      if (outcome.code === 'SANDBOX_TIMEOUT' || outcome.code === 'SANDBOX_MEMORY' || outcome.code === 'SANDBOX_CRASHED') {
+        recordSandboxDisposal(outcome.code.slice('SANDBOX_'.length).toLowerCase());
+      }
       outcome.capabilityUses = snapshotUses(call.options.capabilities.uses);
       call.reject(outcome);
     } else {

@@ -1,0 +1,310 @@
+/**
+ * End-to-end: an allowed `tools/call` to an upstream over Streamable HTTP,
+ * through Bastion, against two baselines measured in the same run on the
+ * same machine:
+ *
+ *   direct   the same SDK client calling the upstream itself;
+ *   proxy    the bare pass-through proxy (bench/proxy.ts): the same SDK and
+ *            transports with no checks, the floor for any broker;
+ *   bastion  `node broker/cli.ts start` with an HTTP connector to the same
+ *            upstream, a `{tool: '*'}` token per agent, quotas off.
+ *
+ * Each runs in its own process; the load generator (this process) runs N
+ * agents in closed loops. Then Bastion's resident memory over many calls.
+ */
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import YAML from 'yaml';
+import { generateSigningKey } from '../broker/auth/keys.ts';
+import { mintToken } from '../broker/auth/mint.ts';
+import { cpuSecondsOf, spawnListening, type Child } from './lib/children.ts';
+import { connectAgents, disconnect, drive, type Agent, type Run, type Target } from './lib/load.ts';
+import { bytes, count, printTable, ratio, summarize, time, type Summary } from './lib/stats.ts';
+
+export interface CallsOptions {
+  root: string;
+  quick: boolean;
+  /** Directory for V8 CPU profiles (node --cpu-prof) of Bastion and the proxy (<dir>/bastion, <dir>/proxy), when profiling. */
+  profileDir?: string | undefined;
+  /** Concurrency levels for the sweep and seconds per level. */
+  levels: { agents: number; seconds: number; rounds: number }[];
+  warmupSeconds: number;
+  memoryCalls: number;
+  memoryWarmupCalls: number;
+  memoryAgents: number;
+}
+
+export interface TargetResult extends Omit<Summary, 'n'> {
+  target: string;
+  agents: number;
+  calls: number;
+  errors: number;
+  seconds: number;
+  /** CPU time per call of the process in the middle (proxy or Bastion; none for direct), in microseconds. */
+  middle_cpu_us_per_call: number | undefined;
+  upstream_cpu_us_per_call: number | undefined;
+  /** The load generator's own CPU per call (SDK clients). */
+  client_cpu_us_per_call: number;
+}
+
+export interface MemoryResult {
+  agents: number;
+  warmup_calls: number;
+  calls: number;
+  rss_before_bytes: number | undefined;
+  rss_after_bytes: number | undefined;
+  rss_peak_bytes: number | undefined;
+  growth_percent: number | undefined;
+  heap_used_before_bytes: number | undefined;
+  heap_used_after_bytes: number | undefined;
+  /** RSS and V8 heap in use (from Bastion's /metrics) after every tenth of the calls. */
+  samples: { calls: number; rss_bytes: number | undefined; heap_used_bytes: number | undefined }[];
+}
+
+export interface CallsResult {
+  sweep: TargetResult[];
+  memory: MemoryResult;
+  /** Mean seconds per pipeline stage inside Bastion, from its /metrics, over the whole run. */
+  stages: Record<string, { count: number; mean_ms: number }>;
+}
+
+const BENCH_ISSUER = 'urn:bastion:bench';
+
+/** Starts upstream, proxy and Bastion; returns them with the three targets. */
+async function startProcesses(options: CallsOptions, dir: string) {
+  const cwd = options.root;
+  const logFile = path.join(dir, 'children.log');
+  const children: Child[] = [];
+  try {
+    const upstream = await spawnListening('upstream', ['bench/upstream.ts'], /^listening (\S+)$/m, { cwd, logFile });
+    children.push(upstream);
+    const profile = (name: string) => (options.profileDir ? ['--cpu-prof', `--cpu-prof-dir=${path.join(options.profileDir, name)}`] : []);
+    const proxy = await spawnListening('proxy', ['bench/proxy.ts', '--upstream', upstream.url], /^listening (\S+)$/m, { cwd, logFile, nodeOptions: profile('proxy') });
+    children.push(proxy);
+
+    const key = await generateSigningKey('EdDSA');
+    const jwksFile = path.join(dir, 'jwks.json');
+    await writeFile(jwksFile, JSON.stringify(key.jwks));
+    const configFile = path.join(dir, 'bastion.yaml');
+    await writeFile(
+      configFile,
+      YAML.stringify({
+        server: { host: '127.0.0.1', port: 0 },
+        auth: { issuers: [{ issuer: BENCH_ISSUER, jwks_file: jwksFile }] },
+        state_dir: path.join(dir, 'state'),
+        log_level: 'warn',
+        limits: { principal: { requests_per_minute: 0, burst: 1, concurrency: 0 }, sessions_per_principal: 1000 },
+        connectors: [{ name: 'bench', transport: 'http', url: upstream.url, timeout: '30s' }],
+      }),
+    );
+    const bastion = await spawnListening('bastion', ['broker/cli.ts', 'start', '--config', configFile], /Bastion is listening at (\S+)/, {
+      cwd,
+      logFile,
+      nodeOptions: profile('bastion'),
+    });
+    children.push(bastion);
+
+    const tokens = new Map<number, Promise<string>>();
+    const token = (agent: number) => {
+      let minted = tokens.get(agent);
+      if (!minted) {
+        minted = mintToken({ key: key.privateJwk, issuer: BENCH_ISSUER, audience: bastion.url, sub: `agent:bench-${agent}`, cap: [{ tool: '*' }], ttlMs: 15 * 60_000 });
+        tokens.set(agent, minted);
+      }
+      return minted;
+    };
+    const targets: Measured[] = [
+      { name: 'direct', url: upstream.url, tool: 'echo', upstream },
+      { name: 'proxy', url: proxy.url, tool: 'echo', middle: proxy, upstream },
+      { name: 'bastion', url: bastion.url, tool: 'bench__echo', token, middle: bastion, upstream },
+    ];
+    return { upstream, proxy, bastion, targets, children };
+  } catch (error) {
+    await Promise.all(children.map((c) => c.stop()));
+    throw error;
+  }
+}
+
+type Measured = Target & { middle?: Child; upstream: Child };
+
+/**
+ * One concurrency level: every target gets `agents` connected agents, then
+ * the targets take turns in short rounds (the order rotating each round)
+ * until each has run `seconds`. Interleaving spreads whatever else the
+ * machine is doing over all three targets alike, so the ratios hold even
+ * when the absolute numbers wander.
+ */
+async function measureLevel(targets: Measured[], agents: number, seconds: number, warmupSeconds: number, rounds: number): Promise<TargetResult[]> {
+  const connected = new Map<Measured, Agent[]>();
+  try {
+    for (const target of targets) connected.set(target, await connectAgents(target, agents));
+    for (const target of targets) await drive(connected.get(target)!, target.tool, { durationMs: warmupSeconds * 1000 });
+    const totals = new Map(targets.map((t) => [t, { latencies: [] as number[], calls: 0, errors: 0, seconds: 0, middle: 0, upstream: 0, client: 0, firstError: undefined as string | undefined }]));
+    for (let round = 0; round < rounds; round++) {
+      for (let i = 0; i < targets.length; i++) {
+        const target = targets[(i + round) % targets.length]!;
+        const total = totals.get(target)!;
+        const middleBefore = target.middle ? await cpuSecondsOf(target.middle.pid) : undefined;
+        const upstreamBefore = await cpuSecondsOf(target.upstream.pid);
+        const client = process.cpuUsage();
+        const run: Run = await drive(connected.get(target)!, target.tool, { durationMs: (seconds / rounds) * 1000 });
+        const clientUsed = process.cpuUsage(client);
+        const middleAfter = target.middle ? await cpuSecondsOf(target.middle.pid) : undefined;
+        const upstreamAfter = await cpuSecondsOf(target.upstream.pid);
+        for (const latency of run.latencies) total.latencies.push(latency);
+        total.calls += run.calls;
+        total.errors += run.errors;
+        total.firstError ??= run.firstError;
+        total.seconds += run.seconds;
+        total.middle += (middleAfter ?? 0) - (middleBefore ?? 0);
+        total.upstream += (upstreamAfter ?? 0) - (upstreamBefore ?? 0);
+        total.client += (clientUsed.user + clientUsed.system) / 1e6;
+      }
+    }
+    return targets.map((target) => {
+      const total = totals.get(target)!;
+      if (total.errors > 0) console.log(`  ! ${target.name}: ${total.errors} failed calls, first: ${total.firstError}`);
+      const { n: _n, ...summary } = summarize(total.latencies, total.seconds);
+      const perCall = (cpuSeconds: number) => (total.calls === 0 ? undefined : (cpuSeconds / total.calls) * 1e6);
+      return {
+        target: target.name,
+        agents,
+        calls: total.calls,
+        errors: total.errors,
+        seconds: total.seconds,
+        ...summary,
+        middle_cpu_us_per_call: target.middle ? perCall(total.middle) : undefined,
+        upstream_cpu_us_per_call: perCall(total.upstream),
+        client_cpu_us_per_call: perCall(total.client) ?? 0,
+      };
+    });
+  } finally {
+    for (const agentsOf of connected.values()) await disconnect(agentsOf);
+  }
+}
+
+/** V8 heap in use in Bastion, from its own /metrics (prom-client's nodejs_heap_size_used_bytes). */
+async function heapUsed(bastionUrl: string): Promise<number | undefined> {
+  try {
+    const text = await (await fetch(new URL('/metrics', bastionUrl))).text();
+    const value = /^nodejs_heap_size_used_bytes (\S+)$/m.exec(text)?.[1];
+    return value === undefined ? undefined : Number(value);
+  } catch {
+    return undefined;
+  }
+}
+
+async function memory(bastion: Child, target: Target, options: CallsOptions): Promise<MemoryResult> {
+  const agents = await connectAgents(target, options.memoryAgents);
+  try {
+    await drive(agents, target.tool, { calls: options.memoryWarmupCalls });
+    const before = await bastion.rss();
+    const heapBefore = await heapUsed(bastion.url);
+    const samples: MemoryResult['samples'] = [{ calls: 0, rss_bytes: before, heap_used_bytes: heapBefore }];
+    const step = Math.ceil(options.memoryCalls / 10);
+    let done = 0;
+    let errors = 0;
+    while (done < options.memoryCalls) {
+      const run = await drive(agents, target.tool, { calls: Math.min(step, options.memoryCalls - done) });
+      done += run.calls;
+      errors += run.errors;
+      if (run.calls === 0) break;
+      samples.push({ calls: done, rss_bytes: await bastion.rss(), heap_used_bytes: await heapUsed(bastion.url) });
+    }
+    if (errors > 0) console.log(`  ! memory run: ${errors} failed calls`);
+    const after = samples[samples.length - 1]?.rss_bytes;
+    const heapAfter = samples[samples.length - 1]?.heap_used_bytes;
+    const known = samples.map((s) => s.rss_bytes).filter((v): v is number => v !== undefined);
+    return {
+      agents: options.memoryAgents,
+      warmup_calls: options.memoryWarmupCalls,
+      calls: done,
+      rss_before_bytes: before,
+      rss_after_bytes: after,
+      rss_peak_bytes: known.length ? Math.max(...known) : undefined,
+      growth_percent: before && after ? ((after - before) / before) * 100 : undefined,
+      heap_used_before_bytes: heapBefore,
+      heap_used_after_bytes: heapAfter,
+      samples,
+    };
+  } finally {
+    await disconnect(agents);
+  }
+}
+
+/** Mean latency per stage from Bastion's Prometheus histograms (bastion_stage_duration_seconds). */
+async function stageMeans(bastionUrl: string): Promise<CallsResult['stages']> {
+  const stages: CallsResult['stages'] = {};
+  try {
+    const text = await (await fetch(new URL('/metrics', bastionUrl))).text();
+    const sums = new Map<string, number>();
+    for (const match of text.matchAll(/^bastion_stage_duration_seconds_(sum|count)\{stage="([a-z]+)"\} (\S+)$/gm)) {
+      const [, kind, stage, value] = match as unknown as [string, 'sum' | 'count', string, string];
+      if (kind === 'sum') sums.set(stage, Number(value));
+      else stages[stage] = { count: Number(value), mean_ms: 0 };
+    }
+    for (const [stage, entry] of Object.entries(stages)) entry.mean_ms = entry.count > 0 ? ((sums.get(stage) ?? 0) / entry.count) * 1000 : 0;
+  } catch {
+    // A broker without /metrics: the table is simply left out.
+  }
+  return stages;
+}
+
+export async function runCalls(options: CallsOptions): Promise<CallsResult> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'bastion-bench-'));
+  if (options.profileDir) await mkdir(options.profileDir, { recursive: true });
+  const { bastion, targets, children } = await startProcesses(options, dir);
+  try {
+    const sweep: TargetResult[] = [];
+    for (const level of options.levels) {
+      const rows = await measureLevel(targets, level.agents, level.seconds, options.warmupSeconds, level.rounds);
+      sweep.push(...rows);
+      const direct = rows.find((r) => r.target === 'direct')!;
+      const proxy = rows.find((r) => r.target === 'proxy')!;
+      console.log(`${level.agents} concurrent agent${level.agents === 1 ? '' : 's'}, ${level.seconds} s each in ${level.rounds} interleaved rounds (allowed tools/call, Streamable HTTP)`);
+      printTable(
+        ['target', 'p50', 'p99', 'calls/s', 'p50 vs proxy', 'calls/s vs proxy', 'p50 − direct', 'p99 − direct', 'CPU/call (middle)', 'CPU/call (upstream)', 'CPU/call (agents)'],
+        rows.map((r) => [
+          r.target,
+          time(r.p50),
+          time(r.p99),
+          count(r.perSecond),
+          ratio(r.p50, proxy.p50),
+          ratio(r.perSecond, proxy.perSecond),
+          r.target === 'direct' ? '' : time(r.p50 - direct.p50),
+          r.target === 'direct' ? '' : time(r.p99 - direct.p99),
+          r.middle_cpu_us_per_call === undefined ? '' : time(r.middle_cpu_us_per_call / 1000),
+          r.upstream_cpu_us_per_call === undefined ? '' : time(r.upstream_cpu_us_per_call / 1000),
+          time(r.client_cpu_us_per_call / 1000),
+        ]),
+      );
+    }
+
+    const bastionTarget = targets.find((t) => t.name === 'bastion')!;
+    const mem = await memory(bastion, bastionTarget, options);
+    console.log(`Bastion resident memory over ${count(mem.calls)} calls (${mem.agents} agents, after ${count(mem.warmup_calls)} warm-up calls)`);
+    const pct = (a: number | undefined, b: number | undefined) => (a && b ? `${(((b - a) / a) * 100).toFixed(1)} %` : '–');
+    printTable(
+      ['', 'before', 'after', 'peak', 'growth'],
+      [
+        ['resident (RSS)', bytes(mem.rss_before_bytes), bytes(mem.rss_after_bytes), bytes(mem.rss_peak_bytes), pct(mem.rss_before_bytes, mem.rss_after_bytes)],
+        ['V8 heap in use', bytes(mem.heap_used_before_bytes), bytes(mem.heap_used_after_bytes), '', pct(mem.heap_used_before_bytes, mem.heap_used_after_bytes)],
+      ],
+    );
+    console.log(`RSS after each tenth: ${mem.samples.map((s) => bytes(s.rss_bytes)).join(', ')}\n`);
+
+    const stages = await stageMeans(bastion.url);
+    if (Object.keys(stages).length > 0) {
+      console.log('Inside Bastion: mean time per stage over the whole run (from /metrics)');
+      printTable(
+        ['stage', 'mean', 'observations'],
+        Object.entries(stages).map(([stage, s]) => [stage, time(s.mean_ms), count(s.count)]),
+      );
+    }
+    return { sweep, memory: mem, stages };
+  } finally {
+    await Promise.all(children.reverse().map((c) => c.stop()));
+    await rm(dir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,113 @@
+/**
+ * Child processes for the benchmark: the upstream, the bare proxy and
+ * Bastion each run in their own process, as they would in production, so
+ * none of them shares an event loop with the load generator.
+ *
+ * @example
+ *   const upstream = await spawnListening('upstream', ['bench/upstream.ts'], /^listening (\S+)$/m);
+ *   console.log(upstream.url); await upstream.stop();
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+
+export interface Child {
+  name: string;
+  url: string;
+  pid: number;
+  process: ChildProcess;
+  /** Resident set size now, from /proc (Linux), in bytes. */
+  rss(): Promise<number | undefined>;
+  stop(): Promise<void>;
+}
+
+/** Every child still running: killed if the benchmark itself exits early (a crash, Ctrl-C). */
+const running = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of running) child.kill('SIGKILL');
+});
+for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => process.exit(130));
+
+export async function rssOf(pid: number): Promise<number | undefined> {
+  try {
+    const status = await readFile(`/proc/${pid}/status`, 'utf8');
+    const kb = /^VmRSS:\s+(\d+) kB$/m.exec(status)?.[1];
+    return kb === undefined ? undefined : Number(kb) * 1024;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Starts `node <args>` in `cwd` and resolves once its stdout matches `ready`
+ * (the first capture group is the URL). stderr goes to `logFile`.
+ */
+export function spawnListening(
+  name: string,
+  args: string[],
+  ready: RegExp,
+  options: { cwd: string; logFile: string; nodeOptions?: string[]; timeoutMs?: number },
+): Promise<Child> {
+  const child = spawn(process.execPath, [...(options.nodeOptions ?? []), ...args], {
+    cwd: options.cwd,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, NODE_ENV: 'production' },
+  });
+  running.add(child);
+  child.once('exit', () => running.delete(child));
+  const log = createWriteStream(options.logFile, { flags: 'a' });
+  child.stderr!.pipe(log);
+  let stdout = '';
+  return new Promise<Child>((resolve, reject) => {
+    const timer = setTimeout(() => fail(new Error(`${name} did not start within ${options.timeoutMs ?? 30_000} ms; see ${options.logFile}`)), options.timeoutMs ?? 30_000);
+    function fail(error: Error): void {
+      clearTimeout(timer);
+      child.kill('SIGKILL');
+      reject(error);
+    }
+    child.once('exit', (code) => fail(new Error(`${name} exited with ${code} before it was ready; see ${options.logFile}`)));
+    child.stdout!.on('data', (chunk: Buffer) => {
+      stdout += chunk.toString('utf8');
+      const match = ready.exec(stdout);
+      if (!match?.[1]) return;
+      clearTimeout(timer);
+      child.removeAllListeners('exit');
+      child.stdout!.removeAllListeners('data');
+      child.stdout!.resume();
+      resolve({
+        name,
+        url: match[1],
+        pid: child.pid!,
+        process: child,
+        rss: () => rssOf(child.pid!),
+        stop: () =>
+          new Promise<void>((done) => {
+            if (child.exitCode !== null || child.signalCode !== null) return done();
+            const force = setTimeout(() => child.kill('SIGKILL'), 10_000);
+            child.once('exit', () => {
+              clearTimeout(force);
+              log.end();
+              done();
+            });
+            child.kill('SIGTERM');
+          }),
+      });
+    });
+  });
+}
+
+/** CPU time (user + system) a process has used so far, from /proc (Linux), in seconds. */
+export async function cpuSecondsOf(pid: number): Promise<number | undefined> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const ticks = Number(fields[11]) + Number(fields[12]);
+    return ticks / CLOCK_TICKS;
+  } catch {
+    return undefined;
+  }
+}
+
+/** USER_HZ: 100 on every Linux Node supports. */
+const CLOCK_TICKS = 100;

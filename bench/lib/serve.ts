@@ -1,0 +1,72 @@
+/**
+ * Serves MCP servers over Streamable HTTP, one SDK Server and transport per
+ * session, the way the SDK's examples do. Shared by the benchmark upstream
+ * and the bare proxy so both use exactly the same front-door machinery.
+ *
+ * @example
+ *   const { url } = await serveSessions(() => makeServer(), 0);
+ */
+import { randomUUID } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
+import type { Request, Response } from 'express';
+import type { Server } from '@modelcontextprotocol/sdk/server/index.js';
+import { createMcpExpressApp } from '@modelcontextprotocol/sdk/server/express.js';
+import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
+import { isInitializeRequest } from '@modelcontextprotocol/sdk/types.js';
+
+export interface Served {
+  url: string;
+  close(): Promise<void>;
+}
+
+function jsonRpcError(res: Response, status: number, code: number, message: string): void {
+  if (!res.headersSent) res.status(status).json({ jsonrpc: '2.0', error: { code, message }, id: null });
+}
+
+export async function serveSessions(makeServer: () => Server, port: number): Promise<Served> {
+  const app = createMcpExpressApp({ host: '127.0.0.1' });
+  const sessions = new Map<string, StreamableHTTPServerTransport>();
+
+  app.all('/mcp', async (req: Request, res: Response) => {
+    const id = req.headers['mcp-session-id'];
+    if (typeof id === 'string') {
+      const transport = sessions.get(id);
+      if (!transport) return jsonRpcError(res, 404, -32001, 'Session not found');
+      await transport.handleRequest(req, res, req.body);
+      return;
+    }
+    if (req.method !== 'POST' || !isInitializeRequest(req.body)) return jsonRpcError(res, 400, -32000, 'Bad Request: no session');
+    const server = makeServer();
+    const transport: StreamableHTTPServerTransport = new StreamableHTTPServerTransport({
+      sessionIdGenerator: () => randomUUID(),
+      onsessioninitialized: (sessionId) => void sessions.set(sessionId, transport),
+    });
+    transport.onclose = () => {
+      if (transport.sessionId) sessions.delete(transport.sessionId);
+      void server.close().catch(() => undefined);
+    };
+    await server.connect(transport);
+    await transport.handleRequest(req, res, req.body);
+  });
+
+  const http = await new Promise<ReturnType<typeof app.listen>>((resolve, reject) => {
+    const listening = app.listen(port, '127.0.0.1', (error?: Error) => (error ? reject(error) : resolve(listening)));
+  });
+  return {
+    url: `http://127.0.0.1:${(http.address() as AddressInfo).port}/mcp`,
+    async close() {
+      for (const transport of sessions.values()) await transport.close().catch(() => undefined);
+      http.closeAllConnections();
+      await new Promise<void>((resolve) => http.close(() => resolve()));
+    },
+  };
+}
+
+/** Runs `serve` as a command-line child: prints `listening <url>` and exits cleanly on SIGTERM/SIGINT. */
+export async function runAsChild(serve: () => Promise<Served>): Promise<void> {
+  const served = await serve();
+  process.stdout.write(`listening ${served.url}\n`);
+  const stop = () => void served.close().finally(() => process.exit(0));
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+}
