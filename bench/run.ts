@@ -14,7 +14,7 @@
  *   calls    allowed tools/call through Bastion against the direct call and the
  *            bare proxy, at 1, 16, 32 and 64 concurrent agents, then Bastion's
  *            memory over many calls (bench/calls.ts)
- *   sandbox  plugin calls in the isolated-vm sandbox: NOT WRITTEN YET, see SECTIONS below
+ *   sandbox  plugin calls in the isolated-vm sandbox (warm, cold) vs the same function in-process
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -24,6 +24,7 @@ import { runCalls, type CallsResult } from './calls.ts';
 import { describeMachine, machineLine } from './lib/machine.ts';
 import { printTable } from './lib/stats.ts';
 import { runMicro, type MicroResult } from './micro.ts';
+import { runSandbox } from './sandbox.ts';
 import { evaluateTargets, type TargetCheck } from './targets.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -70,7 +71,7 @@ const SECTIONS: BenchSection[] = [
         memoryCalls: ctx.quick ? 5_000 : 100_000,
       }),
   },
-  // { name: 'sandbox', run: (ctx) => runSandbox(ctx) },   ← the sandboxed-plugin benchmark (bench/sandbox.ts), to come
+  { name: 'sandbox', run: (ctx) => runSandbox(ctx) },
 ];
 
 const machine = describeMachine();
