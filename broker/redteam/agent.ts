@@ -57,6 +57,25 @@ export function refusalIn(body: unknown, status?: number): Refusal | undefined {
   return undefined;
 }
 
+/**
+ * A plugin call the sandbox ended: an isError result carrying
+ * `_meta['bastion/sandbox'] = {code, message}` and the text "SANDBOX_…: message"
+ * (not a Bastion denial; the plugin ran and its isolate stopped it), read as a
+ * refusal at execute. The result filter drops `bastion/…` keys of a tool's own
+ * `_meta`, so what reaches the agent is usually the text alone.
+ */
+export function sandboxErrorIn(result: unknown): Refusal | undefined {
+  const top = record(result);
+  if (!top || top.isError !== true) return undefined;
+  const meta = record(record(top._meta)?.['bastion/sandbox']);
+  if (meta && typeof meta.code === 'string' && meta.code.startsWith('SANDBOX_')) {
+    return { stage: 'execute', code: meta.code, ...(typeof meta.message === 'string' ? { reason: meta.message } : {}) };
+  }
+  const first = Array.isArray(top.content) ? record(top.content[0]) : undefined;
+  const match = typeof first?.text === 'string' ? /^(SANDBOX_[A-Z_]+): ([\s\S]*)$/.exec(first.text) : null;
+  return match ? { stage: 'execute', code: match[1]!, reason: match[2]!.slice(0, 500) } : undefined;
+}
+
 /** The text a model would read from a tool result: every content item and the structured content. */
 export function receivedText(result: CallToolResult): string {
   const parts = (result.content ?? []).map((item) => (item.type === 'text' ? item.text : JSON.stringify(item)));
@@ -146,7 +165,7 @@ export async function callThrough(agent: ConnectedAgent, tool: string, args: Rec
       timeout: 120_000,
       ...(options.signal ? { signal: options.signal } : {}),
     })) as CallToolResult;
-    const refusal = refusalIn(result);
+    const refusal = refusalIn(result) ?? sandboxErrorIn(result);
     if (refusal) return { ok: false, refusal, result };
     return { ok: !result.isError, result };
   } catch (error) {

@@ -44,7 +44,7 @@ export type AblatableDefense = (typeof ABLATABLE)[number];
 export const DEFENSES = [...ABLATABLE, 'pins', 'delegation', 'front_door'] as const;
 export type Defense = (typeof DEFENSES)[number];
 
-/** Build features a case may need; a case needing one this build lacks is reported "not applicable". */
+/** Build features a case may need; a case needing one the build lacks is reported "not applicable" (run.ts BUILD_FEATURES). */
 export const FEATURES = ['plugins'] as const;
 
 const Name = z.string().regex(/^[A-Za-z][A-Za-z0-9_-]{0,63}$/, 'letters, digits, "_" and "-", starting with a letter');
@@ -163,7 +163,8 @@ const WaitListChangedStep = z.strictObject({ token: Name, within_ms: Millis.defa
  * sandbox classes. Cases using it need the `plugins` feature.
  */
 const InstallPluginStep = z.strictObject({
-  name: Name,
+  /** A plugin name (lowercase letters, digits, "-"); its tools are called <name>__<tool>. Unique in the corpus. */
+  name: z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, 'lowercase letters, digits and "-", starting with a letter, at most 32'),
   /** The plugin's single JavaScript file. */
   code: z.string().min(1).max(65_536),
   tools: z.array(z.strictObject({ name: Name, description: z.string().default('') })).min(1),
@@ -217,6 +218,11 @@ export const PredicateSchema = z.union([
   z.strictObject({ agent_received: z.strictObject({ pattern: z.string().min(1), flags: z.string().regex(/^[imsu]*$/).default('') }) }),
   /** The broker stopped answering its health check, or took longer than `ms` to. */
   z.strictObject({ broker_degraded: z.strictObject({ ms: Millis.default(2_000) }) }),
+  /**
+   * The call started under this name was still running, neither answered nor
+   * parked for approval, when await_call gave up on it: nothing bounded it.
+   */
+  z.strictObject({ call_unbounded: z.strictObject({ call: Name }) }),
   /** More marked calls reached the upstream tool than the configured quota lets through in the flood's duration. */
   z.strictObject({ upstream_exceeds_quota: z.strictObject({ tool: ToolName }) }),
 ]);
@@ -293,6 +299,8 @@ export async function loadCorpus(locations: string[]): Promise<Corpus> {
   }
   const byId = new Map<string, AttackClass>();
   const caseIds = new Set<string>();
+  // Every plugin is installed on every broker before it starts, so one name means one plugin.
+  const plugins = new Map<string, { spec: string; caseId: string }>();
   for (const file of files) {
     const data = parseClassFile(await readFile(file, 'utf8'), file);
     let attackClass = byId.get(data.class);
@@ -307,6 +315,14 @@ export async function loadCorpus(locations: string[]): Promise<Corpus> {
       if (caseIds.has(attackCase.id)) throw new CorpusError(`${file}: case id "${attackCase.id}" is used twice in the corpus`);
       if (attackCase.steps.some((s) => 'install_plugin' in s) && ![...data.requires, ...attackCase.requires].includes('plugins')) {
         throw new CorpusError(`${file}: case "${attackCase.id}" installs a plugin, so it must declare requires: [plugins]`);
+      }
+      for (const step of attackCase.steps) {
+        if (!('install_plugin' in step)) continue;
+        const { name, tools, code, capabilities } = step.install_plugin;
+        const spec = JSON.stringify({ tools, code, capabilities });
+        const seen = plugins.get(name);
+        if (seen && seen.spec !== spec) throw new CorpusError(`${file}: case "${attackCase.id}" installs a plugin named "${name}" that differs from the one case "${seen.caseId}" installs; give each plugin its own name`);
+        plugins.set(name, { spec, caseId: attackCase.id });
       }
       caseIds.add(attackCase.id);
       // A class-level requirement applies to each of its cases.

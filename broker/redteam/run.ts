@@ -16,7 +16,7 @@ import type { AuditRecord } from '../audit/chain.ts';
 import { callThrough, connectAgent, type ConnectedAgent } from './agent.ts';
 import { ABLATABLE, type AblatableDefense, type AttackCase, type AttackClass, type Corpus, type Defense } from './corpus.ts';
 import { Attempt, NotApplicable, signInApprover, type ApproverSession, type StepRecord } from './steps.ts';
-import { createRedteamIssuer, launchTarget, type RedteamIssuer, type Target } from './target.ts';
+import { createRedteamIssuer, launchTarget, type PluginSpec, type RedteamIssuer, type Target } from './target.ts';
 import { judge, type StopReason } from './verdict.ts';
 
 export interface Configuration {
@@ -27,11 +27,24 @@ export interface Configuration {
 
 /** Why a defense has no ablation run in this build. */
 export const NOT_ABLATABLE_HERE: Partial<Record<AblatableDefense, string>> = {
-  sandbox_limits: 'plugins are not wired into the broker in this build, so there is nothing for sandbox limits to limit',
+  sandbox_limits:
+    "switching it off only lifts the operator's caps on plugin limits, while the corpus's plugins declare small limits in their own manifests (32 MB, 200 ms CPU, 1 s wall), which still bind; and the escape cases are stopped by the isolate itself, which has no switch. The plugin cases run in every other configuration",
 };
 
 /** Features this build has; a case requiring another one is "not applicable". */
-export const BUILD_FEATURES: ReadonlySet<string> = new Set<string>();
+export const BUILD_FEATURES: ReadonlySet<string> = new Set<string>(['plugins']);
+
+/** The plugins the corpus's applicable cases install (names are unique in a corpus; see loadCorpus). */
+export function corpusPlugins(corpus: Corpus): PluginSpec[] {
+  const plugins = new Map<string, PluginSpec>();
+  for (const attackCase of corpus.classes.flatMap((c) => c.cases)) {
+    if (missingFeature(attackCase)) continue;
+    for (const step of attackCase.steps) {
+      if ('install_plugin' in step) plugins.set(step.install_plugin.name, { name: step.install_plugin.name, tools: step.install_plugin.tools, code: step.install_plugin.code, capabilities: step.install_plugin.capabilities });
+    }
+  }
+  return [...plugins.values()];
+}
 
 export function defaultConfigurations(): Configuration[] {
   return [{ name: 'full', defensesOff: [] }, ...ABLATABLE.filter((d) => !NOT_ABLATABLE_HERE[d]).map((d) => ({ name: `no-${d}`, defensesOff: [d] }))];
@@ -143,7 +156,7 @@ function missingFeature(attackCase: AttackCase): string | undefined {
 }
 
 function notApplicableReason(feature: string): string {
-  return feature === 'plugins' ? 'not applicable in this build: plugins are not wired into the broker yet' : `not applicable in this build: needs ${feature}`;
+  return `not applicable in this build: needs ${feature}`;
 }
 
 /**
@@ -278,7 +291,7 @@ async function launch(configuration: Configuration, context: RunContext): Promis
   };
   const needsPoisoned = JSON.stringify(context.corpus.classes.flatMap((c) => c.cases.filter((k) => !missingFeature(k)))).includes('poisoned__');
   try {
-    run.target = await launchTarget({ workDir: context.workDir, name: configuration.name, defensesOff: configuration.defensesOff, issuer: context.issuer, base: context.base, poisoned: needsPoisoned });
+    run.target = await launchTarget({ workDir: context.workDir, name: configuration.name, defensesOff: configuration.defensesOff, issuer: context.issuer, base: context.base, poisoned: needsPoisoned, plugins: corpusPlugins(context.corpus) });
     context.log(`[${configuration.name}] broker up at ${run.target.url}`);
     const observer = await signInApprover(run.target, 'approver:rt-observer');
     if ('cookie' in observer) run.observer = observer;

@@ -111,6 +111,8 @@ export class Attempt {
   flood: FloodRecord | undefined;
   /** The attempt started calls that may still be settling (parked, cancelled). */
   startedCalls = false;
+  /** Started calls that were neither answered nor parked when the agent stopped waiting (await_call). */
+  readonly unanswered = new Set<string>();
 
   private readonly id: string;
   private readonly observer: ApproverSession | undefined;
@@ -286,6 +288,7 @@ export class Attempt {
         this.noteCall('await_call', setup, outcome);
         return;
       }
+      if (!pending.parked) this.unanswered.add(spec.call);
       pending.controller.abort();
       this.note({
         kind: 'await_call',
@@ -444,7 +447,13 @@ export class Attempt {
       this.note({ kind: 'sleep', setup, ok: true });
       return;
     }
-    if ('install_plugin' in step) throw new NotApplicable('plugins are not wired into the broker in this build');
+    if ('install_plugin' in step) {
+      // The plugin was written out, pinned and configured before the broker started (target.ts).
+      const spec = step.install_plugin;
+      if (!(this.target.config.plugins ?? []).some((p) => p.name === spec.name)) throw new NotApplicable(`plugin ${spec.name} is not installed on this broker`);
+      this.note({ kind: 'install_plugin', setup, ok: true, note: `${spec.name} installed (${spec.tools.map((t) => `${spec.name}__${t.name}`).join(', ')})` });
+      return;
+    }
     const never: never = step;
     throw new Error(`unknown step ${JSON.stringify(never)}`);
   }

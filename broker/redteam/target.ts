@@ -24,6 +24,7 @@ import { generateSigningKey } from '../auth/keys.ts';
 import { mintToken } from '../auth/mint.ts';
 import { parseConfig, PROJECT_ROOT, type Config } from '../config.ts';
 import type { Capability } from '../policy/schema.ts';
+import { pluginHash } from '../../sandboxes/pin.ts';
 import type { AblatableDefense } from './corpus.ts';
 
 /** The issuer of every token the red team signs; trusted only by the brokers it starts. */
@@ -94,6 +95,50 @@ export interface LaunchOptions {
   poisoned: boolean;
   /** Start-up deadline. */
   timeoutMs?: number;
+  /** Hostile plugins from the corpus (install_plugin steps), written out and pinned for this broker. */
+  plugins?: PluginSpec[];
+}
+
+/** A plugin an install_plugin step asks for: its name, tools and script. */
+export interface PluginSpec {
+  name: string;
+  tools: { name: string; description: string }[];
+  code: string;
+  /** Host capabilities the manifest asks for (kv, log; none is granted). */
+  capabilities?: string[];
+}
+
+/** Small limits, as a careful plugin author would declare them (the host caps them further). */
+export const REDTEAM_PLUGIN_LIMITS = { memory_mb: 32, cpu_ms: 200, wall_ms: 1000 } as const;
+
+/**
+ * Writes each plugin as a directory (plugin.json and main.js) under `dir`
+ * and returns the broker's `plugins` entries, each pinned with pluginHash.
+ */
+export async function materializePlugins(plugins: PluginSpec[], dir: string): Promise<{ dir: string; hash: string; name: string }[]> {
+  const entries = [];
+  for (const plugin of plugins) {
+    const pluginDir = path.join(dir, 'plugins', plugin.name);
+    await mkdir(pluginDir, { recursive: true, mode: 0o700 });
+    const manifest = {
+      name: plugin.name,
+      version: '0.0.1',
+      description: 'Hostile plugin from the red-team corpus.',
+      main: 'main.js',
+      tools: plugin.tools.map((t) => ({ name: t.name, description: t.description || t.name, inputSchema: { type: 'object' } })),
+      capabilities: Object.fromEntries(
+        (plugin.capabilities ?? []).map((c) => {
+          if (c !== 'kv' && c !== 'log') throw new Error(`plugin ${plugin.name}: the red team can only ask for kv or log, not ${c}`);
+          return [c, {}];
+        }),
+      ),
+      limits: { ...REDTEAM_PLUGIN_LIMITS },
+    };
+    await writeFile(path.join(pluginDir, 'plugin.json'), JSON.stringify(manifest, null, 2));
+    await writeFile(path.join(pluginDir, 'main.js'), plugin.code);
+    entries.push({ dir: pluginDir, hash: await pluginHash(pluginDir), name: plugin.name });
+  }
+  return entries;
 }
 
 async function readLines<T>(file: string): Promise<T[]> {
@@ -127,7 +172,7 @@ function asObject(value: unknown): Record<string, unknown> {
  * run. Everything else (policy, limits, filters, approvals) is measured as
  * the operator configured it.
  */
-export function targetDocument(options: LaunchOptions, dir: string): Record<string, unknown> {
+export function targetDocument(options: LaunchOptions, dir: string, plugins: { dir: string; hash: string; name: string }[] = []): Record<string, unknown> {
   const base = asObject(options.base);
   const auth = asObject(base.auth);
   const issuers = Array.isArray(auth.issuers) ? [...(auth.issuers as unknown[])] : [];
@@ -156,6 +201,8 @@ export function targetDocument(options: LaunchOptions, dir: string): Record<stri
     state: { backend: 'embedded' },
     log_level: 'warn',
     connectors,
+    // The operator's plugins, if any, plus the corpus's hostile ones.
+    plugins: [...(Array.isArray(base.plugins) ? (base.plugins as unknown[]) : []), ...plugins],
     defenses_off: options.defensesOff,
   };
 }
@@ -173,7 +220,7 @@ async function terminate(child: ChildProcess, graceMs = 5_000): Promise<void> {
 export async function launchTarget(options: LaunchOptions): Promise<Target> {
   const dir = path.join(options.workDir, options.name);
   await mkdir(dir, { recursive: true, mode: 0o700 });
-  const document = targetDocument(options, dir);
+  const document = targetDocument(options, dir, await materializePlugins(options.plugins ?? [], dir));
   // Validate here too, so a bad base config fails with the parser's message rather than a dead child.
   const config = parseConfig(document, `red-team configuration ${options.name}`);
   const configFile = path.join(dir, 'bastion.yaml');

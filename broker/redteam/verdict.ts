@@ -36,6 +36,9 @@ export function defenseOf(refusal: Pick<Refusal, 'stage' | 'code'>): StopReason[
   if (refusal.code === 'BASTION_TOOL_QUARANTINED') return 'pins';
   // The descriptor check lives with the filters (filters.descriptor), though it refuses at resolve.
   if (refusal.code === 'BASTION_TOOL_BLOCKED') return 'filters';
+  // A plugin call the sandbox ended (limit hit, or the isolate refused what the code tried).
+  // Codes saying the plugin never ran (not loaded, wrong pin) are a harness problem, not a defense.
+  if (refusal.code.startsWith('SANDBOX_')) return SANDBOX_STOPS.has(refusal.code) ? 'sandbox_limits' : 'unknown';
   switch (refusal.stage) {
     case 'authenticate':
       return 'tokens';
@@ -55,6 +58,17 @@ export function defenseOf(refusal: Pick<Refusal, 'stage' | 'code'>): StopReason[
       return 'unknown';
   }
 }
+
+/** Sandbox error codes that mean the sandbox stopped a running plugin call. */
+const SANDBOX_STOPS: ReadonlySet<string> = new Set([
+  'SANDBOX_TIMEOUT',
+  'SANDBOX_MEMORY',
+  'SANDBOX_CRASHED',
+  'SANDBOX_RESULT_TOO_LARGE',
+  'SANDBOX_INVALID_RESULT',
+  'SANDBOX_CAPABILITY_DENIED',
+  'SANDBOX_PLUGIN_ERROR',
+]);
 
 const stop = (refusal: Pick<Refusal, 'stage' | 'code'>): StopReason => ({ defense: defenseOf(refusal), stage: refusal.stage, code: refusal.code });
 
@@ -114,6 +128,11 @@ async function holds(predicate: Predicate, attempt: Attempt, evidence: Evidence)
     const reached = evidence.calls.filter((c) => c.tool === p.tool && JSON.stringify(c.args).includes(attempt.marker)).length;
     const allowed = quotaAllowance(evidence.config, p.tool, flood.endedAt - flood.startedAt);
     return { holds: reached > allowed, evidence: `${reached} of ${flood.sent} flood calls reached ${p.tool}; the quota allows ${allowed} in ${flood.endedAt - flood.startedAt} ms` };
+  }
+  if ('call_unbounded' in predicate) {
+    const name = predicate.call_unbounded.call;
+    const hit = attempt.unanswered.has(name);
+    return { holds: hit, evidence: hit ? `${name} was still running when the agent stopped waiting` : `${name} ended (or was never started) before the agent stopped waiting` };
   }
   if ('broker_degraded' in predicate) {
     const answeredIn = await evidence.health(predicate.broker_degraded.ms);

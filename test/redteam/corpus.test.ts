@@ -82,6 +82,16 @@ describe('corpus format refusals', () => {
     await expect(loadCorpus([dir])).rejects.toThrow(/requires: \[plugins\]/);
   });
 
+  it('refuses two different plugins under one name (every plugin is installed on every broker)', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'bastion-corpus-'));
+    const plugin = (id: string, code: string) =>
+      `  - id: ${id}\n    description: d\n    requires: [plugins]\n    steps: [{ install_plugin: { name: h, code: "${code}", tools: [{ name: x }] } }]\n    success: { broker_degraded: {} }\n`;
+    await writeFile(path.join(dir, 'p.yaml'), minimal(plugin('p1', 'tools.x = () => 1') + plugin('p2', 'tools.x = () => 1')));
+    await expect(loadCorpus([dir])).resolves.toBeDefined();
+    await writeFile(path.join(dir, 'p.yaml'), minimal(plugin('p1', 'tools.x = () => 1') + plugin('p2', 'tools.x = () => 2')));
+    await expect(loadCorpus([dir])).rejects.toThrow(/plugin named "h" that differs from the one case "p1" installs/);
+  });
+
   it('refuses a case id used twice across files', async () => {
     const dir = await mkdtemp(path.join(tmpdir(), 'bastion-corpus-'));
     const body = minimal(`  - id: same\n    description: d\n    steps: [{ sleep: { ms: 1 } }]\n    success: { upstream_called: { tool: t } }\n`);

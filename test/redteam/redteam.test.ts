@@ -64,19 +64,41 @@ describe('bastion redteam --quick against the default configuration', () => {
     }
   });
 
-  it('reports every attack class of the corpus, plugins as not applicable rather than passed', async () => {
+  it('reports every attack class of the corpus and runs every case, the plugin cases included', async () => {
     const corpus = await loadCorpus([DEFAULT_CORPUS_DIR]);
     expect(result.classes.map((c) => c.id).sort()).toEqual(corpus.classes.map((c) => c.id).sort());
     for (const attackClass of result.classes) {
       expect(Object.keys(result.matrix[attackClass.id] ?? {}).sort(), attackClass.id).toEqual(result.configurations.map((c) => c.name).sort());
-      if (!attackClass.applicable) continue;
+      expect(attackClass.applicable, attackClass.id).toBe(true);
       expect(cell(attackClass.id, 'full')?.attempts, attackClass.id).toBe(corpus.classes.find((c) => c.id === attackClass.id)!.cases.length);
     }
     const plugins = result.classes.find((c) => c.id === 'plugin_sandbox');
-    expect(plugins).toMatchObject({ applicable: false });
-    expect(plugins?.not_applicable_reason).toContain('not applicable in this build');
-    expect(cell('plugin_sandbox', 'full')).toMatchObject({ applicable: false, attempts: 0, rate: null });
-    expect(stdout).toMatch(/plugin_sandbox\s+\d+\s+not applicable in this build/);
+    expect(plugins).toMatchObject({ applicable: true, cases: 4 });
+    expect(plugins?.not_applicable_reason).toBeUndefined();
+    expect(stdout).not.toMatch(/not applicable in this build/);
+    // Each plugin case really ran: its plugin was installed and its hostile call got an answer from the sandbox.
+    for (const configuration of result.configurations) {
+      const attempts = configuration.attempts.filter((a) => a.class === 'plugin_sandbox');
+      expect(attempts.map((a) => a.case).sort(), configuration.name).toEqual(['plugin-cpu-bomb', 'plugin-escape-constructor', 'plugin-escape-require', 'plugin-memory-bomb']);
+      for (const attempt of attempts) expect(attempt.steps.find((s) => s.kind === 'install_plugin'), `${configuration.name} ${attempt.case}`).toMatchObject({ ok: true });
+    }
+  });
+
+  it('stops every plugin case with all defenses on, in the sandbox (sandbox_limits, execute stage)', () => {
+    expect(cell('plugin_sandbox', 'full')).toMatchObject({ applicable: true, attempts: 4, successes: 0, rate: 0, errors: 0 });
+    const full = result.configurations.find((c) => c.name === 'full')!;
+    const byCase = Object.fromEntries(full.attempts.filter((a) => a.class === 'plugin_sandbox').map((a) => [a.case, a]));
+    for (const attempt of Object.values(byCase)) expect(attempt, attempt.case).toMatchObject({ success: false, stopped_by: { defense: 'sandbox_limits', stage: 'execute' } });
+    // The escapes find no require and no Function constructor in the isolate: the plugin throws.
+    expect(byCase['plugin-escape-require']!.stopped_by!.code).toBe('SANDBOX_PLUGIN_ERROR');
+    expect(byCase['plugin-escape-constructor']!.stopped_by!.code).toBe('SANDBOX_PLUGIN_ERROR');
+    // The bombs hit the manifest's limits, and the broker kept answering its health check.
+    expect(byCase['plugin-cpu-bomb']!.stopped_by!.code).toBe('SANDBOX_TIMEOUT');
+    expect(['SANDBOX_MEMORY', 'SANDBOX_CRASHED']).toContain(byCase['plugin-memory-bomb']!.stopped_by!.code);
+    for (const id of ['plugin-cpu-bomb', 'plugin-memory-bomb']) expect(byCase[id]!.evidence, id).toMatch(/health check answered in \d+ ms; \w+ ended/);
+    expect(stdout).toMatch(/plugin_sandbox\s+4\s+0\/4/);
+    // No other layer is what stops them: the plugin cases stay stopped with any one of them off.
+    for (const configuration of result.configurations) expect(rate('plugin_sandbox', configuration.name), configuration.name).toBe(0);
   });
 
   it('lets no attack through with every defense on, and exits 0', () => {
@@ -103,6 +125,7 @@ describe('bastion redteam --quick against the default configuration', () => {
     expect(stoppers('result_injection')).toContain('filters (flagged');
     expect(stoppers('flood')).toContain('quotas (BASTION_RATE_LIMITED)');
     expect(stoppers('payload_bomb')).toContain('front_door (BASTION_REQUEST_INVALID)');
+    expect(stoppers('plugin_sandbox')).toMatch(/^(sandbox_limits \(SANDBOX_[A-Z_]+\) ?)+$/);
   });
 
   it('shows each defense stopping the classes it exists for: switch it off and they get through', () => {
@@ -132,7 +155,7 @@ describe('bastion redteam --quick against the default configuration', () => {
     for (const defense of ['tokens', 'policy', 'approvals', 'filters', 'quotas']) {
       expect(result.findings.some((f) => f.startsWith(`Without ${defense}:`) || f.includes(`switching off ${defense} changed nothing`)), defense).toBe(true);
     }
-    expect(result.findings.some((f) => f.includes('sandbox_limits'))).toBe(true);
+    expect(result.findings.some((f) => f.startsWith('No ablation run for sandbox_limits: switching it off only lifts'))).toBe(true);
     // A class that names a defense which, switched off alone, let none of it through is called out
     for (const attackClass of result.classes.filter((c) => c.applicable)) {
       for (const defense of attackClass.defended_by) {
@@ -193,7 +216,8 @@ describe('the HTML report', () => {
 
     const cells = await page.locator('#heatmap rect.cell').count();
     expect(cells).toBe(result.classes.length * result.configurations.length);
-    expect(await page.locator('#heatmap rect.cell.na').count()).toBe(result.classes.filter((c) => !c.applicable).length * result.configurations.length);
+    expect(await page.locator('#heatmap rect.cell.na').count()).toBe(0);
+    expect(await page.locator('#heatmap rect.cell[data-class="plugin_sandbox"][data-config="full"]').getAttribute('data-rate')).toBe('0');
     expect(await page.locator('#latency rect.bar').count()).toBe(result.configurations.length);
     // Cells carry the rate they draw: the forged-token row is red without token checks and green with them.
     expect(await page.locator('#heatmap rect.cell[data-class="forged_token"][data-config="no-tokens"]').getAttribute('data-rate')).toBe('1');
