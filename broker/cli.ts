@@ -19,6 +19,7 @@ import { createBroker } from './broker.ts';
 import { ConfigError, loadConfig, parseDuration, type Config } from './config.ts';
 import { createLogger } from './log.ts';
 import { CapabilitySchema, type Capability } from './policy/schema.ts';
+import { REVOKE_GRANT, TOOLS_GRANT } from './server/admin-routes.ts';
 import { startHttp } from './server/http.ts';
 import { serveStdio } from './server/stdio.ts';
 
@@ -293,7 +294,7 @@ async function toolsCommand(verb: 'review' | 'approve', argv: string[]): Promise
   });
   if (values.help) return void console.log(HELP[`tools ${verb}`]);
   const config = await loadConfig(values.config);
-  const admin = await adminToken(config, values.token, 'bastion:tools');
+  const admin = await adminToken(config, values.token, TOOLS_GRANT);
   const base = brokerBase(config, values.url);
   if (verb === 'approve') {
     if (positionals.length !== 1) fail('tools approve: give exactly one TOOL');
@@ -330,7 +331,7 @@ async function tokenRevoke(argv: string[]): Promise<void> {
   if (values.help) return void console.log(HELP['token revoke']);
   if (Boolean(values.jti) === Boolean(values.sub)) fail('token revoke: give either --jti (with --iss) or --sub');
   const config = await loadConfig(values.config);
-  const admin = await adminToken(config, values.token, 'bastion:revoke');
+  const admin = await adminToken(config, values.token, REVOKE_GRANT);
   const body = values.jti ? { jti: values.jti, iss: values.iss ?? DEV_ISSUER } : { sub: values.sub };
   const answer = await postToBroker(`${brokerBase(config, values.url)}/admin/revoke`, admin, body);
   process.stdout.write(`revoked ${JSON.stringify(answer.revoked)}\n`);

@@ -64,6 +64,8 @@ export class DescriptorPins {
   private readonly hashOf: (tool: Tool) => string;
   private readonly exposedName: (connector: string, tool: string) => string;
   private pins = new Map<string, Pin>();
+  /** Connectors whose last reconcile failed (state unavailable): their unpinned tools are held back, not served. */
+  private readonly unverified = new Set<string>();
 
   constructor(options: {
     state: StateStore;
@@ -86,12 +88,23 @@ export class DescriptorPins {
   /** Whether this descriptor matches its pin; synchronous, from the cache reconcile keeps. */
   status(connector: string, tool: string, hash: string): 'pinned' | 'new' | 'quarantined' {
     const pin = this.pins.get(DescriptorPins.key(connector, tool));
-    if (!pin) return 'new';
+    // Fail closed: a tool that could not be pinned is not served as if it were new.
+    if (!pin) return this.unverified.has(connector) ? 'quarantined' : 'new';
     return pin.hash === hash ? 'pinned' : 'quarantined';
   }
 
   /** Pins what is new, quarantines what changed, for one connector's catalog. */
   async reconcile(source: PinSource): Promise<void> {
+    try {
+      await this.reconcileTools(source);
+      this.unverified.delete(source.name);
+    } catch (error) {
+      this.unverified.add(source.name);
+      throw error;
+    }
+  }
+
+  private async reconcileTools(source: PinSource): Promise<void> {
     for (const tool of source.catalog.tools) {
       const key = DescriptorPins.key(source.name, tool.name);
       const hash = this.hashOf(tool);

@@ -224,7 +224,11 @@ export class ToolRegistry {
   resolveTool(name: string): ToolEntry {
     const entry = this.tools().get(name);
     if (this.quarantinedNames.has(name)) {
-      throw new Denial('resolve', 'BASTION_TOOL_QUARANTINED', `the tool's descriptor changed since it was pinned; it stays unavailable until an operator reviews it (bastion tools review)`);
+      throw new Denial(
+        'resolve',
+        'BASTION_TOOL_QUARANTINED',
+        `the tool's descriptor does not match its pin (it changed since it was pinned, or could not be pinned); it stays unavailable until an operator reviews it (bastion tools review)`,
+      );
     }
     const blocked = this.blocked.get(name);
     if (blocked) {

@@ -58,3 +58,33 @@ describe('descriptor pinning', () => {
     expect(response.status).toBe(403);
   });
 });
+
+describe('pinning when state is unavailable', () => {
+  it('a tool that could not be pinned is held back, not served as new; it returns once pinning succeeds', async () => {
+    const { mkdtemp, rm } = await import('node:fs/promises');
+    const { tmpdir } = await import('node:os');
+    const { openEmbeddedState } = await import('../broker/state/embedded.ts');
+    const { DescriptorPins } = await import('../broker/pins.ts');
+    const { createLogger } = await import('../broker/log.ts');
+    const { StateUnavailable } = await import('../broker/state/store.ts');
+    const dir = await mkdtemp(path.join(tmpdir(), 'bastion-pins-'));
+    const real = await openEmbeddedState(path.join(dir, 'state.jsonl'));
+    let down = true;
+    const guard = <T>(op: () => Promise<T>) => (down ? Promise.reject(new StateUnavailable('state store down')) : op());
+    const state = {
+      ...real,
+      get: (ns: string, key: string) => guard(() => real.get(ns, key)),
+      compareAndSet: (ns: string, key: string, expected: string | undefined, next: string) => guard(() => real.compareAndSet(ns, key, expected, next)),
+    };
+    const pins = new DescriptorPins({ state, log: createLogger('silent'), audit: async () => undefined, hashOf: (tool) => `sha256:${tool.description}`, exposedName: (c, tool) => `${c}__${tool}` });
+    const source = { name: 'up', catalog: { tools: [{ name: 'fresh', description: 'd1', inputSchema: { type: 'object' as const } }] } };
+    expect(pins.status('up', 'fresh', 'sha256:d1')).toBe('new');
+    await expect(pins.reconcile(source)).rejects.toThrow('state store down');
+    expect(pins.status('up', 'fresh', 'sha256:d1')).toBe('quarantined');
+    down = false;
+    await pins.reconcile(source);
+    expect(pins.status('up', 'fresh', 'sha256:d1')).toBe('pinned');
+    await real.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+});

@@ -73,8 +73,18 @@ function constraintProblem(parent: Constraint, child: Constraint | undefined): s
   return undefined;
 }
 
+/**
+ * Operator grants (`bastion:revoke`, `bastion:tools`) are honoured only as
+ * literal grants, so a glob like `*` must not let a holder mint one by
+ * delegation: only the same literal grant covers it.
+ */
+export const OPERATOR_GRANT_PREFIX = 'bastion:';
+
 /** Why `parent` does not cover `child`, or undefined when it does. */
 export function grantProblem(parent: Capability, child: Capability): string | undefined {
+  if (child.tool.startsWith(OPERATOR_GRANT_PREFIX) && parent.tool !== child.tool) {
+    return `operator grant "${child.tool}" can only be delegated from the same literal grant`;
+  }
   if (!globCovers(parent.tool, child.tool)) return `tool pattern is wider than "${parent.tool}"`;
   for (const [name, constraint] of Object.entries(parent.args ?? {})) {
     const problem = constraintProblem(constraint, child.args?.[name]);

@@ -10,6 +10,7 @@
  */
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import { z } from 'zod';
+import { OPERATOR_GRANT_PREFIX } from '../auth/attenuate.ts';
 import { delegate } from '../auth/delegate.ts';
 import { revoke } from '../auth/revocation.ts';
 import type { Principal } from '../auth/verify.ts';
@@ -19,8 +20,8 @@ import { principalForAudit } from '../pipeline.ts';
 import type { AuthedRequest } from './http.ts';
 
 /** The literal grants operator tokens need; globs never confer them. */
-export const REVOKE_GRANT = 'bastion:revoke';
-export const TOOLS_GRANT = 'bastion:tools';
+export const REVOKE_GRANT = `${OPERATOR_GRANT_PREFIX}revoke`;
+export const TOOLS_GRANT = `${OPERATOR_GRANT_PREFIX}tools`;
 
 export interface AdminRouteOptions {
   broker: Broker;

@@ -154,6 +154,15 @@ describe('POST /token/delegate', () => {
     expect(escalate.status).toBe(403);
   });
 
+  it('a * holder cannot mint an operator grant (bastion:revoke) by delegation; only the same literal grant covers it', async () => {
+    const wildcard = await t.mint({ sub: 'agent:wild-delegator', cap: [{ tool: '*' }] });
+    const escalation = await delegateWith(wildcard, { sub: 'agent:fake-operator', cap: [{ tool: 'bastion:revoke' }] });
+    expect(escalation.status).toBe(403);
+    expect(escalation.body.error_description).toContain('operator grant');
+    const operator = await t.mint({ sub: 'operator:ops', cap: [{ tool: 'bastion:revoke' }] });
+    expect((await delegateWith(operator, { sub: 'operator:deputy', cap: [{ tool: 'bastion:revoke' }] })).status).toBe(200);
+  });
+
   it('refuses a ttl over the cap and malformed requests', async () => {
     const parent = await t.mint({ sub: 'agent:p2' });
     expect((await delegateWith(parent, { sub: 'agent:c', cap: [{ tool: 'rec__echo' }], ttl: '2h' })).status).toBe(403);
