@@ -43,6 +43,8 @@ export interface TargetResult extends Omit<Summary, 'n'> {
   seconds: number;
   /** CPU time per call of the process in the middle (proxy or Bastion; none for direct), in microseconds. */
   middle_cpu_us_per_call: number | undefined;
+  /** The part of it on the thread that runs JavaScript (the rest: GC and compiler helpers, libuv's pool). */
+  middle_main_thread_cpu_us_per_call: number | undefined;
   upstream_cpu_us_per_call: number | undefined;
   /** The load generator's own CPU per call (SDK clients). */
   client_cpu_us_per_call: number;
@@ -72,7 +74,7 @@ export interface CallsResult {
 const BENCH_ISSUER = 'urn:bastion:bench';
 
 /** Starts upstream, proxy and Bastion; returns them with the three targets. */
-async function startProcesses(options: CallsOptions, dir: string) {
+export async function startProcesses(options: Pick<CallsOptions, 'root' | 'profileDir'>, dir: string) {
   const cwd = options.root;
   const logFile = path.join(dir, 'children.log');
   const children: Child[] = [];
@@ -92,7 +94,7 @@ async function startProcesses(options: CallsOptions, dir: string) {
       YAML.stringify({
         server: { host: '127.0.0.1', port: 0 },
         auth: { issuers: [{ issuer: BENCH_ISSUER, jwks_file: jwksFile }] },
-        state_dir: path.join(dir, 'state'),
+        state_dir: process.env.BENCH_STATE_DIR ?? path.join(dir, 'state'),
         log_level: 'warn',
         limits: { principal: { requests_per_minute: 0, burst: 1, concurrency: 0 }, sessions_per_principal: 1000 },
         connectors: [{ name: 'bench', transport: 'http', url: upstream.url, timeout: '30s' }],
@@ -140,17 +142,19 @@ async function measureLevel(targets: Measured[], agents: number, seconds: number
   try {
     for (const target of targets) connected.set(target, await connectAgents(target, agents));
     for (const target of targets) await drive(connected.get(target)!, target.tool, { durationMs: warmupSeconds * 1000 });
-    const totals = new Map(targets.map((t) => [t, { latencies: [] as number[], calls: 0, errors: 0, seconds: 0, middle: 0, upstream: 0, client: 0, firstError: undefined as string | undefined }]));
+    const totals = new Map(targets.map((t) => [t, { latencies: [] as number[], calls: 0, errors: 0, seconds: 0, middle: 0, middleMain: 0, upstream: 0, client: 0, firstError: undefined as string | undefined }]));
     for (let round = 0; round < rounds; round++) {
       for (let i = 0; i < targets.length; i++) {
         const target = targets[(i + round) % targets.length]!;
         const total = totals.get(target)!;
         const middleBefore = target.middle ? await cpuSecondsOf(target.middle.pid) : undefined;
+        const middleMainBefore = target.middle ? await cpuSecondsOf(target.middle.pid, true) : undefined;
         const upstreamBefore = await cpuSecondsOf(target.upstream.pid);
         const client = process.cpuUsage();
         const run: Run = await drive(connected.get(target)!, target.tool, { durationMs: (seconds / rounds) * 1000 });
         const clientUsed = process.cpuUsage(client);
         const middleAfter = target.middle ? await cpuSecondsOf(target.middle.pid) : undefined;
+        const middleMainAfter = target.middle ? await cpuSecondsOf(target.middle.pid, true) : undefined;
         const upstreamAfter = await cpuSecondsOf(target.upstream.pid);
         for (const latency of run.latencies) total.latencies.push(latency);
         total.calls += run.calls;
@@ -158,6 +162,7 @@ async function measureLevel(targets: Measured[], agents: number, seconds: number
         total.firstError ??= run.firstError;
         total.seconds += run.seconds;
         total.middle += (middleAfter ?? 0) - (middleBefore ?? 0);
+        total.middleMain += (middleMainAfter ?? 0) - (middleMainBefore ?? 0);
         total.upstream += (upstreamAfter ?? 0) - (upstreamBefore ?? 0);
         total.client += (clientUsed.user + clientUsed.system) / 1e6;
       }
@@ -175,6 +180,7 @@ async function measureLevel(targets: Measured[], agents: number, seconds: number
         seconds: total.seconds,
         ...summary,
         middle_cpu_us_per_call: target.middle ? perCall(total.middle) : undefined,
+        middle_main_thread_cpu_us_per_call: target.middle ? perCall(total.middleMain) : undefined,
         upstream_cpu_us_per_call: perCall(total.upstream),
         client_cpu_us_per_call: perCall(total.client) ?? 0,
       };
@@ -264,7 +270,7 @@ export async function runCalls(options: CallsOptions): Promise<CallsResult> {
       const proxy = rows.find((r) => r.target === 'proxy')!;
       console.log(`${level.agents} concurrent agent${level.agents === 1 ? '' : 's'}, ${level.seconds} s each in ${level.rounds} interleaved rounds (allowed tools/call, Streamable HTTP)`);
       printTable(
-        ['target', 'p50', 'p99', 'calls/s', 'p50 vs proxy', 'calls/s vs proxy', 'p50 − direct', 'p99 − direct', 'CPU/call (middle)', 'CPU/call (upstream)', 'CPU/call (agents)'],
+        ['target', 'p50', 'p99', 'calls/s', 'p50 vs proxy', 'calls/s vs proxy', 'p50 − direct', 'p99 − direct', 'CPU/call (middle)', 'of it JS thread', 'CPU/call (upstream)', 'CPU/call (agents)'],
         rows.map((r) => [
           r.target,
           time(r.p50),
@@ -275,6 +281,7 @@ export async function runCalls(options: CallsOptions): Promise<CallsResult> {
           r.target === 'direct' ? '' : time(r.p50 - direct.p50),
           r.target === 'direct' ? '' : time(r.p99 - direct.p99),
           r.middle_cpu_us_per_call === undefined ? '' : time(r.middle_cpu_us_per_call / 1000),
+          r.middle_main_thread_cpu_us_per_call === undefined ? '' : time(r.middle_main_thread_cpu_us_per_call / 1000),
           r.upstream_cpu_us_per_call === undefined ? '' : time(r.upstream_cpu_us_per_call / 1000),
           time(r.client_cpu_us_per_call / 1000),
         ]),

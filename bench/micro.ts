@@ -127,9 +127,9 @@ export async function runMicro(options: { root: string; quick: boolean }): Promi
     let prev = GENESIS_HASH;
     results.push(
       await perOp('audit: seal + serialise one record (CPU)', n, () => {
-        const record = seal(event(), ++seq, prev, new Date());
+        const { record, line } = seal(event(), ++seq, prev, new Date());
         prev = record.hash;
-        return `${canonicalJson(record)}\n`;
+        return line;
       }),
     );
 
@@ -180,9 +180,9 @@ export async function runMicro(options: { root: string; quick: boolean }): Promi
       await perOp('together, CPU only: authenticate + policy + seal', n, async () => {
         const who = await authenticator.authenticate(evidence);
         const decision = engine.decide(input());
-        const record = seal({ ...event(), principal: principalForAudit(who), decision: { allow: decision.allow, reasons: decision.reasons, approval_required: false } }, ++seq, prev, new Date());
+        const { record, line } = seal({ ...event(), principal: principalForAudit(who), decision: { allow: decision.allow, reasons: decision.reasons, approval_required: false } }, ++seq, prev, new Date());
         prev = record.hash;
-        return canonicalJson(record);
+        return line;
       }),
     );
     await audit.close();

@@ -13,12 +13,14 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { Server } from '@modelcontextprotocol/sdk/server/index.js';
 import { CallToolRequestSchema, CallToolResultSchema, ListToolsRequestSchema, type CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { fetchWithOwnSignal } from '../connectors/fetch.ts';
 import { runAsChild, serveSessions, type Served } from './lib/serve.ts';
 
 /** Starts the proxy in this process, connected to `upstream`. */
 export async function serveProxy(upstream: string, port = 0): Promise<Served & { upstream: Client }> {
   const client = new Client({ name: 'bench-proxy', version: '1.0.0' });
-  await client.connect(new StreamableHTTPClientTransport(new URL(upstream)));
+  // The same fetch as Bastion's connectors (connectors/fetch.ts), so transport tuning is not counted as a check's cost.
+  await client.connect(new StreamableHTTPClientTransport(new URL(upstream), { fetch: fetchWithOwnSignal }));
   const { tools } = await client.listTools();
 
   const served = await serveSessions(() => {

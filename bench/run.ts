@@ -5,7 +5,9 @@
  *
  *   node bench/run.ts            full run: 30 s per throughput level, 100,000 calls for memory (several minutes)
  *   node bench/run.ts --quick    CI: 2 s per level, 5,000 calls for memory (well under a minute)
- *   node bench/run.ts --only micro|calls
+ *   node bench/run.ts --only micro|calls|sandbox
+ *   node bench/run.ts --agents 1,16  only these concurrency levels in the calls section
+ *   node bench/run.ts --seconds 8    seconds per level and target (default: 30, --quick 2)
  *   node bench/run.ts --profile  also write V8 CPU profiles of Bastion and the proxy to test-artifacts/profiles/{bastion,proxy}/
  *                                (read it with: node bench/lib/profile-summary.ts FILE.cpuprofile)
  *
@@ -30,9 +32,19 @@ import { evaluateTargets, type TargetCheck } from './targets.ts';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 const { values } = parseArgs({
-  options: { quick: { type: 'boolean', default: false }, only: { type: 'string' }, profile: { type: 'boolean', default: false } },
+  options: {
+    quick: { type: 'boolean', default: false },
+    only: { type: 'string' },
+    agents: { type: 'string' },
+    seconds: { type: 'string' },
+    profile: { type: 'boolean', default: false },
+  },
 });
 const quick = values.quick!;
+const LEVELS = values.agents ? values.agents.split(',').map(Number).filter((n) => Number.isInteger(n) && n > 0) : [1, 16, 32, 64];
+if (LEVELS.length === 0) throw new Error('--agents takes a comma-separated list of positive integers, e.g. 1,16');
+const SECONDS = values.seconds === undefined ? (quick ? 2 : 30) : Number(values.seconds);
+if (!(SECONDS > 0)) throw new Error('--seconds takes a positive number');
 
 /** What every section gets. */
 export interface BenchContext {
@@ -64,7 +76,7 @@ const SECTIONS: BenchSection[] = [
         quick: ctx.quick,
         profileDir: ctx.profileDir,
         // 1, 16 and 64 agents for throughput; 32 for the latency targets, measured for half as long.
-        levels: [1, 16, 32, 64].map((agents) => ({ agents, seconds: (ctx.quick ? 2 : 30) / (agents === 32 ? 2 : 1), rounds: ctx.quick ? 4 : agents === 32 ? 5 : 10 })),
+        levels: LEVELS.map((agents) => ({ agents, seconds: SECONDS / (agents === 32 ? 2 : 1), rounds: ctx.quick ? 4 : agents === 32 ? 5 : 10 })),
         warmupSeconds: ctx.quick ? 0.25 : 2,
         memoryAgents: 64,
         memoryWarmupCalls: ctx.quick ? 500 : 10_000,

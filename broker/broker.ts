@@ -14,7 +14,7 @@ import path from 'node:path';
 import type { Server } from '@modelcontextprotocol/sdk/server/index.js';
 import type { JWK } from 'jose';
 import { createLocalJWKSet, decodeJwt } from 'jose';
-import { CapabilitySchema } from './policy/schema.ts';
+import { CapabilitySchema, type Decision, type PolicyInput } from './policy/schema.ts';
 import { createAuthenticator, type Authenticator } from './auth/authenticate.ts';
 import type { DelegationSigner } from './auth/delegate.ts';
 import { ensureAuditCheckpointKey, ensureDelegationKey, ensureDevKey, readJwksFile, type DevKey } from './auth/keys.ts';
@@ -108,16 +108,13 @@ export interface Broker {
 
 /** Ablation only: a "policy" that allows everything, keeping approval for high-risk tools (a separate layer). */
 function permissivePolicy(real: PolicyEngine): PolicyEngine {
-  return {
-    ...real,
-    revision: 'ablation:no-policy',
-    decide: (input) => ({
-      allow: true,
-      approval: { required: input.tool.risk === 'high', quorum: 1, reason: `${input.tool.name} is a high-risk tool` },
-      reasons: ['policy switched off (ablation run)'],
-      obligations: { redact: [], max_result_bytes: 16 * 1024 * 1024 },
-    }),
-  };
+  const decide = (input: PolicyInput): Decision => ({
+    allow: true,
+    approval: { required: input.tool.risk === 'high', quorum: 1, reason: `${input.tool.name} is a high-risk tool` },
+    reasons: ['policy switched off (ablation run)'],
+    obligations: { redact: [], max_result_bytes: 16 * 1024 * 1024 },
+  });
+  return { revision: 'ablation:no-policy', bundleRevision: real.bundleRevision, source: real.source, decide, decideTrusted: decide };
 }
 
 /** Ablation only: believes a token's claims without verifying anything. */

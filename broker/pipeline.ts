@@ -118,7 +118,7 @@ export class Pipeline {
       version: 1,
       principal: { sub: principal.sub, iss: principal.iss, act: principal.act, cap: principal.cap, anonymous: principal.anonymous },
       tool,
-      // Arguments arrived as parsed JSON, so every value is JSON; the engine re-validates.
+      // Arguments arrived as parsed JSON, so every value is JSON; the principal's caps were validated with its token.
       arguments: args as PolicyInput['arguments'],
       context: { time: this.now().toISOString(), transport: call.transport, session: call.session, method },
     };
@@ -127,7 +127,7 @@ export class Pipeline {
   /** Stage 3 for listings: true when policy would let this principal use the item at all. */
   private allowedToSee(principal: Principal, call: CallContext, input: Parameters<Pipeline['input']>[3], method: PolicyInput['context']['method']): boolean {
     try {
-      return this.parts.policy().decide(this.input(principal, call, method, input, {})).allow;
+      return this.parts.policy().decideTrusted(this.input(principal, call, method, input, {})).allow;
     } catch (error) {
       this.parts.log.warn({ err: (error as Error).message, item: input.name }, 'policy error while listing; item hidden');
       return false;
@@ -415,7 +415,7 @@ export class Pipeline {
       },
     );
     await this.parts.recheck?.(principal);
-    const again = this.parts.policy().decide(
+    const again = this.parts.policy().decideTrusted(
       this.input(principal, call, 'tools/call', { name: entry.exposedName, connector: entry.connector.name, risk: entry.risk, descriptor_hash: entry.descriptorHash }, args),
     );
     if (!again.allow) {
@@ -431,7 +431,7 @@ export class Pipeline {
     const entry = { input, revision: policy.revision, bundleRevision: policy.bundleRevision };
     let decision: Decision;
     try {
-      decision = policy.decide(input);
+      decision = policy.decideTrusted(input);
     } catch (error) {
       event.decision_id = log?.record({ ...entry, error: error instanceof Denial ? error.reason : String(error) });
       throw error;

@@ -96,10 +96,14 @@ export function spawnListening(
   });
 }
 
-/** CPU time (user + system) a process has used so far, from /proc (Linux), in seconds. */
-export async function cpuSecondsOf(pid: number): Promise<number | undefined> {
+/**
+ * CPU time (user + system) a process has used so far, from /proc (Linux), in
+ * seconds: all its threads, or with `mainThread` only the thread that runs
+ * JavaScript (the rest are V8's GC and compiler helpers and libuv's pool).
+ */
+export async function cpuSecondsOf(pid: number, mainThread = false): Promise<number | undefined> {
   try {
-    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+    const stat = await readFile(mainThread ? `/proc/${pid}/task/${pid}/stat` : `/proc/${pid}/stat`, 'utf8');
     // Fields after the command name (which may contain spaces) start after the last ')'.
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     const ticks = Number(fields[11]) + Number(fields[12]);

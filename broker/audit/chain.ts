@@ -4,7 +4,7 @@
  * (`hash`, over every other field including `time`). Canonical form makes the
  * hash reproducible by any JCS implementation, not just this one.
  */
-import { createHash } from 'node:crypto';
+import { hash as digest } from 'node:crypto';
 import canonicalizeModule from 'canonicalize';
 
 // A CommonJS module whose typings declare an ES default export; at run time the default import is the function itself.
@@ -48,7 +48,8 @@ export function canonicalJson(value: unknown): string {
 }
 
 export function sha256(text: string): string {
-  return `sha256:${createHash('sha256').update(text).digest('hex')}`;
+  // One-shot hash: no Hash object per call (this runs several times per tool call).
+  return `sha256:${digest('sha256', text)}`;
 }
 
 /** The hash of a record: over its canonical form without the `hash` member. */
@@ -57,8 +58,33 @@ export function recordHash(record: Omit<AuditRecord, 'hash'> & { hash?: string }
   return sha256(canonicalJson(rest));
 }
 
-/** Seals an event into the next record of the chain. */
-export function seal(event: AuditEvent, seq: number, prev: string, time: Date): AuditRecord {
-  const unsealed = { ...event, seq, time: time.toISOString(), prev };
-  return { ...unsealed, hash: recordHash(unsealed) };
+/** A sealed record and the line it is stored as (its canonical JSON). */
+export interface Sealed {
+  record: AuditRecord;
+  line: string;
 }
+
+/**
+ * Seals an event into the next record of the chain. Each member is
+ * canonicalized once: the hashed text and the stored line differ only by the
+ * `hash` member, so both are joined from the same pieces (RFC 8785 orders
+ * members by UTF-16 code units, which is what `<` compares on strings).
+ */
+export function seal(event: AuditEvent, seq: number, prev: string, time: Date): Sealed {
+  const unsealed: Omit<AuditRecord, 'hash'> = { ...event, seq, time: time.toISOString(), prev };
+  const members: [string, string][] = [];
+  for (const key in unsealed) {
+    const value = unsealed[key as keyof typeof unsealed];
+    if (value !== undefined) members.push([key, `${JSON.stringify(key)}:${canonicalJson(value)}`]);
+  }
+  members.sort(byKey);
+  const hash = sha256(`{${members.map(textOf).join(',')}}`);
+  // "hash" goes where the order puts it, as if it had been there all along.
+  let at = members.findIndex(([key]) => key > 'hash');
+  if (at < 0) at = members.length;
+  members.splice(at, 0, ['hash', `"hash":"${hash}"`]);
+  return { record: { ...unsealed, hash }, line: `{${members.map(textOf).join(',')}}` };
+}
+
+const byKey = ([a]: [string, string], [b]: [string, string]): number => (a < b ? -1 : a > b ? 1 : 0);
+const textOf = ([, text]: [string, string]): string => text;

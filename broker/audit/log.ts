@@ -16,7 +16,7 @@ import { constants } from 'node:fs';
 import { mkdir, open, readFile, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { metrics } from '../metrics.ts';
-import { canonicalJson, GENESIS_HASH, seal, type AuditEvent, type AuditRecord } from './chain.ts';
+import { GENESIS_HASH, seal, type AuditEvent, type AuditRecord } from './chain.ts';
 
 export interface AuditLog {
   readonly file: string;
@@ -71,15 +71,16 @@ export async function openAuditLog(file: string, now: () => Date = () => new Dat
         for (const p of batch) p.reject(failure);
         continue;
       }
-      const records = batch.map((p) => {
-        const record = seal(replica === undefined ? p.event : { ...p.event, replica }, seq + 1, hash, now());
-        seq = record.seq;
-        hash = record.hash;
-        return record;
+      const sealed = batch.map((p) => {
+        const next = seal(replica === undefined ? p.event : { ...p.event, replica }, seq + 1, hash, now());
+        seq = next.record.seq;
+        hash = next.record.hash;
+        return next;
       });
+      const records = sealed.map((s) => s.record);
       try {
         const started = performance.now();
-        await handle.write(records.map((r) => `${canonicalJson(r)}\n`).join(''));
+        await handle.write(sealed.map((s) => `${s.line}\n`).join(''));
         if (!dsync) await handle.datasync();
         metrics.auditCommitted(records.length, (performance.now() - started) / 1000);
         batch.forEach((p, i) => p.resolve(records[i]!));

@@ -6,7 +6,7 @@
  * merely contains ours, so both are enforced here explicitly, along with the
  * algorithm allow-list, `typ`, size, lifetime and claim shapes.
  *
- * A token that verified is remembered (by its SHA-256, in a bounded LRU)
+ * A token that verified is remembered (keyed by itself, in a bounded LRU)
  * until it expires, so an agent presenting the same token on every request
  * pays for the signature and claim checks once. A remembered token is
  * re-checked against its issuer's current keys on every use: rotating a key
@@ -164,14 +164,15 @@ export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
   const skewSeconds = Math.floor(options.clockSkewMs / 1000);
   const maxTtlSeconds = Math.floor(options.maxTtlMs / 1000);
   const cacheEntries = options.cacheEntries ?? DEFAULT_TOKEN_CACHE_ENTRIES;
+  // Keyed by the token itself (a hit then costs no hashing; at most cacheEntries × MAX_TOKEN_BYTES).
   // Insertion order is recency order: a hit moves its entry to the end, eviction takes the first.
   const cache = new Map<string, Verified>();
 
   /** The remembered principal, if the token has not expired and its key is still the issuer's. */
-  async function remembered(tokenHash: string): Promise<Principal | undefined> {
-    const entry = cache.get(tokenHash);
+  async function remembered(token: string): Promise<Principal | undefined> {
+    const entry = cache.get(token);
     if (!entry) return undefined;
-    cache.delete(tokenHash);
+    cache.delete(token);
     // Never past exp, even within the clock-skew allowance a fresh verification would grant.
     if (entry.principal.exp * 1000 <= now()) return undefined;
     let key: unknown;
@@ -181,14 +182,14 @@ export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
       return undefined; // the key is gone: verify afresh, which names the reason
     }
     if (key !== entry.key) return undefined;
-    cache.set(tokenHash, entry);
+    cache.set(token, entry);
     return entry.principal;
   }
 
-  function remember(tokenHash: string, entry: Verified): void {
+  function remember(token: string, entry: Verified): void {
     if (cacheEntries <= 0) return;
     if (cache.size >= cacheEntries) cache.delete(cache.keys().next().value!);
-    cache.set(tokenHash, entry);
+    cache.set(token, entry);
   }
 
   return {
@@ -198,9 +199,9 @@ export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
       if (token.length > MAX_TOKEN_BYTES || Buffer.byteLength(token) > MAX_TOKEN_BYTES) {
         throw deny('BASTION_TOKEN_TOO_LARGE', `token exceeds ${MAX_TOKEN_BYTES} bytes`);
       }
-      const tokenHash = `sha256:${hash('sha256', token)}`;
-      const known = await remembered(tokenHash);
+      const known = await remembered(token);
       if (known) return known;
+      const tokenHash = `sha256:${hash('sha256', token)}`;
 
       let header: ProtectedHeaderParameters;
       try {
@@ -286,7 +287,7 @@ export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
         singleUse: claims.data.use === 'once',
         ...(claims.data.cnf ? { jkt: claims.data.cnf.jkt } : {}),
       });
-      if (used) remember(tokenHash, { principal, getKey: keySet, ...used });
+      if (used) remember(token, { principal, getKey: keySet, ...used });
       return principal;
     },
   };

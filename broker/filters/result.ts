@@ -205,6 +205,7 @@ export function createResultFilter(config: ResultFilterConfigInput = {}): Result
       throw new ObligationUnsupported('max_result_bytes', 'max_result_bytes must be a non-negative integer');
     }
     if (!Array.isArray(obligations.redact)) throw new ObligationUnsupported('redact', 'redact must be an array of strings');
+    if (obligations.redact.length === 0) return baseKinds; // the common case: nothing beyond the configured kinds
     const kinds = new Set(baseKinds);
     for (const entry of obligations.redact as unknown[]) {
       for (const kind of kindsOfObligation(entry, nameable)) kinds.add(kind);
@@ -212,7 +213,9 @@ export function createResultFilter(config: ResultFilterConfigInput = {}): Result
     return kinds;
   };
 
-  const detailKinds = (active: ReadonlySet<string>): ReadonlySet<string> => new Set<string>([...SECRET_KINDS, ...active]);
+  const baseDetailKinds: ReadonlySet<string> = new Set<string>([...SECRET_KINDS, ...baseKinds]);
+  const detailKinds = (active: ReadonlySet<string>): ReadonlySet<string> =>
+    active === baseKinds ? baseDetailKinds : new Set<string>([...SECRET_KINDS, ...active]);
 
   return {
     kinds: nameable,

@@ -38,11 +38,27 @@ const opaWasm = createRequire(import.meta.url)('@open-policy-agent/opa-wasm') as
 type WasmModule = object;
 declare const WebAssembly: { compile(bytes: Uint8Array): Promise<WasmModule> };
 
-/** What the SDK keeps of an instance, as far as the engine reads it. */
+/**
+ * What the SDK keeps of an instance, as far as the engine reads it (pinned
+ * SDK version; engine.test.ts covers every field through real evaluations).
+ */
 interface InstanceInternals {
-  wasmInstance: { exports: { builtins(): number; opa_json_dump(addr: number): number } };
-  mem: { buffer: ArrayBuffer };
+  wasmInstance: {
+    exports: {
+      builtins(): number;
+      opa_json_dump(addr: number): number;
+      opa_eval(reserved: number, entrypoint: number, data: number, input: number, inputLength: number, heap: number, format: number): number;
+    };
+  };
+  mem: { buffer: ArrayBuffer; grow(pages: number): number };
+  /** ABI minor version: 2 and later have the one-call opa_eval. */
+  minorVersion: number;
+  dataAddr: number;
+  /** Where the heap starts after the data: the input is written here. */
+  dataHeapPtr: number;
 }
+
+const WASM_PAGE_BYTES = 65_536;
 
 export const ENTRYPOINT = 'bastion/decision';
 
@@ -72,8 +88,14 @@ export interface PolicyEngine {
   readonly bundleRevision: string | undefined;
   /** Where the policy was loaded from (a path or URL), for logs. */
   readonly source: string;
-  /** Evaluates the policy; throws Denial('authorize', 'BASTION_POLICY_ERROR') on any failure. */
+  /** Validates the input, then evaluates the policy; throws Denial('authorize', 'BASTION_POLICY_ERROR') on any failure. */
   decide(input: PolicyInput): Decision;
+  /**
+   * Evaluates input the broker built itself from parts already validated (a
+   * verified token's claims, arguments parsed from JSON, its own context),
+   * without validating it again; `decide` for anything else. Same failures.
+   */
+  decideTrusted(input: PolicyInput): Decision;
 }
 
 /** A compiled policy and its data, however it was obtained (file, bundle, opa build). */
@@ -175,6 +197,7 @@ class WasmPolicyEngine implements PolicyEngine {
   readonly #maxMemoryPages: number;
   readonly #now: () => number;
   readonly #encoder = new TextEncoder();
+  readonly #decoder = new TextDecoder();
   #evaluationNs = 0n;
   // Undefined after an evaluation threw: a trap can leave the instance's heap
   // in any state, so the next call starts from a fresh one.
@@ -243,19 +266,28 @@ class WasmPolicyEngine implements PolicyEngine {
     if (!parsedInput.success) {
       throw policyError(`invalid policy input: ${summarize(parsedInput.error)}`);
     }
+    return this.decideTrusted(parsedInput.data);
+  }
 
-    // Serialized here rather than by the SDK, to measure it before the module sees it.
-    const encoded = this.#encoder.encode(JSON.stringify(parsedInput.data));
-    if (encoded.byteLength > this.#maxInputBytes) {
-      throw policyError(`policy input of ${encoded.byteLength} bytes exceeds the ${this.#maxInputBytes}-byte limit`);
+  decideTrusted(input: PolicyInput): Decision {
+    let json: string;
+    try {
+      json = JSON.stringify(input);
+    } catch (error) {
+      throw policyError(`invalid policy input: ${describe(error)}`);
+    }
+    // UTF-8 takes at least one byte per UTF-16 unit: longer text cannot fit, so it is never encoded.
+    if (json.length > this.#maxInputBytes) {
+      throw policyError(`policy input of at least ${json.length} bytes exceeds the ${this.#maxInputBytes}-byte limit`);
     }
 
     let resultSet: unknown;
     try {
       this.#policy ??= this.#instantiate();
       this.#evaluationNs = BigInt(this.#now()) * 1_000_000n;
-      resultSet = this.#policy.evaluate(exactBuffer(encoded), this.#entrypoint);
+      resultSet = this.#evaluate(this.#policy, json);
     } catch (error) {
+      if (error instanceof Denial) throw error; // refused before the module ran
       this.#policy = undefined;
       throw policyError(`policy evaluation failed: ${describe(error)}`);
     }
@@ -271,6 +303,38 @@ class WasmPolicyEngine implements PolicyEngine {
       throw policyError(`policy decision is malformed: ${summarize(parsedDecision.error)}`);
     }
     return parsedDecision.data;
+  }
+
+  /**
+   * One evaluation. With ABI 1.2 the JSON text is encoded straight into the
+   * module's memory and the result read with one native scan, which is what
+   * the SDK's evaluate does with two extra copies and a byte-by-byte loop.
+   */
+  #evaluate(policy: LoadedPolicy, json: string): unknown {
+    const instance = policy as unknown as InstanceInternals;
+    if (instance.minorVersion < 2) {
+      const encoded = this.#encoder.encode(json);
+      this.#checkInputBytes(encoded.byteLength);
+      return policy.evaluate(exactBuffer(encoded), this.#entrypoint);
+    }
+    const { mem } = instance;
+    const inputAddr = instance.dataHeapPtr;
+    // Room for the worst case (3 bytes per UTF-16 unit); past the page ceiling grow() throws, and the call is denied.
+    const shortfall = inputAddr + json.length * 3 - mem.buffer.byteLength;
+    if (shortfall > 0) mem.grow(Math.ceil(shortfall / WASM_PAGE_BYTES));
+    const { written } = this.#encoder.encodeInto(json, new Uint8Array(mem.buffer, inputAddr));
+    this.#checkInputBytes(written);
+    const resultAddr = instance.wasmInstance.exports.opa_eval(0, this.#entrypoint, instance.dataAddr, inputAddr, written, inputAddr + written, 0);
+    const memory = new Uint8Array(mem.buffer);
+    const end = memory.indexOf(0, resultAddr);
+    if (end < 0) throw new Error('policy result is not terminated');
+    return JSON.parse(this.#decoder.decode(memory.subarray(resultAddr, end)));
+  }
+
+  #checkInputBytes(bytes: number): void {
+    if (bytes > this.#maxInputBytes) {
+      throw policyError(`policy input of ${bytes} bytes exceeds the ${this.#maxInputBytes}-byte limit`);
+    }
   }
 }
 

@@ -98,7 +98,7 @@ describe('verifying checkpoints', () => {
     const rewritten = list.slice(0, 6);
     for (let seq = 7; seq <= 12; seq++) {
       const { seq: _s, time, prev: _p, hash: _h, ...event } = list[seq - 1]!;
-      rewritten.push(seal({ ...event, tool: 'demo__innocent' }, seq, rewritten[seq - 2]!.hash, new Date(time)));
+      rewritten.push(seal({ ...event, tool: 'demo__innocent' }, seq, rewritten[seq - 2]!.hash, new Date(time)).record);
     }
     writeRecords(file, rewritten);
     expect((await verifyAuditFile(file)).ok).toBe(true);

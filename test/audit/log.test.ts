@@ -8,7 +8,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
-import { GENESIS_HASH, recordHash, type AuditRecord } from '../../broker/audit/chain.ts';
+import fc from 'fast-check';
+import { canonicalJson, GENESIS_HASH, recordHash, seal, type AuditEvent, type AuditRecord } from '../../broker/audit/chain.ts';
 import { openAuditLog } from '../../broker/audit/log.ts';
 import { verifyAuditFile } from '../../broker/audit/verify.ts';
 import { startTestBroker, type TestBroker } from '../helpers/broker.ts';
@@ -36,6 +37,38 @@ function expectChained(records: AuditRecord[]): void {
     prev = record.hash;
   });
 }
+
+describe('seal', () => {
+  // seal joins the stored line from members canonicalized once; it must be exactly what a
+  // JCS implementation makes of the whole record, or other verifiers would disagree.
+  it('writes the RFC 8785 form of the record, and hashes it without the hash member', () => {
+    const text = fc.string({ unit: 'binary', maxLength: 12 });
+    const event = fc.record(
+      {
+        event: text,
+        outcome: fc.constantFrom('ok', 'denied', 'error', 'info'),
+        tool: fc.option(text, { nil: undefined }),
+        session: fc.option(text, { nil: undefined }),
+        latency_ms: fc.option(fc.double({ noNaN: true, noDefaultInfinity: true }), { nil: undefined }),
+        detail: fc.option(fc.dictionary(text, fc.jsonValue({ maxDepth: 3 })), { nil: undefined }),
+        // Keys that sort differently by code unit than by code point or locale.
+        'ｚ': fc.option(text, { nil: undefined }),
+        '\u{1F600}': fc.option(text, { nil: undefined }),
+        Z: fc.option(text, { nil: undefined }),
+      },
+      { requiredKeys: ['event', 'outcome'] },
+    ) as fc.Arbitrary<AuditEvent>;
+    fc.assert(
+      fc.property(event, fc.integer({ min: 1 }), fc.date({ noInvalidDate: true, min: new Date(0), max: new Date(4e12) }), (e, seq, time) => {
+        const { record, line } = seal(e, seq, GENESIS_HASH, time);
+        expect(line).toBe(canonicalJson(record));
+        expect(record.hash).toBe(recordHash(record));
+        expect(JSON.parse(line)).toEqual(JSON.parse(JSON.stringify(record)));
+      }),
+      { numRuns: 300 },
+    );
+  });
+});
 
 describe('openAuditLog', () => {
   it('starts a new file at seq 1 from the genesis hash', async () => {

@@ -85,6 +85,19 @@ describe('data and the engine', () => {
     expect(() => engine.decide(input({ args: { x: 'a'.repeat(5000) } }))).toThrow(/exceeds the 4096-byte limit/);
   });
 
+  it('counts the size in UTF-8 bytes, not characters', async () => {
+    const engine = await createPolicyEngine({ wasm, source: 'test' }, { maxInputBytes: 4096 });
+    // 1,500 characters, 4,500 bytes: under the limit as text, over it as UTF-8.
+    expect(() => engine.decideTrusted(input({ args: { x: '\u20ac'.repeat(1500) } }))).toThrow(/input of \d+ bytes exceeds the 4096-byte limit/);
+    expect(engine.decideTrusted(input({ args: { x: '\u20ac'.repeat(1000) } })).allow).toBe(true);
+  });
+
+  it('gives the same decisions with and without validating the input, across memory growth', async () => {
+    const engine = await createPolicyEngine({ wasm, source: 'test' }, { maxInputBytes: 16 * 1024 * 1024 });
+    const cases = [input(), input({ tool: 'nope' }), input({ args: { x: 'y'.repeat(1024 * 1024) } }), input({ args: { x: 'z' } })];
+    for (const each of cases) expect(engine.decideTrusted(each)).toEqual(engine.decide(each));
+  });
+
   it('denies when the input does not fit the memory cap, and recovers', async () => {
     const engine = await createPolicyEngine({ wasm, source: 'test' }, { maxMemoryPages: 16, maxInputBytes: 16 * 1024 * 1024 });
     expect(() => engine.decide(input({ args: { x: 'a'.repeat(2 * 1024 * 1024) } }))).toThrow(/policy evaluation failed/);
