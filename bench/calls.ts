@@ -25,6 +25,8 @@ import { bytes, count, printTable, ratio, summarize, time, type Summary } from '
 export interface CallsOptions {
   root: string;
   quick: boolean;
+  /** Bastion's audit.durability (default disk: every reply waits for its record's O_DSYNC write). */
+  auditDurability?: 'disk' | 'process' | undefined;
   /** Directory for V8 CPU profiles (node --cpu-prof) of Bastion and the proxy (<dir>/bastion, <dir>/proxy), when profiling. */
   profileDir?: string | undefined;
   /** Concurrency levels for the sweep and seconds per level. */
@@ -74,7 +76,7 @@ export interface CallsResult {
 const BENCH_ISSUER = 'urn:bastion:bench';
 
 /** Starts upstream, proxy and Bastion; returns them with the three targets. */
-export async function startProcesses(options: Pick<CallsOptions, 'root' | 'profileDir'>, dir: string) {
+export async function startProcesses(options: Pick<CallsOptions, 'root' | 'profileDir' | 'auditDurability'>, dir: string) {
   const cwd = options.root;
   const logFile = path.join(dir, 'children.log');
   const children: Child[] = [];
@@ -94,7 +96,8 @@ export async function startProcesses(options: Pick<CallsOptions, 'root' | 'profi
       YAML.stringify({
         server: { host: '127.0.0.1', port: 0 },
         auth: { issuers: [{ issuer: BENCH_ISSUER, jwks_file: jwksFile }] },
-        state_dir: process.env.BENCH_STATE_DIR ?? path.join(dir, 'state'),
+        state_dir: path.join(dir, 'state'),
+        audit: { durability: options.auditDurability ?? 'disk' },
         log_level: 'warn',
         limits: { principal: { requests_per_minute: 0, burst: 1, concurrency: 0 }, sessions_per_principal: 1000 },
         connectors: [{ name: 'bench', transport: 'http', url: upstream.url, timeout: '30s' }],

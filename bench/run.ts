@@ -8,6 +8,7 @@
  *   node bench/run.ts --only micro|calls|sandbox
  *   node bench/run.ts --agents 1,16  only these concurrency levels in the calls section
  *   node bench/run.ts --seconds 8    seconds per level and target (default: 30, --quick 2)
+ *   node bench/run.ts --audit-durability process   run Bastion with audit.durability: process (default disk)
  *   node bench/run.ts --profile  also write V8 CPU profiles of Bastion and the proxy to test-artifacts/profiles/{bastion,proxy}/
  *                                (read it with: node bench/lib/profile-summary.ts FILE.cpuprofile)
  *
@@ -37,6 +38,7 @@ const { values } = parseArgs({
     only: { type: 'string' },
     agents: { type: 'string' },
     seconds: { type: 'string' },
+    'audit-durability': { type: 'string', default: 'disk' },
     profile: { type: 'boolean', default: false },
   },
 });
@@ -45,6 +47,8 @@ const LEVELS = values.agents ? values.agents.split(',').map(Number).filter((n) =
 if (LEVELS.length === 0) throw new Error('--agents takes a comma-separated list of positive integers, e.g. 1,16');
 const SECONDS = values.seconds === undefined ? (quick ? 2 : 30) : Number(values.seconds);
 if (!(SECONDS > 0)) throw new Error('--seconds takes a positive number');
+const DURABILITY = values['audit-durability'];
+if (DURABILITY !== 'disk' && DURABILITY !== 'process') throw new Error('--audit-durability takes disk or process');
 
 /** What every section gets. */
 export interface BenchContext {
@@ -75,6 +79,7 @@ const SECTIONS: BenchSection[] = [
         root: ctx.root,
         quick: ctx.quick,
         profileDir: ctx.profileDir,
+        auditDurability: DURABILITY,
         // 1, 16 and 64 agents for throughput; 32 for the latency targets, measured for half as long.
         levels: LEVELS.map((agents) => ({ agents, seconds: SECONDS / (agents === 32 ? 2 : 1), rounds: ctx.quick ? 4 : agents === 32 ? 5 : 10 })),
         warmupSeconds: ctx.quick ? 0.25 : 2,
@@ -90,6 +95,7 @@ const machine = describeMachine();
 const started = new Date();
 console.log(`Bastion benchmarks${quick ? ' (--quick)' : ''}, ${started.toISOString()}`);
 console.log(`machine: ${machineLine(machine)}`);
+if (DURABILITY !== 'disk') console.log(`Bastion runs with audit.durability: ${DURABILITY}`);
 if (machine.cores <= 2) console.log('note: the load generator, the upstream and the server under test share these cores; compare ratios within this run.');
 console.log('');
 
@@ -113,5 +119,5 @@ if (targets.length > 0) {
 
 const out = path.join(ROOT, 'test-artifacts/bench.json');
 await mkdir(path.dirname(out), { recursive: true });
-await writeFile(out, `${JSON.stringify({ version: 1, mode: quick ? 'quick' : 'full', started: started.toISOString(), seconds: (Date.now() - started.getTime()) / 1000, machine, results, targets }, null, 2)}\n`);
+await writeFile(out, `${JSON.stringify({ version: 1, mode: quick ? 'quick' : 'full', audit_durability: DURABILITY, started: started.toISOString(), seconds: (Date.now() - started.getTime()) / 1000, machine, results, targets }, null, 2)}\n`);
 console.log(`results: ${path.relative(process.cwd(), out)} (${((Date.now() - started.getTime()) / 1000).toFixed(0)} s in all)`);

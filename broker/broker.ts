@@ -222,7 +222,7 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
   const decisionLog = config.policy.decision_log.enabled ? await openDecisionLog(config, log) : undefined;
   const auditFile = config.audit.file ?? path.join(config.state_dir, 'audit.jsonl');
   const replicaId = config.replica_id ?? `${os.hostname()}:${process.pid}`;
-  let audit = await openAuditLog(auditFile, undefined, replicaId);
+  let audit = await openAuditLog(auditFile, { replica: replicaId, durability: config.audit.durability });
   if (config.audit.checkpoints.enabled) {
     const key = config.audit.checkpoints.key_file
       ? (JSON.parse(await readFile(config.audit.checkpoints.key_file, 'utf8')) as JWK)

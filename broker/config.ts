@@ -239,6 +239,11 @@ export const ConfigSchema = z.strictObject({
     .strictObject({
       /** Defaults to <state_dir>/audit.jsonl. */
       file: z.string().optional(),
+      /**
+       * When a call may be answered: once its record is on stable storage ("disk", O_DSYNC), or
+       * once the kernel has it ("process": survives a broker crash, not a power cut; synced within 1 s).
+       */
+      durability: z.enum(['disk', 'process']).default('disk'),
       /** Signed checkpoints of the chain head in <file>.checkpoints.jsonl (proves truncation and rewrites). */
       checkpoints: z
         .strictObject({

@@ -58,6 +58,7 @@ describe('the embedded default', () => {
     expect(config.log_level).toBe('info');
     expect(config.connectors).toBeUndefined();
     expect(config.audit.file).toBeUndefined();
+    expect(config.audit.durability).toBe('disk');
     expect(existsSync(config.policy.wasm)).toBe(true);
   });
 
@@ -146,6 +147,10 @@ describe('a bad field stops with a message naming its path', () => {
 
   it('a bad risk override', () => {
     expectInvalid({ connectors: [{ name: 'fs', transport: 'stdio', command: '/bin/true', tools: { rm: { risk: 'extreme' } } }] }, 'connectors.0.tools.rm.risk');
+  });
+
+  it('an unknown audit durability', () => {
+    expectInvalid({ audit: { durability: 'memory' } }, 'audit.durability');
   });
 
   it('an algorithm outside the allow-list', () => {

@@ -129,4 +129,13 @@ describe('HTTP hardening', () => {
     expect(response.headers.get('x-frame-options')).toBeTruthy();
     expect(response.headers.get('x-powered-by')).toBeNull();
   });
+
+  it('MCP responses carry the headers that matter for an API', async () => {
+    const response = await fetch(t.url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
+    expect(response.status).toBe(401);
+    expect(response.headers.get('x-content-type-options')).toBe('nosniff');
+    expect(response.headers.get('cross-origin-resource-policy')).toBe('same-origin');
+    expect(response.headers.get('referrer-policy')).toBe('no-referrer');
+    expect(response.headers.get('x-powered-by')).toBeNull();
+  });
 });

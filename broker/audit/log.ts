@@ -2,11 +2,18 @@
  * Stage 8, audit: appends hash-chained records to a file.
  *
  * Appends are group-committed: records that arrive while a write is in
- * flight are written together and made durable at once (one O_DSYNC write;
- * write + fdatasync where the platform has no O_DSYNC). `append`
- * resolves only after its record is on disk, so no call is acknowledged
- * before its evidence exists. A failed write poisons the log: every later
- * append rejects, and the pipeline fails closed.
+ * flight are written together, in one write. `append` resolves only once its
+ * record is durable, so no call is acknowledged before its evidence exists.
+ * What durable means is the operator's choice (`audit.durability`):
+ *
+ *   disk     (default) on stable storage: one O_DSYNC write (write +
+ *            fdatasync where the platform has no O_DSYNC) per group;
+ *   process  handed to the kernel: survives the broker crashing or being
+ *            killed, not a power cut or kernel crash; fdatasync follows
+ *            within `syncIntervalMs` (1 s), bounding what such a crash loses.
+ *
+ * A failed write or sync poisons the log: every later append rejects, and
+ * the pipeline fails closed.
  *
  * @example
  *   const audit = await openAuditLog('.bastion/audit.jsonl');
@@ -51,16 +58,44 @@ async function readHead(file: string): Promise<{ seq: number; hash: string }> {
   return { seq: last.seq, hash: last.hash };
 }
 
-export async function openAuditLog(file: string, now: () => Date = () => new Date(), replica?: string): Promise<AuditLog> {
+export type AuditDurability = 'disk' | 'process';
+
+export interface AuditLogOptions {
+  now?: () => Date;
+  /** Written into every record (config replica_id). */
+  replica?: string | undefined;
+  /** Default 'disk'; see the module comment. */
+  durability?: AuditDurability;
+  /** With durability 'process': the longest a written record waits for fdatasync. Default 1,000 ms. */
+  syncIntervalMs?: number;
+}
+
+export async function openAuditLog(file: string, options: AuditLogOptions = {}): Promise<AuditLog> {
+  const { now = () => new Date(), replica, durability = 'disk', syncIntervalMs = 1000 } = options;
   await mkdir(path.dirname(file), { recursive: true });
   let { seq, hash } = await readHead(file);
   // O_DSYNC: each write returns only once its data (and the size change) is on stable storage, the
   // guarantee write + fdatasync gives, in one syscall and one thread-pool round trip instead of two.
-  const dsync = constants.O_DSYNC !== undefined;
-  const handle: FileHandle = await open(file, dsync ? constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_DSYNC : 'a', 0o600);
+  const dsync = durability === 'disk' && constants.O_DSYNC !== undefined;
+  const flags = constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | (dsync ? constants.O_DSYNC : 0);
+  const handle: FileHandle = await open(file, flags, 0o600);
   let queue: Pending[] = [];
   let writing = false;
   let failure: Error | undefined;
+  // durability 'process': the pending background fdatasync, if one is scheduled.
+  let syncTimer: NodeJS.Timeout | undefined;
+  let syncing: Promise<void> = Promise.resolve();
+
+  function syncSoon(): void {
+    if (syncTimer || failure) return;
+    syncTimer = setTimeout(() => {
+      syncTimer = undefined;
+      syncing = handle.datasync().catch((error: Error) => {
+        failure = new Error(`audit log unavailable: fdatasync failed: ${error.message}`);
+      });
+    }, syncIntervalMs);
+    syncTimer.unref();
+  }
 
   async function flush(): Promise<void> {
     writing = true;
@@ -81,7 +116,8 @@ export async function openAuditLog(file: string, now: () => Date = () => new Dat
       try {
         const started = performance.now();
         await handle.write(sealed.map((s) => `${s.line}\n`).join(''));
-        if (!dsync) await handle.datasync();
+        if (durability === 'process') syncSoon();
+        else if (!dsync) await handle.datasync();
         metrics.auditCommitted(records.length, (performance.now() - started) / 1000);
         batch.forEach((p, i) => p.resolve(records[i]!));
       } catch (error) {
@@ -103,6 +139,9 @@ export async function openAuditLog(file: string, now: () => Date = () => new Dat
     },
     async close() {
       while (writing || queue.length > 0) await new Promise((r) => setTimeout(r, 5));
+      clearTimeout(syncTimer);
+      await syncing;
+      if (durability === 'process' && !failure) await handle.datasync().catch(() => undefined);
       await handle.close();
     },
   };

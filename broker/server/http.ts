@@ -78,8 +78,21 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   const app = express();
   app.disable('x-powered-by');
   app.set('trust proxy', false);
-  // Security headers everywhere; the approval page sets its own stricter CSP.
-  app.use(helmet({ contentSecurityPolicy: false, strictTransportSecurity: Boolean(config.server.tls) }));
+  // Security headers. Pages and the admin API get helmet's full set (the approval page adds its
+  // own stricter CSP). /mcp answers only JSON and event streams to programs, on every tool call:
+  // it gets the headers that matter for those, set at once, not the ones meant for HTML documents.
+  const pageHeaders = helmet({ contentSecurityPolicy: false, strictTransportSecurity: Boolean(config.server.tls) });
+  const apiHeaders: [string, string][] = [
+    ['X-Content-Type-Options', 'nosniff'],
+    ['Cross-Origin-Resource-Policy', 'same-origin'],
+    ['Referrer-Policy', 'no-referrer'],
+    ...(config.server.tls ? [['Strict-Transport-Security', 'max-age=31536000; includeSubDomains'] as [string, string]] : []),
+  ];
+  app.use((req, res, next) => {
+    if (req.path !== '/mcp' && !req.path.startsWith('/mcp/')) return pageHeaders(req, res, next);
+    for (const [name, value] of apiHeaders) res.setHeader(name, value);
+    next();
+  });
 
   const tls = config.server.tls;
   const server: HttpServer = tls

@@ -3,7 +3,8 @@
  * a restart, stay intact under concurrent appends (group commit), fail
  * closed once a write fails, and never hold a token or argument values.
  */
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { mkdtemp, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -134,10 +135,43 @@ describe('openAuditLog', () => {
     expect(onDisk.at(-1)).toEqual(record);
   });
 
+  /** The open flags of this process's descriptor for `file`, from /proc (Linux). */
+  async function openFlags(file: string): Promise<number> {
+    for (const fd of await readdir('/proc/self/fd')) {
+      const target = await readlink(`/proc/self/fd/${fd}`).catch(() => '');
+      if (target !== file) continue;
+      const info = await readFile(`/proc/self/fdinfo/${fd}`, 'utf8');
+      return Number.parseInt(/^flags:\s+([0-7]+)$/m.exec(info)![1]!, 8);
+    }
+    throw new Error(`${file} is not open`);
+  }
+
+  it('durability disk writes with O_DSYNC; durability process hands records to the kernel and syncs later', async () => {
+    const diskFile = path.join(dir, 'disk.jsonl');
+    const disk = await openAuditLog(diskFile);
+    expect((await openFlags(diskFile)) & constants.O_DSYNC).toBe(constants.O_DSYNC);
+    await disk.close();
+
+    const file = path.join(dir, 'process.jsonl');
+    const log = await openAuditLog(file, { durability: 'process', syncIntervalMs: 10 });
+    expect((await openFlags(file)) & constants.O_DSYNC).toBe(0);
+    const first = await log.append({ event: 'one', outcome: 'ok' });
+    // In the file (the kernel has it) as soon as append resolves, like the disk mode.
+    expect((await readRecords(file)).at(-1)).toEqual(first);
+    await new Promise((resolve) => setTimeout(resolve, 30)); // a background fdatasync ran
+    const appended = await Promise.all(Array.from({ length: 50 }, (_, i) => log.append({ event: 'burst', outcome: 'ok', detail: { i } })));
+    await log.close();
+    const records = await readRecords(file);
+    expect(records).toHaveLength(51);
+    expectChained(records);
+    for (const record of appended) expect(records[record.seq - 1]).toEqual(record);
+    await expect(log.append({ event: 'late', outcome: 'ok' })).rejects.toThrow(/audit log unavailable/);
+  });
+
   it('time comes from the injected clock and is covered by the hash', async () => {
     const file = path.join(dir, 'clock.jsonl');
     const fixed = new Date('2030-01-02T03:04:05.678Z');
-    const log = await openAuditLog(file, () => fixed);
+    const log = await openAuditLog(file, { now: () => fixed });
     const record = await log.append({ event: 'clocked', outcome: 'ok' });
     await log.close();
     expect(record.time).toBe('2030-01-02T03:04:05.678Z');
