@@ -106,7 +106,9 @@ export async function runMicro(options: { root: string; quick: boolean }): Promi
       context: { time: new Date().toISOString(), transport: 'http', session: '6f1c0c52-5f39-4a43-9d35-3f0b8c1d2e4f', method: 'tools/call' },
     });
     if (!engine.decide(input()).allow) throw new Error('the benchmark call is not allowed by the default policy');
-    results.push(await perOp('policy decision (default policy, WASM)', n, () => engine.decide(input())));
+    // As the pipeline asks: input it built from verified parts is not validated again.
+    results.push(await perOp('policy decision (default policy, WASM)', n, () => engine.decideTrusted(input())));
+    results.push(await perOp('policy decision, outside input validated first', n, () => engine.decide(input())));
 
     results.push(await perOp('arguments: canonical JSON + SHA-256', n, () => sha256(canonicalJson(ECHO_ARGUMENTS))));
 
@@ -170,16 +172,25 @@ export async function runMicro(options: { root: string; quick: boolean }): Promi
         durableN,
         async () => {
           const who = await authenticator.authenticate(evidence);
-          const decision = engine.decide(input());
+          const decision = engine.decideTrusted(input());
           await audit.append({ ...event(), principal: principalForAudit(who), decision: { allow: decision.allow, reasons: decision.reasons, approval_required: false } });
         },
         50,
       ),
     );
+    const handedOver = await openAuditLog(path.join(dir, 'audit-process.jsonl'), { durability: 'process' });
+    results.push(
+      await perOp('together, audit.durability process', durableN, async () => {
+        const who = await authenticator.authenticate(evidence);
+        const decision = engine.decideTrusted(input());
+        await handedOver.append({ ...event(), principal: principalForAudit(who), decision: { allow: decision.allow, reasons: decision.reasons, approval_required: false } });
+      }),
+    );
+    await handedOver.close();
     results.push(
       await perOp('together, CPU only: authenticate + policy + seal', n, async () => {
         const who = await authenticator.authenticate(evidence);
-        const decision = engine.decide(input());
+        const decision = engine.decideTrusted(input());
         const { record, line } = seal({ ...event(), principal: principalForAudit(who), decision: { allow: decision.allow, reasons: decision.reasons, approval_required: false } }, ++seq, prev, new Date());
         prev = record.hash;
         return line;

@@ -8,8 +8,9 @@
  *
  *   disk     (default) on stable storage: one O_DSYNC write (write +
  *            fdatasync where the platform has no O_DSYNC) per group;
- *   process  handed to the kernel: survives the broker crashing or being
- *            killed, not a power cut or kernel crash; fdatasync follows
+ *   process  handed to the kernel (a plain write(2) on this thread, like
+ *            Redis's appendfsync everysec): survives the broker crashing or
+ *            being killed, not a power cut or kernel crash; fdatasync follows
  *            within `syncIntervalMs` (1 s), bounding what such a crash loses.
  *
  * A failed write or sync poisons the log: every later append rejects, and
@@ -19,7 +20,7 @@
  *   const audit = await openAuditLog('.bastion/audit.jsonl');
  *   await audit.append({ event: 'tools/call', outcome: 'ok', tool: 'demo__echo' });
  */
-import { constants } from 'node:fs';
+import { constants, writeSync } from 'node:fs';
 import { mkdir, open, readFile, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { metrics } from '../metrics.ts';
@@ -35,6 +36,16 @@ interface Pending {
   event: AuditEvent;
   resolve: (record: AuditRecord) => void;
   reject: (error: Error) => void;
+}
+
+/** Writes all of `bytes` (a short write is retried; a write that makes no progress is an error). */
+function writeAllSync(fd: number, bytes: Buffer): void {
+  let offset = 0;
+  while (offset < bytes.byteLength) {
+    const written = writeSync(fd, bytes, offset);
+    if (written <= 0) throw new Error(`short write: ${offset} of ${bytes.byteLength} bytes (disk full?)`);
+    offset += written;
+  }
 }
 
 /** Reads the chain head (last seq and hash) so a restart continues the chain. */
@@ -115,9 +126,16 @@ export async function openAuditLog(file: string, options: AuditLogOptions = {}):
       const records = sealed.map((s) => s.record);
       try {
         const started = performance.now();
-        await handle.write(sealed.map((s) => `${s.line}\n`).join(''));
-        if (durability === 'process') syncSoon();
-        else if (!dsync) await handle.datasync();
+        const bytes = Buffer.from(sealed.map((s) => `${s.line}\n`).join(''));
+        if (durability === 'process') {
+          // Copying a few KiB into the page cache is cheaper done here than handed to libuv's thread pool.
+          writeAllSync(handle.fd, bytes);
+          syncSoon();
+        } else {
+          const { bytesWritten } = await handle.write(bytes);
+          if (bytesWritten !== bytes.byteLength) throw new Error(`short write: ${bytesWritten} of ${bytes.byteLength} bytes (disk full?)`);
+          if (!dsync) await handle.datasync();
+        }
         metrics.auditCommitted(records.length, (performance.now() - started) / 1000);
         batch.forEach((p, i) => p.resolve(records[i]!));
       } catch (error) {
