@@ -14,7 +14,7 @@
  *   took (authenticate, resolve, limit, authorize, approve, execute, filter, audit);
  * - `bastion_audit_records_total`, `bastion_audit_sync_seconds`: group
  *   commit of the audit log (records written, and one observation per
- *   write + fdatasync, whatever the batch size);
+ *   durable write, whatever the batch size);
  * - `bastion_approvals_pending`, `bastion_tools_quarantined`: read from the
  *   broker when scraped;
  * - `bastion_sandbox_disposals_total{reason}`, `bastion_policy_reloads_total{outcome}`:
@@ -140,7 +140,7 @@ export class BrokerMetrics {
     this.#auditRecords = new Counter({ name: 'bastion_audit_records_total', help: 'Audit records written and made durable.', registers });
     this.#auditSync = new Histogram({
       name: 'bastion_audit_sync_seconds',
-      help: 'One audit group commit (write + fdatasync of every record waiting), in seconds.',
+      help: 'One audit group commit (the durable write of every record waiting, per audit.durability), in seconds.',
       buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
       registers,
     });
