@@ -53,10 +53,10 @@ describe('policy input built by the pipeline', () => {
       .trim()
       .split('\n')
       .map((line) => JSON.parse(line) as DecisionRecord);
-    const calls_ = records.filter((r) => (r.input as { context: { method: string } }).context.method === 'tools/call');
-    expect(calls_).toHaveLength(calls.length);
+    const loggedCalls = records.filter((r) => (r.input as { context: { method: string } }).context.method === 'tools/call');
+    expect(loggedCalls).toHaveLength(calls.length);
     // Some allowed and some refused, so both shapes of call were covered.
-    expect(new Set(calls_.map((r) => (r.result as { allow: boolean }).allow))).toEqual(new Set([true, false]));
+    expect(new Set(loggedCalls.map((r) => (r.result as { allow: boolean }).allow))).toEqual(new Set([true, false]));
     expect(seen.filter((input) => input.context.method === 'tools/list').length).toBeGreaterThan(0);
     expect(seen.filter((input) => input.context.method === 'tools/call')).toHaveLength(calls.length);
     for (const input of seen) {
@@ -65,6 +65,6 @@ describe('policy input built by the pipeline', () => {
       expect(parsed.data).toEqual(input);
     }
     // The decision log holds what the policy was given.
-    expect(calls_.map((r) => r.input)).toEqual(seen.filter((input) => input.context.method === 'tools/call'));
+    expect(loggedCalls.map((r) => r.input)).toEqual(seen.filter((input) => input.context.method === 'tools/call'));
   });
 });
