@@ -27,7 +27,7 @@ import { runCalls, type CallsResult } from './calls.ts';
 import { describeMachine, machineLine } from './lib/machine.ts';
 import { printTable } from './lib/stats.ts';
 import { runMicro, type MicroResult } from './micro.ts';
-import { runSandbox } from './sandbox.ts';
+import { runSandbox, type SandboxBenchResult } from './sandbox.ts';
 import { evaluateTargets, type TargetCheck } from './targets.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -108,7 +108,10 @@ for (const section of SECTIONS) {
   console.log(`(${section.name}: ${((performance.now() - t0) / 1000).toFixed(1)} s)\n`);
 }
 
-const targets: TargetCheck[] = evaluateTargets({ micro: results.micro as MicroResult[] | undefined, calls: results.calls as CallsResult | undefined }, quick);
+const targets: TargetCheck[] = evaluateTargets(
+  { micro: results.micro as MicroResult[] | undefined, calls: results.calls as CallsResult | undefined, sandbox: results.sandbox as SandboxBenchResult | undefined },
+  quick,
+);
 if (targets.length > 0) {
   console.log('Targets (issue 9)');
   printTable(

@@ -1,12 +1,18 @@
 /**
  * The sandboxed-plugin benchmark: the text-utils plugin's `word_count` run
- * (a) as a plain function in this process, the baseline any sandbox adds to,
- * (b) warm through PluginHost (isolate in a supervised sandbox process, JSON
- * copies, schema checks), and (c) cold: starting the sandbox pool and loading
- * the pinned plugin. Printed side by side with ratios from the same run.
+ * (a) as a plain function in this process, the baseline any sandbox adds to;
+ * (b) the sandbox process's own share of a warm call (bench/lib/sandbox-dispatch.ts);
+ * (c) warm through PluginHost (isolate in a supervised sandbox process, JSON
+ * copies, schema checks) with calls a few milliseconds apart, as an agent's
+ * are, so each finds a prepared context; (d) the same back to back, where
+ * each call makes its context on its own path; (e) cold: starting the sandbox
+ * pool and loading the pinned plugin. Printed side by side with ratios from
+ * the same run.
  */
+import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { createLogger } from '../broker/log.ts';
 import { PluginHost } from '../sandboxes/host.ts';
 import { pluginHash } from '../sandboxes/pin.ts';
@@ -15,9 +21,17 @@ import { printTable, ratio, summarize, time, type Summary } from './lib/stats.ts
 
 export interface SandboxBenchResult {
   direct: Summary;
+  /** The sandbox process's share of a warm call, no process boundary. */
+  dispatch: Summary;
+  /** Warm calls a few milliseconds apart: each finds its context prepared. */
   warm: Summary;
+  /** Warm calls back to back: each makes its context on its own path. */
+  backToBack: Summary;
   cold: Summary;
 }
+
+/** Between calls in the warm measurement: an agent's calls are further apart than this. */
+const PAUSE_MS = 3;
 
 const TEXT = 'Bastion mediates every tool call an agent makes, and this sentence is what the plugin counts. '.repeat(4);
 
@@ -29,15 +43,24 @@ async function directFunction(dir: string): Promise<(args: { text: string }) => 
   return tools.word_count as (args: { text: string }) => unknown;
 }
 
-async function measure(n: number, run: () => unknown | Promise<unknown>): Promise<Summary> {
+/** Times `run` n times; with a pause, waits that long before each call (not timed; calls/s then counts only call time). */
+async function measure(n: number, run: () => unknown | Promise<unknown>, pauseMs = 0): Promise<Summary> {
   const samples = new Float64Array(n);
-  const started = performance.now();
   for (let i = 0; i < n; i++) {
+    if (pauseMs > 0) await new Promise((resolve) => setTimeout(resolve, pauseMs));
     const t0 = performance.now();
     await run();
     samples[i] = performance.now() - t0;
   }
-  return summarize(samples, (performance.now() - started) / 1000);
+  return summarize(samples, samples.reduce((a, b) => a + b, 0) / 1000);
+}
+
+/** bench/lib/sandbox-dispatch.ts in its own process (isolated-vm needs --no-node-snapshot). */
+async function measureDispatch(root: string, calls: number): Promise<Summary> {
+  const script = path.join(root, 'bench/lib/sandbox-dispatch.ts');
+  const { stdout } = await promisify(execFile)(process.execPath, ['--no-node-snapshot', script, String(calls), TEXT], { cwd: root, maxBuffer: 64 << 20 });
+  const samples = JSON.parse(stdout) as number[];
+  return summarize(samples, samples.reduce((a, b) => a + b, 0) / 1000);
 }
 
 export async function runSandbox(ctx: { root: string; quick: boolean }): Promise<SandboxBenchResult> {
@@ -50,6 +73,7 @@ export async function runSandbox(ctx: { root: string; quick: boolean }): Promise
   const wordCount = await directFunction(dir);
   for (let i = 0; i < 1000; i++) wordCount({ text: TEXT });
   const direct = await measure(calls * 10, () => wordCount({ text: TEXT }));
+  const dispatch = await measureDispatch(ctx.root, calls);
 
   // Cold: a new pool (sandbox process start) and the pinned plugin loaded, until the first call answers.
   const coldSamples: number[] = [];
@@ -70,11 +94,13 @@ export async function runSandbox(ctx: { root: string; quick: boolean }): Promise
   await pool.start();
   const host = new PluginHost({ dir, hash, pool, log });
   await host.start();
-  for (let i = 0; i < 100; i++) await host.callTool('word_count', { text: TEXT });
-  const warm = await measure(calls, async () => {
+  const call = async () => {
     const result = await host.callTool('word_count', { text: TEXT });
     if (result.isError) throw new Error(`sandboxed call failed: ${JSON.stringify(result.content)}`);
-  });
+  };
+  for (let i = 0; i < 100; i++) await call();
+  const warm = await measure(calls, call, PAUSE_MS);
+  const backToBack = await measure(calls, call);
   await host.stop();
   await pool.stop();
 
@@ -83,9 +109,11 @@ export async function runSandbox(ctx: { root: string; quick: boolean }): Promise
     ['path', 'p50', 'p99', 'calls/s', 'p50 vs in-process'],
     [
       ['in-process function (baseline)', time(direct.p50), time(direct.p99), Math.round(direct.perSecond).toLocaleString('en'), '1.00×'],
-      ['warm sandbox call', time(warm.p50), time(warm.p99), Math.round(warm.perSecond).toLocaleString('en'), ratio(warm.p50, direct.p50)],
+      ['dispatch in the sandbox process (no IPC)', time(dispatch.p50), time(dispatch.p99), '–', ratio(dispatch.p50, direct.p50)],
+      [`warm call, ${PAUSE_MS} ms apart (context prepared)`, time(warm.p50), time(warm.p99), '–', ratio(warm.p50, direct.p50)],
+      ['warm call, back to back', time(backToBack.p50), time(backToBack.p99), Math.round(backToBack.perSecond).toLocaleString('en'), ratio(backToBack.p50, direct.p50)],
       ['cold start (pool + pinned load + first call)', time(cold.p50), time(cold.p99), '–', ratio(cold.p50, direct.p50)],
     ],
   );
-  return { direct, warm, cold };
+  return { direct, dispatch, warm, backToBack, cold };
 }

@@ -5,6 +5,7 @@
  */
 import type { CallsResult, TargetResult } from './calls.ts';
 import type { MicroResult } from './micro.ts';
+import type { SandboxBenchResult } from './sandbox.ts';
 import { time } from './lib/stats.ts';
 
 export interface TargetCheck {
@@ -18,9 +19,12 @@ export interface TargetCheck {
 
 const find = (micro: MicroResult[] | undefined, prefix: string) => micro?.find((r) => r.name.startsWith(prefix));
 
-export function evaluateTargets(results: { micro?: MicroResult[] | undefined; calls?: CallsResult | undefined }, quick = false): TargetCheck[] {
+export function evaluateTargets(
+  results: { micro?: MicroResult[] | undefined; calls?: CallsResult | undefined; sandbox?: SandboxBenchResult | undefined },
+  quick = false,
+): TargetCheck[] {
   const checks: TargetCheck[] = [];
-  const { micro, calls } = results;
+  const { micro, calls, sandbox } = results;
   const at = (agents: number, target: string): TargetResult | undefined => calls?.sweep.find((r) => r.agents === agents && r.target === target);
 
   if (calls) {
@@ -66,5 +70,16 @@ export function evaluateTargets(results: { micro?: MicroResult[] | undefined; ca
   }
   const cpu = find(micro, 'together, CPU only');
   if (cpu) checks.push({ name: 'token + policy + audit record, CPU only, p50', goal: '(≤ 100 µs)', measured: time(cpu.p50_us / 1000), met: cpu.p50_us <= 100, value: cpu.p50_us });
+  if (sandbox) {
+    const { dispatch, warm, backToBack } = sandbox;
+    checks.push({ name: 'warm sandbox dispatch, p50', goal: '≤ 100 µs', measured: time(dispatch.p50), met: dispatch.p50 <= 0.1, value: dispatch.p50 });
+    checks.push({
+      name: 'warm sandbox call, p50',
+      goal: '≤ 0.5 ms',
+      measured: `${time(warm.p50)} (back to back: ${time(backToBack.p50)})`,
+      met: warm.p50 <= 0.5,
+      value: warm.p50,
+    });
+  }
   return checks;
 }

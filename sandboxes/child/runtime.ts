@@ -6,9 +6,12 @@
  * bootstrap and plugin scripts (compiled once per isolate, never from
  * cached data or snapshots), and runs one call at a time, each in a fresh
  * Context: a call starts from a pristine global, so nothing one call leaves
- * behind (globals, patched prototypes) is visible to the next. An isolate
- * that failed (CPU timeout, memory, cancellation) or still had host requests
- * outstanding when its call ended is disposed, never reused.
+ * behind (globals, patched prototypes) is visible to the next. An idle
+ * isolate prepares the next call's context (bootstrap and the script's top
+ * level, which see no call data) ahead of time, so a warm call is a single
+ * entry. An isolate that failed (CPU timeout, memory, cancellation) or still
+ * had host requests outstanding when its call ended is disposed, never
+ * reused.
  *
  * CPU: cpu_ms is checked against `isolate.cpuTime` across every entry into
  * the isolate (bootstrap, the script's top level, the tool invocation, each
@@ -19,7 +22,8 @@
  * isolates every few milliseconds and disposes of one that went over; each
  * entry also runs with a wall-clock `timeout` (isolated-vm's timeouts are
  * wall time) of ten times what is left of the budget, as a backstop for
- * when the watchdog cannot run. Time spent waiting on the host is not CPU
+ * when the watchdog cannot run. The context and the bootstrap (Bastion's own
+ * code, bounded) are made synchronously, with the budget as their timeout. Time spent waiting on the host is not CPU
  * time; the wall-clock deadline for the whole call is the broker's
  * (SandboxPool).
  */
@@ -38,6 +42,8 @@ const WATCHDOG_MS = 5;
 /** An entry's wall-clock backstop: this many times the CPU budget left, plus a little. */
 const BACKSTOP_FACTOR = 10;
 const BACKSTOP_SLACK_MS = 100;
+/** How long after a call ends an idle isolate starts preparing the next call's context. */
+const PREPARE_DELAY_MS = 1;
 
 /** Calls with an entry in their isolate right now, watched for CPU overruns. */
 const inIsolate = new Set<CallRun>();
@@ -104,6 +110,8 @@ class WarmIsolate {
   calls = 0;
   /** The call running here, for attributing a catastrophic error. */
   current: CallRun | undefined;
+  /** The run for the next call, its fresh context prepared while the isolate is idle. */
+  next: CallRun | undefined;
   disposedByHost = false;
 
   constructor(memoryMb: number, onCatastrophic: (isolate: WarmIsolate, message: string) => void) {
@@ -262,17 +270,35 @@ export class PluginRuntime {
     }
     const waiter = this.waiters.shift();
     if (waiter) {
+      // The waiting call makes its own context: it would wait for a prepared one anyway.
       if (reusable) waiter.resolve(isolate);
       else this.createIsolate().then(waiter.resolve, (error: unknown) => waiter.reject(new CallFailure('SANDBOX_CRASHED', `cannot start an isolate: ${messageOf(error)}`)));
       return;
     }
-    if (reusable) {
-      if (this.idle.length < this.pool.warm) this.idle.push(isolate);
-      else {
-        this.all.delete(isolate);
-        isolate.dispose();
-      }
+    if (!reusable) return;
+    if (this.idle.length < this.pool.warm) {
+      this.idle.push(isolate);
+      this.prepareNext(isolate);
+    } else {
+      this.all.delete(isolate);
+      isolate.dispose();
     }
+  }
+
+  /**
+   * Starts the next call's run on an idle isolate: its fresh context, the
+   * bootstrap and the script's top level are made before the call comes, so
+   * the call itself is one entry into the isolate. The run's CPU budget
+   * counts from here: it is charged what it would have been charged had the
+   * call done this itself. A call that comes before this is done (back-to-back
+   * calls) finishes it on its own path, as it would without preparation.
+   */
+  private prepareNext(isolate: WarmIsolate): void {
+    const run = new CallRun(this, isolate);
+    isolate.next = run;
+    // A moment later, not at once: this process has just posted a result, and the broker that wakes for it
+    // is often scheduled on this very CPU; a few hundred microseconds of context-making here would delay it.
+    setTimeout(() => void run.prepare(), PREPARE_DELAY_MS);
   }
 
   close(): void {
@@ -317,8 +343,12 @@ export class PluginRuntime {
     return json;
   }
 
+  /** The run for a call on an isolate from acquire(): the one prepared while it was idle, if any. */
   newRun(request: CallRequest, isolate: WarmIsolate, hooks: RunHooks): CallRun {
-    return new CallRun(this, isolate, request, hooks);
+    const run = isolate.next ?? new CallRun(this, isolate);
+    isolate.next = undefined;
+    run.bind(request, hooks);
+    return run;
   }
 }
 
@@ -328,11 +358,13 @@ export class PluginRuntime {
  * (healthy) or is disposed.
  */
 export class CallRun {
-  readonly request: CallRequest;
   readonly isolate: WarmIsolate;
   private readonly runtime: PluginRuntime;
-  private readonly hooks: RunHooks;
+  private requestValue: CallRequest | undefined;
+  private hooks: RunHooks | undefined;
   private readonly cpuStart: bigint;
+  private preparing: Promise<void> | undefined;
+  private prepareFailure: CallFailure | undefined;
   private context: ivm.Context | undefined;
   private control: ivm.Reference | undefined;
   private readonly outstanding = new Set<number>();
@@ -345,11 +377,9 @@ export class CallRun {
   private rejectRun!: (failure: CallFailure) => void;
   readonly done: Promise<string>;
 
-  constructor(runtime: PluginRuntime, isolate: WarmIsolate, request: CallRequest, hooks: RunHooks) {
+  constructor(runtime: PluginRuntime, isolate: WarmIsolate) {
     this.runtime = runtime;
     this.isolate = isolate;
-    this.request = request;
-    this.hooks = hooks;
     this.cpuStart = isolate.isolate.cpuTime;
     this.done = new Promise<string>((resolve, reject) => {
       this.resolveRun = resolve;
@@ -357,8 +387,20 @@ export class CallRun {
     });
     // A cancel can settle the run before start() hands `done` to its caller.
     this.done.catch(() => undefined);
-    isolate.current = this;
-    isolate.calls++;
+  }
+
+  /** The call this run serves (set by bind). */
+  get request(): CallRequest {
+    if (!this.requestValue) throw new Error('the run has no call yet');
+    return this.requestValue;
+  }
+
+  /** Attributes the run to a call; from here on it counts against the isolate's calls. */
+  bind(request: CallRequest, hooks: RunHooks): void {
+    this.requestValue = request;
+    this.hooks = hooks;
+    this.isolate.current = this;
+    this.isolate.calls++;
   }
 
   /** Called by the watchdog while an entry runs: over budget, the isolate goes. */
@@ -404,14 +446,21 @@ export class CallRun {
 
   /** Turns an entry's rejection into a CallFailure from host-side facts, not from the message alone. */
   private classify(error: unknown, elapsedMs: number, timeoutMs: number): CallFailure {
+    const known = this.hostSideFailure();
+    if (known) return known;
+    const message = messageOf(error);
+    if (message === TIMED_OUT && elapsedMs >= timeoutMs - 1) return this.backstopTimeout(timeoutMs);
+    return pluginFailure(message);
+  }
+
+  /** A failure the host established (watchdog, cancellation), or the isolate's memory or CPU limit. */
+  private hostSideFailure(): CallFailure | undefined {
     if (this.failure) return this.failure;
     if (this.isolate.isolate.isDisposed && !this.isolate.disposedByHost) {
       return new CallFailure('SANDBOX_MEMORY', `the isolate exceeded its ${this.runtime.limits.memory_mb} MB memory limit and was disposed`);
     }
-    const message = messageOf(error);
     if (this.cpuUsedMs() >= this.runtime.limits.cpu_ms) return this.cpuTimeout();
-    if (message === TIMED_OUT && elapsedMs >= timeoutMs - 1) return this.backstopTimeout(timeoutMs);
-    return pluginFailure(message);
+    return undefined;
   }
 
   /** The `send` callback's target: copies of primitives only, checked here. */
@@ -424,31 +473,61 @@ export class CallRun {
       case 'cap':
         if (!Number.isSafeInteger(id) || id <= 0 || this.outstanding.has(id)) return;
         this.outstanding.add(id);
-        this.hooks.onCapability(id, text);
+        this.hooks?.onCapability(id, text);
         return;
       case 'log':
-        this.hooks.onCapability(0, text);
+        this.hooks?.onCapability(0, text);
         return;
       case 'test:abort':
-        this.hooks.onTestAbort();
+        this.hooks?.onTestAbort();
         return;
     }
   }
 
-  async start(): Promise<string> {
-    const isolate = this.isolate.isolate;
-    const send = new ivm.Callback((kind: unknown, id: unknown, text: unknown) => this.onSend(kind, id, text));
+  /**
+   * The call's fresh context: bootstrap, then the script's top level, under
+   * the call's CPU budget. Never rejects; a failure is the call's, reported
+   * by start().
+   */
+  prepare(): Promise<void> {
+    this.preparing ??= this.makeContext();
+    return this.preparing;
+  }
+
+  private async makeContext(): Promise<void> {
+    // `ignored`: the isolate does not wait for the sandbox process to take what it sends, which saves
+    // two thread hand-offs per message. isolated-vm queues these callbacks and the completion of the
+    // entry that sent them on the same FIFO, so afterEntry() sees them first.
+    const send = new ivm.Callback((kind: unknown, id: unknown, text: unknown) => this.onSend(kind, id, text), { ignored: true });
     try {
-      this.context = await isolate.createContext();
+      // Context and bootstrap run synchronously: no plugin code runs in them, so the time is bounded,
+      // and they cost a third of what the asynchronous entries' thread hand-offs do.
+      const timeout = this.runtime.limits.cpu_ms;
+      this.context = this.isolate.isolate.createContextSync();
       const context = this.context;
-      const bootstrap = await this.enter((timeout) => this.isolate.bootstrap.run(context, { reference: true, timeout }) as Promise<ivm.Reference>);
-      this.control = await this.enter(
-        (timeout) => bootstrap.apply(undefined, [send, this.runtime.configJson], { result: { reference: true }, timeout }) as Promise<ivm.Reference>,
-      );
+      const bootstrap = this.isolate.bootstrap.runSync(context, { reference: true, timeout }) as ivm.Reference;
+      this.control = bootstrap.applySync(undefined, [send, this.runtime.configJson], { result: { reference: true }, timeout }) as ivm.Reference;
       bootstrap.release();
+    } catch (error) {
+      // Only Bastion's code ran: not the plugin's failure.
+      this.prepareFailure = this.hostSideFailure() ?? new CallFailure('SANDBOX_CRASHED', `cannot prepare a context: ${messageOf(error)}`);
+      return;
+    }
+    try {
+      const context = this.context;
       await this.enter((timeout) => this.isolate.script.run(context, { timeout }));
-      const control = this.control;
-      await this.enter((timeout) => control.apply(undefined, ['invoke', this.request.tool, this.request.args], { timeout }));
+    } catch (error) {
+      this.prepareFailure = error instanceof CallFailure ? error : new CallFailure('SANDBOX_CRASHED', messageOf(error));
+    }
+  }
+
+  async start(): Promise<string> {
+    await this.prepare();
+    try {
+      if (this.prepareFailure) throw this.prepareFailure;
+      const control = this.control!;
+      const { tool, args } = this.request;
+      await this.enter((timeout) => control.apply(undefined, ['invoke', tool, args], { timeout }));
       this.afterEntry();
     } catch (error) {
       this.fail(error instanceof CallFailure ? error : new CallFailure('SANDBOX_CRASHED', messageOf(error)));
