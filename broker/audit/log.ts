@@ -1,8 +1,8 @@
 /**
  * Stage 8, audit: appends hash-chained records to a file.
  *
- * Appends are group-committed: records that arrive while a write is in
- * flight are written together, in one write. `append` resolves only once its
+ * Appends are group-committed: records appended in the same event-loop
+ * turn, or while a write is in flight, are written together, in one write. `append` resolves only once its
  * record is durable, so no call is acknowledged before its evidence exists.
  * What durable means is the operator's choice (`audit.durability`):
  *
@@ -152,7 +152,11 @@ export async function openAuditLog(file: string, options: AuditLogOptions = {}):
       if (failure) return Promise.reject(failure);
       return new Promise<AuditRecord>((resolve, reject) => {
         queue.push({ event, resolve, reject });
-        if (!writing) void flush();
+        if (writing) return;
+        // Group commit per event-loop turn: the write starts after this turn's I/O callbacks have
+        // run, so the calls they finished share it (and are answered together).
+        writing = true;
+        setImmediate(() => void flush());
       });
     },
     async close() {

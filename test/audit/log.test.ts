@@ -13,6 +13,7 @@ import fc from 'fast-check';
 import { canonicalJson, GENESIS_HASH, recordHash, seal, type AuditEvent, type AuditRecord } from '../../broker/audit/chain.ts';
 import { openAuditLog } from '../../broker/audit/log.ts';
 import { verifyAuditFile } from '../../broker/audit/verify.ts';
+import { metrics } from '../../broker/metrics.ts';
 import { startTestBroker, type TestBroker } from '../helpers/broker.ts';
 
 let dir: string;
@@ -124,6 +125,24 @@ describe('openAuditLog', () => {
     // And every event is in the file once.
     expect(new Set(records.map((r) => (r.detail as { i: number }).i)).size).toBe(200);
     expect((await verifyAuditFile(file)).ok).toBe(true);
+  });
+
+  /** Group commits so far in this process (the count of the audit sync histogram). */
+  async function commits(): Promise<number> {
+    const metric = await metrics.registry.getSingleMetric('bastion_audit_sync_seconds')!.get();
+    return metric.values.find((v) => (v as { metricName?: string }).metricName === 'bastion_audit_sync_seconds_count')?.value ?? 0;
+  }
+
+  it('records appended in one event-loop turn share one write (group commit), in either durability', async () => {
+    for (const durability of ['disk', 'process'] as const) {
+      const file = path.join(dir, `turn-${durability}.jsonl`);
+      const log = await openAuditLog(file, { durability });
+      const before = await commits();
+      const appended = await Promise.all(Array.from({ length: 20 }, (_, i) => log.append({ event: 'turn', outcome: 'ok', detail: { i } })));
+      expect((await commits()) - before, durability).toBe(1);
+      expect((await readRecords(file)).map((r) => r.seq)).toEqual(appended.map((r) => r.seq));
+      await log.close();
+    }
   });
 
   it('a record is in the file when append resolves', async () => {
