@@ -18,6 +18,7 @@ import path from 'node:path';
 import YAML from 'yaml';
 import { generateSigningKey } from '../broker/auth/keys.ts';
 import { mintToken } from '../broker/auth/mint.ts';
+import { DEMO_PLUGIN_DIR, DEMO_PLUGIN_HASH } from '../broker/config.ts';
 import { cpuSecondsOf, spawnListening, type Child } from './lib/children.ts';
 import { connectAgents, disconnect, drive, type Agent, type Run, type Target } from './lib/load.ts';
 import { bytes, count, printTable, ratio, summarize, time, type Summary } from './lib/stats.ts';
@@ -75,8 +76,12 @@ export interface CallsResult {
 
 const BENCH_ISSUER = 'urn:bastion:bench';
 
-/** Starts upstream, proxy and Bastion; returns them with the three targets. */
-export async function startProcesses(options: Pick<CallsOptions, 'root' | 'profileDir' | 'auditDurability'>, dir: string) {
+/**
+ * Starts upstream, proxy and Bastion; returns them with the three targets.
+ * With `plugins`, Bastion also serves the demo plugin (text-utils) from its
+ * sandboxes, as `text-utils__<tool>`.
+ */
+export async function startProcesses(options: Pick<CallsOptions, 'root' | 'profileDir' | 'auditDurability'> & { plugins?: boolean }, dir: string) {
   const cwd = options.root;
   const logFile = path.join(dir, 'children.log');
   const children: Child[] = [];
@@ -101,6 +106,7 @@ export async function startProcesses(options: Pick<CallsOptions, 'root' | 'profi
         log_level: 'warn',
         limits: { principal: { requests_per_minute: 0, burst: 1, concurrency: 0 }, sessions_per_principal: 1000 },
         connectors: [{ name: 'bench', transport: 'http', url: upstream.url, timeout: '30s' }],
+        ...(options.plugins ? { plugins: [{ dir: DEMO_PLUGIN_DIR, hash: DEMO_PLUGIN_HASH }] } : {}),
       }),
     );
     const bastion = await spawnListening('bastion', ['broker/cli.ts', 'start', '--config', configFile], /Bastion is listening at (\S+)/, {

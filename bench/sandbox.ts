@@ -10,13 +10,16 @@
  * the same run.
  */
 import { execFile } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { createLogger } from '../broker/log.ts';
 import { PluginHost } from '../sandboxes/host.ts';
 import { pluginHash } from '../sandboxes/pin.ts';
 import { SandboxPool } from '../sandboxes/pool.ts';
+import { startProcesses } from './calls.ts';
+import { connectAgents, disconnect, drive } from './lib/load.ts';
 import { printTable, ratio, summarize, time, type Summary } from './lib/stats.ts';
 
 export interface SandboxBenchResult {
@@ -28,7 +31,12 @@ export interface SandboxBenchResult {
   /** Warm calls back to back: each makes its context on its own path. */
   backToBack: Summary;
   cold: Summary;
+  /** One agent's MCP tools/call over Streamable HTTP through Bastion (token, policy, audit with durability disk, filters): to the plugin, and to an upstream tool. */
+  viaBastion: { plugin: Summary; upstream: Summary };
 }
+
+/** The demo plugin's tool as Bastion exposes it. */
+const PLUGIN_TOOL = 'text-utils__word_count';
 
 /** Between calls in the warm measurement: an agent's calls are further apart than this. */
 const PAUSE_MS = 3;
@@ -61,6 +69,30 @@ async function measureDispatch(root: string, calls: number): Promise<Summary> {
   const { stdout } = await promisify(execFile)(process.execPath, ['--no-node-snapshot', script, String(calls), TEXT], { cwd: root, maxBuffer: 64 << 20 });
   const samples = JSON.parse(stdout) as number[];
   return summarize(samples, samples.reduce((a, b) => a + b, 0) / 1000);
+}
+
+/** One agent calling Bastion (started with the demo plugin) over MCP: the plugin's word_count, then an upstream tool, calls spaced. */
+async function throughBastion(ctx: { root: string }, calls: number): Promise<SandboxBenchResult['viaBastion']> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'bastion-bench-sandbox-'));
+  const { targets, children } = await startProcesses({ root: ctx.root, plugins: true }, dir);
+  try {
+    const bastion = targets.find((t) => t.name === 'bastion')!;
+    const agents = await connectAgents(bastion, 1);
+    const run = async (tool: string, n: number): Promise<Summary> => {
+      const result = await drive(agents, tool, { calls: n }, { pauseMs: PAUSE_MS, arguments: { text: TEXT } });
+      if (result.errors > 0) throw new Error(`${tool} through Bastion failed: ${result.firstError}`);
+      return summarize(result.latencies, result.latencies.reduce((a, b) => a + b, 0) / 1000);
+    };
+    await run(PLUGIN_TOOL, 100);
+    await run(bastion.tool, 100);
+    const plugin = await run(PLUGIN_TOOL, calls);
+    const upstream = await run(bastion.tool, calls);
+    await disconnect(agents);
+    return { plugin, upstream };
+  } finally {
+    await Promise.all(children.map((c) => c.stop()));
+    await rm(dir, { recursive: true, force: true });
+  }
 }
 
 export async function runSandbox(ctx: { root: string; quick: boolean }): Promise<SandboxBenchResult> {
@@ -103,6 +135,7 @@ export async function runSandbox(ctx: { root: string; quick: boolean }): Promise
   const backToBack = await measure(calls, call);
   await host.stop();
   await pool.stop();
+  const viaBastion = await throughBastion(ctx, ctx.quick ? 300 : 2_000);
 
   console.log('Sandboxed plugin (text-utils word_count), one call at a time');
   printTable(
@@ -113,7 +146,9 @@ export async function runSandbox(ctx: { root: string; quick: boolean }): Promise
       [`warm call, ${PAUSE_MS} ms apart (context prepared)`, time(warm.p50), time(warm.p99), '–', ratio(warm.p50, direct.p50)],
       ['warm call, back to back', time(backToBack.p50), time(backToBack.p99), Math.round(backToBack.perSecond).toLocaleString('en'), ratio(backToBack.p50, direct.p50)],
       ['cold start (pool + pinned load + first call)', time(cold.p50), time(cold.p99), '–', ratio(cold.p50, direct.p50)],
+      [`tools/call through Bastion to the plugin, ${PAUSE_MS} ms apart`, time(viaBastion.plugin.p50), time(viaBastion.plugin.p99), '–', ratio(viaBastion.plugin.p50, direct.p50)],
+      [`  the same Bastion to an upstream echo tool`, time(viaBastion.upstream.p50), time(viaBastion.upstream.p99), '–', ratio(viaBastion.upstream.p50, direct.p50)],
     ],
   );
-  return { direct, dispatch, warm, backToBack, cold };
+  return { direct, dispatch, warm, backToBack, cold, viaBastion };
 }

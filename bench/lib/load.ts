@@ -63,8 +63,18 @@ export async function disconnect(agents: Agent[]): Promise<void> {
   );
 }
 
-/** Runs every agent in a closed loop until the time is up or `calls` calls have been made in total. */
-export async function drive(agents: Agent[], tool: string, until: { durationMs: number } | { calls: number }): Promise<Run> {
+/**
+ * Runs every agent in a closed loop until the time is up or `calls` calls
+ * have been made in total. With `pauseMs`, each agent waits that long before
+ * each call (not counted in its latency), as an agent thinking between calls.
+ */
+export async function drive(
+  agents: Agent[],
+  tool: string,
+  until: { durationMs: number } | { calls: number },
+  options: { pauseMs?: number; arguments?: Record<string, unknown> } = {},
+): Promise<Run> {
+  const { pauseMs = 0, arguments: args = ECHO_ARGUMENTS } = options;
   const latencies: number[] = [];
   let errors = 0;
   let firstError: string | undefined;
@@ -75,9 +85,10 @@ export async function drive(agents: Agent[], tool: string, until: { durationMs: 
   const loop = async ({ client }: Agent) => {
     while (remaining > 0 && performance.now() < deadline) {
       remaining--;
+      if (pauseMs > 0) await new Promise((resolve) => setTimeout(resolve, pauseMs));
       const t0 = performance.now();
       try {
-        const result = (await client.callTool({ name: tool, arguments: ECHO_ARGUMENTS })) as CallToolResult;
+        const result = (await client.callTool({ name: tool, arguments: args })) as CallToolResult;
         latencies.push(performance.now() - t0);
         if (result.isError) {
           errors++;
