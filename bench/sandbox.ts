@@ -66,7 +66,7 @@ async function measure(n: number, run: () => unknown | Promise<unknown>, pauseMs
 /** bench/lib/sandbox-dispatch.ts in its own process (isolated-vm needs --no-node-snapshot). */
 async function measureDispatch(root: string, calls: number): Promise<Summary> {
   const script = path.join(root, 'bench/lib/sandbox-dispatch.ts');
-  const { stdout } = await promisify(execFile)(process.execPath, ['--no-node-snapshot', script, String(calls), TEXT], { cwd: root, maxBuffer: 64 << 20 });
+  const { stdout } = await promisify(execFile)(process.execPath, ['--no-node-snapshot', script, String(calls), TEXT, String(PAUSE_MS)], { cwd: root, maxBuffer: 64 << 20 });
   const samples = JSON.parse(stdout) as number[];
   return summarize(samples, samples.reduce((a, b) => a + b, 0) / 1000);
 }

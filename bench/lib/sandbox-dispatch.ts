@@ -7,7 +7,7 @@
  * it. No process boundary. Calls are a few milliseconds apart, as calls from
  * agents are, so each finds its context prepared.
  *
- *   node --no-node-snapshot bench/lib/sandbox-dispatch.ts CALLS   → prints one JSON line of samples (ms)
+ *   node --no-node-snapshot bench/lib/sandbox-dispatch.ts CALLS TEXT PAUSE_MS   → prints one JSON line of samples (ms)
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -36,10 +36,11 @@ const runtime = new PluginRuntime(
 await runtime.verify(manifest.tools.map((t) => t.name));
 
 const args = JSON.stringify({ text: process.argv[3] ?? 'a few words to count' });
+const pauseMs = Number(process.argv[4] ?? 3);
 const hooks = { onCapability: () => undefined, onTestAbort: () => undefined };
 const samples: number[] = [];
 for (let i = 0; i < calls + 50; i++) {
-  await new Promise((resolve) => setTimeout(resolve, 3));
+  await new Promise((resolve) => setTimeout(resolve, pauseMs));
   const t0 = performance.now();
   runtime.validateArguments('word_count', args);
   const isolate = await runtime.acquire(i);

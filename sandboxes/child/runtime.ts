@@ -23,9 +23,9 @@
  * entry also runs with a wall-clock `timeout` (isolated-vm's timeouts are
  * wall time) of ten times what is left of the budget, as a backstop for
  * when the watchdog cannot run. The context and the bootstrap (Bastion's own
- * code, bounded) are made synchronously, with the budget as their timeout. Time spent waiting on the host is not CPU
- * time; the wall-clock deadline for the whole call is the broker's
- * (SandboxPool).
+ * code, bounded) are made synchronously, with the budget as their timeout.
+ * Time spent waiting on the host is not CPU time; the wall-clock deadline
+ * for the whole call is the broker's (SandboxPool).
  */
 import { readFileSync } from 'node:fs';
 import ivm from 'isolated-vm';
