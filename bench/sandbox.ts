@@ -6,8 +6,9 @@
  * copies, schema checks) with calls a few milliseconds apart, as an agent's
  * are, so each finds a prepared context; (d) the same back to back, where
  * each call makes its context on its own path; (e) cold: starting the sandbox
- * pool and loading the pinned plugin. Printed side by side with ratios from
- * the same run.
+ * pool and loading the pinned plugin; (f) as an MCP tools/call through a
+ * running Bastion, next to an upstream tool through the same Bastion.
+ * Printed side by side with ratios from the same run.
  */
 import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
