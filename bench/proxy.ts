@@ -2,8 +2,10 @@
  * The bare pass-through proxy: the floor for any MCP broker. The same SDK,
  * the same transports and the same shape as Bastion (Streamable HTTP front
  * door with one SDK Server per session, one shared SDK Client to the
- * upstream), and nothing else: no token, no policy, no limits, no filters,
- * no audit. Whatever Bastion costs beyond this is the price of its checks.
+ * upstream, requests admitted in per-turn cohorts as Bastion's front door
+ * admits them), and nothing else: no token, no policy, no limits, no
+ * filters, no audit. Whatever Bastion costs beyond this is the price of its
+ * checks.
  *
  *   node bench/proxy.ts --upstream http://127.0.0.1:N/mcp [--port P]
  *       prints `listening http://127.0.0.1:P/mcp`
@@ -13,6 +15,7 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { Server } from '@modelcontextprotocol/sdk/server/index.js';
 import { CallToolRequestSchema, CallToolResultSchema, ListToolsRequestSchema, type CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { cohortGate } from '../broker/server/cohort.ts';
 import { fetchWithOwnSignal } from '../connectors/fetch.ts';
 import { runAsChild, serveSessions, type Served } from './lib/serve.ts';
 
@@ -30,7 +33,7 @@ export async function serveProxy(upstream: string, port = 0): Promise<Served & {
       (await client.callTool(request.params, CallToolResultSchema, { signal: extra.signal })) as CallToolResult,
     );
     return server;
-  }, port);
+  }, port, { admit: cohortGate() });
   return {
     ...served,
     upstream: client,

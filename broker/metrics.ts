@@ -12,6 +12,8 @@
  *   front door before any tool call (Host/Origin, body, token, session);
  * - `bastion_stage_duration_seconds{stage}`: how long each pipeline stage
  *   took (authenticate, resolve, limit, authorize, approve, execute, filter, audit);
+ * - `bastion_admission_cohort_size`: requests the HTTP front door let on
+ *   together at the end of one event-loop turn (server/cohort.ts);
  * - `bastion_audit_records_total`, `bastion_audit_sync_seconds`: group
  *   commit of the audit log (records written, and one observation per
  *   durable write, whatever the batch size);
@@ -117,6 +119,7 @@ export class BrokerMetrics {
   readonly #refused: Counter<'stage' | 'code'>;
   readonly #auditRecords: Counter;
   readonly #auditSync: Histogram;
+  readonly #cohorts: Histogram;
   readonly #sandboxDisposals: Counter<'reason'>;
   readonly #policyReloads: Counter<'outcome'>;
   readonly #sources = new Set<MetricsSource>();
@@ -142,6 +145,12 @@ export class BrokerMetrics {
       name: 'bastion_audit_sync_seconds',
       help: 'One audit group commit (the durable write of every record waiting, per audit.durability), in seconds.',
       buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+      registers,
+    });
+    this.#cohorts = new Histogram({
+      name: 'bastion_admission_cohort_size',
+      help: 'Requests the HTTP front door admitted together at the end of one event-loop turn (one observation per cohort).',
+      buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
       registers,
     });
     this.#sandboxDisposals = new Counter({
@@ -213,6 +222,11 @@ export class BrokerMetrics {
   auditCommitted(records: number, seconds: number): void {
     this.#auditRecords.inc(records);
     this.#auditSync.observe(seconds);
+  }
+
+  /** Records one admission cohort of `size` requests. */
+  cohortAdmitted(size: number): void {
+    this.#cohorts.observe(size);
   }
 
   /** Counts a disposed sandbox isolate. Keep `reason` to a small fixed set (e.g. memory, cpu, wall, crash, error, removed). */

@@ -115,6 +115,20 @@ describe('GET /metrics after allowed and denied calls', () => {
     expect(syncs).toBeLessThanOrEqual(delta('bastion_audit_records_total'));
   });
 
+  it('admits every /mcp request through the per-turn cohort gate, before authentication', async () => {
+    const sessionId = await openSession(t.url, await t.mint({ sub: 'agent:metrics-cohorts' }));
+    const start = await scrape();
+    // One after another, so each request is its own cohort; a forged token is refused after the gate.
+    for (let i = 0; i < 3; i++) {
+      const refused = await post(t.url, toolCall('rec__echo', { text: 'x' }), { authorization: 'Bearer not.a.token', 'mcp-session-id': sessionId });
+      expect(refused.status).toBe(401);
+    }
+    const end = await scrape();
+    const admitted = (name: string) => value(end, name) - value(start, name);
+    expect(admitted('bastion_admission_cohort_size_sum')).toBe(3);
+    expect(admitted('bastion_admission_cohort_size_count')).toBe(3);
+  });
+
   it('reports approvals pending, quarantined tools and process metrics', () => {
     expect(after.find((s) => s.name === 'bastion_approvals_pending')?.value).toBe(0);
     expect(after.find((s) => s.name === 'bastion_tools_quarantined')?.value).toBe(0);

@@ -23,11 +23,18 @@ function jsonRpcError(res: Response, status: number, code: number, message: stri
   if (!res.headersSent) res.status(status).json({ jsonrpc: '2.0', error: { code, message }, id: null });
 }
 
-export async function serveSessions(makeServer: () => Server, port: number): Promise<Served> {
+export interface ServeOptions {
+  /** Awaited before each request is handled (the proxy passes Bastion's per-turn admission, broker/server/cohort.ts). */
+  admit?: () => Promise<void>;
+}
+
+export async function serveSessions(makeServer: () => Server, port: number, options: ServeOptions = {}): Promise<Served> {
   const app = createMcpExpressApp({ host: '127.0.0.1' });
   const sessions = new Map<string, StreamableHTTPServerTransport>();
+  const { admit } = options;
 
   app.all('/mcp', async (req: Request, res: Response) => {
+    if (admit) await admit();
     const id = req.headers['mcp-session-id'];
     if (typeof id === 'string') {
       const transport = sessions.get(id);

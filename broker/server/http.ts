@@ -24,6 +24,7 @@ import type { Broker } from '../broker.ts';
 import { Denial } from '../errors.ts';
 import { metrics } from '../metrics.ts';
 import { principalForAudit } from '../pipeline.ts';
+import { cohortGate } from './cohort.ts';
 import { createAgentServer } from './session.ts';
 import { adminRoutes } from './admin-routes.ts';
 import { approvalRoutes } from './approval-routes.ts';
@@ -252,6 +253,12 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   const mcp = express.Router();
   mcp.use(guardOrigin);
   mcp.use(express.json({ limit: config.server.max_body_bytes, type: () => true }));
+  // Requests whose bodies arrived in the same turn are checked together, back to back (cohort.ts).
+  const admit = cohortGate((size) => metrics.cohortAdmitted(size));
+  mcp.use(async (_req, _res, next) => {
+    await admit();
+    next();
+  });
   mcp.use(authenticate);
   // Deep nesting is refused before the MCP machinery walks the body recursively.
   mcp.use(async (req, res, next) => {
