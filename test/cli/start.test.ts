@@ -4,7 +4,7 @@
  * starts the demo upstream, prints the URL and a demo token; an SDK client
  * with that token sees the demo tools and the policy's answers.
  */
-import { execFile, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { execFile, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -16,6 +16,7 @@ import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { verifyAuditFile } from '../../broker/audit/verify.ts';
 import { ROOT } from '../helpers/broker.ts';
 import { post, toolCall } from '../helpers/http.ts';
+import { spawnCollecting } from '../helpers/spawn.ts';
 
 const run = promisify(execFile);
 const CLI = path.join(ROOT, 'broker/cli.ts');
@@ -32,28 +33,22 @@ interface Running {
 
 /** Spawns `bastion start --port 0` in `cwd` and waits (bounded) for the URL and the demo token. */
 async function startCli(cwd: string): Promise<Running> {
-  const child = spawn(process.execPath, [CLI, 'start', '--port', '0'], { cwd, stdio: ['pipe', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal })),
-  );
+  const started = spawnCollecting(process.execPath, [CLI, 'start', '--port', '0'], { cwd });
+  const { child, stdout, stderr, exited } = started;
   const tokenPattern = /^(eyJ[\w-]+\.[\w-]+\.[\w-]+)$/m;
-  for (let i = 0; i < 600 && !tokenPattern.test(stdout) && child.exitCode === null; i++) await new Promise((r) => setTimeout(r, 50));
-  const url = /Bastion is listening at (\S+)/.exec(stdout)?.[1];
-  const token = tokenPattern.exec(stdout)?.[1];
+  await started.waitFor((out) => tokenPattern.test(out), 30_000);
+  const url = /Bastion is listening at (\S+)/.exec(stdout())?.[1];
+  const token = tokenPattern.exec(stdout())?.[1];
   if (!url || !token) {
     child.kill('SIGKILL');
-    throw new Error(`bastion start did not come up:\nstdout:\n${stdout}\nstderr:\n${stderr}`);
+    throw new Error(`bastion start did not come up:\nstdout:\n${stdout()}\nstderr:\n${stderr()}`);
   }
   return {
     child,
     url,
     token,
-    stdout: () => stdout,
-    stderr: () => stderr,
+    stdout,
+    stderr,
     async stop() {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
       return exited;

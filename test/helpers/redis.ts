@@ -4,8 +4,9 @@
  * start it again on the same port to prove Bastion fails closed and
  * recovers. Never a system service: each suite owns its own process.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
+import { spawnCollecting } from './spawn.ts';
 
 export interface RedisServer {
   port: number;
@@ -43,21 +44,15 @@ async function freePort(): Promise<number> {
 
 /** Spawns redis-server on `port` and waits (bounded) for "Ready to accept connections". */
 async function launch(port: number, extra: string[]): Promise<ChildProcess> {
-  const child = spawn(BINARY, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no', '--loglevel', 'notice', ...extra], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let output = '';
-  child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (output += chunk));
-  child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (output += chunk));
+  const started = spawnCollecting(BINARY, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no', '--loglevel', 'notice', ...extra]);
+  const { child } = started;
   const killOnExit = () => child.kill('SIGKILL');
   process.once('exit', killOnExit);
   child.once('exit', () => process.off('exit', killOnExit));
-  for (let i = 0; i < 200 && !output.includes('Ready to accept connections') && child.exitCode === null; i++) {
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
-  if (!output.includes('Ready to accept connections')) {
+  const ready = (out: string, err: string) => `${out}${err}`.includes('Ready to accept connections');
+  if (!(await started.waitFor(ready, 5_000))) {
     child.kill('SIGKILL');
-    throw new Error(`redis-server did not start on port ${port}:\n${output}`);
+    throw new Error(`redis-server did not start on port ${port}:\n${started.stdout()}${started.stderr()}`);
   }
   return child;
 }

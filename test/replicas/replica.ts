@@ -4,10 +4,10 @@
  * sharing Redis, the resource identifier and the trusted issuer with its
  * siblings. Nothing here is a double.
  */
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ROOT, RECORDING_UPSTREAM } from '../helpers/broker.ts';
+import { spawnCollecting } from '../helpers/spawn.ts';
 
 const CLI = path.join(ROOT, 'broker/cli.ts');
 
@@ -64,25 +64,16 @@ export async function startReplica(options: ReplicaOptions): Promise<Replica> {
   // JSON is YAML.
   await writeFile(configFile, JSON.stringify(config, null, 2));
 
-  const child: ChildProcessWithoutNullStreams = spawn(process.execPath, [CLI, 'start', '--config', configFile], {
-    cwd: stateDir,
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const started = spawnCollecting(process.execPath, [CLI, 'start', '--config', configFile], { cwd: stateDir });
+  const { child, stdout, stderr, exited } = started;
   const killOnExit = () => child.kill('SIGKILL');
   process.once('exit', killOnExit);
 
-  for (let i = 0; i < 600 && !/Bastion is listening at \S+/.test(stdout) && child.exitCode === null; i++) {
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  const url = /Bastion is listening at (\S+)/.exec(stdout)?.[1];
+  await started.waitFor((out) => /Bastion is listening at \S+/.test(out), 30_000);
+  const url = /Bastion is listening at (\S+)/.exec(stdout())?.[1];
   if (!url) {
     child.kill('SIGKILL');
-    throw new Error(`replica ${options.name} did not come up:\nstdout:\n${stdout}\nstderr:\n${stderr}`);
+    throw new Error(`replica ${options.name} did not come up:\nstdout:\n${stdout()}\nstderr:\n${stderr()}`);
   }
   return {
     name: options.name,
@@ -90,7 +81,7 @@ export async function startReplica(options: ReplicaOptions): Promise<Replica> {
     origin: new URL(url).origin,
     stateDir,
     auditFile: path.join(stateDir, 'audit.jsonl'),
-    stderr: () => stderr,
+    stderr,
     async stop() {
       process.off('exit', killOnExit);
       if (child.exitCode !== null || child.signalCode !== null) return;

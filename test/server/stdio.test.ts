@@ -4,7 +4,6 @@
  * is made beforehand in the config's state_dir, so the test can mint tokens
  * the spawned broker trusts.
  */
-import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -19,6 +18,7 @@ import type { AuditRecord } from '../../broker/audit/chain.ts';
 import { verifyAuditFile } from '../../broker/audit/verify.ts';
 import type { Capability } from '../../broker/policy/schema.ts';
 import { RECORDING_UPSTREAM, ROOT } from '../helpers/broker.ts';
+import { spawnCollecting } from '../helpers/spawn.ts';
 
 const CLI = path.join(ROOT, 'broker/cli.ts');
 const RESOURCE = 'http://bastion.stdio.test/mcp';
@@ -146,22 +146,12 @@ describe('bastion stdio', () => {
 
   it('stdout carries only JSON-RPC (logs go to stderr), and closing stdin ends the process cleanly', async () => {
     const token = await mint('agent:stdio-raw', [{ tool: 'rec__echo' }]);
-    const child = spawn(process.execPath, [CLI, 'stdio', '--config', verboseConfigFile], {
+    const raw = spawnCollecting(process.execPath, [CLI, 'stdio', '--config', verboseConfigFile], {
       cwd: dir,
       env: { ...getDefaultEnvironment(), BASTION_TOKEN: token },
-      stdio: ['pipe', 'pipe', 'pipe'],
     });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-      child.once('exit', (code, signal) => resolve({ code, signal })),
-    );
-    const responses = (count: number) =>
-      (async () => {
-        for (let i = 0; i < 400 && stdout.split('\n').filter(Boolean).length < count; i++) await new Promise((r) => setTimeout(r, 25));
-      })();
+    const { child, exited } = raw;
+    const responses = (count: number) => raw.waitFor((out) => out.split('\n').filter(Boolean).length >= count, 10_000);
     const send = (message: unknown) => child.stdin.write(`${JSON.stringify(message)}\n`);
 
     send({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'raw', version: '1' } } });
@@ -175,6 +165,8 @@ describe('bastion stdio', () => {
     const exit = await Promise.race([exited, new Promise<'lingering'>((r) => setTimeout(() => r('lingering'), 15_000))]);
     if (exit === 'lingering') child.kill('SIGKILL');
 
+    const stdout = raw.stdout();
+    const stderr = raw.stderr();
     const lines = stdout.split('\n').filter(Boolean);
     expect(lines.length).toBeGreaterThanOrEqual(4);
     for (const line of lines) {
