@@ -51,6 +51,8 @@ export interface TargetResult extends Omit<Summary, 'n'> {
   upstream_cpu_us_per_call: number | undefined;
   /** The load generator's own CPU per call (SDK clients). */
   client_cpu_us_per_call: number;
+  /** Bastion only: requests per admission cohort (bastion_admission_cohort_size), the batching its front door got. */
+  mean_cohort_size?: number | undefined;
 }
 
 export interface MemoryResult {
@@ -128,7 +130,7 @@ export async function startProcesses(options: Pick<CallsOptions, 'root' | 'profi
     const targets: Measured[] = [
       { name: 'direct', url: upstream.url, tool: 'echo', upstream },
       { name: 'proxy', url: proxy.url, tool: 'echo', middle: proxy, upstream },
-      { name: 'bastion', url: bastion.url, tool: 'bench__echo', token, middle: bastion, upstream },
+      { name: 'bastion', url: bastion.url, tool: 'bench__echo', token, middle: bastion, upstream, metrics: true },
     ];
     return { upstream, proxy, bastion, targets, children };
   } catch (error) {
@@ -137,7 +139,8 @@ export async function startProcesses(options: Pick<CallsOptions, 'root' | 'profi
   }
 }
 
-type Measured = Target & { middle?: Child; upstream: Child };
+/** `metrics`: the target serves Bastion's /metrics, read around each round. */
+type Measured = Target & { middle?: Child; upstream: Child; metrics?: boolean };
 
 /**
  * One concurrency level: every target gets `agents` connected agents, then
@@ -151,7 +154,9 @@ async function measureLevel(targets: Measured[], agents: number, seconds: number
   try {
     for (const target of targets) connected.set(target, await connectAgents(target, agents));
     for (const target of targets) await drive(connected.get(target)!, target.tool, { durationMs: warmupSeconds * 1000 });
-    const totals = new Map(targets.map((t) => [t, { latencies: [] as number[], calls: 0, errors: 0, seconds: 0, middle: 0, middleMain: 0, upstream: 0, client: 0, firstError: undefined as string | undefined }]));
+    const totals = new Map(
+      targets.map((t) => [t, { latencies: [] as number[], calls: 0, errors: 0, seconds: 0, middle: 0, middleMain: 0, upstream: 0, client: 0, cohortRequests: 0, cohorts: 0, firstError: undefined as string | undefined }]),
+    );
     for (let round = 0; round < rounds; round++) {
       for (let i = 0; i < targets.length; i++) {
         const target = targets[(i + round) % targets.length]!;
@@ -159,12 +164,18 @@ async function measureLevel(targets: Measured[], agents: number, seconds: number
         const middleBefore = target.middle ? await cpuSecondsOf(target.middle.pid) : undefined;
         const middleMainBefore = target.middle ? await cpuSecondsOf(target.middle.pid, true) : undefined;
         const upstreamBefore = await cpuSecondsOf(target.upstream.pid);
+        const cohortsBefore = target.metrics ? await cohortTotals(target.url) : undefined;
         const client = process.cpuUsage();
         const run: Run = await drive(connected.get(target)!, target.tool, { durationMs: (seconds / rounds) * 1000 });
         const clientUsed = process.cpuUsage(client);
         const middleAfter = target.middle ? await cpuSecondsOf(target.middle.pid) : undefined;
         const middleMainAfter = target.middle ? await cpuSecondsOf(target.middle.pid, true) : undefined;
         const upstreamAfter = await cpuSecondsOf(target.upstream.pid);
+        const cohortsAfter = target.metrics ? await cohortTotals(target.url) : undefined;
+        if (cohortsBefore && cohortsAfter) {
+          total.cohortRequests += cohortsAfter.requests - cohortsBefore.requests;
+          total.cohorts += cohortsAfter.cohorts - cohortsBefore.cohorts;
+        }
         for (const latency of run.latencies) total.latencies.push(latency);
         total.calls += run.calls;
         total.errors += run.errors;
@@ -192,6 +203,7 @@ async function measureLevel(targets: Measured[], agents: number, seconds: number
         middle_main_thread_cpu_us_per_call: target.middle ? perCall(total.middleMain) : undefined,
         upstream_cpu_us_per_call: perCall(total.upstream),
         client_cpu_us_per_call: perCall(total.client) ?? 0,
+        ...(total.cohorts > 0 ? { mean_cohort_size: total.cohortRequests / total.cohorts } : {}),
       };
     });
   } finally {
@@ -199,15 +211,32 @@ async function measureLevel(targets: Measured[], agents: number, seconds: number
   }
 }
 
-/** V8 heap in use in Bastion, from its own /metrics (prom-client's nodejs_heap_size_used_bytes). */
-async function heapUsed(bastionUrl: string): Promise<number | undefined> {
+/** Unlabelled samples from Bastion's /metrics, by name; undefined when it cannot be read. */
+async function metricSamples(bastionUrl: string, names: string[]): Promise<Map<string, number> | undefined> {
   try {
     const text = await (await fetch(new URL('/metrics', bastionUrl))).text();
-    const value = /^nodejs_heap_size_used_bytes (\S+)$/m.exec(text)?.[1];
-    return value === undefined ? undefined : Number(value);
+    const found = new Map<string, number>();
+    for (const name of names) {
+      const value = new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1];
+      if (value !== undefined) found.set(name, Number(value));
+    }
+    return found;
   } catch {
     return undefined;
   }
+}
+
+/** V8 heap in use in Bastion (prom-client's nodejs_heap_size_used_bytes). */
+async function heapUsed(bastionUrl: string): Promise<number | undefined> {
+  return (await metricSamples(bastionUrl, ['nodejs_heap_size_used_bytes']))?.get('nodejs_heap_size_used_bytes');
+}
+
+/** Requests admitted and admission cohorts so far (bastion_admission_cohort_size). */
+async function cohortTotals(bastionUrl: string): Promise<{ requests: number; cohorts: number } | undefined> {
+  const samples = await metricSamples(bastionUrl, ['bastion_admission_cohort_size_sum', 'bastion_admission_cohort_size_count']);
+  const requests = samples?.get('bastion_admission_cohort_size_sum');
+  const cohorts = samples?.get('bastion_admission_cohort_size_count');
+  return requests === undefined || cohorts === undefined ? undefined : { requests, cohorts };
 }
 
 async function memory(bastion: Child, target: Target, options: CallsOptions): Promise<MemoryResult> {
@@ -279,7 +308,7 @@ export async function runCalls(options: CallsOptions): Promise<CallsResult> {
       const proxy = rows.find((r) => r.target === 'proxy')!;
       console.log(`${level.agents} concurrent agent${level.agents === 1 ? '' : 's'}, ${level.seconds} s each in ${level.rounds} interleaved rounds (allowed tools/call, Streamable HTTP)`);
       printTable(
-        ['target', 'p50', 'p99', 'calls/s', 'p50 vs proxy', 'calls/s vs proxy', 'p50 − direct', 'p99 − direct', 'CPU/call (middle)', 'of it JS thread', 'CPU/call (upstream)', 'CPU/call (agents)'],
+        ['target', 'p50', 'p99', 'calls/s', 'p50 vs proxy', 'calls/s vs proxy', 'p50 − direct', 'p99 − direct', 'CPU/call (middle)', 'of it JS thread', 'CPU/call (upstream)', 'CPU/call (agents)', 'cohort (mean)'],
         rows.map((r) => [
           r.target,
           time(r.p50),
@@ -293,6 +322,7 @@ export async function runCalls(options: CallsOptions): Promise<CallsResult> {
           r.middle_main_thread_cpu_us_per_call === undefined ? '' : time(r.middle_main_thread_cpu_us_per_call / 1000),
           r.upstream_cpu_us_per_call === undefined ? '' : time(r.upstream_cpu_us_per_call / 1000),
           time(r.client_cpu_us_per_call / 1000),
+          r.mean_cohort_size === undefined ? '' : r.mean_cohort_size.toFixed(1),
         ]),
       );
     }
