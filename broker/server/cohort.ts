@@ -24,8 +24,9 @@ export function cohortGate(onCohort?: (size: number) => void): () => Promise<voi
   const release = () => {
     const cohort = waiting;
     waiting = [];
-    onCohort?.(cohort.length);
     for (const go of cohort) go();
+    // Observed after the cohort is let on, so an observer can never hold requests back.
+    onCohort?.(cohort.length);
   };
   return () =>
     new Promise<void>((resolve) => {
