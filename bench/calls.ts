@@ -51,6 +51,9 @@ export interface TargetResult extends Omit<Summary, 'n'> {
   upstream_cpu_us_per_call: number | undefined;
   /** The load generator's own CPU per call (SDK clients). */
   client_cpu_us_per_call: number;
+  /** p50 (ms) and calls per second of each interleaved round, in round order: the spread behind the totals. */
+  round_p50: number[];
+  round_per_second: number[];
   /** Bastion only: requests per admission cohort (bastion_admission_cohort_size), the batching its front door got. */
   mean_cohort_size?: number | undefined;
 }
@@ -155,7 +158,7 @@ async function measureLevel(targets: Measured[], agents: number, seconds: number
     for (const target of targets) connected.set(target, await connectAgents(target, agents));
     for (const target of targets) await drive(connected.get(target)!, target.tool, { durationMs: warmupSeconds * 1000 });
     const totals = new Map(
-      targets.map((t) => [t, { latencies: [] as number[], calls: 0, errors: 0, seconds: 0, middle: 0, middleMain: 0, upstream: 0, client: 0, cohortRequests: 0, cohorts: 0, firstError: undefined as string | undefined }]),
+      targets.map((t) => [t, { latencies: [] as number[], calls: 0, errors: 0, seconds: 0, middle: 0, middleMain: 0, upstream: 0, client: 0, cohortRequests: 0, cohorts: 0, roundP50: [] as number[], roundRate: [] as number[], firstError: undefined as string | undefined }]),
     );
     for (let round = 0; round < rounds; round++) {
       for (let i = 0; i < targets.length; i++) {
@@ -177,6 +180,8 @@ async function measureLevel(targets: Measured[], agents: number, seconds: number
           total.cohorts += cohortsAfter.cohorts - cohortsBefore.cohorts;
         }
         for (const latency of run.latencies) total.latencies.push(latency);
+        total.roundP50.push(summarize(run.latencies, run.seconds).p50);
+        total.roundRate.push(run.calls / run.seconds);
         total.calls += run.calls;
         total.errors += run.errors;
         total.firstError ??= run.firstError;
@@ -203,6 +208,8 @@ async function measureLevel(targets: Measured[], agents: number, seconds: number
         middle_main_thread_cpu_us_per_call: target.middle ? perCall(total.middleMain) : undefined,
         upstream_cpu_us_per_call: perCall(total.upstream),
         client_cpu_us_per_call: perCall(total.client) ?? 0,
+        round_p50: total.roundP50,
+        round_per_second: total.roundRate,
         ...(total.cohorts > 0 ? { mean_cohort_size: total.cohortRequests / total.cohorts } : {}),
       };
     });
@@ -295,6 +302,13 @@ async function stageMeans(bastionUrl: string): Promise<CallsResult['stages']> {
   return stages;
 }
 
+/** A ratio, with the lowest and highest of the same ratio taken round by round (each pair ran in the same round, seconds apart). */
+function withSpread(overall: string, rounds: number[], baselineRounds: number[]): string {
+  const ratios = rounds.map((value, i) => value / baselineRounds[i]!).filter(Number.isFinite);
+  if (ratios.length < 2 || rounds === baselineRounds) return overall;
+  return `${overall} (${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)})`;
+}
+
 export async function runCalls(options: CallsOptions): Promise<CallsResult> {
   const dir = await mkdtemp(path.join(tmpdir(), 'bastion-bench-'));
   if (options.profileDir) await mkdir(options.profileDir, { recursive: true });
@@ -314,8 +328,8 @@ export async function runCalls(options: CallsOptions): Promise<CallsResult> {
           time(r.p50),
           time(r.p99),
           count(r.perSecond),
-          ratio(r.p50, proxy.p50),
-          ratio(r.perSecond, proxy.perSecond),
+          withSpread(ratio(r.p50, proxy.p50), r.round_p50, proxy.round_p50),
+          withSpread(ratio(r.perSecond, proxy.perSecond), r.round_per_second, proxy.round_per_second),
           r.target === 'direct' ? '' : time(r.p50 - direct.p50),
           r.target === 'direct' ? '' : time(r.p99 - direct.p99),
           r.middle_cpu_us_per_call === undefined ? '' : time(r.middle_cpu_us_per_call / 1000),
