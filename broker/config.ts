@@ -209,6 +209,8 @@ export const ConfigSchema = z.strictObject({
       request_timeout: Duration.default(30_000),
       /** Sessions with no request for this long are closed (clients often vanish without DELETE). */
       session_idle: Duration.default(30 * 60_000),
+      /** A file holding the bearer token GET /metrics then requires (at least 32 characters). Absent: /metrics is behind the Host/Origin checks only. */
+      metrics_token_file: z.string().optional(),
     })
     .prefault({}),
   auth: z
@@ -383,6 +385,7 @@ export async function loadConfig(file: string | undefined): Promise<Config> {
   if (config.audit.file) config.audit.file = resolve(config.audit.file);
   config.policy.wasm = resolve(config.policy.wasm);
   for (const issuer of config.auth.issuers) if ('jwks_file' in issuer) issuer.jwks_file = resolve(issuer.jwks_file);
+  if (config.server.metrics_token_file) config.server.metrics_token_file = resolve(config.server.metrics_token_file);
   if (config.server.tls) {
     config.server.tls.cert_file = resolve(config.server.tls.cert_file);
     config.server.tls.key_file = resolve(config.server.tls.key_file);

@@ -25,6 +25,7 @@ import { Denial } from '../errors.ts';
 import { metrics } from '../metrics.ts';
 import { principalForAudit } from '../pipeline.ts';
 import { cohortGate } from './cohort.ts';
+import { loadScrapeToken, presentsScrapeToken } from './scrape-token.ts';
 import { createAgentServer } from './session.ts';
 import { adminRoutes } from './admin-routes.ts';
 import { approvalRoutes } from './approval-routes.ts';
@@ -94,6 +95,9 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
     for (const [name, value] of apiHeaders) res.setHeader(name, value);
     next();
   });
+
+  // Read before listening: a missing or weak scrape token stops start-up instead of leaving /metrics open.
+  const scrapeToken = config.server.metrics_token_file ? await loadScrapeToken(config.server.metrics_token_file) : undefined;
 
   const tls = config.server.tls;
   const server: HttpServer = tls
@@ -319,13 +323,22 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
     broker.approvalPageUrl = `${resourceOrigin}/approvals`;
   }
 
-  /** Prometheus scrape (broker/metrics.ts); behind the same Host/Origin checks as /mcp. */
+  /** Prometheus scrape (broker/metrics.ts); behind the same Host/Origin checks as /mcp, and the scrape token when one is configured. */
   metrics.collectProcessMetrics();
   const unwatch = metrics.watch({
     ...(broker.approvals ? { approvalsPending: async () => (await broker.approvals!.pending()).length } : {}),
     toolsQuarantined: async () => (await broker.pins.quarantined()).length,
   });
-  app.get('/metrics', guardOrigin, async (_req, res) => {
+  app.get('/metrics', guardOrigin, async (req, res) => {
+    if (scrapeToken && !presentsScrapeToken(req.headers.authorization, scrapeToken)) {
+      const denial = new Denial('admit', 'BASTION_METRICS_UNAUTHORIZED', 'GET /metrics needs the scrape token (server.metrics_token_file) as a bearer token');
+      await pipeline
+        .recordDenial({ event: 'http GET /metrics', transport: 'http' }, denial)
+        .catch((error: Error) => log.error({ err: error.message }, 'audit append failed'));
+      res.setHeader('WWW-Authenticate', 'Bearer realm="bastion-metrics"');
+      res.status(401).json({ error: 'invalid_token', code: denial.code, stage: denial.stage, error_description: denial.reason });
+      return;
+    }
     const { contentType, body } = await metrics.render();
     res.setHeader('Content-Type', contentType);
     res.end(body);
