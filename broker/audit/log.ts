@@ -2,8 +2,9 @@
  * Stage 8, audit: appends hash-chained records to a file.
  *
  * Appends are group-committed: records appended in the same event-loop
- * turn, or while a write is in flight, are written together, in one write. `append` resolves only once its
- * record is durable, so no call is acknowledged before its evidence exists.
+ * turn, or while a write is in flight, are written together, in one write.
+ * `append` resolves only once its record is durable, so no call is
+ * acknowledged before its evidence exists.
  * What durable means is the operator's choice (`audit.durability`):
  *
  *   disk     (default) on stable storage: one O_DSYNC write (write +

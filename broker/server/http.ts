@@ -161,16 +161,17 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   const resourceOrigin = new URL(resource).origin;
   const metadataUrl = `${resourceOrigin}/.well-known/oauth-protected-resource${new URL(resource).pathname}`;
 
-  /** Sends the 401 (or 403 for state failures) a refused authentication gets, after auditing it. */
-  const refuseAuthentication = async (req: Request, res: Response, denial: Denial) => {
+  /** Sends the 401 (503 for state failures) a refused authentication gets, after auditing it; `realmChallenge` replaces the MCP resource's Bearer challenge (/metrics). */
+  const refuseAuthentication = async (req: Request, res: Response, denial: Denial, realmChallenge?: string) => {
     await pipeline
       .recordDenial({ event: `http ${req.method} ${req.baseUrl || req.path}`, transport: 'http', tool: toolOf(req.body) }, denial)
       .catch((auditError: Error) => log.error({ err: auditError.message }, 'audit append failed'));
     const description = denial.reason.replace(/["\\]/g, "'");
     const challenge =
-      denial.code === 'BASTION_TOKEN_MISSING'
+      realmChallenge ??
+      (denial.code === 'BASTION_TOKEN_MISSING'
         ? `Bearer realm="bastion", resource_metadata="${metadataUrl}"`
-        : `Bearer realm="bastion", error="invalid_token", error_description="${description}", resource_metadata="${metadataUrl}"`;
+        : `Bearer realm="bastion", error="invalid_token", error_description="${description}", resource_metadata="${metadataUrl}"`);
     const status = denial.code === 'BASTION_STATE_UNAVAILABLE' ? 503 : 401;
     if (status === 401) res.setHeader('WWW-Authenticate', challenge);
     res.status(status).json({ error: status === 401 ? 'invalid_token' : 'temporarily_unavailable', code: denial.code, stage: denial.stage, error_description: denial.reason });
@@ -332,11 +333,7 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   app.get('/metrics', guardOrigin, async (req, res) => {
     if (scrapeToken && !presentsScrapeToken(req.headers.authorization, scrapeToken)) {
       const denial = new Denial('admit', 'BASTION_METRICS_UNAUTHORIZED', 'GET /metrics needs the scrape token (server.metrics_token_file) as a bearer token');
-      await pipeline
-        .recordDenial({ event: 'http GET /metrics', transport: 'http' }, denial)
-        .catch((error: Error) => log.error({ err: error.message }, 'audit append failed'));
-      res.setHeader('WWW-Authenticate', 'Bearer realm="bastion-metrics"');
-      res.status(401).json({ error: 'invalid_token', code: denial.code, stage: denial.stage, error_description: denial.reason });
+      await refuseAuthentication(req, res, denial, 'Bearer realm="bastion-metrics"');
       return;
     }
     const { contentType, body } = await metrics.render();
