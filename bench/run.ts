@@ -3,14 +3,7 @@
  * slow number; the results are printed, compared with the targets, and
  * written to test-artifacts/bench.json.
  *
- *   node bench/run.ts            full run: 30 s per throughput level, 100,000 calls for memory (several minutes)
- *   node bench/run.ts --quick    CI: 2 s per level, 5,000 calls for memory (well under a minute)
- *   node bench/run.ts --only micro|calls|sandbox
- *   node bench/run.ts --agents 1,16  only these concurrency levels in the calls section
- *   node bench/run.ts --seconds 8    seconds per level and target (default: 30, --quick 2)
- *   node bench/run.ts --audit-durability process   run Bastion with audit.durability: process (default disk)
- *   node bench/run.ts --profile  also write V8 CPU profiles of Bastion and the proxy to test-artifacts/profiles/{bastion,proxy}/
- *                                (read it with: node bench/lib/profile-summary.ts FILE.cpuprofile)
+ * Usage: see USAGE below (node bench/run.ts --help).
  *
  * Sections, in order:
  *   micro    each per-call check alone (bench/micro.ts)
@@ -32,23 +25,52 @@ import { evaluateTargets, type TargetCheck } from './targets.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
-const { values } = parseArgs({
-  options: {
-    quick: { type: 'boolean', default: false },
-    only: { type: 'string' },
-    agents: { type: 'string' },
-    seconds: { type: 'string' },
-    'audit-durability': { type: 'string', default: 'disk' },
-    profile: { type: 'boolean', default: false },
-  },
-});
+const USAGE = `Usage:
+  node bench/run.ts            full run: 30 s per throughput level, 100,000 calls for memory (several minutes)
+  node bench/run.ts --quick    CI: 2 s per level, 5,000 calls for memory (well under a minute)
+  node bench/run.ts --only micro|calls|sandbox
+  node bench/run.ts --agents 1,16  only these concurrency levels in the calls section
+  node bench/run.ts --seconds 8    seconds per level and target (default: 30, --quick 2)
+  node bench/run.ts --audit-durability process   run Bastion with audit.durability: process (default disk)
+  node bench/run.ts --profile  also write V8 CPU profiles of Bastion and the proxy to test-artifacts/profiles/{bastion,proxy}/
+                               (read it with: node bench/lib/profile-summary.ts FILE.cpuprofile)
+`;
+
+/** A bad command line: the reason and the usage, exit 2. */
+function usageError(reason: string): never {
+  process.stderr.write(`bench: ${reason}\n\n${USAGE}`);
+  process.exit(2);
+}
+
+const parsed = (() => {
+  try {
+    return parseArgs({
+      options: {
+        help: { type: 'boolean', short: 'h', default: false },
+        quick: { type: 'boolean', default: false },
+        only: { type: 'string' },
+        agents: { type: 'string' },
+        seconds: { type: 'string' },
+        'audit-durability': { type: 'string', default: 'disk' },
+        profile: { type: 'boolean', default: false },
+      },
+    });
+  } catch (error) {
+    return usageError((error as Error).message);
+  }
+})();
+const { values } = parsed;
+if (values.help) {
+  process.stdout.write(USAGE);
+  process.exit(0);
+}
 const quick = values.quick!;
-const LEVELS = values.agents ? values.agents.split(',').map(Number).filter((n) => Number.isInteger(n) && n > 0) : [1, 16, 32, 64];
-if (LEVELS.length === 0) throw new Error('--agents takes a comma-separated list of positive integers, e.g. 1,16');
+const LEVELS = values.agents ? values.agents.split(',').map(Number) : [1, 16, 32, 64];
+if (!LEVELS.every((n) => Number.isInteger(n) && n > 0)) usageError('--agents takes a comma-separated list of positive integers, e.g. 1,16');
 const SECONDS = values.seconds === undefined ? (quick ? 2 : 30) : Number(values.seconds);
-if (!(SECONDS > 0)) throw new Error('--seconds takes a positive number');
+if (!(SECONDS > 0)) usageError('--seconds takes a positive number');
 const DURABILITY = values['audit-durability'];
-if (DURABILITY !== 'disk' && DURABILITY !== 'process') throw new Error('--audit-durability takes disk or process');
+if (DURABILITY !== 'disk' && DURABILITY !== 'process') usageError('--audit-durability takes disk or process');
 
 /** What every section gets. */
 export interface BenchContext {
@@ -90,6 +112,9 @@ const SECTIONS: BenchSection[] = [
   },
   { name: 'sandbox', run: (ctx) => runSandbox(ctx) },
 ];
+if (values.only !== undefined && !SECTIONS.some((section) => section.name === values.only)) {
+  usageError(`--only takes one of ${SECTIONS.map((section) => section.name).join(', ')}`);
+}
 
 const machine = describeMachine();
 const started = new Date();

@@ -180,48 +180,52 @@
       return 'non-Error value thrown (' + typeof error + ')';
     }
   };
+  // The outcome is one text: a kind letter, then the result's JSON or the
+  // error. A tool that returns a plain value finishes within its entry, and
+  // the outcome goes back as that entry's return value; a promise's outcome
+  // goes out through `send` when it settles.
   let finished = false;
-  const finish = (kind, text) => {
-    if (finished) return;
+  const settle = (kind, text) => {
+    if (finished) return undefined;
     finished = true;
-    send('done', 0, kind + text);
+    return kind + text;
   };
-  const succeed = (value) => {
+  const resultOutcome = (value) => {
     let json;
     try {
       json = value === undefined ? 'null' : stringify(value);
     } catch (error) {
-      finish('S', describe(error));
-      return;
+      return settle('S', describe(error));
     }
-    if (typeof json !== 'string') {
-      finish('S', 'the result is not JSON (a ' + typeof value + ')');
-      return;
-    }
-    if (json.length > config.maxResultBytes) {
-      finish('T', StringCtor(json.length));
-      return;
-    }
-    finish('R', json);
+    if (typeof json !== 'string') return settle('S', 'the result is not JSON (a ' + typeof value + ')');
+    if (json.length > config.maxResultBytes) return settle('T', StringCtor(json.length));
+    return settle('R', json);
   };
-  const fail = (error) => finish('E', describe(error));
+  const errorOutcome = (error) => settle('E', describe(error));
+  const sendOutcome = (outcome) => {
+    if (outcome !== undefined) send('done', 0, outcome);
+  };
+  const isThenable = (value) => {
+    if (value === null || (typeof value !== 'object' && typeof value !== 'function')) return false;
+    return typeof value.then === 'function'; // may run a plugin getter: the caller catches
+  };
 
   return function control(kind, a, b) {
     if (kind === 'invoke') {
       const fn = apply(hasOwn, tools, [a]) ? tools[a] : undefined;
-      if (typeof fn !== 'function') {
-        finish('U', 'the plugin script does not define tools.' + a);
-        return;
-      }
+      if (typeof fn !== 'function') return settle('U', 'the plugin script does not define tools.' + a);
       let result;
       try {
         result = fn(parse(b), host);
+        if (!isThenable(result)) return resultOutcome(result);
       } catch (error) {
-        fail(error);
-        return;
+        return errorOutcome(error);
       }
-      apply(promiseThen, new PromiseCtor((resolve) => resolve(result)), [succeed, fail]);
-      return;
+      apply(promiseThen, new PromiseCtor((resolve) => resolve(result)), [
+        (value) => sendOutcome(resultOutcome(value)),
+        (error) => sendOutcome(errorOutcome(error)),
+      ]);
+      return undefined;
     }
     if (kind === 'defined') {
       // Which of the named tools the script defined (checked once at load).

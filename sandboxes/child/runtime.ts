@@ -527,7 +527,9 @@ export class CallRun {
       if (this.prepareFailure) throw this.prepareFailure;
       const control = this.control!;
       const { tool, args } = this.request;
-      await this.enter((timeout) => control.apply(undefined, ['invoke', tool, args], { timeout }));
+      // A tool that returned a plain value answers with the entry's return value, the outcome text.
+      const returned: unknown = await this.enter((timeout) => control.apply(undefined, ['invoke', tool, args], { timeout }));
+      if (typeof returned === 'string') this.outcome ??= returned;
       this.afterEntry();
     } catch (error) {
       this.fail(error instanceof CallFailure ? error : new CallFailure('SANDBOX_CRASHED', messageOf(error)));

@@ -101,6 +101,17 @@ describe('thrown values and results', () => {
     expect(textOf(result)).toMatch(message);
   });
 
+  it('a result whose then getter throws ends with SANDBOX_PLUGIN_ERROR', async () => {
+    const result = await attack('then_getter_throws');
+    expect(sandboxCode(result)).toBe('SANDBOX_PLUGIN_ERROR');
+    expect(textOf(result)).toMatch(/Error: then getter/);
+  });
+
+  it('a result with a then that is not a function is a plain value; a thenable of its own is awaited', async () => {
+    expect(valueOf(await attack('then_not_a_function'))).toEqual({ then: 5, n: 1 });
+    expect(valueOf(await attack('own_thenable'))).toEqual({ settled: 'later' });
+  });
+
   it('a result over max_result_bytes ends with SANDBOX_RESULT_TOO_LARGE', async () => {
     const result = await attack('huge_result', { n: 100_000 });
     expect(sandboxCode(result)).toBe('SANDBOX_RESULT_TOO_LARGE');
