@@ -32,6 +32,7 @@ import { SandboxError } from './errors.ts';
 import { PluginNameSchema, requestedCapabilities, type PluginLimits, type PluginTool } from './manifest.ts';
 import { loadPinnedPlugin, MANIFEST_FILE, type PluginSource } from './pin.ts';
 import type { SandboxPool } from './pool.ts';
+import { toolSchemas } from './protocol.ts';
 
 export type PluginStatus = 'starting' | 'ready' | 'down' | 'stopped';
 export type Risk = 'low' | 'medium' | 'high';
@@ -199,7 +200,7 @@ export class PluginHost {
         name: this.name,
         main: manifest.main,
         code: source.code,
-        tools: manifest.tools.map((t) => ({ name: t.name, inputSchema: t.inputSchema, outputSchema: t.outputSchema })),
+        tools: toolSchemas(manifest.tools),
         limits,
         caps: requestedCapabilities(manifest),
       });

@@ -8,7 +8,7 @@
  * nothing but plain data ever crosses.
  */
 import { z } from 'zod';
-import type { CapabilityName, PluginLimits } from './manifest.ts';
+import type { CapabilityName, PluginLimits, PluginTool } from './manifest.ts';
 
 /** What a sandbox process needs to run one plugin. */
 export interface LoadMessage {
@@ -22,6 +22,11 @@ export interface LoadMessage {
   caps: CapabilityName[];
   isolates: { max: number; warm: number; maxCalls: number };
   clockMs: number;
+}
+
+/** What a sandbox process needs of each manifest tool: its name and schemas. */
+export function toolSchemas(tools: PluginTool[]): LoadMessage['tools'] {
+  return tools.map((t) => ({ name: t.name, inputSchema: t.inputSchema, outputSchema: t.outputSchema }));
 }
 
 export type ToChild =

@@ -13,6 +13,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { PluginRuntime } from '../../sandboxes/child/runtime.ts';
 import { PluginManifestSchema } from '../../sandboxes/manifest.ts';
+import { toolSchemas } from '../../sandboxes/protocol.ts';
 
 const calls = Number(process.argv[2] ?? 300);
 const dir = path.join(import.meta.dirname, '../../sandboxes/examples/text-utils');
@@ -24,7 +25,7 @@ const runtime = new PluginRuntime(
     name: manifest.name,
     main: manifest.main,
     code: await readFile(path.join(dir, manifest.main), 'utf8'),
-    tools: manifest.tools.map((t) => ({ name: t.name, inputSchema: t.inputSchema, outputSchema: t.outputSchema })),
+    tools: toolSchemas(manifest.tools),
     limits: manifest.limits,
     caps: [],
     isolates: { max: 4, warm: 1, maxCalls: 1000 },
