@@ -66,10 +66,11 @@ export interface MemoryResult {
   rss_after_bytes: number | undefined;
   rss_peak_bytes: number | undefined;
   growth_percent: number | undefined;
-  heap_used_before_bytes: number | undefined;
-  heap_used_after_bytes: number | undefined;
-  /** RSS and V8 heap in use (from Bastion's /metrics) after every tenth of the calls. */
-  samples: { calls: number; rss_bytes: number | undefined; heap_used_bytes: number | undefined }[];
+  /** V8 heap in use right after a full collection (the live set), read through the inspector. */
+  live_heap_before_bytes: number | undefined;
+  live_heap_after_bytes: number | undefined;
+  /** RSS and live V8 heap after every tenth of the calls. */
+  samples: { calls: number; rss_bytes: number | undefined; live_heap_bytes: number | undefined }[];
 }
 
 export interface CallsResult {
@@ -118,6 +119,7 @@ export async function startProcesses(options: Pick<CallsOptions, 'root' | 'profi
       cwd,
       logFile,
       nodeOptions: profile('bastion'),
+      inspectable: true,
     });
     children.push(bastion);
 
@@ -233,11 +235,6 @@ async function metricSamples(bastionUrl: string, names: string[]): Promise<Map<s
   }
 }
 
-/** V8 heap in use in Bastion (prom-client's nodejs_heap_size_used_bytes). */
-async function heapUsed(bastionUrl: string): Promise<number | undefined> {
-  return (await metricSamples(bastionUrl, ['nodejs_heap_size_used_bytes']))?.get('nodejs_heap_size_used_bytes');
-}
-
 /** Requests admitted and admission cohorts so far (bastion_admission_cohort_size). */
 async function cohortTotals(bastionUrl: string): Promise<{ requests: number; cohorts: number } | undefined> {
   const samples = await metricSamples(bastionUrl, ['bastion_admission_cohort_size_sum', 'bastion_admission_cohort_size_count']);
@@ -250,9 +247,10 @@ async function memory(bastion: Child, target: Target, options: CallsOptions): Pr
   const agents = await connectAgents(target, options.memoryAgents);
   try {
     await drive(agents, target.tool, { calls: options.memoryWarmupCalls });
+    // The live heap first: opening the inspector and a full collection both move RSS a little.
+    const heapBefore = await bastion.liveHeap();
     const before = await bastion.rss();
-    const heapBefore = await heapUsed(bastion.url);
-    const samples: MemoryResult['samples'] = [{ calls: 0, rss_bytes: before, heap_used_bytes: heapBefore }];
+    const samples: MemoryResult['samples'] = [{ calls: 0, rss_bytes: before, live_heap_bytes: heapBefore }];
     const step = Math.ceil(options.memoryCalls / 10);
     let done = 0;
     let errors = 0;
@@ -261,11 +259,12 @@ async function memory(bastion: Child, target: Target, options: CallsOptions): Pr
       done += run.calls;
       errors += run.errors;
       if (run.calls === 0) break;
-      samples.push({ calls: done, rss_bytes: await bastion.rss(), heap_used_bytes: await heapUsed(bastion.url) });
+      const liveHeap = await bastion.liveHeap();
+      samples.push({ calls: done, rss_bytes: await bastion.rss(), live_heap_bytes: liveHeap });
     }
     if (errors > 0) console.log(`  ! memory run: ${errors} failed calls`);
     const after = samples[samples.length - 1]?.rss_bytes;
-    const heapAfter = samples[samples.length - 1]?.heap_used_bytes;
+    const heapAfter = samples[samples.length - 1]?.live_heap_bytes;
     const known = samples.map((s) => s.rss_bytes).filter((v): v is number => v !== undefined);
     return {
       agents: options.memoryAgents,
@@ -275,8 +274,8 @@ async function memory(bastion: Child, target: Target, options: CallsOptions): Pr
       rss_after_bytes: after,
       rss_peak_bytes: known.length ? Math.max(...known) : undefined,
       growth_percent: before && after ? ((after - before) / before) * 100 : undefined,
-      heap_used_before_bytes: heapBefore,
-      heap_used_after_bytes: heapAfter,
+      live_heap_before_bytes: heapBefore,
+      live_heap_after_bytes: heapAfter,
       samples,
     };
   } finally {
@@ -349,10 +348,11 @@ export async function runCalls(options: CallsOptions): Promise<CallsResult> {
       ['', 'before', 'after', 'peak', 'growth'],
       [
         ['resident (RSS)', bytes(mem.rss_before_bytes), bytes(mem.rss_after_bytes), bytes(mem.rss_peak_bytes), pct(mem.rss_before_bytes, mem.rss_after_bytes)],
-        ['V8 heap in use', bytes(mem.heap_used_before_bytes), bytes(mem.heap_used_after_bytes), '', pct(mem.heap_used_before_bytes, mem.heap_used_after_bytes)],
+        ['V8 heap, live (after a full GC)', bytes(mem.live_heap_before_bytes), bytes(mem.live_heap_after_bytes), '', pct(mem.live_heap_before_bytes, mem.live_heap_after_bytes)],
       ],
     );
-    console.log(`RSS after each tenth: ${mem.samples.map((s) => bytes(s.rss_bytes)).join(', ')}\n`);
+    console.log(`RSS after each tenth: ${mem.samples.map((s) => bytes(s.rss_bytes)).join(', ')}`);
+    console.log(`live heap after each tenth: ${mem.samples.map((s) => bytes(s.live_heap_bytes)).join(', ')}\n`);
 
     const stages = await stageMeans(bastion.url);
     if (Object.keys(stages).length > 0) {

@@ -45,14 +45,27 @@ export function evaluateTargets(
       checks.push({ name: `p50 vs bare proxy, ${agents} agent${agents === 1 ? '' : 's'}`, goal: '≤ 1.2×', measured: `${latency.toFixed(2)}×`, met: latency <= 1.2, value: latency });
       checks.push({ name: `throughput vs bare proxy, ${agents} agent${agents === 1 ? '' : 's'}`, goal: '≥ 80 %', measured: `${(throughput * 100).toFixed(0)} %`, met: throughput >= 0.8, value: throughput });
     }
-    const growth = calls.memory.growth_percent;
+    const { memory } = calls;
+    const over = `over ${memory.calls.toLocaleString('en')} calls after warm-up`;
+    const growth = memory.growth_percent;
     checks.push({
-      name: `memory growth over ${calls.memory.calls.toLocaleString('en')} calls after warm-up`,
+      name: `RSS growth ${over}`,
       goal: '≤ 10 %',
       measured: growth === undefined ? '–' : `${growth.toFixed(1)} %`,
-      // Over a quick run's few thousand calls V8 is still growing its heap: judged on full runs only.
+      // Over a quick run's few thousand calls V8 is still sizing its heap: judged on full runs only.
       met: growth === undefined || quick ? undefined : growth <= 10,
       value: growth,
+    });
+    const before = memory.live_heap_before_bytes;
+    const after = memory.live_heap_after_bytes;
+    const heapGrowth = before && after !== undefined ? ((after - before) / before) * 100 : undefined;
+    checks.push({
+      name: `live V8 heap growth ${over}`,
+      goal: '≤ 10 %',
+      measured: heapGrowth === undefined ? '–' : `${heapGrowth.toFixed(1)} %`,
+      // Measured after a full collection, so a quick run's figure counts too.
+      met: heapGrowth === undefined ? undefined : heapGrowth <= 10,
+      value: heapGrowth,
     });
   }
 

@@ -18,6 +18,14 @@ export interface Child {
   process: ChildProcess;
   /** Resident set size now, from /proc (Linux), in bytes. */
   rss(): Promise<number | undefined>;
+  /**
+   * V8 heap still in use after a full garbage collection, in bytes: the live
+   * set, which a leak grows, unlike the heap in use at a random moment (that
+   * swings by half with where V8 is in its GC cycle). Only for children started
+   * with `inspectable`; the first call opens the inspector (SIGUSR1), so call
+   * it only once the measurements it could disturb are done.
+   */
+  liveHeap(): Promise<number | undefined>;
   stop(): Promise<void>;
 }
 
@@ -46,9 +54,11 @@ export function spawnListening(
   name: string,
   args: string[],
   ready: RegExp,
-  options: { cwd: string; logFile: string; nodeOptions?: string[]; timeoutMs?: number },
+  options: { cwd: string; logFile: string; nodeOptions?: string[]; timeoutMs?: number; inspectable?: boolean },
 ): Promise<Child> {
-  const child = spawn(process.execPath, [...(options.nodeOptions ?? []), ...args], {
+  // The inspector stays closed until liveHeap() asks for it; port 0 picks a free one.
+  const inspect = options.inspectable ? ['--inspect-port=127.0.0.1:0'] : [];
+  const child = spawn(process.execPath, [...inspect, ...(options.nodeOptions ?? []), ...args], {
     cwd: options.cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, NODE_ENV: 'production' },
@@ -80,6 +90,7 @@ export function spawnListening(
         pid: child.pid!,
         process: child,
         rss: () => rssOf(child.pid!),
+        liveHeap: options.inspectable ? liveHeapOf(child) : () => Promise.resolve(undefined),
         stop: () =>
           new Promise<void>((done) => {
             if (child.exitCode !== null || child.signalCode !== null) return done();
@@ -94,6 +105,74 @@ export function spawnListening(
       });
     });
   });
+}
+
+/**
+ * liveHeap() for one child: opens its inspector on first use (SIGUSR1 makes
+ * Node print the WebSocket address on stderr), then asks V8 for a full
+ * collection and the heap in use after it. undefined when the inspector
+ * cannot be reached in time.
+ */
+function liveHeapOf(child: ChildProcess): () => Promise<number | undefined> {
+  let session: Promise<InspectorSession | undefined> | undefined;
+  return async () => {
+    session ??= openInspector(child);
+    const inspector = await session;
+    if (!inspector) return undefined;
+    await inspector.send('HeapProfiler.collectGarbage');
+    const usage = (await inspector.send('Runtime.getHeapUsage')) as { usedSize?: number } | undefined;
+    return usage?.usedSize;
+  };
+}
+
+interface InspectorSession {
+  send(method: string): Promise<unknown>;
+}
+
+async function openInspector(child: ChildProcess, timeoutMs = 10_000): Promise<InspectorSession | undefined> {
+  const address = await new Promise<string | undefined>((resolve) => {
+    let text = '';
+    const timer = setTimeout(() => done(undefined), timeoutMs);
+    const onData = (chunk: Buffer) => {
+      text += chunk.toString('utf8');
+      const url = /Debugger listening on (ws:\/\/\S+)/.exec(text)?.[1];
+      if (url) done(url);
+    };
+    function done(url: string | undefined): void {
+      clearTimeout(timer);
+      child.stderr!.off('data', onData);
+      resolve(url);
+    }
+    child.stderr!.on('data', onData);
+    child.kill('SIGUSR1');
+  });
+  if (!address) return undefined;
+  const socket = new WebSocket(address);
+  const replies = new Map<number, (result: unknown) => void>();
+  socket.addEventListener('message', (event) => {
+    const message = JSON.parse(String(event.data)) as { id?: number; result?: unknown };
+    if (message.id !== undefined) replies.get(message.id)?.(message.result);
+  });
+  const opened = await new Promise<boolean>((resolve) => {
+    socket.addEventListener('open', () => resolve(true), { once: true });
+    socket.addEventListener('error', () => resolve(false), { once: true });
+  });
+  if (!opened) return undefined;
+  child.once('exit', () => socket.close());
+  let next = 0;
+  return {
+    send: (method) =>
+      new Promise((resolve) => {
+        const id = ++next;
+        const timer = setTimeout(() => resolve(undefined), timeoutMs);
+        replies.set(id, (result) => {
+          clearTimeout(timer);
+          replies.delete(id);
+          resolve(result);
+        });
+        socket.send(JSON.stringify({ id, method }));
+      }),
+  };
 }
 
 /**
