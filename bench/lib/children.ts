@@ -150,7 +150,12 @@ async function openInspector(child: ChildProcess, timeoutMs = 10_000): Promise<I
   const socket = new WebSocket(address);
   const replies = new Map<number, (result: unknown) => void>();
   socket.addEventListener('message', (event) => {
-    const message = JSON.parse(String(event.data)) as { id?: number; result?: unknown };
+    let message: { id?: number; result?: unknown };
+    try {
+      message = JSON.parse(String(event.data)) as typeof message;
+    } catch {
+      return; // not a protocol reply; the send it may have been for times out
+    }
     if (message.id !== undefined) replies.get(message.id)?.(message.result);
   });
   const opened = await new Promise<boolean>((resolve) => {
