@@ -27,7 +27,7 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 const USAGE = `Usage:
   node bench/run.ts            full run: 30 s per throughput level, 100,000 calls for memory (several minutes)
-  node bench/run.ts --quick    CI: 2 s per level, 5,000 calls for memory (well under a minute)
+  node bench/run.ts --quick    CI: 2 s per level, 5,000 calls for memory (about a minute)
   node bench/run.ts --only micro|calls|sandbox
   node bench/run.ts --agents 1,16  only these concurrency levels in the calls section
   node bench/run.ts --seconds 8    seconds per level and target (default: 30, --quick 2)
@@ -42,7 +42,7 @@ function usageError(reason: string): never {
   process.exit(2);
 }
 
-const parsed = (() => {
+const { values } = (() => {
   try {
     return parseArgs({
       options: {
@@ -59,7 +59,6 @@ const parsed = (() => {
     return usageError((error as Error).message);
   }
 })();
-const { values } = parsed;
 if (values.help) {
   process.stdout.write(USAGE);
   process.exit(0);
