@@ -29,6 +29,7 @@ import { loadScrapeToken, presentsScrapeToken } from './scrape-token.ts';
 import { createAgentServer } from './session.ts';
 import { adminRoutes } from './admin-routes.ts';
 import { approvalRoutes } from './approval-routes.ts';
+import { mountIdentity } from '../identity/authorization-server.ts';
 
 export interface HttpFrontDoor {
   /** The MCP endpoint agents connect to. */
@@ -117,6 +118,8 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   const hostForUrl = config.server.host.includes(':') ? `[${config.server.host}]` : config.server.host;
   const url = `${tls ? 'https' : 'http'}://${hostForUrl}:${port}/mcp`;
   const resource = config.server.resource ?? url;
+  // Before the authenticator: the authorization server's key joins the trusted issuers.
+  const identity = await mountIdentity(app, broker, { resource });
   const authenticator = broker.authenticatorFor(resource);
 
   const allowedHosts = new Set([`127.0.0.1:${port}`, `localhost:${port}`, `[::1]:${port}`, new URL(resource).host]);
@@ -378,6 +381,7 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
     url,
     resource,
     async close() {
+      await identity?.close();
       unwatch();
       clearInterval(sweeper);
       for (const session of sessions.values()) await session.transport.close().catch(() => undefined);

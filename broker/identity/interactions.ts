@@ -1,0 +1,295 @@
+/**
+ * The sign-in a person goes through when an MCP client asks Bastion's
+ * authorization endpoint for a code, in named steps:
+ *
+ *   startSignIn      the library's interaction → the IdP (code + PKCE, state, nonce; a browser-bound cookie)
+ *   checkCallback    the IdP's answer belongs to this browser's pending sign-in (state), once
+ *   verifyIdentity   openid-client checks the code exchange and the ID token (signature, iss, aud, exp, nonce)
+ *   decideGrants     the grants policy (bastion/grants) on the verified identity → capabilities
+ *   showConsent      the consent page: client, redirect URI, exactly which tools and bounds
+ *   checkConsent     same origin, CSRF token, then approve (a grant, bound to the resource) or refuse
+ *
+ * Every refusal ends the authorization with an OAuth error at the client's
+ * redirect URI (access_denied, with a description) or, when the sign-in
+ * cannot be tied to an authorization at all, an error page; each is audited.
+ *
+ * @example
+ *   app.use(interactionRoutes({ provider, upstream, state, records, ... }));
+ */
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import express, { type Request, type Response, type Router } from 'express';
+import type Provider from 'oidc-provider';
+import type { PolicyEngine } from '../policy/engine.ts';
+import type { Capability } from '../policy/schema.ts';
+import type { StateStore } from '../state/store.ts';
+import type { Logger } from '../log.ts';
+import { REVOCATIONS } from '../auth/revocation.ts';
+import type { OAuthAudit } from './audit.ts';
+import type { GrantRecords } from './grant-records.ts';
+import { decideGrant, GrantRefusal, type GrantIdentity, type GrantsInput } from './grants.ts';
+import { consentPage, errorPage, formTarget, PAGE_CSS, sendPage } from './pages.ts';
+import { UpstreamRefusal, type SignInTransaction, type UpstreamIdp } from './upstream.ts';
+
+const SIGN_INS = 'oauth:sign-in';
+const CONSENTS = 'oauth:consent';
+const BROWSER_COOKIE = 'bastion_sign_in';
+
+interface PendingSignIn {
+  uid: string;
+  transaction: SignInTransaction;
+  /** sha256 of the cookie set in the browser that started the sign-in. */
+  browser: string;
+}
+
+interface PendingConsent {
+  identity: GrantIdentity;
+  upstreamRefreshToken: string | undefined;
+  client: GrantsInput['client'];
+  scopes: string[];
+  cap: Capability[];
+  ttlMs: number;
+  csrf: string;
+}
+
+export interface InteractionOptions {
+  provider: Provider;
+  issuer: string;
+  resource: string;
+  upstream: () => Promise<UpstreamIdp>;
+  state: StateStore;
+  records: GrantRecords;
+  policy: () => PolicyEngine;
+  audit: OAuthAudit;
+  log: Logger;
+  maxTtlMs: number;
+  interactionTtlMs: number;
+  familyMaxAgeMs: number;
+  secureCookies: boolean;
+  /** Clients from config (the rest registered themselves or are metadata documents). */
+  staticClientIds: Set<string>;
+}
+
+const sha256 = (value: string) => createHash('sha256').update(value).digest('base64url');
+
+function sameSecret(a: string, b: string): boolean {
+  const left = Buffer.from(a);
+  const right = Buffer.from(b);
+  return left.length === right.length && timingSafeEqual(left, right);
+}
+
+export function interactionRoutes(options: InteractionOptions): Router {
+  const { provider, state, audit, log } = options;
+  const router = express.Router();
+
+  /** Ends the authorization with an OAuth error at the client's redirect URI (RFC 6749 §4.1.2.1). */
+  const refuseAuthorization = async (res: Response, uid: string, error: string, description: string) => {
+    const interaction = await provider.Interaction.find(uid);
+    if (!interaction) {
+      sendPage(res, 400, errorPage('Sign-in expired', 'This sign-in is no longer pending; start again from your MCP client.'));
+      return;
+    }
+    interaction.result = { error, error_description: description };
+    await interaction.save(Math.max(1, (interaction.exp ?? 0) - Math.floor(Date.now() / 1000)));
+    res.redirect(303, interaction.returnTo);
+  };
+
+  router.get('/oauth/static/page.css', (_req, res) => {
+    res.setHeader('Content-Type', 'text/css; charset=utf-8');
+    res.setHeader('Cache-Control', 'max-age=3600');
+    res.end(PAGE_CSS);
+  });
+
+  // startSignIn: the library decided this authorization needs the user; send them to the IdP.
+  router.get('/oauth/interaction/:uid', async (req, res) => {
+    let details;
+    try {
+      details = await provider.interactionDetails(req, res);
+    } catch {
+      sendPage(res, 400, errorPage('Sign-in expired', 'This sign-in is no longer pending (or was started in another browser); start again from your MCP client.'));
+      return;
+    }
+    let started;
+    try {
+      started = await (await options.upstream()).startSignIn();
+    } catch (error) {
+      log.error({ err: (error as Error).message }, 'identity provider unavailable');
+      await audit.record('oauth/sign-in', 'error', { client_id: details.params.client_id }, { error: 'temporarily_unavailable', description: `identity provider unavailable: ${(error as Error).message}` });
+      await refuseAuthorization(res, details.uid, 'temporarily_unavailable', 'the organisation identity provider cannot be reached');
+      return;
+    }
+    const browser = randomBytes(32).toString('base64url');
+    const pending: PendingSignIn = { uid: details.uid, transaction: started.transaction, browser: sha256(browser) };
+    await state.set(SIGN_INS, started.transaction.state, JSON.stringify(pending), options.interactionTtlMs);
+    res.cookie(BROWSER_COOKIE, browser, { httpOnly: true, sameSite: 'lax', secure: options.secureCookies, path: '/oauth/callback', maxAge: options.interactionTtlMs });
+    await audit.record('oauth/authorize', 'info', {
+      client_id: details.params.client_id,
+      redirect_uri: details.params.redirect_uri,
+      resource: details.params.resource,
+      interaction: details.uid,
+    });
+    res.redirect(303, started.url);
+  });
+
+  router.get('/oauth/callback', async (req: Request, res) => {
+    // checkCallback: the state names a pending sign-in, started in this browser; used once.
+    const stateParam = typeof req.query.state === 'string' ? req.query.state : '';
+    const stored = stateParam ? await state.get(SIGN_INS, stateParam) : undefined;
+    const pending = stored ? (JSON.parse(stored) as PendingSignIn) : undefined;
+    const browser = new RegExp(`(?:^|;\\s*)${BROWSER_COOKIE}=([^;]+)`).exec(req.headers.cookie ?? '')?.[1];
+    if (!pending || !browser || !sameSecret(sha256(browser), pending.browser)) {
+      await audit.record('oauth/sign-in', 'denied', { state_known: Boolean(pending) }, { error: 'access_denied', description: 'state mismatch: the IdP response does not belong to a sign-in started in this browser' });
+      sendPage(res, 400, errorPage('Sign-in refused', 'The identity provider answered a sign-in this browser did not start, or one that expired (state mismatch). Start again from your MCP client.'));
+      return;
+    }
+    await state.delete(SIGN_INS, stateParam);
+    res.clearCookie(BROWSER_COOKIE, { path: '/oauth/callback' });
+    const interaction = await provider.Interaction.find(pending.uid);
+    if (!interaction) {
+      sendPage(res, 400, errorPage('Sign-in expired', 'This sign-in is no longer pending; start again from your MCP client.'));
+      return;
+    }
+    const params = interaction.params as Record<string, string | undefined>;
+    const clientId = params.client_id ?? '';
+
+    // verifyIdentity: openid-client exchanges the code (PKCE) and checks the ID token.
+    let signedIn;
+    try {
+      signedIn = await (await options.upstream()).finishSignIn(new URL(req.originalUrl, options.issuer), pending.transaction);
+    } catch (error) {
+      const refusal = error instanceof UpstreamRefusal ? error : new UpstreamRefusal('id_token_invalid', (error as Error).message);
+      await audit.record('oauth/sign-in', 'denied', { client_id: clientId, upstream: refusal.code }, { error: 'access_denied', description: refusal.message });
+      await refuseAuthorization(res, pending.uid, 'access_denied', `sign-in at the identity provider failed: ${refusal.message}`);
+      return;
+    }
+    const { identity } = signedIn;
+    const who = { sub: identity.sub, idp: identity.iss, client_id: clientId };
+    if ((await state.get(REVOCATIONS, `sub:${identity.sub}`)) !== undefined) {
+      await audit.record('oauth/sign-in', 'denied', who, { error: 'access_denied', description: `subject ${identity.sub} is revoked` });
+      await refuseAuthorization(res, pending.uid, 'access_denied', 'this user is revoked on this broker');
+      return;
+    }
+    await audit.record('oauth/sign-in', 'ok', { ...who, groups: identity.groups });
+
+    // decideGrants: what this identity's agent may do, whatever the client asked for.
+    const client = await provider.Client.find(clientId);
+    const registration = (client as { clientIdMetadataDocument?: boolean } | undefined)?.clientIdMetadataDocument
+      ? 'metadata_document'
+      : options.staticClientIds.has(clientId)
+        ? 'static'
+        : 'dynamic';
+    const grantClient: GrantsInput['client'] = {
+      id: clientId,
+      ...(client?.clientName ? { name: String(client.clientName).slice(0, 256) } : {}),
+      ...(params.redirect_uri ? { redirect_uri: params.redirect_uri } : {}),
+      registration,
+    };
+    const scopes = (params.scope ?? '').split(' ').filter(Boolean);
+    let grant;
+    try {
+      grant = decideGrant(options.policy(), { version: 1, identity, client: grantClient, scopes, grant_type: 'authorization_code', context: { time: new Date().toISOString() } }, options.maxTtlMs);
+      if (grant.approval.required) throw new GrantRefusal('BASTION_GRANT_DENIED', `this grant needs an approver (${grant.approval.reason}), which this broker cannot ask for yet`);
+    } catch (error) {
+      if (!(error instanceof GrantRefusal)) throw error;
+      await audit.record('oauth/consent', 'denied', who, { error: 'access_denied', description: error.reason });
+      await refuseAuthorization(res, pending.uid, 'access_denied', `${error.code === 'BASTION_GRANT_DENIED' ? 'no tools are granted' : 'the grants policy failed'}: ${error.reason}`);
+      return;
+    }
+    const consent: PendingConsent = {
+      identity,
+      upstreamRefreshToken: signedIn.upstreamRefreshToken,
+      client: grantClient,
+      scopes,
+      cap: grant.cap,
+      ttlMs: grant.ttlMs,
+      csrf: randomBytes(32).toString('base64url'),
+    };
+    await state.set(CONSENTS, pending.uid, JSON.stringify(consent), options.interactionTtlMs);
+    res.redirect(303, `/oauth/interaction/${encodeURIComponent(pending.uid)}/consent`);
+  });
+
+  // showConsent
+  router.get('/oauth/interaction/:uid/consent', async (req, res) => {
+    const uid = String(req.params.uid);
+    let details;
+    try {
+      details = await provider.interactionDetails(req, res);
+    } catch {
+      sendPage(res, 400, errorPage('Sign-in expired', 'This sign-in is no longer pending (or was started in another browser); start again from your MCP client.'));
+      return;
+    }
+    const stored = details.uid === uid ? await state.get(CONSENTS, uid) : undefined;
+    if (!stored) {
+      sendPage(res, 400, errorPage('Nothing to approve', 'There is no pending consent for this sign-in.'));
+      return;
+    }
+    const consent = JSON.parse(stored) as PendingConsent;
+    sendPage(
+      res,
+      200,
+      consentPage({
+        clientId: consent.client.id,
+        clientName: consent.client.name,
+        redirectUri: consent.client.redirect_uri ?? '',
+        registration: { static: 'configured on this broker', dynamic: 'registered itself (DCR)', metadata_document: 'metadata document at its client id URL' }[consent.client.registration],
+        user: consent.identity.email ?? consent.identity.sub,
+        cap: consent.cap,
+        ttl: consent.ttlMs >= 120_000 ? `${Math.round(consent.ttlMs / 60_000)} minutes` : `${Math.round(consent.ttlMs / 1000)} seconds`,
+        csrf: consent.csrf,
+        action: `/oauth/interaction/${encodeURIComponent(uid)}/consent`,
+      }),
+      formTarget(consent.client.redirect_uri ?? ''),
+    );
+  });
+
+  // checkConsent
+  router.post('/oauth/interaction/:uid/consent', express.urlencoded({ extended: false, limit: 4096 }), async (req, res) => {
+    const uid = String(req.params.uid);
+    const stored = await state.get(CONSENTS, uid);
+    const consent = stored ? (JSON.parse(stored) as PendingConsent) : undefined;
+    const origin = req.headers.origin;
+    const csrf = typeof req.body?.csrf === 'string' ? req.body.csrf : '';
+    if (!consent || (origin !== undefined && origin !== new URL(options.issuer).origin) || !sameSecret(csrf, consent.csrf)) {
+      await audit.record('oauth/consent', 'denied', consent ? { sub: consent.identity.sub, idp: consent.identity.iss, client_id: consent.client.id } : { interaction: uid }, {
+        error: 'access_denied',
+        description: 'consent form refused: missing or wrong CSRF token, or a foreign origin',
+      });
+      sendPage(res, 403, errorPage('Consent refused', 'This consent form did not come from this sign-in (CSRF check failed). Nothing was granted.'));
+      return;
+    }
+    let details;
+    try {
+      details = await provider.interactionDetails(req, res);
+    } catch {
+      sendPage(res, 400, errorPage('Sign-in expired', 'This sign-in is no longer pending (or was started in another browser); start again from your MCP client.'));
+      return;
+    }
+    await state.delete(CONSENTS, uid);
+    const who = { sub: consent.identity.sub, idp: consent.identity.iss, client_id: consent.client.id };
+    if (req.body?.decision !== 'approve') {
+      await audit.record('oauth/consent', 'denied', who, { error: 'access_denied', description: 'the user refused' });
+      await provider.interactionFinished(req, res, { error: 'access_denied', error_description: 'the user refused the consent' }, { mergeWithLastSubmission: false });
+      return;
+    }
+    const grant = new provider.Grant({ accountId: consent.identity.sub, clientId: consent.client.id });
+    for (const scope of consent.scopes) if (scope === 'openid' || scope === 'offline_access') grant.addOIDCScope(scope);
+    grant.addResourceScope(options.resource, consent.scopes.filter((s) => s === 'mcp').join(' ') || 'mcp');
+    const grantId = await grant.save();
+    await options.records.put(
+      grantId,
+      {
+        identity: consent.identity,
+        client: consent.client,
+        scopes: consent.scopes,
+        consented: consent.cap,
+        ttlMs: consent.ttlMs,
+        upstreamRefreshToken: consent.upstreamRefreshToken,
+        signedInAt: Date.now(),
+      },
+      options.familyMaxAgeMs,
+    );
+    await audit.record('oauth/consent', 'ok', { ...who, grant: grantId, tools: consent.cap.map((c) => c.tool), redirect_uri: details.params.redirect_uri });
+    await provider.interactionFinished(req, res, { login: { accountId: consent.identity.sub }, consent: { grantId } }, { mergeWithLastSubmission: false });
+  });
+
+  return router;
+}
