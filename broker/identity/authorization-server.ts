@@ -156,6 +156,8 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
     clientAuthMethods: ['none', 'client_secret_basic', 'client_secret_post'],
     jwks: { keys: [key.privateJwk as JWK & { kty: string }] } as Configuration['jwks'],
     cookies: {
+      // Own names: cookies ignore ports, and an IdP on the same host (the development IdP) uses the library's defaults.
+      names: { session: 'bastion_session', interaction: 'bastion_interaction', resume: 'bastion_resume' },
       keys: await cookieKeys(broker),
       long: { httpOnly: true, sameSite: 'lax', secure: resourceUrl.protocol === 'https:' },
       short: { httpOnly: true, sameSite: 'lax', secure: resourceUrl.protocol === 'https:' },
@@ -362,11 +364,12 @@ function limitRegistration(broker: Broker, limits: Broker['config']['identity'][
 function attachAudit(provider: Provider, audit: OAuthAudit, revokeIssuedTokens: (grantId: string) => Promise<void>, log: Broker['log']): void {
   const record = (...args: Parameters<OAuthAudit['record']>) => void audit.record(...args).catch((error: Error) => log.error({ err: error.message }, 'audit append failed'));
   const clientOf = (ctx: KoaContextWithOIDC | undefined) => ctx?.oidc?.client?.clientId ?? (ctx?.oidc?.params?.client_id as string | undefined);
-  provider.on('authorization.error', (ctx: KoaContextWithOIDC, error: { error: string; error_description?: string }) =>
-    record('oauth/authorize', 'denied', { client_id: clientOf(ctx), redirect_uri: ctx?.oidc?.params?.redirect_uri }, { error: error.error, description: error.error_description ?? error.error }),
+  provider.on('authorization.error', (ctx: KoaContextWithOIDC, error: { error: string; error_description?: string; error_detail?: string }) =>
+    record('oauth/authorize', 'denied', { client_id: clientOf(ctx), redirect_uri: ctx?.oidc?.params?.redirect_uri }, { error: error.error, description: error.error_detail ?? error.error_description ?? error.error }),
   );
-  provider.on('grant.error', (ctx: KoaContextWithOIDC, error: { error: string; error_description?: string }) => {
-    const description = error.error_description ?? error.error;
+  provider.on('grant.error', (ctx: KoaContextWithOIDC, error: { error: string; error_description?: string; error_detail?: string }) => {
+    // The detail (what exactly was wrong) goes to the audit trail; the client sees the generic description.
+    const description = error.error_detail ?? error.error_description ?? error.error;
     const reuse = /already (used|consumed)/.test(description);
     record(reuse ? 'oauth/refresh-reuse' : 'oauth/token', 'denied', { client_id: clientOf(ctx), grant_type: ctx?.oidc?.params?.grant_type, ...(reuse ? { family_revoked: true } : {}) }, { error: error.error, description });
   });
@@ -387,14 +390,14 @@ function attachAudit(provider: Provider, audit: OAuthAudit, revokeIssuedTokens: 
     void revokeIssuedTokens(grantId).catch((error: Error) => log.error({ err: error.message }, 'revoking issued tokens failed'));
     record('oauth/revoke', 'info', { grant: grantId, family_revoked: true });
   });
-  provider.on('revocation.error', (ctx: KoaContextWithOIDC, error: { error: string; error_description?: string }) =>
-    record('oauth/revoke', 'denied', { client_id: clientOf(ctx) }, { error: error.error, description: error.error_description ?? error.error }),
+  provider.on('revocation.error', (ctx: KoaContextWithOIDC, error: { error: string; error_description?: string; error_detail?: string }) =>
+    record('oauth/revoke', 'denied', { client_id: clientOf(ctx) }, { error: error.error, description: error.error_detail ?? error.error_description ?? error.error }),
   );
   provider.on('registration_create.success', (_ctx, client) =>
     record('oauth/register', 'ok', { client_id: client.clientId, client_name: client.clientName, redirect_uris: client.redirectUris }),
   );
-  provider.on('registration_create.error', (_ctx: KoaContextWithOIDC, error: { error: string; error_description?: string }) =>
-    record('oauth/register', 'denied', {}, { error: error.error, description: error.error_description ?? error.error }),
+  provider.on('registration_create.error', (_ctx: KoaContextWithOIDC, error: { error: string; error_description?: string; error_detail?: string }) =>
+    record('oauth/register', 'denied', {}, { error: error.error, description: error.error_detail ?? error.error_description ?? error.error }),
   );
   provider.on('server_error', (_ctx: KoaContextWithOIDC, error: Error) => log.error({ err: error.message, stack: error.stack }, 'authorization server error'));
 }

@@ -9,6 +9,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { decodeJwt, exportJWK, generateKeyPair, importJWK, SignJWT, type JWK } from 'jose';
 import Provider, { type Configuration } from 'oidc-provider';
 import type { Page } from 'playwright-core';
 
@@ -17,8 +18,13 @@ export interface IdpUser {
   groups: string[];
 }
 
+/** Changes the claims of the ID tokens the IdP's token endpoint returns (re-signed with its own key). */
+export type IdTokenTamper = (claims: Record<string, unknown>) => Record<string, unknown>;
+
 export interface TestIdp {
   issuer: string;
+  /** When set, every ID token the IdP issues is rewritten (a hostile or broken IdP). */
+  tamper: IdTokenTamper | undefined;
   provider: Provider;
   users: Map<string, IdpUser>;
   /** Writes Bastion's client secret to `dir`; returns the identity.upstream config. */
@@ -35,7 +41,13 @@ export async function startTestIdp(options: { bastionCallbacks: () => string[]; 
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const issuer = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   let provider: Provider | undefined;
+  // Its own signing key, so the test can re-sign a tampered ID token as the IdP would.
+  const { privateKey } = await generateKeyPair('ES256', { extractable: true });
+  const signingJwk: JWK = { ...(await exportJWK(privateKey)), kid: 'test-idp', alg: 'ES256', use: 'sig' };
+  const signingKey = await importJWK(signingJwk, 'ES256');
   const configuration: Configuration = {
+    jwks: { keys: [signingJwk as never] },
+    clientDefaults: { id_token_signed_response_alg: 'ES256' } as Configuration['clientDefaults'],
     clients: [],
     findAccount: async (_ctx, id) => {
       const user = users.get(id);
@@ -71,9 +83,37 @@ export async function startTestIdp(options: { bastionCallbacks: () => string[]; 
     });
     return provider;
   };
-  server.on('request', (req, res) => void ensureClient().callback()(req, res));
+  const idp = { tamper: undefined as IdTokenTamper | undefined };
+  server.on('request', (req, res) => {
+    const tamper = idp.tamper;
+    if (!tamper || req.method !== 'POST' || !req.url?.startsWith('/token')) return void ensureClient().callback()(req, res);
+    // Let the real provider answer, then rewrite the ID token in its response.
+    const chunks: Buffer[] = [];
+    const write = res.write.bind(res);
+    const end = res.end.bind(res);
+    res.write = ((chunk: Buffer | string) => (chunks.push(Buffer.from(chunk)), true)) as typeof res.write;
+    res.end = (async (chunk?: Buffer | string) => {
+      if (chunk) chunks.push(Buffer.from(chunk));
+      const body = JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}') as { id_token?: string };
+      if (body.id_token) {
+        const claims = tamper({ ...decodeJwt(body.id_token) });
+        body.id_token = await new SignJWT(claims).setProtectedHeader({ alg: 'ES256', kid: 'test-idp' }).sign(signingKey);
+      }
+      const text = JSON.stringify(body);
+      res.removeHeader('content-length');
+      write(text);
+      return end();
+    }) as unknown as typeof res.end;
+    void ensureClient().callback()(req, res);
+  });
   return {
     issuer,
+    get tamper() {
+      return idp.tamper;
+    },
+    set tamper(value) {
+      idp.tamper = value;
+    },
     get provider() {
       return ensureClient();
     },

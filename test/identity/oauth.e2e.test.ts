@@ -16,9 +16,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { launchChromium } from '../helpers/chromium.ts';
 import { startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { signInAtIdp, startTestIdp, type TestIdp } from '../helpers/idp.ts';
+import { startRedirectListener } from './flow.ts';
 import { authorizeInBrowser, connectExpectingSignIn, finishAndConnect, memoryProvider } from './oauth-client.ts';
 
-const REDIRECT = 'http://127.0.0.1:53682/callback';
 const TTL_S = 2;
 
 let idp: TestIdp;
@@ -26,9 +26,13 @@ let t: TestBroker;
 let browser: Browser;
 let page: Page;
 let work: string;
+let redirect: Awaited<ReturnType<typeof startRedirectListener>>;
+let REDIRECT: string;
 
 beforeAll(async () => {
   work = await mkdtemp(path.join(tmpdir(), 'bastion-oauth-'));
+  redirect = await startRedirectListener();
+  REDIRECT = redirect.uri;
   idp = await startTestIdp({ bastionCallbacks: () => [`${new URL(t.url).origin}/oauth/callback`] });
   const data = path.join(work, 'data.json');
   await writeFile(
@@ -53,6 +57,7 @@ afterAll(async () => {
   await browser?.close();
   await t?.close();
   await idp?.close();
+  await redirect?.close();
   await rm(work, { recursive: true, force: true });
 });
 
