@@ -16,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { launchChromium } from '../helpers/chromium.ts';
 import { startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { signInAtIdp, startTestIdp, type TestIdp } from '../helpers/idp.ts';
+import { startMetadataServer, type MetadataServer } from '../helpers/metadata-server.ts';
 import { startRedirectListener } from './flow.ts';
 import { authorizeInBrowser, connectExpectingSignIn, finishAndConnect, memoryProvider } from './oauth-client.ts';
 
@@ -28,11 +29,13 @@ let page: Page;
 let work: string;
 let redirect: Awaited<ReturnType<typeof startRedirectListener>>;
 let REDIRECT: string;
+let documents: MetadataServer;
 
 beforeAll(async () => {
   work = await mkdtemp(path.join(tmpdir(), 'bastion-oauth-'));
   redirect = await startRedirectListener();
   REDIRECT = redirect.uri;
+  documents = await startMetadataServer();
   idp = await startTestIdp({ bastionCallbacks: () => [`${new URL(t.url).origin}/oauth/callback`] });
   const data = path.join(work, 'data.json');
   await writeFile(
@@ -47,7 +50,12 @@ beforeAll(async () => {
   t = await startTestBroker({
     auth: { clock_skew: 0 },
     policy: { data },
-    identity: { upstream: await idp.upstreamConfig(work), registration: { enabled: true } },
+    identity: {
+      upstream: await idp.upstreamConfig(work),
+      registration: { enabled: true },
+      // The test's metadata documents live on loopback, behind its own CA.
+      client_id_metadata: { allow_private_addresses: true, ca_file: documents.caFile },
+    },
   });
   browser = await launchChromium();
   page = await browser.newPage();
@@ -58,6 +66,7 @@ afterAll(async () => {
   await t?.close();
   await idp?.close();
   await redirect?.close();
+  await documents?.close();
   await rm(work, { recursive: true, force: true });
 });
 
@@ -107,5 +116,36 @@ describe('an MCP client signs in through Bastion', () => {
     const events = (await t.auditRecords()).map((r) => `${r.event} ${r.outcome}`);
     expect(events).toEqual(expect.arrayContaining(['oauth/register ok', 'oauth/authorize info', 'oauth/sign-in ok', 'oauth/consent ok', 'oauth/token ok']));
     expect(JSON.stringify(await t.auditRecords())).not.toContain(token);
+  }, 120_000);
+
+  it('with a Client ID Metadata Document: the client id is the URL of its metadata', async () => {
+    const clientId = `${documents.origin}/agents/cimd-agent.json`;
+    documents.serve('/agents/cimd-agent.json', {
+      client_id: clientId,
+      client_name: 'CIMD agent',
+      redirect_uris: [REDIRECT],
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      token_endpoint_auth_method: 'none',
+    });
+    const provider = memoryProvider({ redirectUrl: REDIRECT, clientMetadataUrl: clientId, clientName: 'CIMD agent' });
+    const authorizationUrl = await connectExpectingSignIn(t.url, provider);
+    expect(authorizationUrl.searchParams.get('client_id')).toBe(clientId);
+    let shown = '';
+    const callback = await authorizeInBrowser(page, authorizationUrl, REDIRECT, async (p) => {
+      await signInAtIdp(p, idp.issuer, 'alice');
+      await p.waitForSelector('#approve');
+      shown = await p.locator('main').innerText();
+      await p.click('#approve');
+    });
+    expect(shown).toContain('CIMD agent');
+    expect(shown).toContain(clientId);
+    expect(shown).toContain('metadata document at its client id URL');
+    expect(shown).toContain(REDIRECT);
+    const session = await finishAndConnect(t.url, provider, callback);
+    expect(decodeJwt((provider.stored.tokens as { access_token: string }).access_token)).toMatchObject({ client_id: clientId, sub: 'alice' });
+    expect(await session.client.callTool({ name: 'rec__echo', arguments: { text: 'from cimd' } })).toMatchObject({ content: [{ text: 'echo: from cimd' }] });
+    await session.client.close();
+    expect((await t.auditRecords()).filter((r) => r.event === 'oauth/register')).toHaveLength(1); // only the DCR run registered
   }, 120_000);
 });
