@@ -194,6 +194,15 @@ async function start(argv: string[]): Promise<void> {
       );
     }
   }
+  const devIdp = door.identity?.devIdp;
+  if (devIdp) {
+    lines.push(
+      ``,
+      `OAuth sign-in (MCP clients that do OAuth: Claude Code, VS Code, the MCP Inspector): point the client at ${door.url};`,
+      `it signs in through your browser at the development IdP as user ${devIdp.user}, password ${devIdp.password}`,
+      `(group bastion-demo: the demo token's tools). Configure identity.upstream to use your organisation's IdP.`,
+    );
+  }
   process.stdout.write(`${lines.join('\n')}\n\n`);
 
   const shutdown = async () => {

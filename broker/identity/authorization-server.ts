@@ -47,6 +47,8 @@ import { issuanceOf } from './issuance.ts';
 import { interactionRoutes } from './interactions.ts';
 import { errorPage, sendPage } from './pages.ts';
 import { connectUpstream, type UpstreamIdp } from './upstream.ts';
+import { UpstreamIdpSchema } from './config.ts';
+import { mountDevIdp, type DevIdp } from './dev-idp.ts';
 
 /** The scope of the broker's resource; MCP clients may ask for it or for nothing. */
 export const RESOURCE_SCOPE = 'mcp';
@@ -56,6 +58,8 @@ export interface IdentityServer {
   /** The authorization server's issuer identifier (the broker's origin). */
   issuer: string;
   provider: Provider;
+  /** The embedded default's development IdP (no identity.upstream, no trusted issuers configured). */
+  devIdp: DevIdp | undefined;
   close(): Promise<void>;
 }
 
@@ -100,11 +104,16 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
 
   const audit: OAuthAudit = oauthAudit(async (event) => void (await broker.audit.append(event)));
   const records = new GrantRecords(state);
+  const redirectUri = `${issuer}${MOUNT}/callback`;
+  // The development IdP only ever stands in for the embedded default, never beside a real configuration.
+  const devIdp = !options.upstream && !settings.upstream && config.auth.issuers.length === 0 ? await mountDevIdp(app, { origin: issuer, bastionCallback: redirectUri }) : undefined;
+  const upstreamConfig =
+    settings.upstream ?? (devIdp ? UpstreamIdpSchema.parse({ issuer: devIdp.issuer, client_id: devIdp.clientId, scopes: ['openid', 'email', 'profile', 'groups', 'offline_access'] }) : undefined);
   const upstream =
     options.upstream ??
     lazily(async () => {
-      if (!settings.upstream) throw new Error('no identity provider is configured (identity.upstream)');
-      return connectUpstream(settings.upstream, { redirectUri: `${issuer}${MOUNT}/callback` });
+      if (!upstreamConfig) throw new Error('no identity provider is configured (identity.upstream)');
+      return connectUpstream(upstreamConfig, { redirectUri, ...(devIdp ? { clientSecret: devIdp.clientSecret } : {}) });
     });
   const maxTtlMs = config.auth.max_ttl;
   const staticClients = await Promise.all(
@@ -335,10 +344,11 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
   app.post(`${MOUNT}/reg`, express.json({ limit: 16_384 }), limitRegistration(broker, settings.registration, audit));
   app.use(MOUNT, callback);
   app.use(MOUNT, (_req: Request, res: Response) => sendPage(res, 404, errorPage('Not found', 'No such page.')));
-  log.info({ issuer, upstream: settings.upstream?.issuer ?? '(provided)' }, 'authorization server mounted');
+  log.info({ issuer, upstream: upstreamConfig?.issuer ?? '(none: sign-in refused)' }, 'authorization server mounted');
   return {
     issuer,
     provider,
+    devIdp,
     async close() {},
   };
 }

@@ -54,7 +54,8 @@ export interface UpstreamIdp {
 
 const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]']);
 
-async function clientAuthentication(config: UpstreamIdpConfig): Promise<oidc.ClientAuth> {
+async function clientAuthentication(config: UpstreamIdpConfig, clientSecret: string | undefined): Promise<oidc.ClientAuth> {
+  if (clientSecret) return oidc.ClientSecretBasic(clientSecret);
   if (config.private_key_file) {
     const jwk = JSON.parse(await readFile(config.private_key_file, 'utf8')) as JWK;
     const alg = jwk.alg ?? (jwk.crv === 'Ed25519' ? 'EdDSA' : jwk.crv === 'P-256' ? 'ES256' : 'RS256');
@@ -98,11 +99,11 @@ function refusalOf(error: unknown): UpstreamRefusal {
  * Discovers the IdP and returns its relying party. Throws at start-up if the
  * IdP cannot be discovered, so a misconfigured issuer is found at once.
  */
-export async function connectUpstream(config: UpstreamIdpConfig, options: { redirectUri: string }): Promise<UpstreamIdp> {
+export async function connectUpstream(config: UpstreamIdpConfig, options: { redirectUri: string; clientSecret?: string }): Promise<UpstreamIdp> {
   const issuerUrl = new URL(config.issuer);
   const insecure = issuerUrl.protocol === 'http:' && LOOPBACK.has(issuerUrl.hostname);
   const timeout = (ms: number): oidc.CustomFetch => (url, init) => fetch(url, { ...init, signal: AbortSignal.timeout(ms) } as RequestInit);
-  const configuration = await oidc.discovery(issuerUrl, config.client_id, { redirect_uris: [options.redirectUri] } as Partial<oidc.ClientMetadata>, await clientAuthentication(config), {
+  const configuration = await oidc.discovery(issuerUrl, config.client_id, { redirect_uris: [options.redirectUri] } as Partial<oidc.ClientMetadata>, await clientAuthentication(config, options.clientSecret), {
     ...(insecure ? { execute: [oidc.allowInsecureRequests] } : {}),
     [oidc.customFetch]: timeout(config.timeout),
   });

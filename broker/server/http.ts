@@ -29,13 +29,15 @@ import { loadScrapeToken, presentsScrapeToken } from './scrape-token.ts';
 import { createAgentServer } from './session.ts';
 import { adminRoutes } from './admin-routes.ts';
 import { approvalRoutes } from './approval-routes.ts';
-import { mountIdentity } from '../identity/authorization-server.ts';
+import { mountIdentity, type IdentityServer } from '../identity/authorization-server.ts';
 
 export interface HttpFrontDoor {
   /** The MCP endpoint agents connect to. */
   url: string;
   /** The resource identifier tokens must name in `aud`. */
   resource: string;
+  /** Bastion's authorization server (broker/identity), unless identity.enabled is false. */
+  identity: IdentityServer | undefined;
   close(): Promise<void>;
 }
 
@@ -380,6 +382,7 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   return {
     url,
     resource,
+    identity,
     async close() {
       await identity?.close();
       unwatch();
