@@ -18,12 +18,11 @@ export type OAuthEvent =
   | 'oauth/token'
   | 'oauth/refresh-reuse'
   | 'oauth/revoke'
-  | 'oauth/register'
-  | 'oauth/client-metadata';
+  | 'oauth/register';
 
 const outcomes = new Counter({
   name: 'bastion_oauth_events_total',
-  help: 'Authorization-server events by event (authorize, sign-in, consent, token, refresh-reuse, revoke, register, client-metadata), outcome and OAuth error.',
+  help: 'Authorization-server events by event (authorize, sign-in, consent, token, refresh-reuse, revoke, register), outcome and OAuth error.',
   labelNames: ['event', 'outcome', 'error'],
   registers: [metrics.registry],
 });

@@ -35,7 +35,7 @@ import { createLocalJWKSet, type JWK } from 'jose';
 import Provider, { errors, interactionPolicy, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
 import { readFile } from 'node:fs/promises';
 import { ensureAuthorizationServerKey, readJwksFile } from '../auth/keys.ts';
-import { revocationOf, revoke } from '../auth/revocation.ts';
+import { revoke, subjectRevoked } from '../auth/revocation.ts';
 import type { Broker } from '../broker.ts';
 import { oauthAudit, type OAuthAudit } from './audit.ts';
 import { stateAdapterFactory } from './adapter.ts';
@@ -259,10 +259,9 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
         issueFromConsent(ctx, record);
         return account;
       }
-      const revoked = await revocationOf(state, { sub, iss: issuer, jti: '', act: [] } as never);
-      if (revoked) {
+      if (await subjectRevoked(state, sub)) {
         await revokeFamily(token.grantId);
-        throw new errors.InvalidGrant(`${revoked}: its refresh tokens are void`);
+        throw new errors.InvalidGrant(`subject ${sub} is revoked: its refresh tokens are void`);
       }
       await reissueOnRefresh(ctx, token.grantId, record, {
         policy: () => broker.policy.current(),

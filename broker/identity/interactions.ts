@@ -23,7 +23,7 @@ import type { PolicyEngine } from '../policy/engine.ts';
 import type { Capability } from '../policy/schema.ts';
 import type { StateStore } from '../state/store.ts';
 import type { Logger } from '../log.ts';
-import { REVOCATIONS } from '../auth/revocation.ts';
+import { subjectRevoked } from '../auth/revocation.ts';
 import type { OAuthAudit } from './audit.ts';
 import type { GrantRecords } from './grant-records.ts';
 import { decideGrant, GrantRefusal, type GrantIdentity, type GrantsInput } from './grants.ts';
@@ -163,7 +163,7 @@ export function interactionRoutes(options: InteractionOptions): Router {
     }
     const { identity } = signedIn;
     const who = { sub: identity.sub, idp: identity.iss, client_id: clientId };
-    if ((await state.get(REVOCATIONS, `sub:${identity.sub}`)) !== undefined) {
+    if (await subjectRevoked(state, identity.sub)) {
       await audit.record('oauth/sign-in', 'denied', who, { error: 'access_denied', description: `subject ${identity.sub} is revoked` });
       await refuseAuthorization(res, pending.uid, 'access_denied', 'this user is revoked on this broker');
       return;

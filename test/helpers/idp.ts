@@ -130,16 +130,13 @@ export async function startTestIdp(options: { bastionCallbacks: () => string[]; 
   };
 }
 
-/** Signs in at the IdP's development pages (login, then its own consent) if it asks; returns once it left the IdP. */
+/** Signs in at the IdP's development pages (login, then its own consent) when it asks; returns once the browser left the IdP. */
 export async function signInAtIdp(page: Page, issuer: string, login: string): Promise<void> {
   for (let step = 0; step < 4 && page.url().startsWith(issuer); step++) {
     if (await page.locator('input[name="login"]').count()) {
       await page.fill('input[name="login"]', login);
       await page.fill('input[name="password"]', 'any-password');
-      await Promise.all([page.waitForURL((url) => !url.href.startsWith(`${issuer}/interaction/`) || true), page.click('button[type="submit"]')]);
-    } else if (await page.locator('button[type="submit"]').count()) {
-      await page.click('button[type="submit"]');
     }
-    await page.waitForLoadState('load');
+    await Promise.all([page.waitForNavigation(), page.click('button[type="submit"]')]);
   }
 }
