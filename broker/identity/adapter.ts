@@ -25,6 +25,8 @@ const FALLBACK_TTL_MS = 30 * 86_400_000;
 export interface StateAdapterOptions {
   /** How long a dynamically registered client is remembered. */
   clientTtlMs: number;
+  /** Runs before a family's entries are deleted, whoever revokes it: ends what lives outside the store (issued access tokens). */
+  beforeFamilyRevoked?: (grantId: string) => Promise<void>;
   /** Told when a replayed code or refresh token revoked its family (for the audit trail). */
   onFamilyRevoked?: (grantId: string, model: string) => void;
 }
@@ -42,6 +44,7 @@ export function stateAdapterFactory(state: StateStore, options: StateAdapterOpti
   };
 
   const revokeFamily = async (grantId: string) => {
+    await options.beforeFamilyRevoked?.(grantId);
     const current = await state.get(FAMILIES, grantId);
     for (const [model, id] of current ? (JSON.parse(current) as [string, string][]) : []) await state.delete(namespace(model), id);
     await state.delete(FAMILIES, grantId);

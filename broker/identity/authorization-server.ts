@@ -130,11 +130,8 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
   );
 
   let provider: Provider;
-  /** Ends a token family: the grant, its refresh tokens, and the access tokens already out. */
-  const revokeFamily = async (grantId: string) => {
-    await provider.Grant.adapter.revokeByGrantId(grantId);
-    await revokeIssuedTokens(grantId);
-  };
+  /** Ends a token family: the grant, its refresh tokens, and (through the adapter) the access tokens already out. */
+  const revokeFamily = (grantId: string) => provider.Grant.adapter.revokeByGrantId(grantId);
   const revokeIssuedTokens = async (grantId: string) => {
     const record = await records.get(grantId);
     for (const token of record?.accessTokens ?? []) {
@@ -155,8 +152,8 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
   const configuration: Configuration = {
     adapter: stateAdapterFactory(state, {
       clientTtlMs: settings.registration.ttl,
+      beforeFamilyRevoked: revokeIssuedTokens,
       onFamilyRevoked: (grantId, model) => {
-        void revokeIssuedTokens(grantId).catch((error: Error) => log.error({ err: error.message }, 'revoking a replayed family failed'));
         void audit.record('oauth/refresh-reuse', 'denied', { grant: grantId, replayed: model, family_revoked: true }, { error: 'invalid_grant', description: `${model} presented twice at once; family revoked` });
       },
     }),
@@ -309,7 +306,7 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
     }
     next();
   };
-  attachAudit(provider, audit, revokeIssuedTokens, log);
+  attachAudit(provider, audit, log);
 
   const callback = provider.callback();
   app.use(MOUNT, forwarded);
@@ -370,7 +367,7 @@ function limitRegistration(broker: Broker, limits: Broker['config']['identity'][
 }
 
 /** Audit records (and metrics) for what the library did, from its events. */
-function attachAudit(provider: Provider, audit: OAuthAudit, revokeIssuedTokens: (grantId: string) => Promise<void>, log: Broker['log']): void {
+function attachAudit(provider: Provider, audit: OAuthAudit, log: Broker['log']): void {
   const record = (...args: Parameters<OAuthAudit['record']>) => void audit.record(...args).catch((error: Error) => log.error({ err: error.message }, 'audit append failed'));
   const clientOf = (ctx: KoaContextWithOIDC | undefined) => ctx?.oidc?.client?.clientId ?? (ctx?.oidc?.params?.client_id as string | undefined);
   provider.on('authorization.error', (ctx: KoaContextWithOIDC, error: { error: string; error_description?: string; error_detail?: string }) =>
@@ -395,10 +392,7 @@ function attachAudit(provider: Provider, audit: OAuthAudit, revokeIssuedTokens: 
       refresh_token_issued: Boolean(ctx.oidc.entities.RefreshToken),
     });
   });
-  provider.on('grant.revoked', (_ctx: KoaContextWithOIDC, grantId: string) => {
-    void revokeIssuedTokens(grantId).catch((error: Error) => log.error({ err: error.message }, 'revoking issued tokens failed'));
-    record('oauth/revoke', 'info', { grant: grantId, family_revoked: true });
-  });
+  provider.on('grant.revoked', (_ctx: KoaContextWithOIDC, grantId: string) => record('oauth/revoke', 'info', { grant: grantId, family_revoked: true }));
   provider.on('revocation.error', (ctx: KoaContextWithOIDC, error: { error: string; error_description?: string; error_detail?: string }) =>
     record('oauth/revoke', 'denied', { client_id: clientOf(ctx) }, { error: error.error, description: error.error_detail ?? error.error_description ?? error.error }),
   );

@@ -67,9 +67,11 @@ async function clientAuthentication(config: UpstreamIdpConfig, clientSecret: str
 
 /** The verified claims, reduced to what the grants policy takes. */
 function identityFrom(claims: oidc.IDToken, config: UpstreamIdpConfig): GrantIdentity {
-  const groups = claims[config.groups_claim];
+  // A list of strings; a single string (one role, Google's hd) counts as one group.
+  const claim = claims[config.groups_claim];
+  const groups = typeof claim === 'string' ? [claim] : claim;
   if (groups !== undefined && (!Array.isArray(groups) || groups.some((g) => typeof g !== 'string'))) {
-    throw new UpstreamRefusal('identity_invalid', `the ID token's ${config.groups_claim} claim is not a list of strings`);
+    throw new UpstreamRefusal('identity_invalid', `the ID token's ${config.groups_claim} claim is not a string or a list of strings`);
   }
   const passed = Object.fromEntries(config.pass_claims.filter((name) => claims[name] !== undefined).map((name) => [name, claims[name]]));
   return {

@@ -55,6 +55,15 @@ async function lastSeq(): Promise<number> {
   return (await t.auditRecords()).at(-1)?.seq ?? 0;
 }
 
+/** An MCP initialize with `token`: 200 while the token is good. */
+function initialize(token: string): Promise<Response> {
+  return fetch(t.url, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+    body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'x', version: '1' } } }),
+  });
+}
+
 /** A full sign-in up to the code. */
 async function code(spoil: Record<string, string | undefined> = {}, client = clientId): Promise<{ auth: Authorization; callback: URL }> {
   const auth = authorization(origin, resource, client, spoil);
@@ -120,8 +129,7 @@ describe('the token endpoint refuses', () => {
     const refresh = await tokenRequest(origin, { grant_type: 'refresh_token', refresh_token: String(first.body.refresh_token), client_id: clientId });
     expect(refresh).toMatchObject({ status: 400, body: { error: 'invalid_grant' } });
     // The access token of the first redemption is revoked too.
-    const call = await fetch(t.url, { method: 'POST', headers: { authorization: `Bearer ${String(first.body.access_token)}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'x', version: '1' } } }) });
-    expect(call.status).toBe(401);
+    expect((await initialize(String(first.body.access_token))).status).toBe(401);
   });
 
   it('a code redeemed by another client', async () => {
@@ -136,12 +144,15 @@ describe('the token endpoint refuses', () => {
     const first = await redeem(origin, resource, auth, callback);
     const rotated = await tokenRequest(origin, { grant_type: 'refresh_token', refresh_token: String(first.body.refresh_token), client_id: clientId });
     expect(rotated.status).toBe(200);
+    expect((await initialize(String(rotated.body.access_token))).status).toBe(200);
     const since = await lastSeq();
     const reuse = await tokenRequest(origin, { grant_type: 'refresh_token', refresh_token: String(first.body.refresh_token), client_id: clientId });
     expect(reuse).toMatchObject({ status: 400, body: { error: 'invalid_grant' } });
     // The family is gone: the newest refresh token is refused as well.
     const newest = await tokenRequest(origin, { grant_type: 'refresh_token', refresh_token: String(rotated.body.refresh_token), client_id: clientId });
     expect(newest).toMatchObject({ status: 400, body: { error: 'invalid_grant' } });
+    // ...and the access token the rotation gave (perhaps to the thief) stops working.
+    expect((await initialize(String(rotated.body.access_token))).status).toBe(401);
     expect(await oauthRecords(since)).toEqual(expect.arrayContaining([expect.objectContaining({ event: 'oauth/refresh-reuse', outcome: 'denied', detail: expect.objectContaining({ family_revoked: true }) })]));
   });
 
@@ -151,6 +162,23 @@ describe('the token endpoint refuses', () => {
     const first = await redeem(origin, resource, auth, callback);
     const stolen = await tokenRequest(origin, { grant_type: 'refresh_token', refresh_token: String(first.body.refresh_token), client_id: other });
     expect(stolen).toMatchObject({ status: 400, body: { error: 'invalid_grant' } });
+  });
+
+  it('a refresh token revoked by its client (RFC 7009): the family and its access tokens end', async () => {
+    const { auth, callback } = await code();
+    const first = await redeem(origin, resource, auth, callback);
+    const since = await lastSeq();
+    const revoked = await fetch(`${origin}/oauth/token/revocation`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ token: String(first.body.refresh_token), token_type_hint: 'refresh_token', client_id: clientId }),
+    });
+    expect(revoked.status).toBe(200);
+    const refresh = await tokenRequest(origin, { grant_type: 'refresh_token', refresh_token: String(first.body.refresh_token), client_id: clientId });
+    expect(refresh).toMatchObject({ status: 400, body: { error: 'invalid_grant' } });
+    // The family's access token is refused by stage 1 (revoked by jti before the revocation answered).
+    expect((await initialize(String(first.body.access_token))).status).toBe(401);
+    expect(await oauthRecords(since)).toEqual(expect.arrayContaining([expect.objectContaining({ event: 'oauth/revoke' })]));
   });
 
   it("a revoked subject's refresh", async () => {
