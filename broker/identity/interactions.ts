@@ -81,6 +81,16 @@ export function interactionRoutes(options: InteractionOptions): Router {
   const { provider, state, audit, log } = options;
   const router = express.Router();
 
+  /** The library's interaction this browser holds (its cookie), or undefined after answering with the error page. */
+  const pendingInteraction = async (req: Request, res: Response) => {
+    try {
+      return await provider.interactionDetails(req, res);
+    } catch {
+      sendPage(res, 400, errorPage('Sign-in expired', 'This sign-in is no longer pending (or was started in another browser); start again from your MCP client.'));
+      return undefined;
+    }
+  };
+
   /** Ends the authorization with an OAuth error at the client's redirect URI (RFC 6749 §4.1.2.1). */
   const refuseAuthorization = async (res: Response, uid: string, error: string, description: string) => {
     const interaction = await provider.Interaction.find(uid);
@@ -101,13 +111,8 @@ export function interactionRoutes(options: InteractionOptions): Router {
 
   // startSignIn: the library decided this authorization needs the user; send them to the IdP.
   router.get('/oauth/interaction/:uid', async (req, res) => {
-    let details;
-    try {
-      details = await provider.interactionDetails(req, res);
-    } catch {
-      sendPage(res, 400, errorPage('Sign-in expired', 'This sign-in is no longer pending (or was started in another browser); start again from your MCP client.'));
-      return;
-    }
+    const details = await pendingInteraction(req, res);
+    if (!details) return;
     let started;
     try {
       started = await (await options.upstream()).startSignIn();
@@ -210,13 +215,8 @@ export function interactionRoutes(options: InteractionOptions): Router {
   // showConsent
   router.get('/oauth/interaction/:uid/consent', async (req, res) => {
     const uid = String(req.params.uid);
-    let details;
-    try {
-      details = await provider.interactionDetails(req, res);
-    } catch {
-      sendPage(res, 400, errorPage('Sign-in expired', 'This sign-in is no longer pending (or was started in another browser); start again from your MCP client.'));
-      return;
-    }
+    const details = await pendingInteraction(req, res);
+    if (!details) return;
     const stored = details.uid === uid ? await state.get(CONSENTS, uid) : undefined;
     if (!stored) {
       sendPage(res, 400, errorPage('Nothing to approve', 'There is no pending consent for this sign-in.'));
@@ -256,13 +256,8 @@ export function interactionRoutes(options: InteractionOptions): Router {
       sendPage(res, 403, errorPage('Consent refused', 'This consent form did not come from this sign-in (CSRF check failed). Nothing was granted.'));
       return;
     }
-    let details;
-    try {
-      details = await provider.interactionDetails(req, res);
-    } catch {
-      sendPage(res, 400, errorPage('Sign-in expired', 'This sign-in is no longer pending (or was started in another browser); start again from your MCP client.'));
-      return;
-    }
+    const details = await pendingInteraction(req, res);
+    if (!details) return;
     await state.delete(CONSENTS, uid);
     const who = { sub: consent.identity.sub, idp: consent.identity.iss, client_id: consent.client.id };
     if (req.body?.decision !== 'approve') {

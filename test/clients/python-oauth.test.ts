@@ -7,54 +7,37 @@
  * access token expired (the SDK refreshes).
  */
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { decodeJwt } from 'jose';
-import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ROOT, startTestBroker, type TestBroker } from '../helpers/broker.ts';
-import { launchChromium } from '../helpers/chromium.ts';
-import { startTestIdp, type TestIdp } from '../helpers/idp.ts';
-import { startRedirectListener, useRedirect, walk } from '../identity/flow.ts';
+import { ROOT } from '../helpers/broker.ts';
+import { walk } from '../identity/flow.ts';
+import { startSignInSetup, type SignInSetup } from '../identity/setup.ts';
 
 const PYTHON = path.join(ROOT, '.tools/py/bin/python');
 const CLIENT = path.join(ROOT, 'test/clients/python_oauth_client.py');
 const TTL_S = 2;
 
-let idp: TestIdp;
-let t: TestBroker;
-let browser: Browser;
-let work: string;
-let redirect: Awaited<ReturnType<typeof startRedirectListener>>;
+let setup: SignInSetup;
 
 beforeAll(async () => {
-  work = await mkdtemp(path.join(tmpdir(), 'bastion-python-oauth-'));
-  redirect = await startRedirectListener();
-  useRedirect(redirect.uri);
-  idp = await startTestIdp({ bastionCallbacks: () => [`${new URL(t.url).origin}/oauth/callback`] });
-  const data = path.join(work, 'data.json');
-  await writeFile(data, JSON.stringify({ bastion: { grants_ttl_s: TTL_S, grants_by_group: { engineering: [{ tool: 'rec__echo' }] } } }));
-  t = await startTestBroker({ auth: { clock_skew: 0 }, policy: { data }, identity: { upstream: await idp.upstreamConfig(work), registration: { enabled: true } } });
-  browser = await launchChromium();
+  setup = await startSignInSetup({
+    grants: { grants_ttl_s: TTL_S, grants_by_group: { engineering: [{ tool: 'rec__echo' }] } },
+    broker: { auth: { clock_skew: 0 }, identity: { registration: { enabled: true } } },
+  });
 }, 60_000);
 
-afterAll(async () => {
-  await browser?.close();
-  await t?.close();
-  await idp?.close();
-  await redirect?.close();
-  await rm(work, { recursive: true, force: true });
-});
+afterAll(() => setup?.close());
 
 describe('the official Python MCP SDK signs in through Bastion', () => {
   it('discovers, registers, signs in at the IdP, calls a tool, and refreshes after the token expires', async () => {
-    const child = spawn(PYTHON, [CLIENT, t.url, redirect.uri, 'rec__echo', JSON.stringify({ text: 'from python' }), String(TTL_S + 1)], { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
+    const { t, page } = setup;
+    const idp = setup.idp!;
+    const child = spawn(PYTHON, [CLIENT, t.url, setup.redirect, 'rec__echo', JSON.stringify({ text: 'from python' }), String(TTL_S + 1)], { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
     const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
-    const page = await browser.newPage();
     let result: { tools: string[]; first: { content: { text: string }[] }; second: { content: { text: string }[] }; tokens: string[] } | undefined;
     for await (const line of createInterface({ input: child.stdout })) {
       const message = JSON.parse(line) as { authorize?: string };

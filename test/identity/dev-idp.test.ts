@@ -5,48 +5,32 @@
  * the tools the grants policy gives group bastion-demo. A wrong password is
  * refused; a configured issuer switches the development IdP off.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { decodeJwt } from 'jose';
-import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestBroker, type TestBroker } from '../helpers/broker.ts';
-import { launchChromium } from '../helpers/chromium.ts';
-import { startRedirectListener } from './flow.ts';
 import { authorizeInBrowser, connectExpectingSignIn, finishAndConnect, memoryProvider } from './oauth-client.ts';
+import { startSignInSetup, type SignInSetup } from './setup.ts';
 
+let setup: SignInSetup;
 let t: TestBroker;
-let browser: Browser;
-let page: Page;
-let work: string;
-let redirect: Awaited<ReturnType<typeof startRedirectListener>>;
 
 beforeAll(async () => {
-  work = await mkdtemp(path.join(tmpdir(), 'bastion-dev-idp-'));
-  redirect = await startRedirectListener();
-  const data = path.join(work, 'data.json');
   // The recording upstream stands in for the demo connector: same group, its tools.
-  await writeFile(data, JSON.stringify({ bastion: { grants_by_group: { 'bastion-demo': [{ tool: 'rec__echo' }] } } }));
-  t = await startTestBroker({ policy: { data }, identity: { registration: { enabled: true } } });
-  browser = await launchChromium();
-  page = await browser.newPage();
+  setup = await startSignInSetup({ devIdp: true, grants: { grants_by_group: { 'bastion-demo': [{ tool: 'rec__echo' }] } }, broker: { identity: { registration: { enabled: true } } } });
+  t = setup.t;
 }, 60_000);
 
-afterAll(async () => {
-  await browser?.close();
-  await t?.close();
-  await redirect?.close();
-  await rm(work, { recursive: true, force: true });
-});
+afterAll(() => setup?.close());
 
 describe('the development IdP', () => {
   it('signs the demo user in with the printed password, and the agent gets group bastion-demo\'s tools', async () => {
     const dev = t.door.identity!.devIdp!;
     expect(dev).toMatchObject({ user: 'demo', issuer: `${new URL(t.url).origin}/dev-idp` });
-    const provider = memoryProvider({ redirectUrl: redirect.uri });
+    const provider = memoryProvider({ redirectUrl: setup.redirect });
     const authorizationUrl = await connectExpectingSignIn(t.url, provider);
-    const callback = await authorizeInBrowser(page, authorizationUrl, redirect.uri, async (p) => {
+    const callback = await authorizeInBrowser(setup.page, authorizationUrl, setup.redirect, async (p) => {
       await p.waitForSelector('#sign-in');
       await p.fill('input[name="password"]', 'wrong-password');
       await Promise.all([p.waitForNavigation(), p.click('#sign-in')]);
@@ -63,7 +47,7 @@ describe('the development IdP', () => {
   }, 60_000);
 
   it('is not there when a real issuer is configured', async () => {
-    const jwks = path.join(work, 'jwks.json');
+    const jwks = path.join(setup.work, 'jwks.json');
     const { generateSigningKey } = await import('../../broker/auth/keys.ts');
     await writeFile(jwks, JSON.stringify((await generateSigningKey()).jwks));
     const configured = await startTestBroker({ auth: { issuers: [{ issuer: 'https://issuer.example', jwks_file: jwks }] } });

@@ -7,67 +7,44 @@
  * calls tools, and keeps working through refresh after the token expires.
  * A group change at the IdP narrows the tools at the next refresh.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
 import { decodeJwt, decodeProtectedHeader } from 'jose';
-import type { Browser, Page } from 'playwright-core';
+import type { Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { launchChromium } from '../helpers/chromium.ts';
-import { startTestBroker, type TestBroker } from '../helpers/broker.ts';
-import { signInAtIdp, startTestIdp, type TestIdp } from '../helpers/idp.ts';
+import type { TestBroker } from '../helpers/broker.ts';
+import { signInAtIdp, type TestIdp } from '../helpers/idp.ts';
 import { startMetadataServer, type MetadataServer } from '../helpers/metadata-server.ts';
-import { startRedirectListener } from './flow.ts';
 import { authorizeInBrowser, connectExpectingSignIn, finishAndConnect, memoryProvider } from './oauth-client.ts';
+import { startSignInSetup, type SignInSetup } from './setup.ts';
 
 const TTL_S = 2;
 
+let setup: SignInSetup;
 let idp: TestIdp;
 let t: TestBroker;
-let browser: Browser;
 let page: Page;
-let work: string;
-let redirect: Awaited<ReturnType<typeof startRedirectListener>>;
 let REDIRECT: string;
 let documents: MetadataServer;
 
 beforeAll(async () => {
-  work = await mkdtemp(path.join(tmpdir(), 'bastion-oauth-'));
-  redirect = await startRedirectListener();
-  REDIRECT = redirect.uri;
   documents = await startMetadataServer();
-  idp = await startTestIdp({ bastionCallbacks: () => [`${new URL(t.url).origin}/oauth/callback`] });
-  const data = path.join(work, 'data.json');
-  await writeFile(
-    data,
-    JSON.stringify({
-      bastion: {
-        grants_ttl_s: TTL_S,
-        grants_by_group: { engineering: [{ tool: 'rec__echo' }, { tool: 'rec__transfer', args: { amount: { max: 100 } } }], interns: [{ tool: 'rec__echo' }] },
+  setup = await startSignInSetup({
+    grants: { grants_ttl_s: TTL_S, grants_by_group: { engineering: [{ tool: 'rec__echo' }, { tool: 'rec__transfer', args: { amount: { max: 100 } } }], interns: [{ tool: 'rec__echo' }] } },
+    broker: {
+      auth: { clock_skew: 0 },
+      identity: {
+        registration: { enabled: true },
+        // The test's metadata documents live on loopback, behind its own CA.
+        client_id_metadata: { allow_private_addresses: true, ca_file: documents.caFile },
       },
-    }),
-  );
-  t = await startTestBroker({
-    auth: { clock_skew: 0 },
-    policy: { data },
-    identity: {
-      upstream: await idp.upstreamConfig(work),
-      registration: { enabled: true },
-      // The test's metadata documents live on loopback, behind its own CA.
-      client_id_metadata: { allow_private_addresses: true, ca_file: documents.caFile },
     },
   });
-  browser = await launchChromium();
-  page = await browser.newPage();
+  ({ t, page, redirect: REDIRECT } = setup);
+  idp = setup.idp!;
 }, 60_000);
 
 afterAll(async () => {
-  await browser?.close();
-  await t?.close();
-  await idp?.close();
-  await redirect?.close();
+  await setup?.close();
   await documents?.close();
-  await rm(work, { recursive: true, force: true });
 });
 
 async function consent(p: Page): Promise<void> {

@@ -4,49 +4,35 @@
  * Real broker, a real oidc-provider as the organisation's IdP, Chromium for
  * the pages.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import type { Browser, Page } from 'playwright-core';
+import type { Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AuditRecord } from '../../broker/audit/chain.ts';
-import { startTestBroker, type TestBroker } from '../helpers/broker.ts';
-import { launchChromium } from '../helpers/chromium.ts';
-import { startTestIdp, type TestIdp } from '../helpers/idp.ts';
-import { authorization, redeem, registerClient, startRedirectListener, tokenRequest, useRedirect, walk, type Authorization } from './flow.ts';
+import type { TestBroker } from '../helpers/broker.ts';
+import type { TestIdp } from '../helpers/idp.ts';
+import { authorization, redeem, registerClient, tokenRequest, walk, type Authorization } from './flow.ts';
+import { startSignInSetup, type SignInSetup } from './setup.ts';
 
+let setup: SignInSetup;
 let idp: TestIdp;
 let t: TestBroker;
-let browser: Browser;
 let page: Page;
-let work: string;
 let origin: string;
 let resource: string;
 let clientId: string;
-let redirect: Awaited<ReturnType<typeof startRedirectListener>>;
 
 beforeAll(async () => {
-  work = await mkdtemp(path.join(tmpdir(), 'bastion-oauth-refusals-'));
-  redirect = await startRedirectListener();
-  useRedirect(redirect.uri);
-  idp = await startTestIdp({ bastionCallbacks: () => [`${origin}/oauth/callback`] });
-  const data = path.join(work, 'data.json');
-  await writeFile(data, JSON.stringify({ bastion: { grants_by_group: { engineering: [{ tool: 'rec__echo' }], broken: [{ tool: '' }] } } }));
-  t = await startTestBroker({ policy: { data }, identity: { upstream: await idp.upstreamConfig(work), registration: { enabled: true, per_minute: 100 } } });
+  setup = await startSignInSetup({
+    grants: { grants_by_group: { engineering: [{ tool: 'rec__echo' }], broken: [{ tool: '' }] } },
+    broker: { identity: { registration: { enabled: true, per_minute: 100 } } },
+  });
+  ({ t, page } = setup);
+  idp = setup.idp!;
   origin = new URL(t.url).origin;
   resource = t.door.resource;
   clientId = await registerClient(origin);
-  browser = await launchChromium();
-  page = await browser.newPage();
 }, 60_000);
 
-afterAll(async () => {
-  await browser?.close();
-  await t?.close();
-  await idp?.close();
-  await redirect?.close();
-  await rm(work, { recursive: true, force: true });
-});
+afterAll(() => setup?.close());
 
 async function oauthRecords(since: number): Promise<AuditRecord[]> {
   return (await t.auditRecords()).filter((r) => r.seq > since && r.event.startsWith('oauth/'));
@@ -239,7 +225,7 @@ describe('sign-in and consent refuse', () => {
     await page.locator('input[name="csrf"]').evaluate((input) => input.setAttribute('value', 'forged'));
     const [response] = await Promise.all([page.waitForNavigation(), page.click('#approve')]);
     expect(response?.status()).toBe(403);
-    expect(page.url()).not.toContain(redirect.uri);
+    expect(page.url()).not.toContain(setup.redirect);
     expect(await oauthRecords(since)).toEqual([expect.objectContaining({ event: 'oauth/consent', outcome: 'denied' })]);
   });
 
