@@ -82,7 +82,9 @@ token expires no later than the parent and records the chain in "act".
   'token revoke': `usage: bastion token revoke (--jti JTI --iss ISSUER | --sub SUBJECT) [--url BROKER] [--token ADMIN] [--config FILE]
 
 Revokes on a running broker (POST /admin/revoke), effective for the next
-request. Revoking a subject also stops every token delegated from it. The
+request. Revoking a subject also stops every token delegated from it, and
+its OAuth sign-ins: its next refresh is refused (ending that refresh-token
+family) and it cannot sign in again through the authorization server. The
 admin token needs the literal grant "bastion:revoke"; with the embedded
 default one is minted with the dev key when --token is not given.`,
   'approver token': `usage: bastion approver token --sub APPROVER [--role ROLE]... [--ttl DURATION] [--config FILE]

@@ -17,12 +17,13 @@ import type { StateStore } from '../state/store.ts';
 
 /** Models whose entries carry a grantId, and so belong to a token family. */
 const GRANT_MEMBERS = new Set(['AuthorizationCode', 'AccessToken', 'RefreshToken', 'DeviceCode', 'BackchannelAuthenticationRequest']);
-const namespace = (model: string) => `oauth:${model}`;
-const FAMILIES = 'oauth:family';
+
 /** Entries without an expiry of their own (registered clients) still leave eventually. */
 const FALLBACK_TTL_MS = 30 * 86_400_000;
 
 export interface StateAdapterOptions {
+  /** Namespace prefix, so two providers (the authorization server, the development IdP) never share entries. Default "oauth". */
+  prefix?: string;
   /** How long a dynamically registered client is remembered. */
   clientTtlMs: number;
   /** Runs before a family's entries are deleted, whoever revokes it: ends what lives outside the store (issued access tokens). */
@@ -32,6 +33,9 @@ export interface StateAdapterOptions {
 }
 
 export function stateAdapterFactory(state: StateStore, options: StateAdapterOptions): (model: string) => Adapter {
+  const prefix = options.prefix ?? 'oauth';
+  const namespace = (model: string) => `${prefix}:${model}`;
+  const FAMILIES = `${prefix}:family`;
   /** Remembers that `model` entry `id` belongs to `grantId`, so revoking the grant finds it. */
   const joinFamily = async (grantId: string, model: string, id: string, ttlMs: number) => {
     for (let attempt = 0; attempt < 16; attempt++) {

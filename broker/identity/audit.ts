@@ -31,7 +31,7 @@ export interface OAuthAudit {
   record(event: OAuthEvent, outcome: 'ok' | 'denied' | 'error' | 'info', detail: Record<string, unknown>, refusal?: { error: string; description: string }): Promise<void>;
 }
 
-/** Wraps the broker's audit append; `principal` is the signed-in user when known. */
+/** Wraps the broker's audit append; `detail.sub` (with `detail.idp`, its issuer) becomes the record's principal. */
 export function oauthAudit(append: (event: AuditEvent) => Promise<void>): OAuthAudit {
   return {
     async record(event, outcome, detail, refusal) {

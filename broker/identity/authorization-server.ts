@@ -106,7 +106,7 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
   const records = new GrantRecords(state);
   const redirectUri = `${issuer}${MOUNT}/callback`;
   // The development IdP only ever stands in for the embedded default, never beside a real configuration.
-  const devIdp = !options.upstream && !settings.upstream && config.auth.issuers.length === 0 ? await mountDevIdp(app, { origin: issuer, bastionCallback: redirectUri }) : undefined;
+  const devIdp = !options.upstream && !settings.upstream && config.auth.issuers.length === 0 ? await mountDevIdp(app, { origin: issuer, bastionCallback: redirectUri, state }) : undefined;
   const upstreamConfig =
     settings.upstream ?? (devIdp ? UpstreamIdpSchema.parse({ issuer: devIdp.issuer, client_id: devIdp.clientId, scopes: ['openid', 'email', 'profile', 'groups', 'offline_access'] }) : undefined);
   const upstream =
@@ -306,7 +306,7 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
     }
     next();
   };
-  attachAudit(provider, audit, log);
+  attachAudit(provider, audit, issuer, log);
 
   const callback = provider.callback();
   app.use(MOUNT, forwarded);
@@ -367,7 +367,7 @@ function limitRegistration(broker: Broker, limits: Broker['config']['identity'][
 }
 
 /** Audit records (and metrics) for what the library did, from its events. */
-function attachAudit(provider: Provider, audit: OAuthAudit, log: Broker['log']): void {
+function attachAudit(provider: Provider, audit: OAuthAudit, issuer: string, log: Broker['log']): void {
   const record = (...args: Parameters<OAuthAudit['record']>) => void audit.record(...args).catch((error: Error) => log.error({ err: error.message }, 'audit append failed'));
   const clientOf = (ctx: KoaContextWithOIDC | undefined) => ctx?.oidc?.client?.clientId ?? (ctx?.oidc?.params?.client_id as string | undefined);
   provider.on('authorization.error', (ctx: KoaContextWithOIDC, error: { error: string; error_description?: string; error_detail?: string }) =>
@@ -381,8 +381,10 @@ function attachAudit(provider: Provider, audit: OAuthAudit, log: Broker['log']):
   });
   provider.on('grant.success', (ctx: KoaContextWithOIDC) => {
     const at = ctx.oidc.entities.AccessToken as { jti?: string; accountId?: string; grantId?: string; exp?: number; extra?: { cap?: { tool: string }[] } } | undefined;
+    // The principal of the record is the token issued: its subject, this issuer.
     record('oauth/token', 'ok', {
       sub: at?.accountId,
+      idp: issuer,
       client_id: clientOf(ctx),
       grant_type: ctx.oidc.params?.grant_type,
       grant: at?.grantId,

@@ -16,6 +16,8 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import express, { type Express, type Request, type Response } from 'express';
 import Provider, { type Configuration } from 'oidc-provider';
 import { generateSigningKey } from '../auth/keys.ts';
+import type { StateStore } from '../state/store.ts';
+import { stateAdapterFactory } from './adapter.ts';
 import { errorPage, sendPage, text } from './pages.ts';
 
 export const DEV_IDP_PATH = '/dev-idp';
@@ -46,12 +48,14 @@ ${problem ? `<p id="error">${text(problem)}</p>` : ''}
 </form></main></body></html>`;
 }
 
-export async function mountDevIdp(app: Express, options: { origin: string; bastionCallback: string }): Promise<DevIdp> {
+export async function mountDevIdp(app: Express, options: { origin: string; bastionCallback: string; state: StateStore }): Promise<DevIdp> {
   const issuer = `${options.origin}${DEV_IDP_PATH}`;
   const password = randomBytes(12).toString('base64url');
   const clientSecret = randomBytes(32).toString('base64url');
   const { privateJwk } = await generateSigningKey('ES256');
   const configuration: Configuration = {
+    // Behind the state interface like the authorization server's (its own namespace): sessions survive a restart.
+    adapter: stateAdapterFactory(options.state, { prefix: 'dev-idp', clientTtlMs: 86_400_000 }),
     clients: [
       {
         client_id: 'bastion',

@@ -94,7 +94,8 @@ describe('bastion redteam --quick against the default configuration', () => {
     expect(byCase['plugin-escape-constructor']!.stopped_by!.code).toBe('SANDBOX_PLUGIN_ERROR');
     // The bombs hit the manifest's limits, and the broker kept answering its health check.
     expect(byCase['plugin-cpu-bomb']!.stopped_by!.code).toBe('SANDBOX_TIMEOUT');
-    expect(['SANDBOX_MEMORY', 'SANDBOX_CRASHED']).toContain(byCase['plugin-memory-bomb']!.stopped_by!.code);
+    // The memory bomb meets its memory limit, or on a loaded machine its 1 s wall clock first: either is its manifest's limit.
+    expect(['SANDBOX_MEMORY', 'SANDBOX_CRASHED', 'SANDBOX_TIMEOUT']).toContain(byCase['plugin-memory-bomb']!.stopped_by!.code);
     for (const id of ['plugin-cpu-bomb', 'plugin-memory-bomb']) expect(byCase[id]!.evidence, id).toMatch(/health check answered in \d+ ms; \w+ ended/);
     expect(stdout).toMatch(/plugin_sandbox\s+4\s+0\/4/);
     // No other layer is what stops them: the plugin cases stay stopped with any one of them off.
