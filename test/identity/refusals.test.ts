@@ -4,13 +4,17 @@
  * Real broker, a real oidc-provider as the organisation's IdP, Chromium for
  * the pages.
  */
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
 import type { Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AuditRecord } from '../../broker/audit/chain.ts';
-import type { TestBroker } from '../helpers/broker.ts';
+import { ROOT, type TestBroker } from '../helpers/broker.ts';
 import type { TestIdp } from '../helpers/idp.ts';
 import { authorization, redeem, registerClient, tokenRequest, walk, type Authorization } from './flow.ts';
 import { startSignInSetup, type SignInSetup } from './setup.ts';
+
+const ARTIFACTS = path.join(ROOT, 'test-artifacts/identity');
 
 let setup: SignInSetup;
 let idp: TestIdp;
@@ -227,6 +231,18 @@ describe('sign-in and consent refuse', () => {
     expect(response?.status()).toBe(403);
     expect(page.url()).not.toContain(setup.redirect);
     expect(await oauthRecords(since)).toEqual([expect.objectContaining({ event: 'oauth/consent', outcome: 'denied' })]);
+  });
+
+  it('a client name made of markup: shown as text on the consent page, nothing runs', async () => {
+    const hostile = `<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>`;
+    const client = await registerClient(origin, hostile);
+    const outcome = await walk(page, authorization(origin, resource, client).url, { idp: idp.issuer, consent: 'stop' });
+    expect(outcome).toHaveProperty('page');
+    expect(await page.locator('#client-name').innerText()).toBe(hostile);
+    expect(await page.evaluate(() => (globalThis as { pwned?: number }).pwned)).toBeUndefined();
+    expect(await page.locator('#tools li').allInnerTexts()).toEqual(['rec__echo (any arguments)']);
+    await mkdir(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: path.join(ARTIFACTS, 'consent.png'), fullPage: true });
   });
 
   it('a refused consent: access_denied at the client', async () => {
