@@ -98,8 +98,9 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
   const resourceUrl = new URL(resource);
   const issuer = resourceUrl.origin;
   const key = await ensureAuthorizationServerKey(config.state_dir, issuer);
-  // Stage 1 trusts what this server signs, like any configured issuer.
-  broker.issuers.push({ issuer, getKey: createLocalJWKSet(await readJwksFile(key.jwksFile)), loads: 1 });
+  // Stage 1 trusts what this server signs, like any configured issuer. First in the list, because the
+  // protected-resource metadata names the issuers in this order and clients use the first authorization server.
+  broker.issuers.unshift({ issuer, getKey: createLocalJWKSet(await readJwksFile(key.jwksFile)), loads: 1 });
   const alg = (key.privateJwk.alg ?? 'EdDSA') as 'EdDSA' | 'ES256';
 
   const audit: OAuthAudit = oauthAudit(async (event) => void (await broker.audit.append(event)));

@@ -46,13 +46,17 @@ describe('the development IdP', () => {
     await session.client.close();
   }, 60_000);
 
-  it('is not there when a real issuer is configured', async () => {
+  it('is not there when a real issuer is configured; the authorization server is named first', async () => {
     const jwks = path.join(setup.work, 'jwks.json');
     const { generateSigningKey } = await import('../../broker/auth/keys.ts');
     await writeFile(jwks, JSON.stringify((await generateSigningKey()).jwks));
     const configured = await startTestBroker({ auth: { issuers: [{ issuer: 'https://issuer.example', jwks_file: jwks }] } });
     try {
       expect(configured.door.identity?.devIdp).toBeUndefined();
+      // The authorization server comes first in the resource metadata: clients sign in there, not at the token issuer.
+      const origin = new URL(configured.url).origin;
+      const metadata = (await (await fetch(`${origin}/.well-known/oauth-protected-resource/mcp`)).json()) as { authorization_servers: string[] };
+      expect(metadata.authorization_servers).toEqual([origin, 'https://issuer.example']);
       expect((await fetch(`${new URL(configured.url).origin}/dev-idp/.well-known/openid-configuration`)).status).toBe(404);
     } finally {
       await configured.close();
