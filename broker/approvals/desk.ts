@@ -146,6 +146,15 @@ export class ApprovalDesk {
 
   /** Parks a call and waits; resolves with the approved record, or throws the approve-stage Denial. */
   async park(request: ParkRequest, wait: WaitOptions = {}): Promise<ParkedCall> {
+    const call = await this.submit(request);
+    return this.waitFor(call.id, Date.parse(call.expires_at), wait);
+  }
+
+  /**
+   * Parks a request for approvers without waiting for it (the authorization server's grant
+   * approvals poll with get() from the user's browser); it expires unless decided in time.
+   */
+  async submit(request: ParkRequest): Promise<ParkedCall> {
     const { timeoutMs, ...fields } = request;
     const created = this.now();
     const call: ParkedCall = {
@@ -162,7 +171,15 @@ export class ApprovalDesk {
     await this.audit('approval.requested', call, { quorum: call.quorum, expires_at: call.expires_at });
     await this.options.bus.publish(call.id);
     this.options.onParked?.(call);
-    return this.waitFor(call.id, created + timeoutMs, wait);
+    // Nobody may be waiting on it (submit without park): it expires on its own.
+    setTimeout(() => void this.expire(call.id).catch(() => undefined), timeoutMs).unref();
+    return call;
+  }
+
+  /** A request still pending at its deadline expires (idempotent: a decided one is left alone). */
+  private async expire(id: string): Promise<void> {
+    const expired = await this.update(id, (call) => (call.status === 'pending' ? { ...call, status: 'expired', outcome: 'timed out' } : undefined));
+    if (expired) await this.audit('approval.expired', expired);
   }
 
   private waitFor(id: string, deadline: number, wait: WaitOptions): Promise<ParkedCall> {
@@ -205,8 +222,7 @@ export class ApprovalDesk {
       });
 
       const expire = async () => {
-        const expired = await this.update(id, (call) => (call.status === 'pending' ? { ...call, status: 'expired', outcome: 'timed out' } : undefined));
-        if (expired) await this.audit('approval.expired', expired);
+        await this.expire(id);
         await check();
       };
       timers.push(setTimeout(() => void expire().catch(() => checkSafely()), Math.max(0, deadline - this.now())));

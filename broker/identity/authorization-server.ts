@@ -327,6 +327,7 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
       familyMaxAgeMs: settings.refresh_max_age,
       secureCookies: resourceUrl.protocol === 'https:',
       staticClientIds: new Set(settings.clients.map((c) => c.client_id)),
+      approvals: broker.approvals,
     }),
   );
   // RFC 8414 metadata and the OpenID discovery alias, at the root as the issuer is the origin.

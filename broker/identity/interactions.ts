@@ -8,6 +8,7 @@
  *   decideGrants     the grants policy (bastion/grants) on the verified identity → capabilities
  *   showConsent      the consent page: client, redirect URI, exactly which tools and bounds
  *   checkConsent     same origin, CSRF token, then approve (a grant, bound to the resource) or refuse
+ *   askApprover      when the grants policy says so, the grant waits for a human on the approval desk
  *
  * Every refusal ends the authorization with an OAuth error at the client's
  * redirect URI (access_denied, with a description) or, when the sign-in
@@ -27,7 +28,9 @@ import { subjectRevoked } from '../auth/revocation.ts';
 import type { OAuthAudit } from './audit.ts';
 import type { GrantRecords } from './grant-records.ts';
 import { decideGrant, GrantRefusal, type GrantIdentity, type GrantsInput } from './grants.ts';
-import { consentPage, errorPage, formTarget, PAGE_CSS, sendPage } from './pages.ts';
+import { consentPage, errorPage, formTarget, PAGE_CSS, sendPage, waitingPage } from './pages.ts';
+import { approvalOf, askApprover } from './grant-approval.ts';
+import type { ApprovalDesk } from '../approvals/desk.ts';
 import { UpstreamRefusal, type SignInTransaction, type UpstreamIdp } from './upstream.ts';
 
 const SIGN_INS = 'oauth:sign-in';
@@ -49,6 +52,8 @@ interface PendingConsent {
   cap: Capability[];
   ttlMs: number;
   csrf: string;
+  /** The grants policy asked for an approver; once asked, the request on the approval desk. */
+  approval: { required: boolean; reason: string; reasons: string[]; id?: string; hash?: string };
 }
 
 export interface InteractionOptions {
@@ -67,6 +72,8 @@ export interface InteractionOptions {
   secureCookies: boolean;
   /** Clients from config (the rest registered themselves or are metadata documents). */
   staticClientIds: Set<string>;
+  /** The approval desk, for grants the grants policy says need an approver; undefined when approvals are off. */
+  approvals: ApprovalDesk | undefined;
 }
 
 const sha256 = (value: string) => createHash('sha256').update(value).digest('base64url');
@@ -192,7 +199,7 @@ export function interactionRoutes(options: InteractionOptions): Router {
     let grant;
     try {
       grant = decideGrant(options.policy(), { version: 1, identity, client: grantClient, scopes, grant_type: 'authorization_code', context: { time: new Date().toISOString() } }, options.maxTtlMs);
-      if (grant.approval.required) throw new GrantRefusal('BASTION_GRANT_DENIED', `this grant needs an approver (${grant.approval.reason}), which this broker cannot ask for yet`);
+      if (grant.approval.required && !options.approvals) throw new GrantRefusal('BASTION_GRANT_DENIED', `this grant needs an approver (${grant.approval.reason}), and approvals are off on this broker`);
     } catch (error) {
       if (!(error instanceof GrantRefusal)) throw error;
       await audit.record('oauth/consent', 'denied', who, { error: 'access_denied', description: error.reason });
@@ -207,6 +214,7 @@ export function interactionRoutes(options: InteractionOptions): Router {
       cap: grant.cap,
       ttlMs: grant.ttlMs,
       csrf: randomBytes(32).toString('base64url'),
+      approval: { required: grant.approval.required, reason: grant.approval.reason, reasons: grant.reasons },
     };
     await state.set(CONSENTS, pending.uid, JSON.stringify(consent), options.interactionTtlMs);
     res.redirect(303, `/oauth/interaction/${encodeURIComponent(pending.uid)}/consent`);
@@ -236,6 +244,7 @@ export function interactionRoutes(options: InteractionOptions): Router {
         ttl: consent.ttlMs >= 120_000 ? `${Math.round(consent.ttlMs / 60_000)} minutes` : `${Math.round(consent.ttlMs / 1000)} seconds`,
         csrf: consent.csrf,
         action: `/oauth/interaction/${encodeURIComponent(uid)}/consent`,
+        ...(consent.approval.required ? { approvalReason: consent.approval.reason } : {}),
       }),
       formTarget(consent.client.redirect_uri ?? ''),
     );
@@ -258,13 +267,53 @@ export function interactionRoutes(options: InteractionOptions): Router {
     }
     const details = await pendingInteraction(req, res);
     if (!details) return;
-    await state.delete(CONSENTS, uid);
     const who = { sub: consent.identity.sub, idp: consent.identity.iss, client_id: consent.client.id };
+    // One decision per consent form: a second post finds nothing to decide.
+    await state.delete(CONSENTS, uid);
     if (req.body?.decision !== 'approve') {
       await audit.record('oauth/consent', 'denied', who, { error: 'access_denied', description: 'the user refused' });
       await provider.interactionFinished(req, res, { error: 'access_denied', error_description: 'the user refused the consent' }, { mergeWithLastSubmission: false });
       return;
     }
+    if (consent.approval.required) {
+      // askApprover: the grant waits on the approval desk; the browser waits on a page that reloads itself.
+      const asked = await askApprover(options.approvals!, { identity: consent.identity, client: consent.client, cap: consent.cap, reason: consent.approval.reason, reasons: consent.approval.reasons }, { timeoutMs: options.interactionTtlMs });
+      await state.set(CONSENTS, uid, JSON.stringify({ ...consent, approval: { ...consent.approval, ...asked } }), options.interactionTtlMs);
+      await audit.record('oauth/consent', 'info', { ...who, approval_id: asked.id, waiting_for: 'an approver', tools: consent.cap.map((c) => c.tool) });
+      res.redirect(303, `/oauth/interaction/${encodeURIComponent(uid)}/approval`);
+      return;
+    }
+    await completeGrant(req, res, consent, String(details.params.redirect_uri ?? ''));
+  });
+
+  // The grant waits for an approver (grant-approval.ts).
+  router.get('/oauth/interaction/:uid/approval', async (req, res) => {
+    const uid = String(req.params.uid);
+    const details = await pendingInteraction(req, res);
+    if (!details) return;
+    const stored = details.uid === uid ? await state.get(CONSENTS, uid) : undefined;
+    const consent = stored ? (JSON.parse(stored) as PendingConsent) : undefined;
+    if (!consent?.approval.id || !consent.approval.hash || !options.approvals) {
+      sendPage(res, 400, errorPage('Nothing waiting', 'There is no grant waiting for an approver in this sign-in.'));
+      return;
+    }
+    const where = await approvalOf(options.approvals, consent.approval.id, consent.approval.hash);
+    if (where === 'pending') {
+      sendPage(res, 200, waitingPage(consent.approval.reason), [], 3);
+      return;
+    }
+    await state.delete(CONSENTS, uid);
+    const who = { sub: consent.identity.sub, idp: consent.identity.iss, client_id: consent.client.id, approval_id: consent.approval.id };
+    if (where !== 'approved') {
+      await audit.record('oauth/consent', 'denied', who, { error: 'access_denied', description: where.refused });
+      await provider.interactionFinished(req, res, { error: 'access_denied', error_description: where.refused }, { mergeWithLastSubmission: false });
+      return;
+    }
+    await completeGrant(req, res, consent, String(details.params.redirect_uri ?? ''));
+  });
+
+  /** The user (and the approver, when one was asked) approved: a grant bound to the resource, and the code. */
+  const completeGrant = async (req: Request, res: Response, consent: PendingConsent, redirectUri: string) => {
     const grant = new provider.Grant({ accountId: consent.identity.sub, clientId: consent.client.id });
     for (const scope of consent.scopes) if (scope === 'openid' || scope === 'offline_access') grant.addOIDCScope(scope);
     grant.addResourceScope(options.resource, consent.scopes.filter((s) => s === 'mcp').join(' ') || 'mcp');
@@ -282,9 +331,9 @@ export function interactionRoutes(options: InteractionOptions): Router {
       },
       options.familyMaxAgeMs,
     );
-    await audit.record('oauth/consent', 'ok', { ...who, grant: grantId, tools: consent.cap.map((c) => c.tool), redirect_uri: details.params.redirect_uri });
+    await audit.record('oauth/consent', 'ok', { sub: consent.identity.sub, idp: consent.identity.iss, client_id: consent.client.id, grant: grantId, tools: consent.cap.map((c) => c.tool), redirect_uri: redirectUri, ...(consent.approval.id ? { approval_id: consent.approval.id } : {}) });
     await provider.interactionFinished(req, res, { login: { accountId: consent.identity.sub }, consent: { grantId } }, { mergeWithLastSubmission: false });
-  });
+  };
 
   return router;
 }

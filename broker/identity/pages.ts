@@ -57,6 +57,8 @@ export interface ConsentView {
   ttl: string;
   csrf: string;
   action: string;
+  /** Set when an approver must confirm the grant after the user allows it. */
+  approvalReason?: string;
 }
 
 export function consentPage(view: ConsentView): string {
@@ -73,12 +75,18 @@ export function consentPage(view: ConsentView): string {
 <h2>It would get exactly these tools</h2>
 <ul id="tools">${tools}</ul>
 <p>Each token lasts at most ${text(view.ttl)}; it is renewed while you stay in the groups that grant these tools.</p>
+${view.approvalReason !== undefined ? `<p id="approval-needed">An approver must confirm this grant after you allow it: ${text(view.approvalReason)}.</p>` : ''}
 <form method="post" action="${text(view.action)}">
 <input type="hidden" name="csrf" value="${text(view.csrf)}">
 <button type="submit" name="decision" value="approve" id="approve">Allow</button>
 <button type="submit" name="decision" value="refuse" id="refuse">Refuse</button>
 </form>`,
   );
+}
+
+/** The page a user waits on while an approver decides on their grant; it reloads itself (no script). */
+export function waitingPage(reason: string): string {
+  return layout('Waiting for an approver', `<h1>Waiting for an approver</h1><p id="waiting">An approver must confirm this grant: ${text(reason)}. This page checks again every few seconds.</p>`);
 }
 
 export function errorPage(title: string, message: string): string {
@@ -92,7 +100,8 @@ code{background:#eef;padding:0 .2rem;border-radius:3px}button{font-size:1rem;pad
 #approve{background:#1a7f37;color:#fff;border:0;border-radius:4px}#refuse{background:#fff;border:1px solid #999;border-radius:4px}`;
 
 /** Sends a page with the page headers (strict CSP, no caching, no referrer). */
-export function sendPage(res: Response, status: number, html: string, formTargets: string[] = []): void {
+export function sendPage(res: Response, status: number, html: string, formTargets: string[] = [], refreshSeconds?: number): void {
+  if (refreshSeconds !== undefined) res.setHeader('Refresh', String(refreshSeconds));
   res.status(status);
   res.setHeader('Content-Type', 'text/html; charset=utf-8');
   res.setHeader('Content-Security-Policy', pageCsp(formTargets));
