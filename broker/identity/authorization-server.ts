@@ -368,23 +368,46 @@ function limitRegistration(broker: Broker, limits: Broker['config']['identity'][
   };
 }
 
-/** Audit records (and metrics) for what the library did, from its events. */
+/**
+ * Audit records (and metrics) for what the library did, from its events. A
+ * request's records are written before its response leaves (the library's
+ * events fire inside the request; a middleware around every endpoint waits
+ * for them), and a record that cannot be written turns the response into a
+ * server_error: nothing is granted unaudited.
+ */
 function attachAudit(provider: Provider, audit: OAuthAudit, issuer: string, log: Broker['log']): void {
-  const record = (...args: Parameters<OAuthAudit['record']>) => void audit.record(...args).catch((error: Error) => log.error({ err: error.message }, 'audit append failed'));
+  const written = new WeakMap<object, Promise<boolean>[]>();
+  const record = (ctx: object | undefined, ...args: Parameters<OAuthAudit['record']>) => {
+    const append = audit.record(...args).then(
+      () => true,
+      (error: Error) => (log.error({ err: error.message }, 'audit append failed'), false),
+    );
+    if (ctx) written.set(ctx, [...(written.get(ctx) ?? []), append]);
+  };
+  provider.use(async (ctx, next) => {
+    await next();
+    const appends = written.get(ctx);
+    if (appends && (await Promise.all(appends)).includes(false)) {
+      ctx.status = 500;
+      ctx.type = 'json';
+      ctx.remove('Location');
+      ctx.body = { error: 'server_error', error_description: 'the audit trail is unavailable; nothing was granted' };
+    }
+  });
   const clientOf = (ctx: KoaContextWithOIDC | undefined) => ctx?.oidc?.client?.clientId ?? (ctx?.oidc?.params?.client_id as string | undefined);
   provider.on('authorization.error', (ctx: KoaContextWithOIDC, error: { error: string; error_description?: string; error_detail?: string }) =>
-    record('oauth/authorize', 'denied', { client_id: clientOf(ctx), redirect_uri: ctx?.oidc?.params?.redirect_uri }, { error: error.error, description: error.error_detail ?? error.error_description ?? error.error }),
+    record(ctx, 'oauth/authorize', 'denied', { client_id: clientOf(ctx), redirect_uri: ctx?.oidc?.params?.redirect_uri }, { error: error.error, description: error.error_detail ?? error.error_description ?? error.error }),
   );
   provider.on('grant.error', (ctx: KoaContextWithOIDC, error: { error: string; error_description?: string; error_detail?: string }) => {
     // The detail (what exactly was wrong) goes to the audit trail; the client sees the generic description.
     const description = error.error_detail ?? error.error_description ?? error.error;
     const reuse = /already (used|consumed)/.test(description);
-    record(reuse ? 'oauth/refresh-reuse' : 'oauth/token', 'denied', { client_id: clientOf(ctx), grant_type: ctx?.oidc?.params?.grant_type, ...(reuse ? { family_revoked: true } : {}) }, { error: error.error, description });
+    record(ctx, reuse ? 'oauth/refresh-reuse' : 'oauth/token', 'denied', { client_id: clientOf(ctx), grant_type: ctx?.oidc?.params?.grant_type, ...(reuse ? { family_revoked: true } : {}) }, { error: error.error, description });
   });
   provider.on('grant.success', (ctx: KoaContextWithOIDC) => {
     const at = ctx.oidc.entities.AccessToken as { jti?: string; accountId?: string; grantId?: string; exp?: number; extra?: { cap?: { tool: string }[] } } | undefined;
     // The principal of the record is the token issued: its subject, this issuer.
-    record('oauth/token', 'ok', {
+    record(ctx, 'oauth/token', 'ok', {
       sub: at?.accountId,
       idp: issuer,
       client_id: clientOf(ctx),
@@ -396,15 +419,15 @@ function attachAudit(provider: Provider, audit: OAuthAudit, issuer: string, log:
       refresh_token_issued: Boolean(ctx.oidc.entities.RefreshToken),
     });
   });
-  provider.on('grant.revoked', (_ctx: KoaContextWithOIDC, grantId: string) => record('oauth/revoke', 'info', { grant: grantId, family_revoked: true }));
+  provider.on('grant.revoked', (ctx: KoaContextWithOIDC, grantId: string) => record(ctx, 'oauth/revoke', 'info', { grant: grantId, family_revoked: true }));
   provider.on('revocation.error', (ctx: KoaContextWithOIDC, error: { error: string; error_description?: string; error_detail?: string }) =>
-    record('oauth/revoke', 'denied', { client_id: clientOf(ctx) }, { error: error.error, description: error.error_detail ?? error.error_description ?? error.error }),
+    record(ctx, 'oauth/revoke', 'denied', { client_id: clientOf(ctx) }, { error: error.error, description: error.error_detail ?? error.error_description ?? error.error }),
   );
-  provider.on('registration_create.success', (_ctx, client) =>
-    record('oauth/register', 'ok', { client_id: client.clientId, client_name: client.clientName, redirect_uris: client.redirectUris }),
+  provider.on('registration_create.success', (ctx, client) =>
+    record(ctx, 'oauth/register', 'ok', { client_id: client.clientId, client_name: client.clientName, redirect_uris: client.redirectUris }),
   );
-  provider.on('registration_create.error', (_ctx: KoaContextWithOIDC, error: { error: string; error_description?: string; error_detail?: string }) =>
-    record('oauth/register', 'denied', {}, { error: error.error, description: error.error_detail ?? error.error_description ?? error.error }),
+  provider.on('registration_create.error', (ctx: KoaContextWithOIDC, error: { error: string; error_description?: string; error_detail?: string }) =>
+    record(ctx, 'oauth/register', 'denied', {}, { error: error.error, description: error.error_detail ?? error.error_description ?? error.error }),
   );
   provider.on('server_error', (_ctx: KoaContextWithOIDC, error: Error) => log.error({ err: error.message, stack: error.stack }, 'authorization server error'));
 }

@@ -70,6 +70,28 @@ describe('Client ID Metadata Documents', () => {
   });
 });
 
+describe('when the audit trail fails', () => {
+  it('the authorization server answers server_error instead of registering or refusing unaudited', async () => {
+    const broken = await startTestBroker({ identity: { registration: { enabled: true } } });
+    try {
+      await broken.broker.audit.close(); // every append now fails, as on a dead disk
+      const origin = new URL(broken.url).origin;
+      const registered = await fetch(`${origin}/oauth/reg`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ redirect_uris: [REDIRECT], token_endpoint_auth_method: 'none' }),
+      });
+      expect(registered.status).toBe(500);
+      expect(await registered.json()).toEqual({ error: 'server_error', error_description: 'the audit trail is unavailable; nothing was granted' });
+      const refused = await fetch(authorization(origin, broken.door.resource, 'no-such-client').url, { redirect: 'manual' });
+      expect(refused.status).toBe(500);
+      expect(refused.headers.get('location')).toBeNull();
+    } finally {
+      await broken.close().catch(() => undefined);
+    }
+  });
+});
+
 describe('metadataDocumentFetch', () => {
   it.each(['127.0.0.1', '127.1.2.3', '10.0.0.1', '172.16.5.4', '192.168.1.1', '169.254.169.254', '100.64.0.1', '0.0.0.0', '::1', '::', 'fe80::1', 'fd00::1', '::ffff:127.0.0.1', '::ffff:10.0.0.1', 'not-an-ip'])(
     '%s is special-use',
