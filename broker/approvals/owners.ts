@@ -96,7 +96,15 @@ export class ApprovalOwners {
   /** False once a newer process of the same replica has started (this one is fenced). */
   async current(): Promise<boolean> {
     if (this.epoch === 0) return false;
-    return (await this.options.state.get(EPOCHS, this.options.replica)) === String(this.epoch);
+    const { state, replica } = this.options;
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const stored = await state.get(EPOCHS, replica);
+      if (stored !== undefined && Number(stored) >= this.epoch) return Number(stored) === this.epoch;
+      // The store forgot the epoch (a Redis restarted empty) or went back in time: claim it back,
+      // unless a newer process wrote one meanwhile (the next round sees it).
+      if (await state.compareAndSet(EPOCHS, replica, stored, String(this.epoch))) return true;
+    }
+    throw new Error(`approval epoch of replica ${replica}: too many concurrent writes`);
   }
 
   /** Whether `owner` (another process) may still hold a live agent connection. */

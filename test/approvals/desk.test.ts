@@ -153,6 +153,19 @@ describe('owners that are gone', () => {
     await Promise.all([old.stop(), successor.stop()]);
   });
 
+  it('a store that forgot the epochs (a Redis restarted empty) fences nobody: the live process claims its epoch back and runs its approved call', async () => {
+    const d = desk('replica-f');
+    const waiting = d.park(request());
+    const parked = await eventually(async () => (await d.pending())[0], 'parked');
+    await d.decide(person('alice'), parked.id, 'approve', '', parked.call_hash);
+    await waiting;
+    expect(await state.delete('approval-epochs', 'replica-f')).toBe(true);
+    await d.claimForExecution(parked.id, parked.call_hash);
+    expect((await d.get(parked.id))?.status).toBe('dispatched');
+    expect(await state.get('approval-epochs', 'replica-f')).toBe('1');
+    await d.stop();
+  });
+
   it("another replica's live calls are neither shown as disconnected nor swept", async () => {
     const other = desk('replica-b');
     const waiting = other.park(request());
