@@ -42,18 +42,13 @@ export function hiddenCharactersOf(call: Pick<ParkedCall, 'tool' | 'connector' |
   call.reasons.forEach((reason, i) => check(`reasons[${i}]`, reason, false));
   // Arguments are shown as pretty-printed JSON, where line feeds and tabs are visible escapes.
   // A queue, not recursion: arguments may nest as deep as the limits allow.
-  const queue: [string, unknown][] = [['arguments', call.arguments]];
+  const queue: [path: string, value: unknown, key?: string][] = [['arguments', call.arguments]];
   for (let next = 0; next < queue.length; next++) {
-    const [path, value] = queue[next]!;
+    const [path, value, key] = queue[next]!;
+    if (key !== undefined) check(`${path} (the key)`, key, true);
     if (typeof value === 'string') check(path, value, true);
     else if (Array.isArray(value)) value.forEach((item, i) => queue.push([`${path}[${i}]`, item]));
-    else if (value && typeof value === 'object') {
-      for (const [key, item] of Object.entries(value)) {
-        const at = member(path, key);
-        check(`${at} (the key)`, key, true);
-        queue.push([at, item]);
-      }
-    }
+    else if (value && typeof value === 'object') for (const [name, item] of Object.entries(value)) queue.push([member(path, name), item, name]);
   }
   if (more > 0) findings.push({ where: `${more} more places`, characters: [] });
   return findings;
