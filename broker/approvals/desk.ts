@@ -348,14 +348,17 @@ export class ApprovalDesk {
   /**
    * Settles every record nobody can finish: past its expiry and still pending → expired;
    * approved or dispatched with its owner gone → abandoned or interrupted. Records of
-   * live owners are theirs to settle. Safe on every replica at once (compare-and-set).
+   * live owners elsewhere are theirs to settle (their clock set the expiry); this
+   * process's own pending records are expired here too, in case its waiter's timer
+   * could not write. Safe on every replica at once (compare-and-set).
    */
   async sweep(): Promise<void> {
     for (const call of await this.all()) {
       if (!OPEN_STATUSES.has(call.status)) continue;
       const waited = await this.waitedFor(call);
+      const mine = call.owner === this.owners.self;
       const swept = { swept_by: this.owners.self };
-      if (call.status === 'pending' && Date.parse(call.expires_at) <= this.now()) {
+      if (call.status === 'pending' && (mine || !waited) && Date.parse(call.expires_at) <= this.now()) {
         await this.transition(call.id, ['pending'], 'expired', waited ? 'timed out' : 'timed out; the agent connection was already gone', swept);
       } else if (call.status === 'approved' && !waited) {
         await this.transition(call.id, ['approved'], 'abandoned', 'approved, but the broker process holding the agent connection is gone; the call will not run', swept);
