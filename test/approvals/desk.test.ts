@@ -59,6 +59,15 @@ const request = (quorum = 1): ParkRequest => {
 };
 const person = (sub: string, roles: string[] = []): Approver => ({ sub, roles, authTime: new Date().toISOString() });
 
+/** Parks `req` on `d` and has alice approve it; resolves once the waiter has the approved record. */
+async function parkApproved(d: ApprovalDesk, req: ParkRequest = request()) {
+  const waiting = d.park(req);
+  const parked = await eventually(async () => (await d.pending()).find((c) => c.tool === req.tool), 'parked');
+  await d.decide(person('alice'), parked.id, 'approve', '', parked.call_hash);
+  await waiting;
+  return parked;
+}
+
 describe('quorum', () => {
   it('a quorum of 2 needs two distinct approvers', async () => {
     const d = desk();
@@ -101,10 +110,7 @@ describe('quorum', () => {
 describe('exactly once', () => {
   it('an approval is consumed by one hand-over to the executor only, for its own hash; the record then says what came back', async () => {
     const d = desk();
-    const waiting = d.park(request());
-    const parked = await eventually(async () => (await d.pending())[0], 'parked');
-    await d.decide(person('alice'), parked.id, 'approve', '', parked.call_hash);
-    await waiting;
+    const parked = await parkApproved(d);
     const other = callHash({ iss: 'i', sub: 'agent:a' }, 'db__drop', { path: '/prod/other' }, 'sha256:d');
     await expect(d.claimForExecution(parked.id, other)).rejects.toBeInstanceOf(Denial);
     const claims = await Promise.allSettled([d.claimForExecution(parked.id, parked.call_hash), d.claimForExecution(parked.id, parked.call_hash)]);
@@ -141,10 +147,7 @@ describe('owners that are gone', () => {
 
   it('a fenced predecessor that is still running runs nothing, even an approval it already holds', async () => {
     const old = desk('replica-z');
-    const waiting = old.park(request());
-    const parked = await eventually(async () => (await old.pending())[0], 'parked');
-    await old.decide(person('alice'), parked.id, 'approve', '', parked.call_hash);
-    await waiting;
+    const parked = await parkApproved(old);
     const successor = desk('replica-z');
     await successor.start();
     await expect(old.claimForExecution(parked.id, parked.call_hash)).rejects.toMatchObject({ code: 'BASTION_APPROVAL_INVALID', reason: expect.stringContaining('newer broker process') });
@@ -155,10 +158,7 @@ describe('owners that are gone', () => {
 
   it('a store that forgot the epochs (a Redis restarted empty) fences nobody: the live process claims its epoch back and runs its approved call', async () => {
     const d = desk('replica-f');
-    const waiting = d.park(request());
-    const parked = await eventually(async () => (await d.pending())[0], 'parked');
-    await d.decide(person('alice'), parked.id, 'approve', '', parked.call_hash);
-    await waiting;
+    const parked = await parkApproved(d);
     expect(await state.delete('approval-epochs', 'replica-f')).toBe(true);
     await d.claimForExecution(parked.id, parked.call_hash);
     expect((await d.get(parked.id))?.status).toBe('dispatched');
