@@ -8,7 +8,6 @@
  *   const verifier = broker.verifierFor('http://127.0.0.1:8080/mcp');
  */
 import { readFile } from 'node:fs/promises';
-import { randomUUID } from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
 import type { Server } from '@modelcontextprotocol/sdk/server/index.js';
@@ -314,8 +313,11 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
         audit: async (event) => void (await audit.append(event)),
         log,
         signingKey: brokerKey.privateJwk,
-        // Unique per process: a restarted replica must not look like the owner of its predecessor's parked calls.
-        owner: `${replicaId}/${randomUUID()}`,
+        // Stable across restarts, so a restarted broker fences its predecessor's parked calls at once
+        // (approvals/owners.ts): the configured replica id, else this host's state folder.
+        replica: config.replica_id ?? `${os.hostname()}:${path.resolve(config.state_dir)}`,
+        // The embedded store is this process's alone (the state folder's lock): every other owner is dead.
+        soleState: config.state.backend === 'embedded',
         progressEveryMs: config.approvals.progress_every,
         ...(config.approvals.webhook ? { onParked: webhookNotifier(config.approvals.webhook, () => approvalPageUrl, log) } : {}),
       })

@@ -112,7 +112,11 @@ const DecideStep = z.strictObject({
   approver: Name,
   /** The parked call to decide on. */
   call: Name,
-  decision: z.enum(['approve', 'deny']).default('approve'),
+  /**
+   * approve_unless_warned: an approver who reads the page and approves what looks
+   * harmless, but denies a request the page flags for hidden characters.
+   */
+  decision: z.enum(['approve', 'deny', 'approve_unless_warned']).default('approve'),
   /** valid: echo the session's CSRF token; missing: send none; wrong: send a guess. */
   csrf: z.enum(['valid', 'missing', 'wrong']).default('valid'),
   /** An Origin header (e.g. a cross-site page); none by default. */
