@@ -94,12 +94,12 @@ export function compileSchema(schema: Record<string, unknown>): ValidateFunction
   return draft2020 ? new Ajv2020(AJV_OPTIONS).compile(schema) : new Ajv(AJV_OPTIONS).compile(schema);
 }
 
-/** Keywords whose value is a subschema. */
-const SUBSCHEMA = ['additionalProperties', 'additionalItems', 'contains', 'not', 'if', 'then', 'else', 'propertyNames', 'unevaluatedItems', 'unevaluatedProperties', 'contentSchema', 'items'];
+/** JSON Schema keywords whose value is a subschema (drafts 07 to 2020-12). */
+export const SUBSCHEMA = ['additionalProperties', 'additionalItems', 'contains', 'not', 'if', 'then', 'else', 'propertyNames', 'unevaluatedItems', 'unevaluatedProperties', 'contentSchema', 'items'];
 /** Keywords whose value is an array of subschemas. */
-const SUBSCHEMA_LIST = ['allOf', 'anyOf', 'oneOf', 'prefixItems', 'items'];
+export const SUBSCHEMA_LIST = ['allOf', 'anyOf', 'oneOf', 'prefixItems', 'items'];
 /** Keywords whose value maps names to subschemas. */
-const SUBSCHEMA_MAP = ['properties', 'patternProperties', '$defs', 'definitions', 'dependentSchemas', 'dependencies'];
+export const SUBSCHEMA_MAP = ['properties', 'patternProperties', '$defs', 'definitions', 'dependentSchemas', 'dependencies'];
 /** Deeper than this, a schema is refused rather than walked (and compiled). */
 const MAX_DEPTH = 64;
 

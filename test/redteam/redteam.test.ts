@@ -51,6 +51,9 @@ afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
+/** A sandbox limit ended the call: CPU or wall clock, memory, or the process the isolate took down. */
+const SANDBOX_LIMIT_CODES = ['SANDBOX_TIMEOUT', 'SANDBOX_MEMORY', 'SANDBOX_CRASHED'];
+
 const cell = (attackClass: string, configuration: string) => result.matrix[attackClass]?.[configuration];
 const rate = (attackClass: string, configuration: string) => cell(attackClass, configuration)?.rate ?? null;
 
@@ -92,9 +95,9 @@ describe('bastion redteam --quick against the default configuration', () => {
     // The escapes find no require and no Function constructor in the isolate: the plugin throws.
     expect(byCase['plugin-escape-require']!.stopped_by!.code).toBe('SANDBOX_PLUGIN_ERROR');
     expect(byCase['plugin-escape-constructor']!.stopped_by!.code).toBe('SANDBOX_PLUGIN_ERROR');
-    // The bombs hit the manifest's limits, and the broker kept answering its health check.
-    expect(byCase['plugin-cpu-bomb']!.stopped_by!.code).toBe('SANDBOX_TIMEOUT');
-    expect(['SANDBOX_MEMORY', 'SANDBOX_CRASHED']).toContain(byCase['plugin-memory-bomb']!.stopped_by!.code);
+    // The bombs hit one of the manifest's limits (which one first depends on how loaded the machine is),
+    // and the broker kept answering its health check.
+    for (const id of ['plugin-cpu-bomb', 'plugin-memory-bomb']) expect(SANDBOX_LIMIT_CODES, id).toContain(byCase[id]!.stopped_by!.code);
     for (const id of ['plugin-cpu-bomb', 'plugin-memory-bomb']) expect(byCase[id]!.evidence, id).toMatch(/health check answered in \d+ ms; \w+ ended/);
     expect(stdout).toMatch(/plugin_sandbox\s+4\s+0\/4/);
     // No other layer is what stops them: the plugin cases stay stopped with any one of them off.

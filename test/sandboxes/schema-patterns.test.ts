@@ -13,6 +13,7 @@ import { ROOT, RECORDING_UPSTREAM, startTestBroker, type TestBroker } from '../h
 
 const CATASTROPHIC = { type: 'object', properties: { v: { type: 'string', pattern: '^(a+)+$' } } };
 const POISON = `${'a'.repeat(36)}!`;
+const withPattern = (pattern: string) => ({ type: 'object', properties: { v: { type: 'string', pattern } }, required: ['v'] });
 
 describe('the linear-time engine', () => {
   it('evaluates a catastrophic pattern against its worst input', () => {
@@ -71,7 +72,20 @@ describe("upstream tools' schemas in the broker", () => {
     t = await startTestBroker({
       connectors: [
         { name: 'rec', transport: 'stdio', command: process.execPath, args: [RECORDING_UPSTREAM] },
-        { name: 'schemas', transport: 'stdio', command: process.execPath, args: [path.join(ROOT, 'test/fixtures/schema-upstream.ts')] },
+        {
+          name: 'schemas',
+          transport: 'stdio',
+          command: process.execPath,
+          args: [path.join(ROOT, 'test/fixtures/listed-upstream.ts')],
+          env: {
+            TOOLS: JSON.stringify([
+              { name: 'redos', description: 'Returns a string.', inputSchema: { type: 'object' }, outputSchema: withPattern('^(a+)+$') },
+              { name: 'backref', description: 'Returns a string.', inputSchema: { type: 'object' }, outputSchema: withPattern('(a)\\1') },
+              { name: 'plain', description: 'Returns a string.', inputSchema: { type: 'object' }, outputSchema: withPattern('^a+$') },
+            ]),
+            RESULTS: JSON.stringify({ redos: { text: POISON, structured: { v: POISON } }, plain: { text: 'aa', structured: { v: 'aa' } } }),
+          },
+        },
       ],
     });
   });
