@@ -193,6 +193,7 @@ export class PluginRuntime {
       caps: { fetch: this.caps.includes('fetch'), kv: this.caps.includes('kv'), log: this.caps.includes('log') },
       clockMs: this.clockMs,
       maxResultBytes: this.limits.max_result_bytes,
+      maxRequests: this.maxCapabilityCalls + 1,
       testHooks: this.testHooks,
     });
   }
@@ -469,8 +470,9 @@ export class CallRun {
 
   /**
    * Whether one more capability request may go to the broker: up to one past
-   * the per-call cap (the broker refuses that one and ends the call), so a
-   * plugin looping on the host cannot flood the broker with requests.
+   * the per-call cap (the broker refuses that one and ends the call). The
+   * bootstrap stops sending there already; this is the same bound kept
+   * outside the isolate, so nothing that runs in it can flood the broker.
    */
   private mayForward(): boolean {
     return ++this.forwarded <= this.runtime.maxCapabilityCalls + 1;

@@ -235,6 +235,23 @@ describe('supervision', () => {
     await own.stop();
   });
 
+  it('a flood of host calls that await nothing cannot swamp the sandbox process: the call ends at the cap, the process is not killed', async () => {
+    // Without a bound inside the isolate, millions of queued host.log calls keep the sandbox process busy
+    // long after the broker ended the call, so it misses the cancellation and is killed.
+    const { pool: own, hosts } = await isolatedPool([
+      { name: 'flooder', patch: (m) => Object.assign(m.limits, { cpu_ms: 5000, wall_ms: 10_000 }) },
+      { name: 'steady', patch: roomyLimits },
+    ]);
+    const [flooder, steady] = hosts as [PluginHost, PluginHost];
+    const result = await flooder.callTool('attack', { name: 'log_flood', n: 3_000_000 });
+    expect(sandboxCode(result)).toBe('SANDBOX_CAPABILITY_DENIED');
+    expect(valueOf(await steady.callTool('ok', {}))).toEqual({ ok: true, polluted: 'undefined' });
+    // Past the cancellation grace period: a process that missed it would have been killed by now.
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    expect(restartsOf(own)).toBe(0);
+    await own.stop();
+  });
+
   it('a caller that aborts gets SANDBOX_CANCELLED', async () => {
     const controller = new AbortController();
     const call = attack('loop', {}, controller.signal);
