@@ -11,6 +11,7 @@ import type { Prompt, Resource, ResourceTemplate, Tool } from '@modelcontextprot
 import { UriTemplate } from '@modelcontextprotocol/sdk/shared/uriTemplate.js';
 import { SUBSCHEMA, SUBSCHEMA_LIST, SUBSCHEMA_MAP } from '../sandboxes/schema-patterns.ts';
 import { canonicalJson, sha256 } from './audit/chain.ts';
+import { lookalikesOf } from './filters/names.ts';
 import { Denial } from './errors.ts';
 import type { Logger } from './log.ts';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
@@ -246,6 +247,19 @@ export class ToolRegistry {
     const index = uniqueByName(entries, 'tool', this.log);
     this.blocked = new Map();
     this.quarantinedNames = new Set();
+    // Pinning holds a look-alike name on first sight (pins.ts); this catches one that slipped past it
+    // (its twin appeared later, or on another replica at the same moment, or it was pinned before).
+    const names = [...index.keys()];
+    for (const name of names) {
+      const twins = lookalikesOf(name, names);
+      if (twins.length === 0) continue;
+      index.delete(name);
+      this.quarantinedNames.add(name);
+      if (!this.warned.has(`lookalike|${name}`)) {
+        this.warned.add(`lookalike|${name}`);
+        this.log.warn({ tool: name, lookalikes: twins }, 'tool name looks like another exposed name: hidden (bastion tools review)');
+      }
+    }
     for (const [name, entry] of index) {
       if (this.pinStatus(entry.connector.name, entry.upstreamName, entry.descriptorHash, entry.upstreamDescriptor) === 'quarantined') {
         index.delete(name);

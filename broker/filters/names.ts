@@ -14,6 +14,9 @@
  *     another exposed name. An ASCII name is never the look-alike: it reads
  *     exactly as written, so of `add` and `аdd` only the second is suspect.
  *
+ * Pinning (pins.ts) holds a new name with findings; the registry hides a
+ * listed name that looks like another listed one, whenever it was pinned.
+ *
  * @example
  *   nameFindings('аdd', ['add']);
  *   // [{ kind: 'mixed_scripts', detail: '… Cyrillic, Latin' }, { kind: 'confusable_name', detail: 'looks like add' }]
@@ -86,11 +89,16 @@ export function nameFindings(name: string, others: Iterable<string>): NameFindin
   if (name.normalize('NFKC') !== name) findings.push({ kind: 'not_nfkc', detail: `the name changes under NFKC normalization (to ${visible(name.normalize('NFKC'), 200)})` });
   const scripts = scriptsOf(name);
   if (mixesScripts(scripts)) findings.push({ kind: 'mixed_scripts', detail: `the name mixes scripts: ${[...scripts].sort().join(', ')}` });
-  const own = ascii(name) ? undefined : skeleton(name);
-  const lookalikes = new Set<string>();
-  for (const other of own === undefined ? [] : others) {
-    if (other !== name && skeleton(other) === own) lookalikes.add(other);
-  }
-  if (lookalikes.size > 0) findings.push({ kind: 'confusable_name', detail: `the name looks like ${[...lookalikes].slice(0, 5).map((n) => visible(n, 200)).join(', ')}` });
+  const lookalikes = lookalikesOf(name, others);
+  if (lookalikes.length > 0) findings.push({ kind: 'confusable_name', detail: `the name looks like ${lookalikes.slice(0, 5).map((n) => visible(n, 200)).join(', ')}` });
   return findings;
+}
+
+/** The other names `name` looks like (none when `name` is plain ASCII: it is never the look-alike). */
+export function lookalikesOf(name: string, others: Iterable<string>): string[] {
+  if (ascii(name)) return [];
+  const own = skeleton(name);
+  const lookalikes = new Set<string>();
+  for (const other of others) if (other !== name && skeleton(other) === own) lookalikes.add(other);
+  return [...lookalikes];
 }
