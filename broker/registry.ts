@@ -105,8 +105,8 @@ function validationOnly(schema: unknown): unknown {
 /**
  * A flagged descriptor as agents see it: the name, Bastion's note in place
  * of the description, the schemas reduced to what validates, and the
- * annotations' boolean hints. Title, annotation text, `_meta`, icons and
- * any other field the upstream added are withheld.
+ * annotations' boolean hints (and task support). Title, annotation text,
+ * `_meta`, icons and any other field the upstream added are withheld.
  */
 function withheldDescriptor(tool: Tool, verdict: DescriptorVerdict): Tool {
   const hints = Object.fromEntries(HINTS.filter((hint) => typeof tool.annotations?.[hint] === 'boolean').map((hint) => [hint, tool.annotations![hint]]));
@@ -116,6 +116,8 @@ function withheldDescriptor(tool: Tool, verdict: DescriptorVerdict): Tool {
     inputSchema: validationOnly(tool.inputSchema) as Tool['inputSchema'],
     ...(tool.outputSchema ? { outputSchema: validationOnly(tool.outputSchema) as Tool['outputSchema'] } : {}),
     ...(Object.keys(hints).length ? { annotations: hints } : {}),
+    // How the tool must be called (tasks), when it is one of the protocol's values: no free text.
+    ...(['required', 'optional', 'forbidden'].includes(tool.execution?.taskSupport as string) ? { execution: { taskSupport: tool.execution!.taskSupport } } : {}),
   };
 }
 
