@@ -42,7 +42,7 @@ import { PolicyHolder, type PolicySource } from './policy/holder.ts';
 import { recordPolicyReload } from './metrics.ts';
 import { readBundleKeyFile, type BundleVerification } from './policy/signature.ts';
 import { Pipeline } from './pipeline.ts';
-import { descriptorHash, exposed, ToolRegistry } from './registry.ts';
+import { descriptorHash, exposed, legacyDescriptorHash, ToolRegistry } from './registry.ts';
 import { DescriptorPins } from './pins.ts';
 import { Connector } from '../connectors/upstream.ts';
 
@@ -252,13 +252,15 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
     log,
     audit: async (event) => void (await audit.append(event)),
     hashOf: descriptorHash,
+    legacyHashOf: legacyDescriptorHash,
     exposedName: (connector, tool) => {
       const owner = connectors.find((c) => c.name === connector);
       return owner ? exposed(owner, tool) : `${connector}__${tool}`;
     },
+    exposedNames: () => [...connectors, ...plugins].flatMap((source) => source.catalog.tools.map((tool) => exposed(source, tool.name))),
   });
   await pins.load();
-  registry.pinStatus = (connector, tool, hash) => pins.status(connector, tool, hash);
+  registry.pinStatus = (connector, tool, hash, descriptor) => pins.status(connector, tool, hash, descriptor);
   /** Re-pins or quarantines after a catalog change, then tells every session the list changed. */
   const reconcile = (connector: Connector) =>
     pins

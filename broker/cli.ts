@@ -39,7 +39,7 @@ commands:
   token revoke   revoke a token (by jti) or a subject, on a running broker
   keys generate  make an Ed25519 or P-256 signing key and its JWKS
   approver token sign an approver sign-in token with the dev key and print the page link
-  tools review   list quarantined tools (descriptor changed since pinned) with the diff
+  tools review   list quarantined tools (descriptor changed since pinned, or look-alike name) with the diff
   tools approve  re-pin a quarantined tool after review
   audit verify   check an audit file's hash chain and its signed checkpoints
   audit recover  cut a torn last record off an audit file, keep it as evidence, continue the chain
@@ -102,13 +102,15 @@ fragment, which browsers never send to a server.
   'tools review': `usage: bastion tools review [--url BROKER] [--token ADMIN] [--config FILE]
 
 Lists tools whose descriptors changed since Bastion pinned them (possible rug
-pulls), with the field-level diff. They stay hidden and uncallable until
-approved. The admin token needs the literal grant "bastion:tools"; with the
+pulls), with the field-level diff, and tools held on first sight because their
+name looks like another tool's (mixed scripts, invisible characters, not NFKC,
+a confusable skeleton), with the findings. They stay hidden and uncallable
+until approved. The admin token needs the literal grant "bastion:tools"; with the
 embedded default one is minted with the dev key.`,
   'tools approve': `usage: bastion tools approve TOOL [--url BROKER] [--token ADMIN] [--config FILE]
 
 Re-pins TOOL (as agents see it, e.g. demo__read_file) to its new descriptor,
-after you reviewed the diff. The decision is audited.`,
+or pins a held look-alike, after you reviewed the diff. The decision is audited.`,
   'plugin pin': `usage: bastion plugin pin DIR
 
 Prints the plugin's name, version and pin: sha256 over its manifest and script

@@ -23,7 +23,8 @@ import type { Decision, PolicyInput } from './policy/schema.ts';
 import type { ToolEntry, ToolRegistry, Risk } from './registry.ts';
 import { ConnectorUnavailable, type CallOrigin } from '../connectors/upstream.ts';
 import { SandboxError } from '../sandboxes/errors.ts';
-import { capabilityUsesOf } from '../sandboxes/host.ts';
+import { summarizeUses } from '../sandboxes/capabilities/uses.ts';
+import { capabilityUsesOf, PluginHost } from '../sandboxes/host.ts';
 import type { ApprovalDesk } from './approvals/desk.ts';
 import { callHash } from './approvals/record.ts';
 import type { ResultFilter } from './filters/result.ts';
@@ -367,13 +368,14 @@ export class Pipeline {
       return denialResult(denial);
     }
     const { report } = filtered;
-    // Host capabilities a plugin used (fetches, kv keys) go to the audit record; the
-    // filter already dropped them from what the agent gets.
-    const capabilityUses = capabilityUsesOf(result);
+    // Host capabilities a plugin used (fetches, kv keys) go to the audit record, summarized so a
+    // plugin cannot bloat it; the filter already dropped them from what the agent gets. Only the
+    // sandbox host reports them: the same _meta key from an upstream is not evidence.
+    const capabilityUses = entry.connector instanceof PluginHost ? capabilityUsesOf(result) : [];
     await finish(result.isError ? 'error' : 'ok', {
       detail: {
         result_bytes: report.bytes,
-        ...(capabilityUses.length ? { capability_uses: capabilityUses } : {}),
+        ...(capabilityUses.length ? summarizeUses(capabilityUses) : {}),
         // What was redacted and flagged, by kind and place; never the content.
         ...(Object.keys(report.redactions).length ? { redactions: report.redactions } : {}),
         ...(report.flags.length ? { flags: report.flags.map(({ kind, where }) => ({ kind, where })) } : {}),
