@@ -25,7 +25,7 @@ import { ApprovalDesk, stateBus } from './approvals/desk.ts';
 import { webhookNotifier } from './approvals/webhook.ts';
 import { revocationOf } from './auth/revocation.ts';
 import { Denial } from './errors.ts';
-import { openEmbeddedState } from './state/embedded.ts';
+import { openEmbeddedState, STATE_DATABASE } from './state/embedded.ts';
 import { PluginHost } from '../sandboxes/host.ts';
 import { SandboxPool } from '../sandboxes/pool.ts';
 import { lockStateDir } from './state/lock.ts';
@@ -192,7 +192,7 @@ async function openState(config: Config): Promise<StateStore> {
     const { openRedisState } = await import('./state/redis.ts');
     return openRedisState({ url: config.state.url, prefix: config.state.prefix, commandTimeoutMs: config.state.command_timeout });
   }
-  return openEmbeddedState(path.join(config.state_dir, 'state.jsonl'));
+  return openEmbeddedState(path.join(config.state_dir, STATE_DATABASE));
 }
 
 export async function createBroker(config: Config, log: Logger): Promise<Broker> {
