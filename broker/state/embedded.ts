@@ -98,6 +98,7 @@ export async function openEmbeddedState(file: string, now: () => number = Date.n
     }
     if (pending.size === 0) writer.unref();
   });
+  const exited = new Promise<void>((resolve) => writer.once('exit', () => resolve()));
   writer.on('error', (error) => fail(new StateUnavailable(`state writer failed: ${error.message}`)));
   writer.on('exit', (code) => fail(new StateUnavailable(closed ? 'the state store is closed' : `the state writer exited with code ${code}`)));
 
@@ -203,7 +204,7 @@ export async function openEmbeddedState(file: string, now: () => number = Date.n
     async close() {
       if (closed) return;
       closed = true;
-      const exited = new Promise((resolve) => writer.once('exit', resolve));
+      // A writer that already died has nothing left to commit; otherwise it commits what it holds, then exits.
       writer.ref();
       writer.postMessage({ op: 'close' } satisfies WriterMessage);
       await exited;

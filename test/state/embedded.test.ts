@@ -7,6 +7,7 @@
 import { readdir, readFile, writeFile, copyFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openEmbeddedState } from '../../broker/state/embedded.ts';
@@ -68,6 +69,10 @@ describe('embedded state', () => {
     expect(await second.claim('jti', 'short', 10)).toBe(true);
     expect(await second.entries('revoked')).toEqual([['sub:agent:x', '{"sub":"agent:x"}']]);
     await second.close();
+    // The expired claim is gone from the file, not only hidden.
+    const db = new DatabaseSync(file, { readOnly: true });
+    expect(db.prepare("SELECT count(*) AS n FROM entries WHERE ns = 'jti'").get()).toEqual({ n: 1 });
+    db.close();
   });
 
   it('a write after close is refused, never lost silently', async () => {
@@ -121,11 +126,16 @@ describe('importing the journal the embedded store used to keep (state.jsonl)', 
     { op: 'set', ns: 'jti', key: 'expired', value: '1', exp: 1 },
     { op: 'set', ns: 'jti', key: 'live', value: '1', exp: 9_999_999_999_999 },
     { op: 'set', ns: 'odd', key: 'lone\uD800', value: 'v' },
+    { op: 'set', ns: 'plugin:x', key: 'a', value: '"1"' },
   ]
     .map((line) => JSON.stringify(line))
     .join('\n');
 
   it('imports live entries on first open, drops a torn last line, and renames the journal aside', async () => {
+    // A namespace under a quota that already has usage in the database (e.g. after a downgrade and upgrade).
+    const before = await openEmbeddedState(path.join(dir, 'state.db'));
+    expect(await before.setWithinQuota('plugin:x', 'pre', '"0"', { maxKeys: 10, maxBytes: 1000 })).toMatchObject({ stored: true, keys: 1 });
+    await before.close();
     await writeFile(path.join(dir, 'state.jsonl'), `${journal}\n{"op":"set","ns":"pins","key":"torn","val`);
     const state = await openEmbeddedState(path.join(dir, 'state.db'));
     expect(await state.get('pins', 'demo/echo')).toBe('{"hash":"sha256:1"}');
@@ -134,6 +144,8 @@ describe('importing the journal the embedded store used to keep (state.jsonl)', 
     expect(await state.get('pins', 'torn')).toBeUndefined();
     expect(await state.entries('jti')).toEqual([['live', '1']]);
     expect(await state.get('odd', 'lone\uD800')).toBe('v');
+    // A plugin's imported entries count against its quota.
+    expect(await state.setWithinQuota('plugin:x', 'b', '"2"', { maxKeys: 2, maxBytes: 1000 })).toEqual({ stored: false, exceeded: 'keys', keys: 2, bytes: 10 });
     await state.close();
     expect((await readdir(dir)).filter((name) => name.startsWith('state.jsonl'))).toEqual(['state.jsonl.imported']);
   });
