@@ -12,7 +12,7 @@
  * {ready: true} once the database is open and any old journal imported.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { EntryTable, openEntryDatabase, type WriteReply, type WriteRequest } from './entry-table.ts';
+import { EntryTable, openEntryDatabase, SWEEP_BATCH, type WriteReply, type WriteRequest } from './entry-table.ts';
 import { importJournal } from './journal-import.ts';
 
 export interface WriterData {
@@ -24,7 +24,7 @@ export interface WriterData {
 
 export type WriterMessage = WriteRequest | { op: 'close' };
 
-/** Expired rows are swept at most this often (by the requests' clock). */
+/** Expired rows are swept this often (by the requests' clock), in batches of SWEEP_BATCH per commit until none is left. */
 const SWEEP_EVERY_MS = 60_000;
 
 const port = parentPort!;
@@ -50,10 +50,8 @@ function serve(db: ReturnType<typeof openEntryDatabase>, table: EntryTable): voi
     const replies = batch ?? [];
     batch = undefined;
     try {
-      if (latest - sweptAt >= SWEEP_EVERY_MS) {
-        table.sweep(latest);
-        sweptAt = latest;
-      }
+      // A full batch means more may be waiting: the next commit sweeps again, until the backlog is gone.
+      if (latest - sweptAt >= SWEEP_EVERY_MS && table.sweep(latest) < SWEEP_BATCH) sweptAt = latest;
       db.exec('COMMIT');
       port.postMessage(replies);
     } catch (error) {

@@ -78,7 +78,7 @@ export type WriteRequest = { id: number } & (
 export type WriteReply = { id: number; ok: true; value: unknown } | { id: number; ok: false; message: string };
 
 /** Rows deleted per sweep, so one sweep never holds the writer long. */
-const SWEEP_BATCH = 1000;
+export const SWEEP_BATCH = 1000;
 
 export class EntryTable {
   private readonly db: DatabaseSync;

@@ -75,6 +75,30 @@ describe('embedded state', () => {
     db.close();
   });
 
+  it('deletes expired entries while changes arrive, a batch per commit until none is left', async () => {
+    let now = 1_000_000;
+    const file = path.join(dir, 'state.db');
+    const state = await openEmbeddedState(file, () => now);
+    await Promise.all(Array.from({ length: 2500 }, (_, i) => state.claim('jti', `j${i}`, 10)));
+    const rows = () => {
+      const db = new DatabaseSync(file, { readOnly: true });
+      try {
+        return (db.prepare("SELECT count(*) AS n FROM entries WHERE ns = 'jti'").get() as { n: number }).n;
+      } finally {
+        db.close();
+      }
+    };
+    expect(rows()).toBe(2500);
+    now += 61_000;
+    // Each set is its own commit: 1,000, then 1,000, then the last 500.
+    await state.set('ns', 'a', 'v');
+    expect(rows()).toBe(1500);
+    await state.set('ns', 'b', 'v');
+    await state.set('ns', 'c', 'v');
+    expect(rows()).toBe(0);
+    await state.close();
+  });
+
   it('a write after close is refused, never lost silently', async () => {
     const state = await openEmbeddedState(path.join(dir, 'state.db'));
     await state.close();
