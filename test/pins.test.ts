@@ -69,7 +69,7 @@ describe('pinning when state is unavailable', () => {
     const { createLogger } = await import('../broker/log.ts');
     const { StateUnavailable } = await import('../broker/state/store.ts');
     const dir = await mkdtemp(path.join(tmpdir(), 'bastion-pins-'));
-    const real = await openEmbeddedState(path.join(dir, 'state.jsonl'));
+    const real = await openEmbeddedState(path.join(dir, 'state.db'));
     let down = true;
     const guard = <T>(op: () => Promise<T>) => (down ? Promise.reject(new StateUnavailable('state store down')) : op());
     const state = {

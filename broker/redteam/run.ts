@@ -40,10 +40,9 @@ export function corpusPlugins(corpus: Corpus): PluginSpec[] {
   for (const attackCase of corpus.classes.flatMap((c) => c.cases)) {
     if (missingFeature(attackCase)) continue;
     for (const step of attackCase.steps) {
-      if ('install_plugin' in step) {
-        const { name, tools, code, capabilities, wall_ms } = step.install_plugin;
-        plugins.set(name, { name, tools, code, capabilities, ...(wall_ms !== undefined ? { wallMs: wall_ms } : {}) });
-      }
+      if (!('install_plugin' in step)) continue;
+      const { name, manifest_name: manifestName, tools, code, capabilities, grants, wall_ms: wallMs } = step.install_plugin;
+      plugins.set(name, { name, tools, code, capabilities, grants, ...(manifestName ? { manifestName } : {}), ...(wallMs ? { wallMs } : {}) });
     }
   }
   return [...plugins.values()];

@@ -12,6 +12,7 @@
  *   await attempt.close();
  */
 import { randomBytes } from 'node:crypto';
+import path from 'node:path';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { generateDpopKey, type DpopKey } from '../auth/dpop-client.ts';
 import { parseDuration } from '../config.ts';
@@ -465,8 +466,10 @@ export class Attempt {
     if ('install_plugin' in step) {
       // The plugin was written out, pinned and configured before the broker started (target.ts).
       const spec = step.install_plugin;
-      if (!(this.target.config.plugins ?? []).some((p) => p.name === spec.name)) throw new NotApplicable(`plugin ${spec.name} is not installed on this broker`);
-      this.note({ kind: 'install_plugin', setup, ok: true, note: `${spec.name} installed (${spec.tools.map((t) => `${spec.name}__${t.name}`).join(', ')})` });
+      // Its directory carries the install name; its configured name may be absent (manifest_name).
+      if (!(this.target.config.plugins ?? []).some((p) => path.basename(p.dir) === spec.name)) throw new NotApplicable(`plugin ${spec.name} is not installed on this broker`);
+      const prefix = spec.manifest_name ?? spec.name;
+      this.note({ kind: 'install_plugin', setup, ok: true, note: `${spec.name} installed (${spec.tools.map((t) => `${prefix}__${t.name}`).join(', ')})` });
       return;
     }
     const never: never = step;

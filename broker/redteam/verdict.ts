@@ -34,6 +34,8 @@ export interface Verdict {
 export function defenseOf(refusal: Pick<Refusal, 'stage' | 'code'>): StopReason['defense'] {
   if (refusal.code === 'BASTION_DELEGATION_REFUSED' || refusal.code === 'DELEGATION_DISABLED') return 'delegation';
   if (refusal.code === 'BASTION_TOOL_QUARANTINED') return 'pins';
+  // A plugin whose manifest claimed another source's name was never loaded.
+  if (refusal.code === 'BASTION_PLUGIN_NAME_TAKEN') return 'plugin_identity';
   // The descriptor check lives with the filters (filters.descriptor), though it refuses at resolve.
   if (refusal.code === 'BASTION_TOOL_BLOCKED') return 'filters';
   // A plugin call the sandbox ended (limit hit, or the isolate refused what the code tried).
