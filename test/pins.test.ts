@@ -98,7 +98,7 @@ describe('what a pin covers, and pins written by earlier versions', () => {
     const { DescriptorPins } = await import('../broker/pins.ts');
     const { createLogger } = await import('../broker/log.ts');
     const { descriptorHash, legacyDescriptorHash } = await import('../broker/registry.ts');
-    const state = await openEmbeddedState(path.join(await mkdtemp(path.join(tmpdir(), 'bastion-pins-')), 'state.jsonl'));
+    const state = await openEmbeddedState(path.join(await mkdtemp(path.join(tmpdir(), 'bastion-pins-')), 'state.db'));
     const events: AuditEvent[] = [];
     const pins = new DescriptorPins({
       state,

@@ -260,7 +260,7 @@ describe('the per-call cap on capability uses', () => {
   });
 
   it('counts requests the host cannot parse', async () => {
-    const host = await plugin([allowedOrigin], { grants: { kv: true, maxCapabilityCalls: 5 } }, { cpu_ms: 5000, wall_ms: 10_000 });
+    const host = await plugin([allowedOrigin], { name: 'invalid-flood', grants: { kv: true, maxCapabilityCalls: 5 } }, { cpu_ms: 5000, wall_ms: 10_000 });
     const result = await attack(host, 'invalid_flood', { n: 1000 });
     expect(sandboxCode(result)).toBe('SANDBOX_CAPABILITY_DENIED');
     const uses = capabilityUsesOf(result);
