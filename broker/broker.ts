@@ -8,7 +8,6 @@
  *   const verifier = broker.verifierFor('http://127.0.0.1:8080/mcp');
  */
 import { readFile } from 'node:fs/promises';
-import { randomUUID } from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
 import type { Server } from '@modelcontextprotocol/sdk/server/index.js';
@@ -25,8 +24,10 @@ import { ApprovalDesk, stateBus } from './approvals/desk.ts';
 import { webhookNotifier } from './approvals/webhook.ts';
 import { revocationOf } from './auth/revocation.ts';
 import { Denial } from './errors.ts';
-import { openEmbeddedState } from './state/embedded.ts';
+import { openEmbeddedState, STATE_DATABASE } from './state/embedded.ts';
 import { PluginHost } from '../sandboxes/host.ts';
+import type { KvGrant } from '../sandboxes/capabilities/kv.ts';
+import { refusedClaims } from './source-names.ts';
 import { SandboxPool } from '../sandboxes/pool.ts';
 import { lockStateDir } from './state/lock.ts';
 import { createDescriptorCheck } from './filters/descriptor.ts';
@@ -43,7 +44,7 @@ import { PolicyHolder, type PolicySource } from './policy/holder.ts';
 import { recordPolicyReload } from './metrics.ts';
 import { readBundleKeyFile, type BundleVerification } from './policy/signature.ts';
 import { Pipeline } from './pipeline.ts';
-import { descriptorHash, exposed, ToolRegistry } from './registry.ts';
+import { descriptorHash, exposed, legacyDescriptorHash, ToolRegistry } from './registry.ts';
 import { DescriptorPins } from './pins.ts';
 import { Connector } from '../connectors/upstream.ts';
 
@@ -145,11 +146,16 @@ function uncheckedAuthenticator(_options: Parameters<typeof createAuthenticator>
   };
 }
 
+/** What the operator's kv grant becomes for the host. */
+function kvGrant(kv: PluginConfig['grants']['kv']): KvGrant | false {
+  return kv && { maxBytes: kv.max_bytes, maxKeys: kv.max_keys, maxValueBytes: kv.max_value_bytes, maxKeyBytes: kv.max_key_bytes };
+}
+
 /**
  * Loads the configured plugins (or the demo plugin of the embedded default)
  * into one supervised pool of sandbox processes. A plugin whose files do not
- * match its pin stays down with an error naming both hashes; the broker
- * serves everything else.
+ * match its pin, or whose name is another source's (source-names.ts), stays
+ * down with an error saying why; the broker serves everything else.
  */
 async function startPlugins(config: Config, state: StateStore, log: Logger, limitsOff: boolean): Promise<{ pool: SandboxPool | undefined; plugins: PluginHost[] }> {
   const configured: PluginConfig[] =
@@ -172,7 +178,7 @@ async function startPlugins(config: Config, state: StateStore, log: Logger, limi
         maxLimits,
         ...(plugin.name ? { name: plugin.name } : {}),
         grants: {
-          kv: plugin.grants.kv,
+          kv: kvGrant(plugin.grants.kv),
           log: plugin.grants.log,
           maxCapabilityCalls: plugin.grants.max_capability_calls,
           ...(plugin.grants.fetch
@@ -181,6 +187,14 @@ async function startPlugins(config: Config, state: StateStore, log: Logger, limi
         },
       }),
   );
+  const connectors = config.connectors ?? [demoConnector()];
+  const claims = [
+    ...connectors.map((connector, i) => ({ name: connector.name, where: config.connectors ? `connectors.${i}` : 'the demo connector', configured: true })),
+    ...plugins.map((plugin, i) => ({ name: plugin.name, where: config.plugins ? `plugins.${i}` : 'the demo plugin', configured: configured[i]!.name !== undefined })),
+  ];
+  refusedClaims(claims)
+    .slice(connectors.length)
+    .forEach((refusal, i) => refusal && plugins[i]!.refuse('BASTION_PLUGIN_NAME_TAKEN', `plugin ${claims[connectors.length + i]!.where} (${configured[i]!.dir}) is not loaded: ${refusal}`));
   await Promise.all(plugins.map((p) => p.start()));
   for (const plugin of plugins) {
     if (plugin.status !== 'ready') log.error({ plugin: plugin.name, err: plugin.lastError }, 'plugin not loaded');
@@ -194,7 +208,7 @@ async function openState(config: Config): Promise<StateStore> {
     const { openRedisState } = await import('./state/redis.ts');
     return openRedisState({ url: config.state.url, prefix: config.state.prefix, commandTimeoutMs: config.state.command_timeout });
   }
-  return openEmbeddedState(path.join(config.state_dir, 'state.jsonl'));
+  return openEmbeddedState(path.join(config.state_dir, STATE_DATABASE));
 }
 
 export async function createBroker(config: Config, log: Logger): Promise<Broker> {
@@ -255,13 +269,15 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
     log,
     audit: async (event) => void (await audit.append(event)),
     hashOf: descriptorHash,
+    legacyHashOf: legacyDescriptorHash,
     exposedName: (connector, tool) => {
       const owner = connectors.find((c) => c.name === connector);
       return owner ? exposed(owner, tool) : `${connector}__${tool}`;
     },
+    exposedNames: () => [...connectors, ...plugins].flatMap((source) => source.catalog.tools.map((tool) => exposed(source, tool.name))),
   });
   await pins.load();
-  registry.pinStatus = (connector, tool, hash) => pins.status(connector, tool, hash);
+  registry.pinStatus = (connector, tool, hash, descriptor) => pins.status(connector, tool, hash, descriptor);
   /** Re-pins or quarantines after a catalog change, then tells every session the list changed. */
   const reconcile = (connector: Connector) =>
     pins
@@ -316,8 +332,11 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
         audit: async (event) => void (await audit.append(event)),
         log,
         signingKey: brokerKey.privateJwk,
-        // Unique per process: a restarted replica must not look like the owner of its predecessor's parked calls.
-        owner: `${replicaId}/${randomUUID()}`,
+        // Stable across restarts, so a restarted broker fences its predecessor's parked calls at once
+        // (approvals/owners.ts): the configured replica id, else this host's state folder.
+        replica: config.replica_id ?? `${os.hostname()}:${path.resolve(config.state_dir)}`,
+        // The embedded store is this process's alone (the state folder's lock): every other owner is dead.
+        soleState: config.state.backend === 'embedded',
         progressEveryMs: config.approvals.progress_every,
         ...(config.approvals.webhook ? { onParked: webhookNotifier(config.approvals.webhook, () => approvalPageUrl, log) } : {}),
       })

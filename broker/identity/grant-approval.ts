@@ -13,6 +13,7 @@
  *   const state = await approvalOf(desk, id, hash);   // 'pending' | 'approved' | { refused }
  */
 import type { ApprovalDesk } from '../approvals/desk.ts';
+import type { Denial } from '../errors.ts';
 import { callHash } from '../approvals/record.ts';
 import type { Capability } from '../policy/schema.ts';
 import type { GrantIdentity, GrantsInput } from './grants.ts';
@@ -64,10 +65,12 @@ export async function approvalOf(desk: ApprovalDesk, id: string, hash: string): 
   if (call.status === 'pending') return 'pending';
   if (call.status === 'approved') {
     try {
+      // approved → dispatched (once, same hash) → executed: the grant is issued by the caller right after.
       await desk.claimForExecution(id, hash);
+      await desk.settle(id, 'executed', 'the grant was issued');
       return 'approved';
     } catch (error) {
-      return { refused: (error as Error).message };
+      return { refused: (error as Denial).reason ?? (error as Error).message };
     }
   }
   return { refused: call.status === 'denied' ? `an approver denied the grant: ${call.outcome ?? ''}` : `the grant approval is ${call.status}` };

@@ -40,9 +40,10 @@ export type AblatableDefense = (typeof ABLATABLE)[number];
 /**
  * Everything that can stop an attack. The ablatable ones have a
  * `defenses_off` switch; the others (descriptor pins, delegation
- * attenuation, the HTTP front door's checks) are always on.
+ * attenuation, the HTTP front door's checks, plugin names that cannot be
+ * taken) are always on.
  */
-export const DEFENSES = [...ABLATABLE, 'pins', 'delegation', 'front_door', 'authorization_server'] as const;
+export const DEFENSES = [...ABLATABLE, 'pins', 'delegation', 'front_door', 'plugin_identity', 'authorization_server'] as const;
 export type Defense = (typeof DEFENSES)[number];
 
 /** Build features a case may need; a case needing one the build lacks is reported "not applicable" (run.ts BUILD_FEATURES). */
@@ -113,7 +114,11 @@ const DecideStep = z.strictObject({
   approver: Name,
   /** The parked call to decide on. */
   call: Name,
-  decision: z.enum(['approve', 'deny']).default('approve'),
+  /**
+   * approve_unless_warned: an approver who reads the page and approves what looks
+   * harmless, but denies a request the page flags for hidden characters.
+   */
+  decision: z.enum(['approve', 'deny', 'approve_unless_warned']).default('approve'),
   /** valid: echo the session's CSRF token; missing: send none; wrong: send a guess. */
   csrf: z.enum(['valid', 'missing', 'wrong']).default('valid'),
   /** An Origin header (e.g. a cross-site page); none by default. */
@@ -159,19 +164,44 @@ const ListToolsStep = z.strictObject({ token: Name });
 /** Waits, as a well-behaved agent does, until the broker says the tool list changed (or the time is up). */
 const WaitListChangedStep = z.strictObject({ token: Name, within_ms: Millis.default(2_000) });
 
+const PluginName = z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, 'lowercase letters, digits and "-", starting with a letter, at most 32');
+
 /**
  * Installs a hostile plugin (manifest fields and its JavaScript) for the
  * sandbox classes. Cases using it need the `plugins` feature.
  */
-const InstallPluginStep = z.strictObject({
-  /** A plugin name (lowercase letters, digits, "-"); its tools are called <name>__<tool>. Unique in the corpus. */
-  name: z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, 'lowercase letters, digits and "-", starting with a letter, at most 32'),
-  /** The plugin's single JavaScript file. */
-  code: z.string().min(1).max(65_536),
-  tools: z.array(z.strictObject({ name: Name, description: z.string().default('') })).min(1),
-  /** Host capabilities the manifest asks for. */
-  capabilities: z.array(z.string()).default([]),
-});
+const InstallPluginStep = z
+  .strictObject({
+    /** A plugin name (lowercase letters, digits, "-"); its tools are called <name>__<tool>. Unique in the corpus. */
+    name: PluginName,
+    /**
+     * The name its manifest declares, when not `name`: the plugin is then configured
+     * without a name, so it would take this one (and with it another plugin's tools' grants).
+     */
+    manifest_name: PluginName.optional(),
+    /** The plugin's single JavaScript file. */
+    code: z.string().min(1).max(65_536),
+    tools: z
+      .array(
+        z.strictObject({
+          name: Name,
+          description: z.string().default(''),
+          /** The tool's inputSchema in the manifest (default: any object). */
+          input_schema: z.record(z.string(), z.unknown()).optional(),
+        }),
+      )
+      .min(1),
+    /** Host capabilities the manifest asks for. */
+    capabilities: z.array(z.string()).default([]),
+    /** Host capabilities the operator grants (with their default quotas); none unless listed. */
+    grants: z.array(z.enum(['kv', 'log'])).default([]),
+    /** A longer wall-clock limit than the corpus default (1 s), for a case whose many host calls must not time out on a loaded machine. */
+    wall_ms: z.number().int().positive().max(30_000).optional(),
+  })
+  .refine((plugin) => plugin.manifest_name === undefined || !plugin.grants.includes('kv'), {
+    message: "a plugin configured without a name cannot be granted kv (Bastion refuses such a configuration: kv is keyed by the operator's name)",
+    path: ['grants'],
+  });
 const SleepStep = z.strictObject({ ms: Millis });
 
 /** An attack on the authorization server (oauth.ts); a token the attacker obtains is kept under `name`. */
@@ -232,6 +262,13 @@ export const PredicateSchema = z.union([
   z.strictObject({ upstream_exceeds_quota: z.strictObject({ tool: ToolName }) }),
   /** An oauth step did what the attacker wanted (a code, token or redirect where it must not go). */
   z.strictObject({ oauth_breached: z.strictObject({}) }),
+  /**
+   * Nothing the agent received matches this regular expression: an answer a
+   * working broker gives (e.g. a bystander plugin's) never came.
+   */
+  z.strictObject({ agent_starved: z.strictObject({ pattern: z.string().min(1), flags: z.string().regex(/^[imsu]*$/).default('') }) }),
+  /** An audit record of a call of this tool, written during the attempt, is longer than `bytes` (canonical JSON). */
+  z.strictObject({ audit_record_over: z.strictObject({ tool: ToolName, bytes: z.number().int().positive() }) }),
 ]);
 export type Predicate = z.infer<typeof PredicateSchema>;
 
@@ -325,8 +362,8 @@ export async function loadCorpus(locations: string[]): Promise<Corpus> {
       }
       for (const step of attackCase.steps) {
         if (!('install_plugin' in step)) continue;
-        const { name, tools, code, capabilities } = step.install_plugin;
-        const spec = JSON.stringify({ tools, code, capabilities });
+        const { name, ...rest } = step.install_plugin;
+        const spec = JSON.stringify(rest);
         const seen = plugins.get(name);
         if (seen && seen.spec !== spec) throw new CorpusError(`${file}: case "${attackCase.id}" installs a plugin named "${name}" that differs from the one case "${seen.caseId}" installs; give each plugin its own name`);
         plugins.set(name, { spec, caseId: attackCase.id });

@@ -41,7 +41,9 @@ export function corpusPlugins(corpus: Corpus): PluginSpec[] {
   for (const attackCase of corpus.classes.flatMap((c) => c.cases)) {
     if (missingFeature(attackCase)) continue;
     for (const step of attackCase.steps) {
-      if ('install_plugin' in step) plugins.set(step.install_plugin.name, { name: step.install_plugin.name, tools: step.install_plugin.tools, code: step.install_plugin.code, capabilities: step.install_plugin.capabilities });
+      if (!('install_plugin' in step)) continue;
+      const { name, manifest_name: manifestName, tools, code, capabilities, grants, wall_ms: wallMs } = step.install_plugin;
+      plugins.set(name, { name, tools, code, capabilities, grants, ...(manifestName ? { manifestName } : {}), ...(wallMs ? { wallMs } : {}) });
     }
   }
   return [...plugins.values()];

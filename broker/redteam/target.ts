@@ -104,11 +104,26 @@ export interface LaunchOptions {
 
 /** A plugin an install_plugin step asks for: its name, tools and script. */
 export interface PluginSpec {
+  /** Its directory's name, and its configured name unless `manifestName` is set. */
   name: string;
-  tools: { name: string; description: string }[];
+  /** The name its manifest declares when not `name`; the plugin is then configured without one. */
+  manifestName?: string;
+  tools: { name: string; description: string; input_schema?: Record<string, unknown> | undefined }[];
   code: string;
-  /** Host capabilities the manifest asks for (kv, log; none is granted). */
+  /** Host capabilities the manifest asks for (kv, log). */
   capabilities?: string[];
+  /** Host capabilities the operator grants (kv with its default quotas, log). */
+  grants?: ('kv' | 'log')[];
+  /** Its wall-clock limit, when not REDTEAM_PLUGIN_LIMITS.wall_ms. */
+  wallMs?: number;
+}
+
+/** A corpus plugin as the broker's config lists it. */
+export interface PluginEntry {
+  dir: string;
+  hash: string;
+  name?: string;
+  grants: { kv?: boolean; log?: boolean };
 }
 
 /** Small limits, as a careful plugin author would declare them (the host caps them further). */
@@ -118,28 +133,33 @@ export const REDTEAM_PLUGIN_LIMITS = { memory_mb: 32, cpu_ms: 200, wall_ms: 1000
  * Writes each plugin as a directory (plugin.json and main.js) under `dir`
  * and returns the broker's `plugins` entries, each pinned with pluginHash.
  */
-export async function materializePlugins(plugins: PluginSpec[], dir: string): Promise<{ dir: string; hash: string; name: string }[]> {
-  const entries = [];
+export async function materializePlugins(plugins: PluginSpec[], dir: string): Promise<PluginEntry[]> {
+  const entries: PluginEntry[] = [];
   for (const plugin of plugins) {
     const pluginDir = path.join(dir, 'plugins', plugin.name);
     await mkdir(pluginDir, { recursive: true, mode: 0o700 });
     const manifest = {
-      name: plugin.name,
+      name: plugin.manifestName ?? plugin.name,
       version: '0.0.1',
       description: 'Hostile plugin from the red-team corpus.',
       main: 'main.js',
-      tools: plugin.tools.map((t) => ({ name: t.name, description: t.description || t.name, inputSchema: { type: 'object' } })),
+      tools: plugin.tools.map((t) => ({ name: t.name, description: t.description || t.name, inputSchema: t.input_schema ?? { type: 'object' } })),
       capabilities: Object.fromEntries(
         (plugin.capabilities ?? []).map((c) => {
           if (c !== 'kv' && c !== 'log') throw new Error(`plugin ${plugin.name}: the red team can only ask for kv or log, not ${c}`);
           return [c, {}];
         }),
       ),
-      limits: { ...REDTEAM_PLUGIN_LIMITS },
+      limits: { ...REDTEAM_PLUGIN_LIMITS, ...(plugin.wallMs !== undefined ? { wall_ms: plugin.wallMs } : {}) },
     };
     await writeFile(path.join(pluginDir, 'plugin.json'), JSON.stringify(manifest, null, 2));
     await writeFile(path.join(pluginDir, 'main.js'), plugin.code);
-    entries.push({ dir: pluginDir, hash: await pluginHash(pluginDir), name: plugin.name });
+    entries.push({
+      dir: pluginDir,
+      hash: await pluginHash(pluginDir),
+      ...(plugin.manifestName ? {} : { name: plugin.name }),
+      grants: Object.fromEntries((plugin.grants ?? []).map((grant) => [grant, true])),
+    });
   }
   return entries;
 }
@@ -178,7 +198,7 @@ function asObject(value: unknown): Record<string, unknown> {
 export function targetDocument(
   options: LaunchOptions,
   dir: string,
-  plugins: { dir: string; hash: string; name: string }[] = [],
+  plugins: PluginEntry[] = [],
   signIn?: { upstream: Record<string, unknown>; grantsData: string },
 ): Record<string, unknown> {
   const base = asObject(options.base);
@@ -211,6 +231,9 @@ export function targetDocument(
     connectors,
     // The operator's plugins, if any, plus the corpus's hostile ones.
     plugins: [...(Array.isArray(base.plugins) ? (base.plugins as unknown[]) : []), ...plugins],
+    // One sandbox process unless the operator set how many: every plugin then shares it, so a plugin
+    // that stalls its process (a catastrophic schema pattern) is seen stalling the others too.
+    sandbox: { processes: 1, ...asObject(base.sandbox) },
     defenses_off: options.defensesOff,
     // The authorization server signs the victim in at the red team's IdP; its group gets the rec tools.
     ...(signIn

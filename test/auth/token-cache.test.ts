@@ -31,7 +31,7 @@ let state: StateStore;
 beforeAll(async () => {
   dir = await mkdtemp(path.join(tmpdir(), 'bastion-token-cache-'));
   key = await generateSigningKey();
-  state = await openEmbeddedState(path.join(dir, 'state.jsonl'));
+  state = await openEmbeddedState(path.join(dir, 'state.db'));
 });
 afterAll(async () => {
   await state?.close();

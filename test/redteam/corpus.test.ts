@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { decodeJwt, decodeProtectedHeader } from 'jose';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseConfig } from '../../broker/config.ts';
@@ -14,7 +14,7 @@ import { forgeToken } from '../../broker/redteam/forge.ts';
 import { htmlReport, terminalReport } from '../../broker/redteam/report.ts';
 import { findingsOf, type CampaignResult, type ConfigurationResult } from '../../broker/redteam/run.ts';
 import { fillPlaceholders } from '../../broker/redteam/steps.ts';
-import { createRedteamIssuer } from '../../broker/redteam/target.ts';
+import { createRedteamIssuer, materializePlugins } from '../../broker/redteam/target.ts';
 import { defenseOf, quotaAllowance } from '../../broker/redteam/verdict.ts';
 
 describe('the shipped corpus', () => {
@@ -33,6 +33,7 @@ describe('the shipped corpus', () => {
       'result_injection',
       'secret_leak',
       'plugin_sandbox',
+      'plugin_overreach',
       'flood',
     ]) {
       expect(ids).toContain(id);
@@ -80,6 +81,40 @@ describe('corpus format refusals', () => {
       minimal(`  - id: p1\n    description: d\n    steps: [{ install_plugin: { name: h, code: "tools.x = () => 1", tools: [{ name: x }] } }]\n    success: { broker_degraded: {} }\n`),
     );
     await expect(loadCorpus([dir])).rejects.toThrow(/requires: \[plugins\]/);
+  });
+
+  it('refuses kv granted to a plugin installed without a configured name (a configuration Bastion itself refuses)', () => {
+    expect(() =>
+      parseClassFile(
+        minimal(
+          `  - id: p1\n    description: d\n    requires: [plugins]\n    steps: [{ install_plugin: { name: h, manifest_name: other, grants: [kv], code: "tools.x = () => 1", tools: [{ name: x }] } }]\n    success: { broker_degraded: {} }\n`,
+        ),
+        'p.yaml',
+      ),
+    ).toThrow(/grants: a plugin configured without a name cannot be granted kv/);
+  });
+
+  it('writes each plugin out as the operator would configure it: its own name and grants, or, with manifest_name, no name and that name in the manifest', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'bastion-corpus-plugins-'));
+    try {
+      const code = 'tools.x = () => 1;';
+      const tools = [{ name: 'x', description: 'x' }];
+      const entries = await materializePlugins(
+        [
+          { name: 'victim', tools, code, capabilities: ['kv'], grants: ['kv'] },
+          { name: 'impostor', manifestName: 'victim', tools, code, capabilities: ['kv'] },
+        ],
+        dir,
+      );
+      expect(entries).toEqual([
+        { dir: path.join(dir, 'plugins/victim'), hash: expect.stringMatching(/^sha256:/), name: 'victim', grants: { kv: true } },
+        { dir: path.join(dir, 'plugins/impostor'), hash: expect.stringMatching(/^sha256:/), grants: {} },
+      ]);
+      const manifest = JSON.parse(await readFile(path.join(dir, 'plugins/impostor/plugin.json'), 'utf8')) as { name: string; capabilities: unknown };
+      expect(manifest).toMatchObject({ name: 'victim', capabilities: { kv: {} } });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('refuses two different plugins under one name (every plugin is installed on every broker)', async () => {
@@ -134,6 +169,7 @@ describe('verdict helpers', () => {
     expect(defenseOf({ stage: 'authenticate', code: 'BASTION_TOKEN_EXPIRED' })).toBe('tokens');
     expect(defenseOf({ stage: 'authorize', code: 'BASTION_DELEGATION_REFUSED' })).toBe('delegation');
     expect(defenseOf({ stage: 'resolve', code: 'BASTION_TOOL_QUARANTINED' })).toBe('pins');
+    expect(defenseOf({ stage: 'resolve', code: 'BASTION_PLUGIN_NAME_TAKEN' })).toBe('plugin_identity');
     expect(defenseOf({ stage: 'resolve', code: 'BASTION_TOOL_BLOCKED' })).toBe('filters');
     expect(defenseOf({ stage: 'limit', code: 'BASTION_RATE_LIMITED' })).toBe('quotas');
     expect(defenseOf({ stage: 'admit', code: 'BASTION_SESSION_INVALID' })).toBe('front_door');

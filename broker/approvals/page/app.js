@@ -1,6 +1,8 @@
 // The approval page. Everything shown comes from agents and is attacker
-// controlled, so it is only ever inserted with textContent, never as HTML.
-'use strict';
+// controlled, so it is only ever inserted with textContent, never as HTML,
+// and always through reveal(): characters that hide or reorder text are
+// shown as marked escapes, so what the approver reads is what will run.
+import { revealSegments } from './reveal.js';
 
 const state = { csrf: '', me: '', pending: [], history: [] };
 const $ = (id) => document.getElementById(id);
@@ -17,6 +19,23 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
+/**
+ * Agent- or upstream-supplied text as a span: plain runs as text nodes, each
+ * hidden character as a marked escape (\u202E) naming it. `tally.hidden`
+ * counts the marks, for the request's warning.
+ */
+function reveal(text, { multiline = false, tally } = {}) {
+  const span = el('span', { class: 'revealed' });
+  for (const segment of revealSegments(String(text), multiline)) {
+    if (typeof segment === 'string') span.append(segment);
+    else {
+      span.append(el('mark', { class: 'hidden-char', title: segment.description, text: segment.escape }));
+      if (tally) tally.hidden++;
+    }
+  }
+  return span;
+}
+
 async function api(path, options = {}) {
   const response = await fetch(path, {
     credentials: 'same-origin',
@@ -30,7 +49,7 @@ async function api(path, options = {}) {
 
 const LONG = 400;
 /** Pretty JSON with long string values folded behind a disclosure. */
-function renderArguments(args) {
+function renderArguments(args, tally) {
   const container = el('div');
   const folded = [];
   const text = JSON.stringify(
@@ -44,9 +63,16 @@ function renderArguments(args) {
     },
     2,
   );
-  container.append(el('pre', { class: 'args', text }));
+  container.append(el('pre', { class: 'args' }, reveal(text, { multiline: true, tally })));
   for (const { key, value } of folded) {
-    container.append(el('details', { class: 'fold' }, el('summary', { text: `full value of "${key}" (${value.length} characters)` }), el('pre', { class: 'args', text: value })));
+    container.append(
+      el(
+        'details',
+        { class: 'fold' },
+        el('summary', {}, 'full value of "', reveal(key), `" (${value.length} characters)`),
+        el('pre', { class: 'args' }, reveal(value, { multiline: true })),
+      ),
+    );
   }
   return container;
 }
@@ -56,8 +82,24 @@ function timeLeft(iso) {
   return seconds >= 60 ? `${Math.floor(seconds / 60)} min ${seconds % 60} s left` : `${seconds} s left`;
 }
 
+/** The request's warning when it hides characters: where, and which. */
+function hiddenWarning(call, tally) {
+  const findings = call.hidden_characters || [];
+  if (findings.length === 0 && tally.hidden === 0) return null;
+  const list = el('ul');
+  for (const finding of findings) list.append(el('li', {}, reveal(finding.where), finding.characters.length ? `: ${finding.characters.join(', ')}` : ''));
+  return el(
+    'div',
+    { class: 'warning', role: 'note' },
+    el('strong', { text: 'Hidden characters. ' }),
+    'This request contains characters that are invisible or change the direction of text. Each is shown marked, as its escape (for example \\u202E); the text may not read the way it will run.',
+    findings.length ? list : null,
+  );
+}
+
 function renderCard(call) {
   const chain = call.principal.act.map((a) => a.sub);
+  const tally = { hidden: 0 };
   const approvals = call.decisions.filter((d) => d.decision === 'approve').length;
   const reason = el('input', { type: 'text', placeholder: 'Reason (required to deny)', 'aria-label': 'Reason', maxlength: '2000' });
   const status = el('span', { class: 'error', role: 'alert' });
@@ -90,22 +132,24 @@ function renderCard(call) {
     el(
       'div',
       { class: 'row' },
-      el('span', { class: 'tool', text: call.tool }),
+      el('span', { class: 'tool' }, reveal(call.tool, { tally })),
       el('span', { class: `badge ${call.risk === 'high' ? 'high' : ''}`, text: `${call.risk} risk` }),
-      el('span', { class: 'badge', text: `connector ${call.connector}` }),
+      el('span', { class: 'badge' }, 'connector ', reveal(call.connector, { tally })),
       call.owner_alive === false ? el('span', { class: 'badge gone', text: 'agent disconnected: approving will not run it' }) : null,
       clock,
     ),
     el(
       'div',
       { class: 'meta' },
-      `agent ${call.principal.sub}`,
-      chain.length ? ` · delegated by ${chain.join(' ← ')}` : '',
-      ` · issuer ${call.principal.iss}`,
+      'agent ',
+      reveal(call.principal.sub, { tally }),
+      ...(chain.length ? [' · delegated by ', ...chain.flatMap((sub, i) => (i ? [' ← ', reveal(sub, { tally })] : [reveal(sub, { tally })]))] : []),
+      ' · issuer ',
+      reveal(call.principal.iss, { tally }),
       ` · approvals ${approvals}/${call.quorum}`,
     ),
-    el('ul', { class: 'reasons' }, ...[call.approval_reason, ...call.reasons].filter(Boolean).map((r) => el('li', { text: r }))),
-    renderArguments(call.arguments),
+    el('ul', { class: 'reasons' }, ...[call.approval_reason, ...call.reasons].filter(Boolean).map((r) => el('li', {}, reveal(r, { tally })))),
+    renderArguments(call.arguments, tally),
     el('div', { class: 'meta', text: `call ${call.call_hash}` }),
     el(
       'div',
@@ -116,6 +160,9 @@ function renderCard(call) {
       status,
     ),
   );
+  // Placed after the row, once everything shown has been revealed (and counted).
+  const warning = hiddenWarning(call, tally);
+  if (warning) card.insertBefore(warning, card.children[1]);
   card._decide = decide;
   card._reason = reason;
   return card;
@@ -134,8 +181,12 @@ function render() {
         'li',
         {},
         el('span', { class: call.status, text: call.status }),
-        ` · ${call.tool} · ${call.principal.sub}`,
-        call.outcome ? ` · ${call.outcome}` : '',
+        ' · ',
+        reveal(call.tool),
+        ' · ',
+        reveal(call.principal.sub),
+        ...(call.outcome ? [' · ', reveal(call.outcome)] : []),
+        (call.hidden_characters || []).length ? el('span', { class: 'badge gone', text: 'hidden characters' }) : null,
         ` · ${new Date(call.created_at).toLocaleString()}`,
       ),
     ),
@@ -187,7 +238,7 @@ async function start() {
   }
   state.csrf = session.csrf;
   state.me = session.sub;
-  $('who').textContent = `signed in as ${session.sub}${session.roles.length ? ` (${session.roles.join(', ')})` : ''}`;
+  $('who').replaceChildren('signed in as ', reveal(session.sub), session.roles.length ? ` (${session.roles.join(', ')})` : '');
   $('signin').hidden = true;
   $('queue').hidden = false;
   // Subscribe first, and refresh once the stream is open (and after every reconnect),
