@@ -53,7 +53,12 @@ interface LiveSession {
   subscriptions: Set<string>;
 }
 
-/** The agent sessions connected right now, for notifications that fan out. */
+/**
+ * Every agent session's MCP server, from the moment a front door builds it
+ * until it closes: for notifications that fan out, and the
+ * bastion_sessions_open gauge. A front door closes every server it builds
+ * (a failed initialize included), so nothing stays here past its session.
+ */
 export class SessionHub {
   private readonly sessions = new Map<string, LiveSession>();
 

@@ -147,6 +147,8 @@ const RawStep = z.strictObject({
   /** A JSON-RPC message (or any JSON); placeholders are filled in. */
   body: z.unknown(),
   headers: z.record(z.string(), z.string()).default({}),
+  /** Sends the same request this many times, one after another (e.g. requests that must leave nothing behind). */
+  repeat: z.number().int().positive().max(1_000).default(1),
 });
 
 const FloodStep = z.strictObject({
@@ -269,6 +271,12 @@ export const PredicateSchema = z.union([
   z.strictObject({ agent_starved: z.strictObject({ pattern: z.string().min(1), flags: z.string().regex(/^[imsu]*$/).default('') }) }),
   /** An audit record of a call of this tool, written during the attempt, is longer than `bytes` (canonical JSON). */
   z.strictObject({ audit_record_over: z.strictObject({ tool: ToolName, bytes: z.number().int().positive() }) }),
+  /**
+   * The broker holds at least `min` more live MCP sessions (its bastion_sessions_open gauge) once
+   * the attempt is over and its own clients have closed their sessions than before it began: the
+   * attack left sessions behind that nothing will close.
+   */
+  z.strictObject({ sessions_grew: z.strictObject({ min: z.number().int().positive().default(1) }) }),
 ]);
 export type Predicate = z.infer<typeof PredicateSchema>;
 

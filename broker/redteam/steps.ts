@@ -405,16 +405,26 @@ export class Attempt {
         if (!session) throw new StepSkipped(`no session named "${spec.session}"`);
         headers['mcp-session-id'] = session.session;
       }
-      const response = await rawPost(this.target.url, spec.body, headers);
-      const result = (response.body as { result?: CallToolResult } | undefined)?.result;
-      const refusal = refusalIn(response.body, response.status);
-      if (result?.content) this.received.push(receivedText(result));
-      const ok = response.status < 400 && !refusal && !(response.body as { error?: unknown } | undefined)?.error && !result?.isError;
+      // Repeated requests are recorded as one step: it went through if any did; the first refusal names the defense.
+      let ok = false;
+      let firstRefusal: Refusal | undefined;
+      const statuses: Record<number, number> = {};
+      for (let i = 0; i < spec.repeat; i++) {
+        const response = await rawPost(this.target.url, spec.body, headers);
+        statuses[response.status] = (statuses[response.status] ?? 0) + 1;
+        const result = (response.body as { result?: CallToolResult } | undefined)?.result;
+        const refusal = refusalIn(response.body, response.status);
+        if (result?.content) this.received.push(receivedText(result));
+        const through = response.status < 400 && !refusal && !(response.body as { error?: unknown } | undefined)?.error && !result?.isError;
+        ok ||= through;
+        firstRefusal ??= refusal ?? (!through ? { stage: 'http', code: `HTTP_${response.status}`, reason: response.text.slice(0, 200), status: response.status } : undefined);
+      }
       this.note({
         kind: 'raw',
         setup,
         ok,
-        ...(refusal ? { refusal } : !ok ? { refusal: { stage: 'http', code: `HTTP_${response.status}`, reason: response.text.slice(0, 200), status: response.status } } : {}),
+        ...(firstRefusal && !ok ? { refusal: firstRefusal } : {}),
+        ...(spec.repeat > 1 ? { note: `${spec.repeat} requests, answered ${Object.entries(statuses).map(([status, n]) => `${status} ×${n}`).join(', ')}` } : {}),
       });
       return;
     }

@@ -80,6 +80,8 @@ export interface Target {
   /** Calls each upstream received (after `since`, when given), in the order each received them. */
   upstreamCalls(since?: UpstreamMark): Promise<UpstreamCall[]>;
   auditRecords(): Promise<AuditRecord[]>;
+  /** The broker's live MCP sessions now, from its bastion_sessions_open gauge; throws when /metrics cannot be read. */
+  liveSessions(): Promise<number>;
   /** What the broker wrote on stderr (its logs), for diagnosing a failed start. */
   stderr(): string;
   stop(): Promise<void>;
@@ -273,6 +275,8 @@ export async function launchTarget(options: LaunchOptions): Promise<Target> {
   const config = parseConfig(document, `red-team configuration ${options.name}`);
   const configFile = path.join(dir, 'bastion.yaml');
   await writeFile(configFile, YAML.stringify(document));
+  // The operator's scrape token, if /metrics needs one (the live-session count is read there).
+  const scrapeToken = config.server.metrics_token_file ? (await readFile(config.server.metrics_token_file, 'utf8')).trim() : undefined;
 
   const child = spawn(process.execPath, [CLI, 'start', '--config', configFile], {
     cwd: PROJECT_ROOT,
@@ -353,6 +357,12 @@ export async function launchTarget(options: LaunchOptions): Promise<Target> {
       return all;
     },
     auditRecords: () => readLines<AuditRecord>(path.join(dir, 'audit.jsonl')),
+    async liveSessions() {
+      const response = await fetch(`${origin}/metrics`, { headers: scrapeToken ? { authorization: `Bearer ${scrapeToken}` } : {} });
+      const value = /^bastion_sessions_open (\S+)$/m.exec(await response.text())?.[1];
+      if (response.status !== 200 || value === undefined) throw new Error(`cannot read bastion_sessions_open from ${origin}/metrics (HTTP ${response.status})`);
+      return Number(value);
+    },
     stderr: () => stderr,
     stop: () => terminate(child),
   };

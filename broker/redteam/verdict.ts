@@ -104,6 +104,10 @@ export interface Evidence {
   config: Config;
   /** Probes the broker's health endpoint; resolves to the answer time, or undefined when it did not answer. */
   health: (timeoutMs: number) => Promise<number | undefined>;
+  /** The broker's live MCP sessions before the attempt (read only for cases that judge by them). */
+  sessionsBefore?: number | undefined;
+  /** Reads the broker's live MCP sessions now (bastion_sessions_open); throws when it cannot. */
+  liveSessions: () => Promise<number>;
 }
 
 async function holds(predicate: Predicate, attempt: Attempt, evidence: Evidence): Promise<{ holds: boolean; evidence: string }> {
@@ -146,6 +150,15 @@ async function holds(predicate: Predicate, attempt: Attempt, evidence: Evidence)
     const name = predicate.call_unbounded.call;
     const hit = attempt.unanswered.has(name);
     return { holds: hit, evidence: hit ? `${name} was still running when the agent stopped waiting` : `${name} ended (or was never started) before the agent stopped waiting` };
+  }
+  if ('sessions_grew' in predicate) {
+    if (evidence.sessionsBefore === undefined) throw new Error('the live session count was not read before the attempt');
+    const after = await evidence.liveSessions();
+    const grew = after - evidence.sessionsBefore;
+    return {
+      holds: grew >= predicate.sessions_grew.min,
+      evidence: `the broker held ${evidence.sessionsBefore} live sessions before the attempt and ${after} after it (${grew >= 0 ? '+' : ''}${grew})`,
+    };
   }
   if ('broker_degraded' in predicate) {
     const answeredIn = await evidence.health(predicate.broker_degraded.ms);

@@ -35,6 +35,7 @@ describe('the shipped corpus', () => {
       'plugin_sandbox',
       'plugin_overreach',
       'flood',
+      'session_exhaustion',
     ]) {
       expect(ids).toContain(id);
     }
@@ -63,7 +64,17 @@ describe('corpus format refusals', () => {
     expect(parsed.cases[0]!.steps[1]).toEqual({ call: { token: 'a', tool: 'rec__echo', arguments: { text: 'hi' } }, setup: false });
   });
 
+  it('accepts a repeated raw request judged by the live session count', () => {
+    const parsed = parseClassFile(
+      minimal(`  - id: c1\n    description: d\n    steps:\n      - raw: { body: { jsonrpc: "2.0", id: 1, method: initialize }, headers: { accept: application/json }, repeat: 40 }\n    success: { sessions_grew: {} }\n`),
+      'x.yaml',
+    );
+    expect(parsed.cases[0]!.steps[0]).toMatchObject({ raw: { repeat: 40, headers: { accept: 'application/json' } } });
+    expect(parsed.cases[0]!.success).toEqual({ sessions_grew: { min: 1 } });
+  });
+
   it.each([
+    ['a raw request repeated more than 1,000 times', `  - id: c1\n    description: d\n    steps: [{ raw: { body: {}, repeat: 1001 } }]\n    success: { sessions_grew: {} }\n`],
     ['an unknown step kind', `  - id: c1\n    description: d\n    steps: [{ shell: { cmd: id } }]\n    success: { upstream_called: { tool: t } }\n`],
     ['two kinds in one step', `  - id: c1\n    description: d\n    steps: [{ sleep: { ms: 1 }, list_tools: { token: a } }]\n    success: { upstream_called: { tool: t } }\n`],
     ['a missing success predicate', `  - id: c1\n    description: d\n    steps: [{ sleep: { ms: 1 } }]\n`],

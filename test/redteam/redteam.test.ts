@@ -152,6 +152,9 @@ describe('bastion redteam --quick against the default configuration', () => {
     expect(stoppers('result_injection')).toContain('filters (flagged');
     expect(stoppers('flood')).toContain('quotas (BASTION_RATE_LIMITED)');
     expect(stoppers('payload_bomb')).toContain('front_door (BASTION_REQUEST_INVALID)');
+    // Refused at the door before any session work, so the broker's live session count stays put.
+    expect(stoppers('session_exhaustion')).toBe('front_door (BASTION_REQUEST_INVALID)');
+    for (const attempt of full.attempts.filter((a) => a.class === 'session_exhaustion')) expect(attempt.evidence, attempt.case).toMatch(/live sessions before the attempt and \d+ after it \(\+0\)/);
     expect(stoppers('plugin_sandbox')).toMatch(/^(sandbox_limits \(SANDBOX_[A-Z_]+\) ?)+$/);
     expect(Object.keys(cell('plugin_overreach', 'full')!.stopped_by).sort()).toEqual(['plugin_identity (BASTION_PLUGIN_NAME_TAKEN)', 'sandbox_limits (SANDBOX_CAPABILITY_DENIED)']);
     expect(stoppers('authorization_server')).toMatch(/^(authorization_server \(invalid_[a-z_]+\) ?)+$/);
