@@ -18,6 +18,7 @@ import { BUNDLE_ALGORITHMS } from './policy/signature.ts';
 import { DescriptorCheckConfigSchema } from './filters/descriptor.ts';
 import { ResultFilterConfigSchema } from './filters/result.ts';
 import { LimitsConfigSchema } from './limits.ts';
+import { IdentityConfigSchema, resolveIdentityPaths } from './identity/config.ts';
 import { KV_DEFAULTS } from '../sandboxes/capabilities/kv.ts';
 import { refusedClaims } from './source-names.ts';
 
@@ -265,6 +266,8 @@ export const ConfigSchema = z.strictObject({
     })
     .prefault({}),
   policy: PolicyConfigSchema.prefault({}),
+  /** Bastion as the MCP authorization server, signing users in at the organisation's IdP (broker/identity/config.ts). */
+  identity: IdentityConfigSchema.prefault({}),
   audit: z
     .strictObject({
       /** Defaults to <state_dir>/audit.jsonl. */
@@ -424,5 +427,6 @@ export async function loadConfig(file: string | undefined): Promise<Config> {
     if (connector.transport === 'stdio' && connector.cwd) connector.cwd = resolve(connector.cwd);
   }
   for (const plugin of config.plugins ?? []) plugin.dir = resolve(plugin.dir);
+  resolveIdentityPaths(config.identity, resolve);
   return config;
 }

@@ -44,11 +44,13 @@ export function tempDir(prefix = 'bastion-policy-'): { dir: string; cleanup: () 
   return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-/** A copy of the default policy and its tests in `dir` (a Rego source directory). */
+/** A copy of the default policy (decision and grants) and its tests in `dir` (a Rego source directory). */
 export function copyDefaultPolicy(dir: string): void {
   mkdirSync(dir, { recursive: true });
   cpSync(path.join(POLICIES, 'bastion.rego'), path.join(dir, 'bastion.rego'));
   cpSync(path.join(POLICIES, 'bastion_test.rego'), path.join(dir, 'bastion_test.rego'));
+  cpSync(path.join(POLICIES, 'grants.rego'), path.join(dir, 'grants.rego'));
+  cpSync(path.join(POLICIES, 'grants_test.rego'), path.join(dir, 'grants_test.rego'));
 }
 
 export function opa(args: string[], cwd?: string): string {
@@ -71,7 +73,7 @@ export function buildBundle(
 }
 
 /** Writes `rego` into a fresh source dir and compiles it; returns the module bytes. */
-export function compileRego(workDir: string, name: string, rego: string, options: { entrypoint?: string; capabilities?: boolean } = {}): Uint8Array {
+export function compileRego(workDir: string, name: string, rego: string, options: { entrypoint?: string; capabilities?: boolean; extra?: string[] } = {}): Uint8Array {
   const src = path.join(workDir, name);
   mkdirSync(src, { recursive: true });
   writeFileSync(path.join(src, 'policy.rego'), rego);
