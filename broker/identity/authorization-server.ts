@@ -32,7 +32,7 @@
 import { randomBytes } from 'node:crypto';
 import express, { type Express, type NextFunction, type Request, type Response } from 'express';
 import { createLocalJWKSet, type JWK } from 'jose';
-import Provider, { errors, interactionPolicy, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
+import Provider, { errors, interactionPolicy, type ClientMetadata, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
 import { readFile } from 'node:fs/promises';
 import { ensureAuthorizationServerKey, readJwksFile } from '../auth/keys.ts';
 import { revoke, subjectRevoked } from '../auth/revocation.ts';
@@ -43,15 +43,19 @@ import { metadataDocumentFetch } from './client-metadata.ts';
 import { GrantRecords } from './grant-records.ts';
 import { issueFromConsent } from './grants/authorization-code.ts';
 import { reissueOnRefresh } from './grants/refresh-token.ts';
-import { issuanceOf } from './issuance.ts';
+import { issuanceIfAny, issuanceOf } from './issuance.ts';
 import { interactionRoutes } from './interactions.ts';
 import { errorPage, sendPage } from './pages.ts';
 import { connectUpstream, type UpstreamIdp } from './upstream.ts';
 import { UpstreamIdpSchema } from './config.ts';
 import { mountDevIdp, type DevIdp } from './dev-idp.ts';
+import { RESOURCE_SCOPE, resourceServerInfo } from './resource-server.ts';
+import { lazily, workloadIssuers } from './trusted-issuers.ts';
+import { CLI_CLIENT_ID, TOKEN_EXCHANGE, TOKEN_EXCHANGE_PARAMETERS, tokenExchangeGrant } from './grants/token-exchange.ts';
+import type { HeadlessDeps } from './headless-token.ts';
+import type { StaticClientSchema } from './config.ts';
+import type { z } from 'zod';
 
-/** The scope of the broker's resource; MCP clients may ask for it or for nothing. */
-export const RESOURCE_SCOPE = 'mcp';
 const MOUNT = '/oauth';
 
 export interface IdentityServer {
@@ -78,17 +82,6 @@ async function cookieKeys(broker: Broker): Promise<string[]> {
   return [keys];
 }
 
-/** Memoizes a connection attempt; a failed one is retried on the next call. */
-function lazily<T>(connect: () => Promise<T>): () => Promise<T> {
-  let pending: Promise<T> | undefined;
-  return () => {
-    pending ??= connect().catch((error: unknown) => {
-      pending = undefined;
-      throw error;
-    });
-    return pending;
-  };
-}
 
 export async function mountIdentity(app: Express, broker: Broker, options: MountOptions): Promise<IdentityServer | undefined> {
   const { config, log, state } = broker;
@@ -107,7 +100,10 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
   const records = new GrantRecords(state);
   const redirectUri = `${issuer}${MOUNT}/callback`;
   // The development IdP only ever stands in for the embedded default, never beside a real configuration.
-  const devIdp = !options.upstream && !settings.upstream && config.auth.issuers.length === 0 ? await mountDevIdp(app, { origin: issuer, bastionCallback: redirectUri, state }) : undefined;
+  const devIdp =
+    !options.upstream && !settings.upstream && config.auth.issuers.length === 0 && settings.token_exchange.issuers.length === 0
+      ? await mountDevIdp(app, { origin: issuer, bastionCallback: redirectUri, state })
+      : undefined;
   const upstreamConfig =
     settings.upstream ?? (devIdp ? UpstreamIdpSchema.parse({ issuer: devIdp.issuer, client_id: devIdp.clientId, scopes: ['openid', 'email', 'profile', 'groups', 'offline_access'] }) : undefined);
   const upstream =
@@ -117,18 +113,12 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
       return connectUpstream(upstreamConfig, { redirectUri, ...(devIdp ? { clientSecret: devIdp.clientSecret } : {}) });
     });
   const maxTtlMs = config.auth.max_ttl;
-  const staticClients = await Promise.all(
-    settings.clients.map(async (client) => ({
-      client_id: client.client_id,
-      ...(client.client_name ? { client_name: client.client_name } : {}),
-      redirect_uris: client.redirect_uris,
-      grant_types: ['authorization_code', 'refresh_token'],
-      response_types: ['code'],
-      ...(client.client_secret_file
-        ? { token_endpoint_auth_method: 'client_secret_basic', client_secret: (await readFile(client.client_secret_file, 'utf8')).trim() }
-        : { token_endpoint_auth_method: 'none' }),
-    })),
-  );
+  const staticClients: ClientMetadata[] = await Promise.all(settings.clients.map(clientMetadata));
+  const tokenExchange = settings.token_exchange.issuers.length > 0;
+  // Bastion's own public client for token exchange: the subject token is the credential.
+  if (tokenExchange && settings.token_exchange.cli_client) {
+    staticClients.push({ client_id: CLI_CLIENT_ID, client_name: 'Bastion CLI (token exchange)', grant_types: [TOKEN_EXCHANGE], response_types: [], redirect_uris: [], token_endpoint_auth_method: 'none' });
+  }
 
   let provider: Provider;
   /** Ends a token family: the grant, its refresh tokens, and (through the adapter) the access tokens already out. */
@@ -160,7 +150,7 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
     }),
     clients: staticClients,
     clientDefaults: { grant_types: ['authorization_code', 'refresh_token'], response_types: ['code'], token_endpoint_auth_method: 'none', id_token_signed_response_alg: alg },
-    clientAuthMethods: ['none', 'client_secret_basic', 'client_secret_post'],
+    clientAuthMethods: ['none', 'client_secret_basic', 'client_secret_post', 'private_key_jwt'],
     jwks: { keys: [key.privateJwk as JWK & { kty: string }] } as Configuration['jwks'],
     cookies: {
       // Own names: cookies ignore ports, and an IdP on the same host (the development IdP) uses the library's defaults.
@@ -208,13 +198,7 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
         // checkResourceIsOurs
         getResourceServerInfo: (_ctx: KoaContextWithOIDC, indicator: string) => {
           if (indicator !== resource) throw new errors.InvalidTarget(`this authorization server only issues tokens for ${resource}`);
-          return {
-            scope: RESOURCE_SCOPE,
-            audience: resource,
-            accessTokenFormat: 'jwt',
-            accessTokenTTL: Math.max(1, Math.floor(maxTtlMs / 1000)),
-            jwt: { sign: { alg, kid: key.privateJwk.kid } },
-          };
+          return resourceServerInfo({ resource, maxTtlMs, alg, kid: key.privateJwk.kid });
         },
       },
     } as Configuration['features'],
@@ -235,9 +219,9 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
     expiresWithSession: async () => false,
     extraTokenClaims: async (ctx: KoaContextWithOIDC, token: { kind: string; grantId?: string; jti: string }) => {
       if (token.kind !== 'AccessToken') return undefined;
-      const { cap, ttlMs } = issuanceOf(ctx);
+      const { cap, ttlMs, act } = issuanceOf(ctx);
       if (token.grantId) await records.noteAccessToken(token.grantId, { jti: token.jti, exp: Math.floor((Date.now() + ttlMs) / 1000) }, settings.refresh_max_age);
-      return { cap };
+      return act ? { cap, act } : { cap };
     },
     formats: {
       customizers: {
@@ -291,6 +275,20 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
   } as Configuration;
 
   provider = new Provider(issuer, configuration);
+  // The headless grants, one module each, on the library's token endpoint (client authentication, parameters, errors).
+  const headless: HeadlessDeps = {
+    resource,
+    issuer,
+    policy: () => broker.policy.current(),
+    state,
+    maxTtlMs,
+    configuredClients: new Map(settings.clients.map((client) => [client.client_id, client.grant_types])),
+    resourceServer: () => new provider.ResourceServer(resource, resourceServerInfo({ resource, maxTtlMs, alg, kid: key.privateJwk.kid })),
+  };
+  if (tokenExchange) {
+    const issuers = workloadIssuers(settings.token_exchange.issuers, { resource, minRefreshMs: config.auth.jwks_min_refresh });
+    provider.registerGrantType(TOKEN_EXCHANGE, tokenExchangeGrant({ ...headless, issuers, clockSkewMs: config.auth.clock_skew }), TOKEN_EXCHANGE_PARAMETERS);
+  }
   // URLs in metadata and redirects come from the configured resource, never from a client's Host header.
   provider.proxy = true;
   const forwarded = (req: Request, _res: Response, next: NextFunction) => {
@@ -351,6 +349,29 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
   };
 }
 
+const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
+/** The library's grant type for each grant a configured client may use. */
+const GRANT_TYPE_NAMES = { authorization_code: 'authorization_code', refresh_token: 'refresh_token', token_exchange: TOKEN_EXCHANGE, client_credentials: 'client_credentials', jwt_bearer: JWT_BEARER } as const;
+
+/** A configured client (identity.clients) as the library's client metadata. */
+async function clientMetadata(client: z.infer<typeof StaticClientSchema>): Promise<ClientMetadata> {
+  const signsIn = client.grant_types.includes('authorization_code');
+  return {
+    client_id: client.client_id,
+    ...(client.client_name ? { client_name: client.client_name } : {}),
+    redirect_uris: client.redirect_uris,
+    grant_types: client.grant_types.map((grant) => GRANT_TYPE_NAMES[grant]),
+    response_types: signsIn ? ['code'] : [],
+    ...(client.client_secret_file
+      ? { token_endpoint_auth_method: 'client_secret_basic', client_secret: (await readFile(client.client_secret_file, 'utf8')).trim() }
+      : client.jwks_file
+        ? { token_endpoint_auth_method: 'private_key_jwt', jwks: await readJwksFile(client.jwks_file) }
+        : client.jwks_uri
+          ? { token_endpoint_auth_method: 'private_key_jwt', jwks_uri: client.jwks_uri }
+          : { token_endpoint_auth_method: 'none' }),
+  };
+}
+
 /** limitRegistration: DCR's operator limits, before the library registers anything. */
 function limitRegistration(broker: Broker, limits: Broker['config']['identity']['registration'], audit: OAuthAudit) {
   return async (req: Request, res: Response, next: NextFunction) => {
@@ -406,6 +427,7 @@ function attachAudit(provider: Provider, audit: OAuthAudit, issuer: string, log:
   });
   provider.on('grant.success', (ctx: KoaContextWithOIDC) => {
     const at = ctx.oidc.entities.AccessToken as { jti?: string; accountId?: string; grantId?: string; exp?: number; extra?: { cap?: { tool: string }[] } } | undefined;
+    const headless = issuanceIfAny(ctx)?.audit;
     // The principal of the record is the token issued: its subject, this issuer.
     record(ctx, 'oauth/token', 'ok', {
       sub: at?.accountId,
@@ -417,6 +439,7 @@ function attachAudit(provider: Provider, audit: OAuthAudit, issuer: string, log:
       exp: at?.exp,
       tools: at?.extra?.cap?.map((c) => c.tool),
       refresh_token_issued: Boolean(ctx.oidc.entities.RefreshToken),
+      ...headless,
     });
   });
   provider.on('grant.revoked', (ctx: KoaContextWithOIDC, grantId: string) => record(ctx, 'oauth/revoke', 'info', { grant: grantId, family_revoked: true }));

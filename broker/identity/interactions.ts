@@ -238,7 +238,7 @@ export function interactionRoutes(options: InteractionOptions): Router {
         clientId: consent.client.id,
         clientName: consent.client.name,
         redirectUri: consent.client.redirect_uri ?? '',
-        registration: { static: 'configured on this broker', dynamic: 'registered itself (DCR)', metadata_document: 'metadata document at its client id URL' }[consent.client.registration],
+        registration: { static: 'configured on this broker', dynamic: 'registered itself (DCR)', metadata_document: 'metadata document at its client id URL', builtin: "Bastion's own client" }[consent.client.registration],
         user: consent.identity.email ?? consent.identity.sub,
         cap: consent.cap,
         ttl: consent.ttlMs >= 120_000 ? `${Math.round(consent.ttlMs / 60_000)} minutes` : `${Math.round(consent.ttlMs / 1000)} seconds`,
