@@ -53,6 +53,8 @@ import { RESOURCE_SCOPE, resourceServerInfo } from './resource-server.ts';
 import { lazily, workloadIssuers } from './trusted-issuers.ts';
 import { CLI_CLIENT_ID, TOKEN_EXCHANGE, TOKEN_EXCHANGE_PARAMETERS, tokenExchangeGrant } from './grants/token-exchange.ts';
 import type { HeadlessDeps } from './headless-token.ts';
+import { CLIENT_CREDENTIALS, CLIENT_CREDENTIALS_PARAMETERS, clientCredentialsGrant } from './grants/client-credentials.ts';
+import { checkClientAssertion } from './client-assertion.ts';
 import type { StaticClientSchema } from './config.ts';
 import type { z } from 'zod';
 
@@ -166,7 +168,7 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
     enabledJWA: {
       idTokenSigningAlgValues: [alg],
       dPoPSigningAlgValues: ['EdDSA', 'ES256'],
-      clientAuthSigningAlgValues: ['EdDSA', 'ES256'],
+      clientAuthSigningAlgValues: ['EdDSA', 'ES256', 'PS256', 'RS256'],
     } as Configuration['enabledJWA'],
     features: {
       devInteractions: { enabled: false },
@@ -272,6 +274,7 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
     }) as never,
     fetchResponseBodyLimits: { 'client_id metadata document': settings.client_id_metadata.max_bytes } as never,
     clockTolerance: Math.floor(config.auth.clock_skew / 1000),
+    assertJwtClientAuthClaimsAndHeader: checkClientAssertion({ state, issuer, tokenEndpoint: `${issuer}${MOUNT}/token`, clockSkewMs: config.auth.clock_skew }),
   } as Configuration;
 
   provider = new Provider(issuer, configuration);
@@ -285,6 +288,7 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
     configuredClients: new Map(settings.clients.map((client) => [client.client_id, client.grant_types])),
     resourceServer: () => new provider.ResourceServer(resource, resourceServerInfo({ resource, maxTtlMs, alg, kid: key.privateJwk.kid })),
   };
+  provider.registerGrantType(CLIENT_CREDENTIALS, clientCredentialsGrant(headless), CLIENT_CREDENTIALS_PARAMETERS);
   if (tokenExchange) {
     const issuers = workloadIssuers(settings.token_exchange.issuers, { resource, minRefreshMs: config.auth.jwks_min_refresh });
     provider.registerGrantType(TOKEN_EXCHANGE, tokenExchangeGrant({ ...headless, issuers, clockSkewMs: config.auth.clock_skew }), TOKEN_EXCHANGE_PARAMETERS);
@@ -351,7 +355,7 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
 
 const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
 /** The library's grant type for each grant a configured client may use. */
-const GRANT_TYPE_NAMES = { authorization_code: 'authorization_code', refresh_token: 'refresh_token', token_exchange: TOKEN_EXCHANGE, client_credentials: 'client_credentials', jwt_bearer: JWT_BEARER } as const;
+const GRANT_TYPE_NAMES = { authorization_code: 'authorization_code', refresh_token: 'refresh_token', token_exchange: TOKEN_EXCHANGE, client_credentials: CLIENT_CREDENTIALS, jwt_bearer: JWT_BEARER } as const;
 
 /** A configured client (identity.clients) as the library's client metadata. */
 async function clientMetadata(client: z.infer<typeof StaticClientSchema>): Promise<ClientMetadata> {
@@ -422,8 +426,9 @@ function attachAudit(provider: Provider, audit: OAuthAudit, issuer: string, log:
   provider.on('grant.error', (ctx: KoaContextWithOIDC, error: { error: string; error_description?: string; error_detail?: string }) => {
     // The detail (what exactly was wrong) goes to the audit trail; the client sees the generic description.
     const description = error.error_detail ?? error.error_description ?? error.error;
-    const reuse = /already (used|consumed)/.test(description);
-    record(ctx, reuse ? 'oauth/refresh-reuse' : 'oauth/token', 'denied', { client_id: clientOf(ctx), grant_type: ctx?.oidc?.params?.grant_type, ...(reuse ? { family_revoked: true } : {}) }, { error: error.error, description });
+    const grantType = ctx?.oidc?.params?.grant_type;
+    const reuse = (grantType === 'refresh_token' || grantType === 'authorization_code') && /already (used|consumed)/.test(description);
+    record(ctx, reuse ? 'oauth/refresh-reuse' : 'oauth/token', 'denied', { client_id: clientOf(ctx), grant_type: grantType, ...(reuse ? { family_revoked: true } : {}) }, { error: error.error, description });
   });
   provider.on('grant.success', (ctx: KoaContextWithOIDC) => {
     const at = ctx.oidc.entities.AccessToken as { jti?: string; accountId?: string; grantId?: string; exp?: number; extra?: { cap?: { tool: string }[] } } | undefined;

@@ -72,8 +72,8 @@ export const StaticClientSchema = z
     client_secret_file: z.string().optional(),
     /** …or its public keys (private_key_jwt, RFC 7523): a JWKS file… */
     jwks_file: z.string().optional(),
-    /** …or a JWKS URL (fetched under client_id_metadata's address rules). Absent all three: a public client (PKCE only). */
-    jwks_uri: z.url({ protocol: /^https?$/ }).optional(),
+    /** …or an https JWKS URL (fetched under client_id_metadata's rules: addresses, ca_file, size). Absent all three: a public client (PKCE only). */
+    jwks_uri: z.url({ protocol: /^https$/ }).optional(),
   })
   .refine((c) => [c.client_secret_file, c.jwks_file, c.jwks_uri].filter(Boolean).length <= 1, 'give at most one of client_secret_file, jwks_file and jwks_uri')
   .refine((c) => !c.grant_types.includes('authorization_code') || c.redirect_uris.length > 0, { message: 'authorization_code needs at least one redirect URI', path: ['redirect_uris'] })

@@ -31,7 +31,7 @@ import { decideIssuance } from './issuance.ts';
 export const TOKEN_TYPE_ACCESS_TOKEN = 'urn:ietf:params:oauth:token-type:access_token';
 
 /** The OAuth error classes a headless grant refuses with (RFC 6749 §5.2, RFC 8693 §2.2.2). */
-export type RefusalClass = typeof errors.InvalidRequest | typeof errors.InvalidGrant | typeof errors.InvalidTarget | typeof errors.UnauthorizedClient | typeof errors.InvalidClient;
+export type RefusalClass = typeof errors.InvalidRequest | typeof errors.InvalidGrant | typeof errors.InvalidTarget | typeof errors.UnauthorizedClient | typeof errors.InvalidClientAuth;
 
 /** An OAuth error whose description (shown to the client) and detail (audited) both say what was wrong. */
 export function refusal(kind: RefusalClass, description: string): Error {
