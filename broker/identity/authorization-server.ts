@@ -50,7 +50,9 @@ import { connectUpstream, type UpstreamIdp } from './upstream.ts';
 import { UpstreamIdpSchema } from './config.ts';
 import { mountDevIdp, type DevIdp } from './dev-idp.ts';
 import { RESOURCE_SCOPE, resourceServerInfo } from './resource-server.ts';
-import { lazily, workloadIssuers } from './trusted-issuers.ts';
+import { keysOf, lazily, workloadIssuers } from './trusted-issuers.ts';
+import { ID_JAG_TYPE, idJagGrant, JWT_BEARER, JWT_BEARER_PARAMETERS } from './grants/id-jag.ts';
+import type { TrustedIssuer } from './presented-tokens.ts';
 import { CLI_CLIENT_ID, TOKEN_EXCHANGE, TOKEN_EXCHANGE_PARAMETERS, tokenExchangeGrant } from './grants/token-exchange.ts';
 import type { HeadlessDeps } from './headless-token.ts';
 import { CLIENT_CREDENTIALS, CLIENT_CREDENTIALS_PARAMETERS, clientCredentialsGrant } from './grants/client-credentials.ts';
@@ -289,6 +291,18 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
     resourceServer: () => new provider.ResourceServer(resource, resourceServerInfo({ resource, maxTtlMs, alg, kid: key.privateJwk.kid })),
   };
   provider.registerGrantType(CLIENT_CREDENTIALS, clientCredentialsGrant(headless), CLIENT_CREDENTIALS_PARAMETERS);
+  if (settings.id_jag.enabled && settings.upstream) {
+    const idp: TrustedIssuer = {
+      name: 'idp',
+      issuer: settings.upstream.issuer,
+      audience: issuer,
+      algorithms: settings.id_jag.algorithms,
+      typ: ID_JAG_TYPE,
+      maxLifetimeMs: settings.id_jag.max_lifetime,
+      keys: keysOf({ issuer: settings.upstream.issuer, timeout: settings.upstream.timeout }, config.auth.jwks_min_refresh),
+    };
+    provider.registerGrantType(JWT_BEARER, idJagGrant({ ...headless, idp, upstream: settings.upstream, clockSkewMs: config.auth.clock_skew }), JWT_BEARER_PARAMETERS);
+  }
   if (tokenExchange) {
     const issuers = workloadIssuers(settings.token_exchange.issuers, { resource, minRefreshMs: config.auth.jwks_min_refresh });
     provider.registerGrantType(TOKEN_EXCHANGE, tokenExchangeGrant({ ...headless, issuers, clockSkewMs: config.auth.clock_skew }), TOKEN_EXCHANGE_PARAMETERS);
@@ -353,7 +367,6 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
   };
 }
 
-const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
 /** The library's grant type for each grant a configured client may use. */
 const GRANT_TYPE_NAMES = { authorization_code: 'authorization_code', refresh_token: 'refresh_token', token_exchange: TOKEN_EXCHANGE, client_credentials: CLIENT_CREDENTIALS, jwt_bearer: JWT_BEARER } as const;
 

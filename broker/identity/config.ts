@@ -173,6 +173,8 @@ export const IdentityConfigSchema = z.strictObject({
       enabled: z.boolean().default(false),
       /** Longest lifetime (exp − iat) of an ID-JAG accepted. */
       max_lifetime: Duration.default(300_000),
+      /** Pinned signature algorithms of the IdP's ID-JAGs. */
+      algorithms: z.array(z.enum(PRESENTED_TOKEN_ALGORITHMS)).min(1).default(['RS256', 'ES256', 'EdDSA']),
     })
     .prefault({}),
   /** How long a refresh-token family lives from sign-in; the user signs in again after it. */

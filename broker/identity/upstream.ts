@@ -65,8 +65,11 @@ async function clientAuthentication(config: UpstreamIdpConfig, clientSecret: str
   return oidc.None();
 }
 
-/** The verified claims, reduced to what the grants policy takes. */
-function identityFrom(claims: oidc.IDToken, config: UpstreamIdpConfig): GrantIdentity {
+/**
+ * The verified claims (an ID token's, or an ID-JAG's), reduced to what the grants policy takes.
+ * Throws UpstreamRefusal('identity_invalid') when the groups claim is not strings.
+ */
+export function identityFrom(claims: { iss: string; sub: string; [claim: string]: unknown }, config: Pick<UpstreamIdpConfig, 'groups_claim' | 'pass_claims'>): GrantIdentity {
   // A list of strings; a single string (one role, Google's hd) counts as one group.
   const claim = claims[config.groups_claim];
   const groups = typeof claim === 'string' ? [claim] : claim;
