@@ -56,6 +56,8 @@ export const ParkedCallSchema = z.strictObject({
   quorum: z.number().int().min(1),
   /** Approver roles the policy asked for; empty: any approver. */
   roles: z.array(z.string()),
+  /** The policy asked for a recent sign-in: a vote counts only from an approver who authenticated at most this long ago. */
+  max_auth_age_s: z.number().int().min(1).optional(),
   created_at: z.string(),
   expires_at: z.string(),
   /** The broker process holding the agent's connection (`replica#epoch`, owners.ts); gone means the call can never run. */

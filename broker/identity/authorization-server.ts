@@ -57,6 +57,7 @@ import { CLI_CLIENT_ID, TOKEN_EXCHANGE, TOKEN_EXCHANGE_PARAMETERS, tokenExchange
 import type { HeadlessDeps } from './headless-token.ts';
 import { CLIENT_CREDENTIALS, CLIENT_CREDENTIALS_PARAMETERS, clientCredentialsGrant } from './grants/client-credentials.ts';
 import { checkClientAssertion } from './client-assertion.ts';
+import { APPROVER_SSO_CALLBACK, type ApproverSignInOptions } from './approver-sign-in.ts';
 import type { StaticClientSchema } from './config.ts';
 import type { z } from 'zod';
 
@@ -68,6 +69,8 @@ export interface IdentityServer {
   provider: Provider;
   /** The embedded default's development IdP (no identity.upstream, no trusted issuers configured). */
   devIdp: DevIdp | undefined;
+  /** Approver sign-in at identity.upstream for the approval page (approvals.sso), when configured. */
+  approverSignIn: Omit<ApproverSignInOptions, 'approvers' | 'setSession' | 'secureCookies'> | undefined;
   close(): Promise<void>;
 }
 
@@ -359,10 +362,22 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
   app.use(MOUNT, callback);
   app.use(MOUNT, (_req: Request, res: Response) => sendPage(res, 404, errorPage('Not found', 'No such page.')));
   log.info({ issuer, upstream: upstreamConfig?.issuer ?? '(none: sign-in refused)' }, 'authorization server mounted');
+  const approverIdp = config.approvals.sso.enabled ? settings.upstream : undefined;
   return {
     issuer,
     provider,
     devIdp,
+    approverSignIn: approverIdp
+      ? {
+          idp: lazily(() => connectUpstream(approverIdp, { redirectUri: `${issuer}${APPROVER_SSO_CALLBACK}` })),
+          origin: issuer,
+          roles: config.approvals.sso.roles,
+          state,
+          audit,
+          log,
+          ttlMs: settings.interaction_ttl,
+        }
+      : undefined,
     async close() {},
   };
 }

@@ -40,6 +40,13 @@ describe('identity config', () => {
     expect(() => parseConfig({ identity })).toThrow(message);
   });
 
+  it.each([
+    ['approver sign-in without an IdP', { approvals: { sso: { enabled: true, roles: { approver: ['sre'] } } } }, /approvals\.sso\.enabled: approver sign-in needs identity\.upstream/],
+    ['approver sign-in without roles', { identity: { upstream: { issuer: 'https://idp.example', client_id: 'b' } }, approvals: { sso: { enabled: true } } }, /approvals\.sso\.roles: give at least one role/],
+  ])('refuses %s', (_name, config, message) => {
+    expect(() => parseConfig(config)).toThrow(message);
+  });
+
   it('a headless client: no redirect URI, keys instead of a secret', () => {
     const { identity } = parseConfig({ identity: { clients: [{ client_id: 'nightly', grant_types: ['client_credentials'], jwks_uri: 'https://nightly.example/jwks.json' }] } });
     expect(identity.clients[0]).toMatchObject({ client_id: 'nightly', redirect_uris: [], grant_types: ['client_credentials'] });
