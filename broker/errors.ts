@@ -62,6 +62,8 @@ export type DenialCode =
   // authorize
   | 'BASTION_POLICY_DENIED'
   | 'BASTION_POLICY_ERROR'
+  // authorize (reading) and filter (recording): the agent's flow state could not be read or written
+  | 'BASTION_FLOW_UNAVAILABLE'
   // approve
   | 'BASTION_APPROVAL_REQUIRED'
   | 'BASTION_APPROVAL_DENIED'

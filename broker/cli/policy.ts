@@ -20,6 +20,7 @@ import { formatPolicyInputSchema, POLICY_INPUT_SCHEMA_FILE } from '../policy/inp
 import { DEFAULT_CAPABILITIES, OpaCli, OpaNotFound, SOURCE_IGNORES } from '../policy/opa.ts';
 import { BUNDLE_ALGORITHMS } from '../policy/signature.ts';
 import type { PolicyInput } from '../policy/schema.ts';
+import { describeFlowInput } from '../flows/explain.ts';
 
 const DEFAULT_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../policies');
 
@@ -62,7 +63,9 @@ DIR's own tests. Exits 1 when a test fails or coverage is under --threshold.
 
 Decides one policy input (a JSON document like policies/input.schema.json;
 "-" reads stdin) the way the broker does: compiled to WASM and evaluated by
-Bastion's engine. Prints the decision, then the rules that held.
+Bastion's engine. Prints the input's flow (what the agent's context holds,
+the call's flow labels and destinations, tainted arguments) when it has one,
+the decision, then the rules that held.
 
 "Rules that held" are the rules of package bastion and of every site package
 (bastion.site.*) that have a value for this input: a rule that is true or
@@ -306,6 +309,7 @@ async function evaluate(argv: string[], opa: OpaCli, io: PolicyCommandIo): Promi
     io.out(`no decision (the broker denies): ${(error as { reason?: string }).reason ?? (error as Error).message}\n`);
     return 1;
   }
+  if (input.flow) io.out(`${describeFlowInput(input.flow)}\n`);
   io.out(`decision (WASM, revision ${engine.revision}):\n${JSON.stringify(decision, null, 2)}\n`);
 
   if (!sourceDir) {
