@@ -81,6 +81,8 @@ export function workspaceConnectors(options: { worldFile: string; callLog: strin
     env: { SUITE: suite, WORLD_FILE: options.worldFile, CALL_LOG: options.callLog },
     timeout: '20s',
     tools: WORKSPACE_LABELS[suite],
+    // The mailbox as a resource, and prompts quoting messages, bring what the mailbox tools bring.
+    ...(suite === 'mail' ? { labels: { resources: ['untrusted', 'private'], prompts: ['untrusted', 'private'] } } : {}),
   }));
 }
 

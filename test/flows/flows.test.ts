@@ -126,6 +126,23 @@ describe('an egress call', () => {
   });
 });
 
+describe('resources and prompts', () => {
+  it('a resource read and a prompt bring the labels their connector gives them', async () => {
+    const client = await t.connect(await t.mint({ sub: 'agent:resources', cap: [...everything, { tool: 'resource:mail://inbox' }, { tool: 'prompt:mail__reply_to' }] }));
+    const contents = await client.readResource({ uri: 'mail://inbox' });
+    expect(JSON.stringify(contents)).toContain('Invoice 4471');
+    await client.getPrompt({ name: 'mail__reply_to', arguments: { id: '1' } });
+    const { pending, result } = await parked('agent:resources', () => call(client, 'payments__send_money', { iban: ATTACKER_IBAN, amount: 1 }));
+    expect(pending.flow.sources.map((s: { tool: string }) => s.tool)).toEqual(['resource:mail://inbox', 'prompt:mail__reply_to']);
+    // The IBAN in the resource's text is traced like one in a tool result.
+    expect(pending.flow.arguments[0]).toMatchObject({ argument: '/iban', value: ATTACKER_IBAN });
+    await approver.decide(pending.id, 'deny', 'no', pending.call_hash);
+    await result;
+    const records = (await t.auditRecords()).filter((r) => r.principal?.sub === 'agent:resources' && r.event.endsWith('/flow'));
+    expect(records.map((r) => r.event)).toEqual(['resources/flow', 'prompts/flow']);
+  });
+});
+
 describe('the flow follows the identity, not the session', () => {
   it('survives a new MCP session and a new token of the same subject', async () => {
     const first = await agent('agent:launderer');

@@ -23,6 +23,8 @@ export interface ReplicaOptions {
   commandTimeout?: string;
   /** Approval progress interval; 10 minutes by default, so only pub/sub wakes a parked call. */
   progressEvery?: string;
+  /** Config members that replace the defaults above (e.g. other connectors, policy data). */
+  extra?: Record<string, unknown>;
 }
 
 export interface Replica {
@@ -60,6 +62,7 @@ export async function startReplica(options: ReplicaOptions): Promise<Replica> {
       },
     ],
   };
+  Object.assign(config, options.extra);
   const configFile = path.join(stateDir, 'bastion.yaml');
   // JSON is YAML.
   await writeFile(configFile, JSON.stringify(config, null, 2));
