@@ -93,10 +93,14 @@ export interface FlowRecord {
   reason?: string;
 }
 
-/** A flag from the result filter: what raised `untrusted`. */
+/** A flag from the result filter: what raised `untrusted`, and where in the delivered result it is. */
 export interface RaisingFlag {
   kind: string;
   detail: string;
+  /** JSON pointer to the flagged string in the result the agent receives. */
+  where?: string;
+  /** UTF-16 offset of the finding in that string. */
+  index?: number;
 }
 
 /** Trusted units kept per clean flow on this replica, and clean flows kept. */
@@ -190,7 +194,7 @@ export class FlowControl {
       const at = hashes.findIndex((h) => index.untrusted.has(h) && !index.trusted.has(h) && !pending?.has(h));
       if (at < 0) continue;
       const unit = leaf.units[at]!;
-      tainted.push({ argument: leaf.argument, kind: unit.kind, value: unit.value.slice(0, 256), sources: [sourceId(index.untrusted.get(hashes[at]!)!)] });
+      tainted.push({ argument: leaf.argument, kind: unit.kind, value: visible(unit.value, 200), sources: [sourceId(index.untrusted.get(hashes[at]!)!)] });
     }
     return tainted;
   }
@@ -234,7 +238,7 @@ export class FlowControl {
       });
       this.pending.delete(prepared.key);
     }
-    const excerpt = raising[0] ? visible(raising[0].detail, 300) : undefined;
+    const excerpt = raising[0] ? flaggedExcerpt(result, raising[0]) : undefined;
     const reason = reasons.join('; ').slice(0, 512);
     const sorted = CONTEXT_LABELS.filter((l) => labels.has(l));
     await this.store.updateCore(
@@ -296,6 +300,25 @@ export function flowKey(iss: string, sub: string): string {
 
 export class FlowUnknown extends Error {
   override readonly name = 'FlowUnknown';
+}
+
+/**
+ * What approvers see of a flagged result: the text around the first finding
+ * (so the instruction reads in its context), made visible and bounded; the
+ * finding's own detail when the place cannot be found.
+ */
+export function flaggedExcerpt(result: unknown, flag: RaisingFlag): string {
+  let node: unknown = result;
+  for (const segment of (flag.where ?? '').split('/').slice(1)) {
+    const key = segment.replaceAll('~1', '/').replaceAll('~0', '~');
+    node = node !== null && typeof node === 'object' ? (node as Record<string, unknown>)[key] : undefined;
+  }
+  if (typeof node !== 'string' || flag.index === undefined || flag.index < 0 || flag.index > node.length) return visible(flag.detail, 300);
+  const start = Math.max(0, flag.index - 80);
+  const end = Math.min(node.length, start + 240);
+  const shown = `${start > 0 ? '…' : ''}${visible(node.slice(start, end), 240)}${end < node.length ? '…' : ''}`;
+  // Escaped invisible characters are longer than what they stand for: cut by code points, within the schema's bound.
+  return Array.from(shown).slice(0, 390).join('');
 }
 
 function labelOrigin(flow: ToolFlow, decided: FlowDecision | undefined): string {

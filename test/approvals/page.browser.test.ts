@@ -7,7 +7,8 @@
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
+import { launchChromium } from '../helpers/chromium.ts';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { ROOT, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { approverToken } from '../helpers/approver.ts';
@@ -18,14 +19,6 @@ const HOSTILE = `<img src=x onerror="window.pwned=1"><script>window.pwned=2</scr
 let t: TestBroker;
 let browser: Browser;
 let page: Page;
-
-export async function launchChromium(): Promise<Browser> {
-  return chromium.launch({
-    executablePath: '/usr/bin/chromium',
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-}
 
 beforeAll(async () => {
   await mkdir(ARTIFACTS, { recursive: true });

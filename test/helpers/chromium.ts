@@ -1,0 +1,10 @@
+/** Debian's Chromium for page tests (playwright-core), headless, no sandbox (containers), nothing fetched from elsewhere. */
+import { chromium, type Browser } from 'playwright-core';
+
+export async function launchChromium(): Promise<Browser> {
+  return chromium.launch({
+    executablePath: '/usr/bin/chromium',
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+}
