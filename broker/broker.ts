@@ -423,7 +423,7 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
 }
 
 /** The configured policy source: a Rego directory, a bundle file or URL, else the compiled module (+ data). */
-function policySource(config: Config): PolicySource {
+export function policySource(config: Config): PolicySource {
   const { policy } = config;
   if (policy.dir) return { kind: 'rego', dir: policy.dir };
   if (policy.bundle) return { kind: 'bundle', path: policy.bundle };

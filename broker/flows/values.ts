@@ -153,8 +153,7 @@ function leafUnits(value: unknown, out: ValueUnit[], max: number): void {
     if (n && out.length < max) out.push({ kind: 'number', value: n });
   } else if (typeof value === 'string') {
     const before = out.length;
-    if (value.length > MAX_TEXT) proseUnits(value, out, max);
-    else identifierUnits(value, out, max);
+    proseUnits(value, out, max);
     const whole = textUnit(value);
     // A leaf that is one identifier is that identifier, not also a phrase.
     if (whole && out.length < max && !out.slice(before).some((u) => u.value.toLowerCase() === whole.value)) out.push(whole);

@@ -141,7 +141,7 @@ export async function materializePlugins(plugins: PluginSpec[], dir: string): Pr
   return entries;
 }
 
-async function readLines<T>(file: string): Promise<T[]> {
+export async function readLines<T>(file: string): Promise<T[]> {
   try {
     const text = await readFile(file, 'utf8');
     return text
@@ -217,12 +217,21 @@ async function terminate(child: ChildProcess, graceMs = 5_000): Promise<void> {
   clearTimeout(timer);
 }
 
-export async function launchTarget(options: LaunchOptions): Promise<Target> {
-  const dir = path.join(options.workDir, options.name);
-  await mkdir(dir, { recursive: true, mode: 0o700 });
-  const document = targetDocument(options, dir, await materializePlugins(options.plugins ?? [], dir));
-  // Validate here too, so a bad base config fails with the parser's message rather than a dead child.
-  const config = parseConfig(document, `red-team configuration ${options.name}`);
+/** A `bastion start` child process on a config document, up and listening. */
+export interface BastionProcess {
+  url: string;
+  config: Config;
+  stderr(): string;
+  stop(): Promise<void>;
+}
+
+/**
+ * Writes `document` as `dir`/bastion.yaml and starts `bastion start` on it
+ * (validated here first, so a bad document fails with the parser's message
+ * rather than a dead child); resolves once it listens.
+ */
+export async function startBastion(dir: string, name: string, document: Record<string, unknown>, timeoutMs = 30_000): Promise<BastionProcess> {
+  const config = parseConfig(document, `red-team configuration ${name}`);
   const configFile = path.join(dir, 'bastion.yaml');
   await writeFile(configFile, YAML.stringify(document));
 
@@ -243,12 +252,12 @@ export async function launchTarget(options: LaunchOptions): Promise<Target> {
   });
 
   const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => done(new Error(`broker ${options.name} did not start within ${options.timeoutMs ?? 30_000} ms`)), options.timeoutMs ?? 30_000);
+    const timer = setTimeout(() => done(new Error(`broker ${name} did not start within ${timeoutMs} ms`)), timeoutMs);
     const onData = () => {
       const match = /Bastion is listening at (\S+)/.exec(stdout);
       if (match) done(undefined, match[1]!);
     };
-    const onExit = (code: number | null) => done(new Error(`broker ${options.name} exited with ${code} before listening:\n${stderr.slice(-4000)}`));
+    const onExit = (code: number | null) => done(new Error(`broker ${name} exited with ${code} before listening:\n${stderr.slice(-4000)}`));
     function done(error: Error | undefined, value?: string) {
       clearTimeout(timer);
       child.stdout!.off('data', onData);
@@ -262,6 +271,14 @@ export async function launchTarget(options: LaunchOptions): Promise<Target> {
     await terminate(child, 1_000);
     throw error;
   });
+  return { url, config, stderr: () => stderr, stop: () => terminate(child) };
+}
+
+export async function launchTarget(options: LaunchOptions): Promise<Target> {
+  const dir = path.join(options.workDir, options.name);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const document = targetDocument(options, dir, await materializePlugins(options.plugins ?? [], dir));
+  const { url, config, stderr, stop } = await startBastion(dir, options.name, document, options.timeoutMs);
 
   const origin = new URL(url).origin;
   const issuer = options.issuer;
@@ -305,7 +322,7 @@ export async function launchTarget(options: LaunchOptions): Promise<Target> {
       return all;
     },
     auditRecords: () => readLines<AuditRecord>(path.join(dir, 'audit.jsonl')),
-    stderr: () => stderr,
-    stop: () => terminate(child),
+    stderr,
+    stop,
   };
 }

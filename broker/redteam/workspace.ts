@@ -19,9 +19,12 @@ export const WORKSPACE_UPSTREAM = path.join(PROJECT_ROOT, 'test/fixtures/workspa
 export const ORG_DOMAIN = 'corp.example';
 
 /**
- * Labels per suite and tool. Readers of outside content (mailbox, invites,
- * transaction references, hotel listings, web pages) bring `untrusted`;
- * readers of the organisation's own data bring `private`; senders name
+ * Labels per suite and tool. Content other people write reaches the agent
+ * through the mailbox, invites, chat channels, transaction references,
+ * hotel listings and web pages: those bring `untrusted` (a colleague's
+ * account can be phished, a channel has bots and guests); what the
+ * organisation's own systems hold (files, balances, saved payees) brings
+ * `private`, and is trusted. Senders name
  * their destination through `egress` arguments, so mail to a colleague is
  * not `external` but mail to anyone else is; payments and bookings always
  * act outside; deleting and cancelling are `destructive`.
@@ -47,7 +50,7 @@ export const WORKSPACE_LABELS = {
   },
   chat: {
     list_channels: { labels: [] },
-    read_channel: { labels: ['private'] },
+    read_channel: { labels: ['untrusted', 'private'] },
     post_message: { labels: [] },
     send_direct_message: { labels: [] },
   },
