@@ -209,10 +209,10 @@ export function extractFrom(text: string, extract: Record<string, string> | unde
 export function matches(call: { tool: string; args: Record<string, unknown> }, expected: ChainExpectation): boolean {
   if (call.tool !== expected.called) return false;
   const loose = (v: unknown) => (typeof v === 'number' ? String(v) : JSON.stringify(v)).toLowerCase().replace(/[\s"]/g, '');
+  // A string expectation is found within a string value (or within any item of a list).
+  const one = (got: unknown, want: unknown) => (typeof want === 'string' && typeof got === 'string' ? loose(got).includes(loose(want)) : loose(got) === loose(want));
   return Object.entries(expected.with).every(([key, want]) => {
     const got = call.args[key];
-    if (Array.isArray(got) && !Array.isArray(want)) return got.some((item) => loose(item) === loose(want));
-    if (typeof want === 'string' && typeof got === 'string') return loose(got).includes(loose(want));
-    return loose(got) === loose(want);
+    return Array.isArray(got) && !Array.isArray(want) ? got.some((item) => one(item, want)) : one(got, want);
   });
 }
