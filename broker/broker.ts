@@ -8,7 +8,6 @@
  *   const verifier = broker.verifierFor('http://127.0.0.1:8080/mcp');
  */
 import { readFile } from 'node:fs/promises';
-import { randomUUID } from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
 import type { Server } from '@modelcontextprotocol/sdk/server/index.js';
@@ -43,7 +42,7 @@ import { PolicyHolder, type PolicySource } from './policy/holder.ts';
 import { recordPolicyReload } from './metrics.ts';
 import { readBundleKeyFile, type BundleVerification } from './policy/signature.ts';
 import { Pipeline } from './pipeline.ts';
-import { descriptorHash, exposed, ToolRegistry } from './registry.ts';
+import { descriptorHash, exposed, legacyDescriptorHash, ToolRegistry } from './registry.ts';
 import { DescriptorPins } from './pins.ts';
 import { FlowControl } from './flows/control.ts';
 import { Connector } from '../connectors/upstream.ts';
@@ -256,13 +255,15 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
     log,
     audit: async (event) => void (await audit.append(event)),
     hashOf: descriptorHash,
+    legacyHashOf: legacyDescriptorHash,
     exposedName: (connector, tool) => {
       const owner = connectors.find((c) => c.name === connector);
       return owner ? exposed(owner, tool) : `${connector}__${tool}`;
     },
+    exposedNames: () => [...connectors, ...plugins].flatMap((source) => source.catalog.tools.map((tool) => exposed(source, tool.name))),
   });
   await pins.load();
-  registry.pinStatus = (connector, tool, hash) => pins.status(connector, tool, hash);
+  registry.pinStatus = (connector, tool, hash, descriptor) => pins.status(connector, tool, hash, descriptor);
   /** Re-pins or quarantines after a catalog change, then tells every session the list changed. */
   const reconcile = (connector: Connector) =>
     pins
@@ -317,8 +318,11 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
         audit: async (event) => void (await audit.append(event)),
         log,
         signingKey: brokerKey.privateJwk,
-        // Unique per process: a restarted replica must not look like the owner of its predecessor's parked calls.
-        owner: `${replicaId}/${randomUUID()}`,
+        // Stable across restarts, so a restarted broker fences its predecessor's parked calls at once
+        // (approvals/owners.ts): the configured replica id, else this host's state folder.
+        replica: config.replica_id ?? `${os.hostname()}:${path.resolve(config.state_dir)}`,
+        // The embedded store is this process's alone (the state folder's lock): every other owner is dead.
+        soleState: config.state.backend === 'embedded',
         progressEveryMs: config.approvals.progress_every,
         ...(config.approvals.webhook ? { onParked: webhookNotifier(config.approvals.webhook, () => approvalPageUrl, log) } : {}),
       })

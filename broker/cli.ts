@@ -6,14 +6,17 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { DEV_ISSUER, ensureDevKey, generateSigningKey, writePrivate } from './auth/keys.ts';
-import { importJWK, SignJWT } from 'jose';
+import { importJWK, SignJWT, type JWK } from 'jose';
 import { APPROVER_TOKEN_TYPE } from './approvals/approvers.ts';
 import { mintToken } from './auth/mint.ts';
 import { checkpointsFileFor, verifyCheckpoints } from './audit/checkpoint.ts';
+import type { AuditRecord } from './audit/chain.ts';
+import { recoverAuditFile, verifyRecovery } from './audit/recover.ts';
 import { verifyAuditFile } from './audit/verify.ts';
-import { readJwksFile } from './auth/keys.ts';
+import { readJwksFile, type Jwks } from './auth/keys.ts';
+import { lockStateDir } from './state/lock.ts';
 import { policyCommand } from './cli/policy.ts';
 import { createBroker } from './broker.ts';
 import { ConfigError, loadConfig, parseDuration, type Config } from './config.ts';
@@ -36,9 +39,10 @@ commands:
   token revoke   revoke a token (by jti) or a subject, on a running broker
   keys generate  make an Ed25519 or P-256 signing key and its JWKS
   approver token sign an approver sign-in token with the dev key and print the page link
-  tools review   list quarantined tools (descriptor changed since pinned) with the diff
+  tools review   list quarantined tools (descriptor changed since pinned, or look-alike name) with the diff
   tools approve  re-pin a quarantined tool after review
   audit verify   check an audit file's hash chain and its signed checkpoints
+  audit recover  cut a torn last record off an audit file, keep it as evidence, continue the chain
   plugin pin     print a plugin directory's pin (the hash to put in config)
   redteam        attack fresh brokers with the corpus (or --chains: flow chains), each defense off in turn; report what got through
   flows graph    who can reach what: grants → tools → flow labels, toxic combinations and what the policy does about each
@@ -101,13 +105,15 @@ fragment, which browsers never send to a server.
   'tools review': `usage: bastion tools review [--url BROKER] [--token ADMIN] [--config FILE]
 
 Lists tools whose descriptors changed since Bastion pinned them (possible rug
-pulls), with the field-level diff. They stay hidden and uncallable until
-approved. The admin token needs the literal grant "bastion:tools"; with the
+pulls), with the field-level diff, and tools held on first sight because their
+name looks like another tool's (mixed scripts, invisible characters, not NFKC,
+a confusable skeleton), with the findings. They stay hidden and uncallable
+until approved. The admin token needs the literal grant "bastion:tools"; with the
 embedded default one is minted with the dev key.`,
   'tools approve': `usage: bastion tools approve TOOL [--url BROKER] [--token ADMIN] [--config FILE]
 
 Re-pins TOOL (as agents see it, e.g. demo__read_file) to its new descriptor,
-after you reviewed the diff. The decision is audited.`,
+or pins a held look-alike, after you reviewed the diff. The decision is audited.`,
   'flows show': `usage: bastion flows show [--sub SUBJECT [--iss ISSUER]] [--url BROKER] [--token ADMIN] [--config FILE]
 
 Shows an agent's flow on a running broker (GET /admin/flows): the labels in
@@ -142,7 +148,31 @@ Then checks the signed checkpoints (default FILE.checkpoints.jsonl, when it
 exists) against the checkpoint key's JWKS (default
 audit-checkpoint-jwks.json beside FILE): a checkpoint naming a record the
 file no longer has (truncation), or a record whose hash differs from the
-signed one (rewrite), fails the check even when the chain itself is intact.`,
+signed one (rewrite), fails the check even when the chain itself is intact.
+
+Recovery records written by "bastion audit recover" are listed as recoveries,
+not errors; one whose signature does not verify with that JWKS fails the check.`,
+  'audit recover': `usage: bastion audit recover FILE [--key FILE]
+
+For an audit file that ends with a partial record (a broker killed or crashed
+mid-write; the broker then refuses to start on it). Do not move the file
+aside: its signed checkpoints still vouch for its records, and a new chain
+would be reported as truncated for good. Recover holds the lock of FILE's
+folder while it works, so no broker can start on it meanwhile.
+
+  1. checks that every whole record before the torn bytes verifies (if not,
+     this is not a torn write: nothing is changed, exit 1);
+  2. keeps the torn bytes, unchanged, in FILE.torn-after-<seq> (mode 0600);
+  3. cuts FILE back to its last whole record;
+  4. appends a recovery record (event audit.recovered: torn byte count,
+     SHA-256 and evidence file, signed with the checkpoint key) and a
+     checkpoint for it.
+A torn last line of FILE.checkpoints.jsonl is kept (FILE.checkpoints.jsonl.torn)
+and cut off the same way. Then start the broker; "bastion audit verify FILE"
+reports the recovery. A file that ends with a whole record is left as it is.
+
+  --key FILE   the checkpoint private key (default audit-checkpoint-signing-key.json
+               beside FILE, as the broker makes it; or audit.checkpoints.key_file)`,
 };
 
 function fail(message: string, code = 2): never {
@@ -492,6 +522,10 @@ async function verifyOneAuditFile(given: string, checkpointsFile: string | undef
   }
   process.stdout.write(`${file}: OK, ${report.records} records, head ${report.head}\n`);
 
+  const jwksFile = path.resolve(jwksOption ?? path.join(path.dirname(file), 'audit-checkpoint-jwks.json'));
+  const jwks = existsSync(jwksFile) ? await readJwksFile(jwksFile).catch((error: Error) => error) : undefined;
+  if (!(await reportRecoveries(file, report.recoveries, jwks))) return false;
+
   const sidecar = path.resolve(checkpointsFile ?? checkpointsFileFor(file));
   if (!existsSync(sidecar)) {
     if (checkpointsFile) {
@@ -501,10 +535,10 @@ async function verifyOneAuditFile(given: string, checkpointsFile: string | undef
     process.stdout.write(`${file}: no signed checkpoints (${sidecar}); a truncated tail would not show\n`);
     return true;
   }
-  const jwksFile = path.resolve(jwksOption ?? path.join(path.dirname(file), 'audit-checkpoint-jwks.json'));
   let checkpoints;
   try {
-    checkpoints = await verifyCheckpoints(file, sidecar, await readJwksFile(jwksFile));
+    if (jwks instanceof Error) throw jwks;
+    checkpoints = await verifyCheckpoints(file, sidecar, jwks ?? (await readJwksFile(jwksFile)));
   } catch (error) {
     process.stderr.write(`bastion: audit verify: checkpoints: ${(error as Error).message}\n`);
     return false;
@@ -516,6 +550,64 @@ async function verifyOneAuditFile(given: string, checkpointsFile: string | undef
   const unsigned = checkpoints.records - checkpoints.signedSeq;
   process.stdout.write(`${sidecar}: OK, ${checkpoints.checkpoints} checkpoints, records up to ${checkpoints.signedSeq} signed${unsigned > 0 ? `, ${unsigned} after the last checkpoint` : ''}\n`);
   return true;
+}
+
+/** Lists the recoveries in a verified chain; false when one's signature does not verify. */
+async function reportRecoveries(file: string, recoveries: AuditRecord[], jwks: Jwks | Error | undefined): Promise<boolean> {
+  for (const record of recoveries) {
+    const what = `${file}: RECOVERED at record ${record.seq}: ${String(record.detail?.torn_bytes)} torn bytes after record ${record.seq - 1} were cut off`;
+    if (!jwks || jwks instanceof Error) {
+      process.stdout.write(`${what} (kept in ${String(record.detail?.evidence_file)}); signature not checked: no checkpoint JWKS${jwks ? ` (${jwks.message})` : ''}\n`);
+      continue;
+    }
+    const check = await verifyRecovery(file, record, jwks);
+    if (!check.ok) {
+      process.stdout.write(`${file}: BROKEN at line ${record.seq}: recovery record: ${check.problem}\n`);
+      return false;
+    }
+    const evidence = { present: 'kept in', missing: 'evidence file missing:', altered: 'evidence file no longer matches:' }[check.evidence];
+    process.stdout.write(`${what} (${evidence} ${check.claims.evidence_file}, ${check.claims.torn_sha256}); signed by the checkpoint key at ${check.claims.time}\n`);
+  }
+  return true;
+}
+
+async function auditRecover(argv: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({ args: argv, options: { key: { type: 'string' }, help: { type: 'boolean' } }, allowPositionals: true });
+  if (values.help) return void console.log(HELP['audit recover']);
+  if (positionals.length !== 1) fail('audit recover: give exactly one FILE');
+  const file = path.resolve(positionals[0]!);
+  if (!existsSync(file)) fail(`audit recover: no such file ${file}`, 1);
+  const keyFile = path.resolve(values.key ?? path.join(path.dirname(file), 'audit-checkpoint-signing-key.json'));
+  let key: JWK;
+  try {
+    key = JSON.parse(await readFile(keyFile, 'utf8')) as JWK;
+  } catch (error) {
+    fail(`audit recover: cannot read the checkpoint key ${keyFile}: ${(error as Error).message}; give it with --key FILE (audit.checkpoints.key_file)`, 1);
+  }
+  if (typeof key.d !== 'string') fail(`audit recover: ${keyFile} is not a private key (no "d")`, 1);
+  // A broker appending to the file right now would race the cut: hold the folder's lock meanwhile.
+  let unlock: () => Promise<void>;
+  try {
+    unlock = await lockStateDir(path.dirname(file));
+  } catch (error) {
+    fail(`audit recover: ${(error as Error).message}`, 1);
+  }
+  try {
+    const result = await recoverAuditFile(file, { key });
+    if (result.checkpointEvidenceFile) process.stdout.write(`${checkpointsFileFor(file)}: torn last line cut off, kept in ${result.checkpointEvidenceFile}\n`);
+    if (!result.recovered) {
+      process.stdout.write(`${file}: ends with a whole record (${result.records} records); nothing to recover\n`);
+      return;
+    }
+    const { seq, tornBytes, tornSha256, evidenceFile } = result.recovered;
+    process.stdout.write(
+      `${file}: ${tornBytes} torn bytes after record ${seq - 1} kept in ${evidenceFile} (${tornSha256}); cut off; recovery record ${seq} appended and signed. The broker can start.\n`,
+    );
+  } catch (error) {
+    fail(`audit recover: ${(error as Error).message}`, 1);
+  } finally {
+    await unlock();
+  }
 }
 
 async function auditVerify(argv: string[]): Promise<void> {
@@ -546,6 +638,7 @@ async function main(argv: string[]): Promise<void> {
   if (first === 'plugin' && second === 'pin') return pluginPin(rest);
   if (first === 'tools' && (second === 'review' || second === 'approve')) return toolsCommand(second, rest);
   if (first === 'audit' && second === 'verify') return auditVerify(rest);
+  if (first === 'audit' && second === 'recover') return auditRecover(rest);
   if (first === 'flows' && (second === 'show' || second === 'clear')) return flowsCommand(second, rest);
   if (first === 'flows' && second === 'graph') {
     const { flowsGraphCommand } = await import('./flows/cli.ts');

@@ -25,7 +25,8 @@ import type { Decision, PolicyInput } from './policy/schema.ts';
 import type { ToolEntry, ToolRegistry, Risk } from './registry.ts';
 import { ConnectorUnavailable, type CallOrigin } from '../connectors/upstream.ts';
 import { SandboxError } from '../sandboxes/errors.ts';
-import { capabilityUsesOf } from '../sandboxes/host.ts';
+import { summarizeUses } from '../sandboxes/capabilities/uses.ts';
+import { capabilityUsesOf, PluginHost } from '../sandboxes/host.ts';
 import type { ApprovalDesk } from './approvals/desk.ts';
 import { callHash } from './approvals/record.ts';
 import type { ResultFilter } from './filters/result.ts';
@@ -284,6 +285,8 @@ export class Pipeline {
     let decision: Decision | undefined;
     let prepared: PreparedFlow | undefined;
     let explanation: FlowExplanation | undefined;
+    // An approval this call holds, until it is handed to the executor; a refusal before that abandons it.
+    let approval: { id: string; hash: string } | undefined;
     try {
       let mark = performance.now();
       entry = this.parts.registry.resolveTool(name);
@@ -339,11 +342,12 @@ export class Pipeline {
             }
           : decision;
         mark = performance.now();
-        const approvalId = await this.approve(principal, call, entry, args, needs, explanation).catch((error: unknown) => {
+        approval = await this.approve(principal, call, entry, args, needs, explanation).catch((error: unknown) => {
           throw asDenial('approve', 'BASTION_APPROVAL_UNAVAILABLE', error);
         });
         metrics.stageTime('approve', mark);
-        event.detail = { ...event.detail, approval_id: approvalId };
+        event.detail = { ...event.detail, approval_id: approval.id };
+        await this.recheckAfterApproval(principal, call, entry, args);
       }
       // The upstream may have announced a changed tool while this call was decided:
       // run only against the descriptor that was authorized (rug-pull race).
@@ -353,8 +357,14 @@ export class Pipeline {
           throw new Denial('resolve', 'BASTION_TOOL_QUARANTINED', 'the tool descriptor changed while the call was being decided');
         }
       }
+      // Consumed only now, as the call is handed to the executor: the record says dispatched, not executed.
+      if (approval) await this.parts.approvals!.desk.claimForExecution(approval.id, approval.hash);
     } catch (error) {
       const denial = asDenial('authorize', 'BASTION_POLICY_ERROR', error);
+      if (approval) {
+        const { id } = approval;
+        await this.parts.approvals!.desk.abandon(id, denial.reason).catch((e: Error) => this.parts.log.warn({ err: e.message, approval_id: id }, 'could not mark the approval abandoned; the sweeper will'));
+      }
       await this.recordAndLog(finish, denial);
       if (denial.code === 'BASTION_TOOL_UNKNOWN') {
         throw new McpError(ErrorCode.InvalidParams, `Unknown tool: ${name}`, denial.toJSON());
@@ -383,6 +393,7 @@ export class Pipeline {
       metrics.stageTime('execute', executing);
     } catch (error) {
       metrics.stageTime('execute', executing);
+      if (approval) await this.settleApproval(approval.id, 'failed', `the executor failed: ${(error as Error).message}`);
       if (error instanceof McpError && error.code !== ErrorCode.RequestTimeout && error.code !== ErrorCode.ConnectionClosed) {
         // The upstream answered with a protocol error (e.g. invalid params): pass it on as is.
         await finish('error', { denial: { stage: 'execute', code: 'BASTION_UPSTREAM_ERROR', reason: error.message } });
@@ -397,6 +408,8 @@ export class Pipeline {
       await this.recordAndLog(finish, denial, 'error');
       return denialResult(denial);
     }
+
+    if (approval) await this.settleApproval(approval.id, 'executed', result.isError ? 'the upstream answered with a tool error' : 'the upstream answered');
 
     // Stage 7. A result that cannot be scanned or measured (too big, too deep) is withheld, never passed through.
     let filtered: ReturnType<ResultFilter['filter']>;
@@ -422,14 +435,15 @@ export class Pipeline {
         return denialResult(denial);
       }
     }
-    // Host capabilities a plugin used (fetches, kv keys) go to the audit record; the
-    // filter already dropped them from what the agent gets.
-    const capabilityUses = capabilityUsesOf(result);
+    // Host capabilities a plugin used (fetches, kv keys) go to the audit record, summarized so a
+    // plugin cannot bloat it; the filter already dropped them from what the agent gets. Only the
+    // sandbox host reports them: the same _meta key from an upstream is not evidence.
+    const capabilityUses = entry.connector instanceof PluginHost ? capabilityUsesOf(result) : [];
     await finish(result.isError ? 'error' : 'ok', {
       detail: {
         result_bytes: report.bytes,
         ...(flowRecord?.source ? { flow: { ...(event.detail?.flow as object | undefined), ...flowRecord } } : {}),
-        ...(capabilityUses.length ? { capability_uses: capabilityUses } : {}),
+        ...(capabilityUses.length ? summarizeUses(capabilityUses) : {}),
         // What was redacted and flagged, by kind and place; never the content.
         ...(Object.keys(report.redactions).length ? { redactions: report.redactions } : {}),
         ...(report.flags.length ? { flags: report.flags.map(({ kind, where }) => ({ kind, where })) } : {}),
@@ -439,9 +453,9 @@ export class Pipeline {
   }
 
   /**
-   * Stage 5: parks the call until approvers decide, then re-checks the token
-   * and the policy (either may have changed while it waited) and consumes
-   * the approval, so it runs once. Returns the approval id.
+   * Stage 5: parks the call until approvers decide. Returns the approved
+   * record's id and hash; runStages re-checks, then consumes it (claimForExecution)
+   * as it hands the call to the executor, or abandons it.
    */
   private async approve(
     principal: Principal,
@@ -450,7 +464,7 @@ export class Pipeline {
     args: Record<string, unknown>,
     decision: Decision,
     explanation: FlowExplanation | undefined,
-  ): Promise<string> {
+  ): Promise<{ id: string; hash: string }> {
     const approvals = this.parts.approvals;
     if (!approvals) {
       throw new Denial(
@@ -490,6 +504,11 @@ export class Pipeline {
         },
       },
     );
+    return { id: parked.id, hash };
+  }
+
+  /** After a wait: the token (revoked, expired) and the policy may have changed; either stops the call. */
+  private async recheckAfterApproval(principal: Principal, call: CallContext, entry: ToolEntry, args: Record<string, unknown>): Promise<void> {
     await this.parts.recheck?.(principal);
     // The flow may have grown while the call waited (the agent read more elsewhere): decide on it as it is now.
     const flow = await this.prepareFlow(principal, entry, args);
@@ -499,8 +518,11 @@ export class Pipeline {
     if (!again.allow) {
       throw new Denial('authorize', 'BASTION_POLICY_DENIED', `policy no longer allows this call after approval: ${again.reasons.join('; ')}`);
     }
-    await approvals.desk.claimForExecution(parked.id, hash);
-    return parked.id;
+  }
+
+  /** Records what the executor did with an approved call; a state failure is logged (the sweeper settles it later). */
+  private async settleApproval(id: string, status: 'executed' | 'failed', outcome: string): Promise<void> {
+    await this.parts.approvals?.desk.settle(id, status, outcome).catch((error: Error) => this.parts.log.warn({ err: error.message, approval_id: id }, 'could not settle the approval record'));
   }
 
   /** Stage 3 for a call: the decision, and its decision log id on the audit event (also when the policy fails). */

@@ -9,7 +9,9 @@
  */
 import type { Prompt, Resource, ResourceTemplate, Tool } from '@modelcontextprotocol/sdk/types.js';
 import { UriTemplate } from '@modelcontextprotocol/sdk/shared/uriTemplate.js';
+import { SUBSCHEMA, SUBSCHEMA_LIST, SUBSCHEMA_MAP } from '../sandboxes/schema-patterns.ts';
 import { canonicalJson, sha256 } from './audit/chain.ts';
+import { lookalikesOf } from './filters/names.ts';
 import { Denial } from './errors.ts';
 import type { Logger } from './log.ts';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
@@ -53,6 +55,8 @@ export interface ToolEntry {
   flow: ToolFlow;
   /** sha256 over the upstream descriptor's canonical form. */
   descriptorHash: string;
+  /** The descriptor as the upstream listed it. */
+  upstreamDescriptor: Tool;
   /** The poisoning check's verdict on the upstream descriptor. */
   descriptorVerdict: DescriptorVerdict;
 }
@@ -74,23 +78,67 @@ function riskOf(tool: Tool, override: Risk | undefined): Risk {
   return 'medium';
 }
 
-/** Strips every description and title from a flagged descriptor, keeping its shape. */
+/** Keywords that constrain values: kept in a withheld schema, since a call must still satisfy them. */
+const VALIDATION_KEYWORDS = new Set([
+  'type', 'enum', 'const', 'multipleOf', 'maximum', 'exclusiveMaximum', 'minimum', 'exclusiveMinimum', 'maxLength', 'minLength',
+  'pattern', 'maxItems', 'minItems', 'uniqueItems', 'maxContains', 'minContains', 'maxProperties', 'minProperties', 'required',
+  'dependentRequired', 'format', '$ref', '$schema', '$id', '$anchor', '$dynamicRef', '$dynamicAnchor', '$recursiveRef', '$recursiveAnchor',
+]);
+/** Tool annotations that are plain booleans (hints); `title` and anything else is text an upstream chose. */
+const HINTS = ['readOnlyHint', 'destructiveHint', 'idempotentHint', 'openWorldHint'] as const;
+
+/**
+ * A JSON Schema reduced to what validates: applicator keywords are followed,
+ * validation keywords kept, and everything else (title, description,
+ * default, examples, $comment, deprecated, vendor keywords) dropped, so no
+ * text of the upstream's choosing rides along in annotations.
+ */
+function validationOnly(schema: unknown): unknown {
+  if (schema === null || typeof schema !== 'object' || Array.isArray(schema)) return schema;
+  const source = schema as Record<string, unknown>;
+  const kept: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(source)) {
+    if (VALIDATION_KEYWORDS.has(key)) kept[key] = value;
+    else if (SUBSCHEMA_LIST.includes(key) && Array.isArray(value)) kept[key] = value.map(validationOnly);
+    else if (SUBSCHEMA.includes(key)) kept[key] = validationOnly(value);
+    else if (SUBSCHEMA_MAP.includes(key) && value !== null && typeof value === 'object' && !Array.isArray(value)) {
+      // `dependencies` may map to a list of property names rather than a schema.
+      kept[key] = Object.fromEntries(Object.entries(value).map(([name, sub]) => [name, Array.isArray(sub) ? sub : validationOnly(sub)]));
+    }
+  }
+  return kept;
+}
+
+/**
+ * A flagged descriptor as agents see it: the name, Bastion's note in place
+ * of the description, the schemas reduced to what validates, and the
+ * annotations' boolean hints (and task support). Title, annotation text,
+ * `_meta`, icons and any other field the upstream added are withheld.
+ */
 function withheldDescriptor(tool: Tool, verdict: DescriptorVerdict): Tool {
-  const strip = (value: unknown): unknown => {
-    if (Array.isArray(value)) return value.map(strip);
-    if (value === null || typeof value !== 'object') return value;
-    return Object.fromEntries(Object.entries(value).filter(([key]) => key !== 'description' && key !== 'title').map(([key, v]) => [key, strip(v)]));
-  };
-  const { title: _title, ...rest } = tool;
+  const hints = Object.fromEntries(HINTS.filter((hint) => typeof tool.annotations?.[hint] === 'boolean').map((hint) => [hint, tool.annotations![hint]]));
   return {
-    ...rest,
+    name: tool.name,
     description: `[Bastion withheld this tool's description: flagged as possibly poisoned (${[...new Set(verdict.findings.map((f) => f.kind))].join(', ')}); every call needs human approval]`,
-    inputSchema: strip(tool.inputSchema) as Tool['inputSchema'],
-    ...(tool.outputSchema ? { outputSchema: strip(tool.outputSchema) as Tool['outputSchema'] } : {}),
+    inputSchema: validationOnly(tool.inputSchema) as Tool['inputSchema'],
+    ...(tool.outputSchema ? { outputSchema: validationOnly(tool.outputSchema) as Tool['outputSchema'] } : {}),
+    ...(Object.keys(hints).length ? { annotations: hints } : {}),
+    // How the tool must be called (tasks), when it is one of the protocol's values: no free text.
+    ...(['required', 'optional', 'forbidden'].includes(tool.execution?.taskSupport as string) ? { execution: { taskSupport: tool.execution!.taskSupport } } : {}),
   };
 }
 
+/**
+ * The pin of a descriptor: sha256 over the canonical form of everything an
+ * agent is shown (every field, `_meta` and icons included). Version 2 of the
+ * hash; see legacyDescriptorHash for the pins written before it.
+ */
 export function descriptorHash(tool: Tool): string {
+  return sha256(canonicalJson(tool));
+}
+
+/** The hash pins had before version 2: name, title, description, schemas and annotations only. */
+export function legacyDescriptorHash(tool: Tool): string {
   const { name, title, description, inputSchema, outputSchema, annotations } = tool;
   return sha256(canonicalJson({ name, title, description, inputSchema, outputSchema, annotations }));
 }
@@ -120,7 +168,7 @@ export class ToolRegistry {
   private readonly log: Logger;
   private readonly check: DescriptorCheck;
   /** Pin status of a descriptor; a changed one is quarantined (see pins.ts). */
-  pinStatus: (connector: string, tool: string, hash: string) => 'pinned' | 'new' | 'quarantined' = () => 'new';
+  pinStatus: (connector: string, tool: string, hash: string, descriptor: Tool) => 'pinned' | 'new' | 'quarantined' = () => 'new';
   private quarantinedNames = new Set<string>();
   private toolIndex: Map<string, ToolEntry> | undefined;
   /** Tools whose descriptors the check blocked: never listed, calls refused with the reason. */
@@ -143,6 +191,29 @@ export class ToolRegistry {
       this.log.warn({ connector: connector.name, tool: tool.name, action: verdict.action, findings: verdict.findings }, 'tool description flagged as possibly poisoned');
     }
     return verdict;
+  }
+
+  /**
+   * Replaces a flagged entry's descriptor with its withheld form, then checks
+   * what is left (property names, enum and const values, patterns): poison
+   * there cannot be withheld without breaking the tool, so the tool is
+   * blocked instead.
+   */
+  private withhold(entry: ToolEntry): void {
+    const withheld = withheldDescriptor(entry.descriptor, entry.descriptorVerdict);
+    const residue = this.check({ ...withheld, description: '' });
+    if (!residue.flagged) {
+      entry.descriptor = withheld;
+      return;
+    }
+    entry.descriptorVerdict = { ...entry.descriptorVerdict, action: 'block', findings: residue.findings };
+    if (!this.warned.has(`${entry.descriptorHash}|residue`)) {
+      this.warned.add(`${entry.descriptorHash}|residue`);
+      this.log.warn(
+        { connector: entry.connector.name, tool: entry.exposedName, findings: residue.findings },
+        'tool descriptor flagged in text that cannot be withheld (property names, enum or const values): blocked',
+      );
+    }
   }
 
   /** Drops the cached indexes; called when a catalog or a connector status changes. */
@@ -174,19 +245,33 @@ export class ToolRegistry {
           risk: riskOf(tool, connector.config.tools[tool.name]?.risk),
           flow: toolFlow(tool, connector.config.tools[tool.name]),
           descriptorHash: hash,
+          upstreamDescriptor: tool,
           descriptorVerdict: this.judge(connector, tool, hash),
         };
         // A flagged description must not reach the model that it tries to instruct:
         // agents see the tool (its calls need a human) but not the suspect text.
-        if (entry.descriptorVerdict.action === 'require_approval') entry.descriptor = withheldDescriptor(entry.descriptor, entry.descriptorVerdict);
+        if (entry.descriptorVerdict.action === 'require_approval') this.withhold(entry);
         return entry;
       }),
     );
     const index = uniqueByName(entries, 'tool', this.log);
     this.blocked = new Map();
     this.quarantinedNames = new Set();
+    // Pinning holds a look-alike name on first sight (pins.ts); this catches one that slipped past it
+    // (its twin appeared later, or on another replica at the same moment, or it was pinned before).
+    const names = [...index.keys()];
+    for (const name of names) {
+      const twins = lookalikesOf(name, names);
+      if (twins.length === 0) continue;
+      index.delete(name);
+      this.quarantinedNames.add(name);
+      if (!this.warned.has(`lookalike|${name}`)) {
+        this.warned.add(`lookalike|${name}`);
+        this.log.warn({ tool: name, lookalikes: twins }, 'tool name looks like another exposed name: hidden (bastion tools review)');
+      }
+    }
     for (const [name, entry] of index) {
-      if (this.pinStatus(entry.connector.name, entry.upstreamName, entry.descriptorHash) === 'quarantined') {
+      if (this.pinStatus(entry.connector.name, entry.upstreamName, entry.descriptorHash, entry.upstreamDescriptor) === 'quarantined') {
         index.delete(name);
         this.quarantinedNames.add(name);
         continue;
@@ -235,12 +320,12 @@ export class ToolRegistry {
       throw new Denial(
         'resolve',
         'BASTION_TOOL_QUARANTINED',
-        `the tool's descriptor does not match its pin (it changed since it was pinned, or could not be pinned); it stays unavailable until an operator reviews it (bastion tools review)`,
+        `the tool's descriptor does not match its pin (it changed since it was pinned, could not be pinned, or its name looks like another tool's); it stays unavailable until an operator reviews it (bastion tools review)`,
       );
     }
     const blocked = this.blocked.get(name);
     if (blocked) {
-      throw new Denial('resolve', 'BASTION_TOOL_BLOCKED', `the tool's description looks poisoned (${blocked.findings.map((f) => f.kind).join(', ')}); blocked by configuration`);
+      throw new Denial('resolve', 'BASTION_TOOL_BLOCKED', `the tool's descriptor looks poisoned (${[...new Set(blocked.findings.map((f) => f.kind))].join(', ')}); it is blocked`);
     }
     if (!entry) throw this.unknown('tool', name);
     return entry;

@@ -48,6 +48,7 @@ import {
 } from '@modelcontextprotocol/sdk/types.js';
 import type { ConnectorConfig } from '../broker/config.ts';
 import type { Logger } from '../broker/log.ts';
+import { linearSchemaValidator, toolSchemaProblems } from '../sandboxes/schema-patterns.ts';
 
 export type ConnectorStatus = 'starting' | 'ready' | 'down' | 'stopped';
 
@@ -184,7 +185,8 @@ export class Connector {
     this.setStatus('starting');
     const client = new Client(
       { name: 'bastion', version: '0.1.0' },
-      { capabilities: { sampling: {}, elicitation: { form: {}, url: {} }, roots: { listChanged: true } } },
+      // The SDK validates results against the upstream's output schemas: patterns there run on RE2.
+      { capabilities: { sampling: {}, elicitation: { form: {}, url: {} }, roots: { listChanged: true } }, jsonSchemaValidator: linearSchemaValidator },
     );
     this.installRelays(client);
     client.onclose = () => {
@@ -242,10 +244,12 @@ export class Connector {
     const next = { ...this.catalogValue };
     if (kind === 'tools') {
       next.tools = caps.tools
-        ? await listAll(async (cursor) => {
-            const r = await client.listTools(cursor ? { cursor } : {});
-            return { items: r.tools, nextCursor: r.nextCursor };
-          })
+        ? this.withEvaluableSchemas(
+            await listAll(async (cursor) => {
+              const r = await client.listTools(cursor ? { cursor } : {});
+              return { items: r.tools, nextCursor: r.nextCursor };
+            }),
+          )
         : [];
     } else if (kind === 'resources') {
       next.resources = caps.resources
@@ -269,6 +273,23 @@ export class Connector {
         : [];
     }
     this.catalogValue = next;
+  }
+
+  /**
+   * Drops (and logs) each tool whose schemas hold a pattern Bastion cannot
+   * evaluate in linear time (a backreference, lookaround): its results could
+   * not be validated safely, so it is refused at load rather than at a call.
+   */
+  private withEvaluableSchemas(tools: Tool[]): Tool[] {
+    return tools.filter((tool) => {
+      const problems = toolSchemaProblems(tool);
+      if (problems.length === 0) return true;
+      this.events.log.error(
+        { connector: this.name, tool: tool.name, problems: problems.slice(0, 10) },
+        `tool ${tool.name} of connector ${this.name} refused: ${problems[0]!.where}: ${problems[0]!.message}`,
+      );
+      return false;
+    });
   }
 
   /** The single agent with calls in flight here, or undefined when none or ambiguous. */

@@ -203,6 +203,7 @@ export class PluginHost {
         tools: toolSchemas(manifest.tools),
         limits,
         caps: requestedCapabilities(manifest),
+        maxCapabilityCalls: grants.maxCapabilityCalls,
       });
       if (this.statusValue === 'stopped') {
         this.options.pool.unload(this.key);

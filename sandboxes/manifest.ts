@@ -13,6 +13,7 @@
  */
 import { z } from 'zod';
 import { SandboxError } from './errors.ts';
+import { schemaPatternProblems } from './schema-patterns.ts';
 
 export const PluginNameSchema = z
   .string()
@@ -35,14 +36,23 @@ const ToolAnnotations = z.strictObject({
   openWorldHint: z.boolean().optional(),
 });
 
-const PluginTool = z.strictObject({
-  name: ToolName,
-  title: z.string().max(200).optional(),
-  description: z.string().min(1).max(4000),
-  inputSchema: ObjectSchema,
-  outputSchema: ObjectSchema.optional(),
-  annotations: ToolAnnotations.optional(),
-});
+const PluginTool = z
+  .strictObject({
+    name: ToolName,
+    title: z.string().max(200).optional(),
+    description: z.string().min(1).max(4000),
+    inputSchema: ObjectSchema,
+    outputSchema: ObjectSchema.optional(),
+    annotations: ToolAnnotations.optional(),
+  })
+  .superRefine((tool, ctx) => {
+    // Patterns run on RE2 (linear time); one RE2 cannot run is refused here, named, rather than at the first call.
+    for (const keyword of ['inputSchema', 'outputSchema'] as const) {
+      for (const problem of schemaPatternProblems(tool[keyword])) {
+        ctx.addIssue({ code: 'custom', path: [keyword], message: `tool ${tool.name}: ${keyword}${problem.where}: ${problem.message}` });
+      }
+    }
+  });
 
 /** `scheme://host[:port]` exactly, as `new URL(x).origin` prints it. */
 const Origin = z.string().refine((value) => {

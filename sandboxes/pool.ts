@@ -42,7 +42,7 @@ import { snapshotUses, type CapabilityUse } from './capabilities/uses.ts';
 import { isSandboxErrorCode, SandboxError, type SandboxErrorCode } from './errors.ts';
 import { encodeFrame, FrameReader } from './frames.ts';
 import type { CapabilityName, PluginLimits } from './manifest.ts';
-import { FromChildSchema, type FromChild, type LoadMessage, type ToChild } from './protocol.ts';
+import { FromChildSchema, type CancelCode, type FromChild, type LoadMessage, type ToChild } from './protocol.ts';
 
 export interface SandboxPoolOptions {
   log: Logger;
@@ -80,11 +80,15 @@ export interface SandboxPluginSpec {
   limits: PluginLimits;
   /** Capabilities the manifest asked for: the isolate offers these functions; the broker decides each use. */
   caps: CapabilityName[];
+  /** Capability uses one call may make (the broker enforces it; the sandbox process stops forwarding past it). */
+  maxCapabilityCalls: number;
 }
 
 /** Serves one call's capability requests (CallCapabilities in production). */
 export interface CapabilityHandler {
   readonly uses: readonly CapabilityUse[];
+  /** Set (synchronously, by handle) once the call asked for more uses than it may make: the pool ends it. */
+  readonly exhausted?: string | undefined;
   handle(payload: string, signal: AbortSignal): Promise<CapabilityReply>;
 }
 
@@ -343,6 +347,7 @@ export class SandboxPool {
       tools: spec.tools,
       limits: spec.limits,
       caps: spec.caps,
+      maxCapabilityCalls: spec.maxCapabilityCalls,
       isolates: this.isolates,
       clockMs: this.clockMs,
     });
@@ -427,7 +432,7 @@ export class SandboxPool {
   }
 
   /** The broker gives up on a call: fail it now, then make sure its isolate goes. */
-  private abandon(call: PendingCall, code: 'SANDBOX_TIMEOUT' | 'SANDBOX_CANCELLED', message: string): void {
+  private abandon(call: PendingCall, code: CancelCode, message: string): void {
     if (call.settled) return;
     this.settle(call, new SandboxError(code, message));
     const proc = call.proc;
@@ -551,7 +556,13 @@ export class SandboxPool {
       reply(false, 'the call has ended');
       return;
     }
-    call.options.capabilities.handle(message.payload, call.controller.signal).then(
+    const capabilities = call.options.capabilities;
+    const handled = capabilities.handle(message.payload, call.controller.signal);
+    if (capabilities.exhausted !== undefined) {
+      // Past the per-call cap the call ends at once: requests already on their way find it settled.
+      this.abandon(call, 'SANDBOX_CAPABILITY_DENIED', `plugin ${call.registration.spec.name}: ${capabilities.exhausted}`);
+    }
+    handled.then(
       (result) => {
         if (call.proc !== proc) return;
         if (result.ok) reply(true, JSON.stringify(result.value ?? null));

@@ -20,6 +20,8 @@ export interface LoadMessage {
   tools: { name: string; inputSchema: Record<string, unknown>; outputSchema?: Record<string, unknown> | undefined }[];
   limits: PluginLimits;
   caps: CapabilityName[];
+  /** Capability requests one call may send; the process forwards one more (which the broker refuses and ends the call on), then drops them. */
+  maxCapabilityCalls: number;
   isolates: { max: number; warm: number; maxCalls: number };
   clockMs: number;
 }
@@ -29,12 +31,15 @@ export function toolSchemas(tools: PluginTool[]): LoadMessage['tools'] {
   return tools.map((t) => ({ name: t.name, inputSchema: t.inputSchema, outputSchema: t.outputSchema }));
 }
 
+/** Why the broker ends a call early: its deadline, its caller, or too many capability uses. */
+export type CancelCode = 'SANDBOX_TIMEOUT' | 'SANDBOX_CANCELLED' | 'SANDBOX_CAPABILITY_DENIED';
+
 export type ToChild =
   | LoadMessage
   | { t: 'unload'; plugin: string }
   | { t: 'call'; call: number; plugin: string; tool: string; args: string }
   | { t: 'capResult'; call: number; req: number; ok: boolean; payload: string }
-  | { t: 'cancel'; call: number; code: 'SANDBOX_TIMEOUT' | 'SANDBOX_CANCELLED' }
+  | { t: 'cancel'; call: number; code: CancelCode }
   | { t: 'health'; id: number };
 
 const id = z.int().nonnegative().max(Number.MAX_SAFE_INTEGER);

@@ -28,6 +28,7 @@ const runtime = new PluginRuntime(
     tools: toolSchemas(manifest.tools),
     limits: manifest.limits,
     caps: [],
+    maxCapabilityCalls: 64,
     isolates: { max: 4, warm: 1, maxCalls: 1000 },
     clockMs: 100,
   },

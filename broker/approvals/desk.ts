@@ -7,11 +7,20 @@
  * outcome. The waiter is woken through the bus; the record in the state
  * store is the truth. An approval is bound to the call's hash, counts only
  * distinct approvers outside the requester's delegation chain, and is
- * consumed when the call runs (`claimForExecution`), so it cannot run twice.
+ * consumed when the call is handed to the executor (`claimForExecution`),
+ * so it cannot run twice.
+ *
+ * A record says only what is known (record.ts has the states). Every record
+ * ends in a terminal state: the process that parked it settles it, and a
+ * sweeper (at start and every few seconds, on every broker) resolves records
+ * whose owner is gone (owners.ts): still pending → listed as "agent
+ * disconnected" until it expires; approved → abandoned; dispatched →
+ * interrupted (whether the tool ran is unknown). Each transition is audited.
  *
  * @example
  *   const parked = await desk.park(request, { signal, onWaiting });   // resolves when approved
- *   await desk.claimForExecution(parked.id, parked.call_hash);         // approved → executed, once
+ *   await desk.claimForExecution(parked.id, parked.call_hash);         // approved → dispatched, once
+ *   await desk.settle(parked.id, 'executed', 'the upstream answered'); // dispatched → executed
  */
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
@@ -20,7 +29,9 @@ import type { AuditEvent } from '../audit/chain.ts';
 import { Denial, type DenialCode } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { StateStore } from '../state/store.ts';
-import { APPROVALS, parseParkedCall, type ApproverDecision, type ParkedCall } from './record.ts';
+import { hiddenCharactersOf } from './hidden-text.ts';
+import { ApprovalOwners, OWNER_TTL_MS } from './owners.ts';
+import { APPROVALS, OPEN_STATUSES, parseParkedCall, type ApproverDecision, type ParkedCall } from './record.ts';
 
 /** Wakes waiters when a record changes; in-process here, Redis pub/sub across replicas. */
 export interface ApprovalBus {
@@ -61,9 +72,16 @@ export interface ApprovalDeskOptions {
   log: Logger;
   /** The broker's signing key for approval evidence. */
   signingKey: JWK;
-  /** Identifies this broker process; a record whose owner is gone can never run. */
-  owner?: string;
+  /**
+   * Names this broker across restarts (config replica_id, or its state folder), so a restarted
+   * process fences its predecessor's parked calls at once (owners.ts). Default: a fresh name.
+   */
+  replica?: string;
+  /** The state store is this process's alone (embedded, under the state folder's lock): every other owner is dead. */
+  soleState?: boolean;
   progressEveryMs?: number;
+  /** How often the sweeper settles records whose owner is gone (default 10 s). */
+  sweepEveryMs?: number;
   /** Called once per new parked call (e.g. the webhook). */
   onParked?: (call: ParkedCall) => void;
   now?: () => number;
@@ -79,39 +97,56 @@ export class ApprovalActionError extends Error {
   }
 }
 
-const OWNERS = 'approval-owners';
-const OWNER_TTL_MS = 30_000;
+/** How long decided records are kept for the page's history. */
+const HISTORY_MS = 86_400_000;
 const refuse = (code: DenialCode, reason: string) => new Denial('approve', code, reason);
 
 export class ApprovalDesk {
-  readonly owner: string;
   /** Emits 'changed' (record id) for live views such as the approval page. */
   readonly changes = new EventEmitter();
   private readonly options: ApprovalDeskOptions;
   private readonly now: () => number;
-  private heartbeat: NodeJS.Timeout | undefined;
+  private readonly owners: ApprovalOwners;
+  /** Records this process parked and still answers for (a waiter, or a call between approval and its end). */
+  private readonly inFlight = new Set<string>();
+  private starting: Promise<void> | undefined;
+  private sweeper: NodeJS.Timeout | undefined;
   private readonly unsubscribe: () => void;
 
   constructor(options: ApprovalDeskOptions) {
     this.options = options;
-    this.owner = options.owner ?? randomUUID();
     this.now = options.now ?? Date.now;
+    this.owners = new ApprovalOwners({ state: options.state, replica: options.replica ?? randomUUID(), log: options.log, sole: options.soleState ?? false });
     this.changes.setMaxListeners(0);
     this.unsubscribe = options.bus.subscribe((id) => this.changes.emit('changed', id));
   }
 
-  /** Announces this process as alive, so approvals elsewhere know its parked calls can still run. */
-  async start(): Promise<void> {
-    const beat = () => this.options.state.set(OWNERS, this.owner, '1', OWNER_TTL_MS);
-    await beat();
-    this.heartbeat = setInterval(() => void beat().catch((e: Error) => this.options.log.warn({ err: e.message }, 'approval heartbeat failed')), OWNER_TTL_MS / 3);
-    this.heartbeat.unref();
+  /** This process as the owner of the calls it parks (`replica#epoch`). */
+  get owner(): string {
+    return this.owners.self;
+  }
+
+  /**
+   * Takes this replica's next epoch (its predecessors' parked calls are orphaned from now on),
+   * starts the heartbeat, settles what the dead left behind, then sweeps every few seconds.
+   */
+  start(): Promise<void> {
+    this.starting ??= (async () => {
+      await this.owners.start();
+      await this.sweep();
+      this.sweeper = setInterval(
+        () => void this.sweep().catch((e: Error) => this.options.log.warn({ err: e.message }, 'approval sweep failed')),
+        this.options.sweepEveryMs ?? OWNER_TTL_MS / 3,
+      );
+      this.sweeper.unref();
+    })();
+    return this.starting;
   }
 
   async stop(): Promise<void> {
-    clearInterval(this.heartbeat);
+    clearInterval(this.sweeper);
     this.unsubscribe();
-    await this.options.state.delete(OWNERS, this.owner).catch(() => false);
+    await this.owners.stop();
   }
 
   private async read(id: string): Promise<{ text: string; call: ParkedCall } | undefined> {
@@ -126,7 +161,9 @@ export class ApprovalDesk {
       if (!current) return undefined;
       const next = change(structuredClone(current.call));
       if (!next) return undefined;
-      if (await this.options.state.compareAndSet(APPROVALS, id, current.text, JSON.stringify(next))) {
+      // The record keeps its retention (a day past expiry) across updates.
+      const keep = Math.max(1, Date.parse(next.expires_at) + HISTORY_MS - this.now());
+      if (await this.options.state.compareAndSet(APPROVALS, id, current.text, JSON.stringify(next), keep)) {
         await this.options.bus.publish(id);
         return next;
       }
@@ -144,8 +181,16 @@ export class ApprovalDesk {
     });
   }
 
+  /** Moves a record from one of `from` to `to`, audited as `approval.<to>`; undefined when it was in another state. */
+  private async transition(id: string, from: ParkedCall['status'][], to: ParkedCall['status'], outcome: string, detail: Record<string, unknown> = {}): Promise<ParkedCall | undefined> {
+    const moved = await this.update(id, (call) => (from.includes(call.status) ? { ...call, status: to, outcome } : undefined));
+    if (moved) await this.audit(`approval.${to}`, moved, detail);
+    return moved;
+  }
+
   /** Parks a call and waits; resolves with the approved record, or throws the approve-stage Denial. */
   async park(request: ParkRequest, wait: WaitOptions = {}): Promise<ParkedCall> {
+    await this.start();
     const { timeoutMs, ...fields } = request;
     const created = this.now();
     const call: ParkedCall = {
@@ -157,10 +202,17 @@ export class ApprovalDesk {
       owner: this.owner,
       decisions: [],
     };
-    // Keep decided records for a day so the page can show history.
-    await this.options.state.set(APPROVALS, call.id, JSON.stringify(call), timeoutMs + 86_400_000);
-    await this.audit('approval.requested', call, { quorum: call.quorum, expires_at: call.expires_at });
-    await this.options.bus.publish(call.id);
+    this.inFlight.add(call.id);
+    try {
+      // Keep decided records for a day so the page can show history.
+      await this.options.state.set(APPROVALS, call.id, JSON.stringify(call), timeoutMs + HISTORY_MS);
+      const hidden = hiddenCharactersOf(call);
+      await this.audit('approval.requested', call, { quorum: call.quorum, expires_at: call.expires_at, ...(hidden.length ? { hidden_characters: hidden } : {}) });
+      await this.options.bus.publish(call.id);
+    } catch (error) {
+      this.inFlight.delete(call.id);
+      throw error;
+    }
     this.options.onParked?.(call);
     return this.waitFor(call.id, created + timeoutMs, wait);
   }
@@ -176,11 +228,16 @@ export class ApprovalDesk {
         clearInterval(progress);
         unsubscribe();
         wait.signal?.removeEventListener('abort', onAbort);
+        // Approved: the pipeline answers for the record now (claim, then settle; or abandon).
+        if (error) this.inFlight.delete(id);
         if (error) reject(error);
         else resolve(call!);
       };
 
+      // Once the agent cancels, the cancellation decides what the agent is told.
+      let cancelling = false;
       const check = async () => {
+        if (cancelling) return;
         const current = await this.read(id);
         if (!current) return finish(refuse('BASTION_APPROVAL_INVALID', 'the approval request disappeared'));
         const { call } = current;
@@ -205,18 +262,20 @@ export class ApprovalDesk {
       });
 
       const expire = async () => {
-        const expired = await this.update(id, (call) => (call.status === 'pending' ? { ...call, status: 'expired', outcome: 'timed out' } : undefined));
-        if (expired) await this.audit('approval.expired', expired);
+        await this.transition(id, ['pending'], 'expired', 'timed out');
         await check();
       };
       timers.push(setTimeout(() => void expire().catch(() => checkSafely()), Math.max(0, deadline - this.now())));
 
       const onAbort = () => {
+        const cancelled = 'the agent cancelled the call';
+        cancelling = true;
         void (async () => {
-          const withdrawn = await this.update(id, (call) => (call.status === 'pending' ? { ...call, status: 'withdrawn', outcome: 'the agent cancelled the call' } : undefined));
-          if (withdrawn) await this.audit('approval.withdrawn', withdrawn);
-          finish(refuse('BASTION_APPROVAL_WITHDRAWN', 'the agent cancelled the call'));
-        })().catch(() => finish(refuse('BASTION_APPROVAL_WITHDRAWN', 'the agent cancelled the call')));
+          const withdrawn = await this.transition(id, ['pending'], 'withdrawn', cancelled);
+          // Approved but not yet picked up (the approval and the cancel crossed): it will never run.
+          if (!withdrawn) await this.transition(id, ['approved'], 'abandoned', `approved, but ${cancelled} before it ran; it will not run`);
+          finish(refuse('BASTION_APPROVAL_WITHDRAWN', cancelled));
+        })().catch(() => finish(refuse('BASTION_APPROVAL_WITHDRAWN', cancelled)));
       };
       if (wait.signal?.aborted) onAbort();
       wait.signal?.addEventListener('abort', onAbort, { once: true });
@@ -239,10 +298,16 @@ export class ApprovalDesk {
     });
   }
 
-  /** Consumes an approval for the call about to run: approved → executed, exactly once, same hash only. */
+  /**
+   * Consumes an approval for the call about to run: approved → dispatched, exactly once,
+   * same hash only, and only while this process is not fenced by a newer one of its replica.
+   */
   async claimForExecution(id: string, expectedHash: string): Promise<void> {
+    if (!(await this.owners.current())) {
+      throw refuse('BASTION_APPROVAL_INVALID', 'a newer broker process of this replica has started; this one runs no approved call');
+    }
     let problem = '';
-    const executed = await this.update(id, (call) => {
+    const dispatched = await this.update(id, (call) => {
       if (call.call_hash !== expectedHash) {
         problem = 'the approved call differs from the call about to run';
         return undefined;
@@ -251,14 +316,62 @@ export class ApprovalDesk {
         problem = `the approval is ${call.status}, not approved`;
         return undefined;
       }
-      return { ...call, status: 'executed' };
+      return { ...call, status: 'dispatched', outcome: 'handed to the executor' };
     });
-    if (!executed) throw refuse('BASTION_APPROVAL_INVALID', problem || 'the approval request disappeared');
-    await this.audit('approval.executed', executed);
+    if (!dispatched) throw refuse('BASTION_APPROVAL_INVALID', problem || 'the approval request disappeared');
+    await this.audit('approval.dispatched', dispatched);
   }
 
-  private async ownerAlive(owner: string): Promise<boolean> {
-    return owner === this.owner || (await this.options.state.get(OWNERS, owner)) !== undefined;
+  /** The executor came back: dispatched → executed (an answer arrived) or failed (it threw). */
+  async settle(id: string, status: 'executed' | 'failed', outcome: string): Promise<void> {
+    try {
+      await this.transition(id, ['dispatched'], status, outcome);
+    } finally {
+      this.inFlight.delete(id);
+    }
+  }
+
+  /** The approved call will not run after all (re-check refused it, the agent left): approved → abandoned. */
+  async abandon(id: string, reason: string): Promise<void> {
+    try {
+      await this.transition(id, ['approved'], 'abandoned', `approved, but not run: ${reason}`);
+    } finally {
+      this.inFlight.delete(id);
+    }
+  }
+
+  /** Whether anyone still waits to run this record: this process, or a live, unfenced owner elsewhere. */
+  private async waitedFor(call: ParkedCall): Promise<boolean> {
+    return call.owner === this.owners.self ? this.inFlight.has(call.id) : this.owners.isAlive(call.owner);
+  }
+
+  /**
+   * Settles every record nobody can finish: past its expiry and still pending → expired;
+   * approved or dispatched with its owner gone → abandoned or interrupted. Records of
+   * live owners elsewhere are theirs to settle (their clock set the expiry); this
+   * process's own pending records are expired here too, in case its waiter's timer
+   * could not write. Safe on every replica at once (compare-and-set).
+   */
+  async sweep(): Promise<void> {
+    for (const call of await this.all()) {
+      if (!OPEN_STATUSES.has(call.status)) continue;
+      const waited = await this.waitedFor(call);
+      const mine = call.owner === this.owners.self;
+      const swept = { swept_by: this.owners.self };
+      if (call.status === 'pending' && (mine || !waited) && Date.parse(call.expires_at) <= this.now()) {
+        await this.transition(call.id, ['pending'], 'expired', waited ? 'timed out' : 'timed out; the agent connection was already gone', swept);
+      } else if (call.status === 'approved' && !waited) {
+        await this.transition(call.id, ['approved'], 'abandoned', 'approved, but the broker process holding the agent connection is gone; the call will not run', swept);
+      } else if (call.status === 'dispatched' && !waited) {
+        await this.transition(
+          call.id,
+          ['dispatched'],
+          'interrupted',
+          'handed to the executor, but no answer was recorded (the broker process stopped, or could not write the record); whether the tool ran is unknown',
+          swept,
+        );
+      }
+    }
   }
 
   private async sign(call: ParkedCall, approver: Approver, decision: 'approve' | 'deny', reason: string): Promise<string> {
@@ -297,7 +410,7 @@ export class ApprovalDesk {
       auth_time: approver.authTime,
       jws: await this.sign(call, approver, decision, reason),
     };
-    const ownerAlive = await this.ownerAlive(call.owner);
+    const ownerAlive = await this.waitedFor(call);
     let refusal: ApprovalActionError | undefined;
     const updated = await this.update(id, (latest) => {
       if (latest.status !== 'pending' || latest.call_hash !== shownHash) {
@@ -342,9 +455,9 @@ export class ApprovalDesk {
     return (await this.read(id))?.call;
   }
 
-  /** Whether the process holding a call's agent connection is still alive. */
+  /** Whether the process holding a call's agent connection is still alive and waiting for it. */
   ownerIsAlive(call: ParkedCall): Promise<boolean> {
-    return this.ownerAlive(call.owner);
+    return this.waitedFor(call);
   }
 
   private async all(): Promise<ParkedCall[]> {

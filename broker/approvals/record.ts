@@ -12,8 +12,22 @@ import { FlowExplanationSchema } from '../flows/explain.ts';
 
 export const APPROVALS = 'approvals';
 
-export const ApprovalStatus = z.enum(['pending', 'approved', 'denied', 'expired', 'withdrawn', 'abandoned', 'executed']);
+/**
+ * The life of a record; each state says only what is known.
+ *
+ *   pending ──▶ approved ──▶ dispatched ──▶ executed     the upstream answered (a result, or a tool error)
+ *      │           │             │      └──▶ failed       the executor threw (unreachable, timed out, refused)
+ *      │           │             └─────────▶ interrupted  the broker stopped before an answer: whether the tool ran is unknown
+ *      │           └───────────────────────▶ abandoned    approved, but nothing will run it (agent gone, re-check refused)
+ *      └──▶ denied | expired | withdrawn | abandoned
+ *
+ * pending, approved and dispatched are not terminal: the owner settles them,
+ * or the sweeper does once the owner is gone (desk.ts).
+ */
+export const ApprovalStatus = z.enum(['pending', 'approved', 'dispatched', 'executed', 'failed', 'interrupted', 'denied', 'expired', 'withdrawn', 'abandoned']);
 export type ApprovalStatus = z.infer<typeof ApprovalStatus>;
+
+export const OPEN_STATUSES: ReadonlySet<ApprovalStatus> = new Set(['pending', 'approved', 'dispatched']);
 
 export const ApproverDecisionSchema = z.strictObject({
   approver: z.string(),
@@ -47,7 +61,7 @@ export const ParkedCallSchema = z.strictObject({
   flow: FlowExplanationSchema.optional(),
   created_at: z.string(),
   expires_at: z.string(),
-  /** The broker process holding the agent's connection; gone means the call can never run. */
+  /** The broker process holding the agent's connection (`replica#epoch`, owners.ts); gone means the call can never run. */
   owner: z.string(),
   decisions: z.array(ApproverDecisionSchema),
   /** Why the record left `pending` (who denied, timeout, agent gone). */

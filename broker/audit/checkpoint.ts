@@ -96,7 +96,15 @@ export class AuditCheckpointer {
     const key = isJwk(options.key) ? await importJWK(options.key, 'EdDSA') : options.key;
     const file = checkpointsFileFor(options.auditFile);
     await mkdir(path.dirname(file), { recursive: true });
-    const signedSeq = lastCheckpointSeq(await readFile(file, 'utf8').catch(() => ''));
+    const text = await readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => {
+      if (error.code === 'ENOENT') return '';
+      throw error;
+    });
+    // Appending after a torn line would glue the next checkpoint to it, and that line would never verify.
+    if (text.length > 0 && !text.endsWith('\n')) {
+      throw new Error(`checkpoint file ${file} ends with a partial line (a write cut short); run \`bastion audit recover ${options.auditFile}\` to keep it as evidence and cut it off`);
+    }
+    const signedSeq = lastCheckpointSeq(text);
     const handle = await open(file, 'a', 0o600);
     return new AuditCheckpointer(options, handle, key, signedSeq);
   }

@@ -60,7 +60,10 @@ async function readHead(file: string): Promise<{ seq: number; hash: string }> {
   }
   if (text.length === 0) return { seq: 0, hash: GENESIS_HASH };
   if (!text.endsWith('\n')) {
-    throw new Error(`audit file ${file} ends with a partial record; run \`bastion audit verify ${file}\` and move it aside`);
+    // Do not move the file aside: its signed checkpoints would then report every record as removed.
+    throw new Error(
+      `audit file ${file} ends with a partial record (a write cut short, e.g. by a crash); run \`bastion audit recover ${file}\` to keep the torn bytes as evidence, cut them off and continue the chain with a signed recovery record`,
+    );
   }
   const lines = text.trimEnd().split('\n');
   const last = JSON.parse(lines[lines.length - 1] ?? '') as Partial<AuditRecord>;

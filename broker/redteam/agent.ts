@@ -13,6 +13,7 @@
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { ToolListChangedNotificationSchema, type CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { linearSchemaValidator } from '../../sandboxes/schema-patterns.ts';
 import { dpopFetch, type DpopKey } from '../auth/dpop-client.ts';
 
 /** A refusal as the attacker observed it. `stage` and `code` are Bastion's when it named them. */
@@ -124,7 +125,8 @@ export async function connectAgent(url: string, token: string, options: { dpopKe
     }
     return response;
   };
-  const client = new Client({ name: options.name ?? 'bastion-redteam', version: '1.0.0' });
+  // The tool list comes from hostile upstreams and plugins: output schemas are evaluated on RE2 here too.
+  const client = new Client({ name: options.name ?? 'bastion-redteam', version: '1.0.0' }, { jsonSchemaValidator: linearSchemaValidator });
   const transport = new StreamableHTTPClientTransport(new URL(url), {
     requestInit: { headers: { Authorization: `${options.dpopKey ? 'DPoP' : 'Bearer'} ${token}` } },
     fetch: options.dpopKey ? dpopFetch(options.dpopKey, token, capturing) : capturing,

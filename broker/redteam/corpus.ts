@@ -112,7 +112,11 @@ const DecideStep = z.strictObject({
   approver: Name,
   /** The parked call to decide on. */
   call: Name,
-  decision: z.enum(['approve', 'deny']).default('approve'),
+  /**
+   * approve_unless_warned: an approver who reads the page and approves what looks
+   * harmless, but denies a request the page flags for hidden characters.
+   */
+  decision: z.enum(['approve', 'deny', 'approve_unless_warned']).default('approve'),
   /** valid: echo the session's CSRF token; missing: send none; wrong: send a guess. */
   csrf: z.enum(['valid', 'missing', 'wrong']).default('valid'),
   /** An Origin header (e.g. a cross-site page); none by default. */
@@ -167,9 +171,20 @@ const InstallPluginStep = z.strictObject({
   name: z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, 'lowercase letters, digits and "-", starting with a letter, at most 32'),
   /** The plugin's single JavaScript file. */
   code: z.string().min(1).max(65_536),
-  tools: z.array(z.strictObject({ name: Name, description: z.string().default('') })).min(1),
+  tools: z
+    .array(
+      z.strictObject({
+        name: Name,
+        description: z.string().default(''),
+        /** The tool's inputSchema in the manifest (default: any object). */
+        input_schema: z.record(z.string(), z.unknown()).optional(),
+      }),
+    )
+    .min(1),
   /** Host capabilities the manifest asks for. */
   capabilities: z.array(z.string()).default([]),
+  /** The manifest's wall-clock limit, when the case needs another than the red team's default (1 s). */
+  wall_ms: z.number().int().positive().max(30_000).optional(),
 });
 const SleepStep = z.strictObject({ ms: Millis });
 
@@ -225,6 +240,13 @@ export const PredicateSchema = z.union([
   z.strictObject({ call_unbounded: z.strictObject({ call: Name }) }),
   /** More marked calls reached the upstream tool than the configured quota lets through in the flood's duration. */
   z.strictObject({ upstream_exceeds_quota: z.strictObject({ tool: ToolName }) }),
+  /**
+   * Nothing the agent received matches this regular expression: an answer a
+   * working broker gives (e.g. a bystander plugin's) never came.
+   */
+  z.strictObject({ agent_starved: z.strictObject({ pattern: z.string().min(1), flags: z.string().regex(/^[imsu]*$/).default('') }) }),
+  /** An audit record of a call of this tool, written during the attempt, is longer than `bytes` (canonical JSON). */
+  z.strictObject({ audit_record_over: z.strictObject({ tool: ToolName, bytes: z.number().int().positive() }) }),
 ]);
 export type Predicate = z.infer<typeof PredicateSchema>;
 
@@ -318,8 +340,8 @@ export async function loadCorpus(locations: string[]): Promise<Corpus> {
       }
       for (const step of attackCase.steps) {
         if (!('install_plugin' in step)) continue;
-        const { name, tools, code, capabilities } = step.install_plugin;
-        const spec = JSON.stringify({ tools, code, capabilities });
+        const { name, tools, code, capabilities, wall_ms } = step.install_plugin;
+        const spec = JSON.stringify({ tools, code, capabilities, wall_ms });
         const seen = plugins.get(name);
         if (seen && seen.spec !== spec) throw new CorpusError(`${file}: case "${attackCase.id}" installs a plugin named "${name}" that differs from the one case "${seen.caseId}" installs; give each plugin its own name`);
         plugins.set(name, { spec, caseId: attackCase.id });

@@ -40,7 +40,10 @@ export function corpusPlugins(corpus: Corpus): PluginSpec[] {
   for (const attackCase of corpus.classes.flatMap((c) => c.cases)) {
     if (missingFeature(attackCase)) continue;
     for (const step of attackCase.steps) {
-      if ('install_plugin' in step) plugins.set(step.install_plugin.name, { name: step.install_plugin.name, tools: step.install_plugin.tools, code: step.install_plugin.code, capabilities: step.install_plugin.capabilities });
+      if ('install_plugin' in step) {
+        const { name, tools, code, capabilities, wall_ms } = step.install_plugin;
+        plugins.set(name, { name, tools, code, capabilities, ...(wall_ms !== undefined ? { wallMs: wall_ms } : {}) });
+      }
     }
   }
   return [...plugins.values()];

@@ -84,8 +84,11 @@ interface PendingView {
   tool: string;
   status: string;
   principal: { sub: string };
+  /** Where the page warns of hidden characters (absent on brokers that do not). */
+  hidden_characters?: { where: string; characters: string[] }[];
 }
 
+/** The approval page's list of waiting calls, as this approver (or the observer) sees it. */
 async function pendingCalls(target: Target, observer: ApproverSession): Promise<PendingView[]> {
   const response = await fetch(`${target.origin}/approvals/api/pending`, { headers: { cookie: observer.cookie } });
   if (response.status !== 200) return [];
@@ -321,15 +324,27 @@ export class Attempt {
       if (spec.csrf === 'wrong') headers['x-csrf-token'] = randomBytes(32).toString('base64url');
       if (spec.origin) headers.origin = spec.origin;
       const callHash = spec.call_hash === 'actual' ? pending.parked.call_hash : `sha256:${randomBytes(32).toString('hex')}`;
+      let decision: 'approve' | 'deny' = spec.decision === 'deny' ? 'deny' : 'approve';
+      let read = '';
+      if (spec.decision === 'approve_unless_warned') {
+        // The approver reads the request as the page shows it, and heeds a warning.
+        const id = pending.parked.id;
+        const shown = (await pendingCalls(this.target, approver)).find((c) => c.id === id);
+        const warned = shown?.hidden_characters ?? [];
+        if (warned.length > 0) decision = 'deny';
+        read = warned.length
+          ? ` (the page warned of hidden characters: ${warned.map((w) => `${w.where} ${w.characters.join(', ')}`).join('; ')})`
+          : ' (the page showed no warning)';
+      }
       const response = await fetch(`${this.target.origin}/approvals/api/${pending.parked.id}/decision`, {
         method: 'POST',
         headers,
-        body: JSON.stringify({ decision: spec.decision, reason: 'red team', call_hash: callHash }),
+        body: JSON.stringify({ decision, reason: 'red team', call_hash: callHash }),
       });
       const body = (await response.json().catch(() => ({}))) as { error?: string; status?: string };
       this.note(
         response.status === 200
-          ? { kind: 'decide', setup, ok: true, note: `${spec.decision}d ${spec.call}: ${body.status}` }
+          ? { kind: 'decide', setup, ok: true, note: `${decision}d ${spec.call}: ${body.status}${read}` }
           : { kind: 'decide', setup, ok: false, refusal: { stage: 'approve', code: `HTTP_${response.status}`, reason: body.error ?? '', status: response.status } },
       );
       return;

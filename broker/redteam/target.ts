@@ -102,10 +102,12 @@ export interface LaunchOptions {
 /** A plugin an install_plugin step asks for: its name, tools and script. */
 export interface PluginSpec {
   name: string;
-  tools: { name: string; description: string }[];
+  tools: { name: string; description: string; input_schema?: Record<string, unknown> | undefined }[];
   code: string;
   /** Host capabilities the manifest asks for (kv, log; none is granted). */
   capabilities?: string[];
+  /** The manifest's wall-clock limit instead of REDTEAM_PLUGIN_LIMITS.wall_ms. */
+  wallMs?: number;
 }
 
 /** Small limits, as a careful plugin author would declare them (the host caps them further). */
@@ -125,14 +127,14 @@ export async function materializePlugins(plugins: PluginSpec[], dir: string): Pr
       version: '0.0.1',
       description: 'Hostile plugin from the red-team corpus.',
       main: 'main.js',
-      tools: plugin.tools.map((t) => ({ name: t.name, description: t.description || t.name, inputSchema: { type: 'object' } })),
+      tools: plugin.tools.map((t) => ({ name: t.name, description: t.description || t.name, inputSchema: t.input_schema ?? { type: 'object' } })),
       capabilities: Object.fromEntries(
         (plugin.capabilities ?? []).map((c) => {
           if (c !== 'kv' && c !== 'log') throw new Error(`plugin ${plugin.name}: the red team can only ask for kv or log, not ${c}`);
           return [c, {}];
         }),
       ),
-      limits: { ...REDTEAM_PLUGIN_LIMITS },
+      limits: { ...REDTEAM_PLUGIN_LIMITS, ...(plugin.wallMs !== undefined ? { wall_ms: plugin.wallMs } : {}) },
     };
     await writeFile(path.join(pluginDir, 'plugin.json'), JSON.stringify(manifest, null, 2));
     await writeFile(path.join(pluginDir, 'main.js'), plugin.code);
@@ -203,6 +205,9 @@ export function targetDocument(options: LaunchOptions, dir: string, plugins: { d
     connectors,
     // The operator's plugins, if any, plus the corpus's hostile ones.
     plugins: [...(Array.isArray(base.plugins) ? (base.plugins as unknown[]) : []), ...plugins],
+    // One sandbox process unless the operator set how many: every plugin then shares it, so a plugin
+    // that stalls its process (a catastrophic schema pattern) is seen stalling the others too.
+    sandbox: { processes: 1, ...asObject(base.sandbox) },
     defenses_off: options.defensesOff,
   };
 }

@@ -68,6 +68,8 @@ const SANDBOX_STOPS: ReadonlySet<string> = new Set([
   'SANDBOX_INVALID_RESULT',
   'SANDBOX_CAPABILITY_DENIED',
   'SANDBOX_PLUGIN_ERROR',
+  // Arguments the plugin's own schema refused, checked in the sandbox process (on RE2: no pattern stalls it).
+  'SANDBOX_INVALID_ARGUMENTS',
 ]);
 
 const stop = (refusal: Pick<Refusal, 'stage' | 'code'>): StopReason => ({ defense: defenseOf(refusal), stage: refusal.stage, code: refusal.code });
@@ -115,11 +117,18 @@ async function holds(predicate: Predicate, attempt: Attempt, evidence: Evidence)
       evidence: `${p.tool} reached the upstream ${hits.length}× (attack needs ${p.min_count})${hits.length && pids.length > 1 ? `; upstream pids ${pids.join(', ')}` : ''}`,
     };
   }
-  if ('agent_received' in predicate) {
-    const p = predicate.agent_received;
+  if ('agent_received' in predicate || 'agent_starved' in predicate) {
+    const p = 'agent_received' in predicate ? predicate.agent_received : predicate.agent_starved;
     const pattern = new RegExp(p.pattern, p.flags);
     const hit = attempt.received.some((text) => pattern.test(text));
-    return { holds: hit, evidence: hit ? `the agent received text matching /${p.pattern}/` : `nothing the agent received matched /${p.pattern}/` };
+    const evidenceLine = hit ? `the agent received text matching /${p.pattern}/` : `nothing the agent received matched /${p.pattern}/`;
+    return { holds: 'agent_received' in predicate ? hit : !hit, evidence: evidenceLine };
+  }
+  if ('audit_record_over' in predicate) {
+    const p = predicate.audit_record_over;
+    const sizes = evidence.audit.filter((r) => r.tool === p.tool).map((r) => JSON.stringify(r).length);
+    const largest = Math.max(0, ...sizes);
+    return { holds: largest > p.bytes, evidence: `the largest audit record of ${p.tool} is ${largest} bytes (the attack needs more than ${p.bytes})` };
   }
   if ('upstream_exceeds_quota' in predicate) {
     const p = predicate.upstream_exceeds_quota;

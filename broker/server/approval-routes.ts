@@ -1,6 +1,6 @@
 /**
  * The approval page at /approvals and its JSON API. The page is static
- * (HTML, one script, one stylesheet) under a strict Content-Security-Policy;
+ * (HTML, two script modules, one stylesheet) under a strict Content-Security-Policy;
  * sessions are HttpOnly SameSite=Strict cookies; every state-changing request
  * must come from this origin and echo the session's CSRF token.
  *
@@ -15,6 +15,7 @@ import { z } from 'zod';
 import type { ApproverDirectory, ApproverSession } from '../approvals/approvers.ts';
 import { SignInError } from '../approvals/approvers.ts';
 import { ApprovalActionError, type ApprovalDesk } from '../approvals/desk.ts';
+import { hiddenCharactersOf } from '../approvals/hidden-text.ts';
 import type { ParkedCall } from '../approvals/record.ts';
 import type { Logger } from '../log.ts';
 
@@ -64,6 +65,7 @@ export function approvalRoutes({ desk, approvers, origins, secureCookies, log }:
     html: readFileSync(path.join(PAGE_DIR, 'index.html')),
     js: readFileSync(path.join(PAGE_DIR, 'app.js')),
     css: readFileSync(path.join(PAGE_DIR, 'app.css')),
+    reveal: readFileSync(path.join(PAGE_DIR, 'reveal.js')),
   };
   router.use((_req, res, next) => {
     securityHeaders(res);
@@ -76,6 +78,7 @@ export function approvalRoutes({ desk, approvers, origins, secureCookies, log }:
   router.get('/approvals', sendAsset('html', assets.html));
   router.get('/approvals/app.js', sendAsset('application/javascript', assets.js));
   router.get('/approvals/app.css', sendAsset('text/css', assets.css));
+  router.get('/approvals/reveal.js', sendAsset('application/javascript', assets.reveal));
 
   const json = express.json({ limit: 16_384, type: () => true });
 
@@ -145,14 +148,15 @@ export function approvalRoutes({ desk, approvers, origins, secureCookies, log }:
     res.json({ sub: approver.sub, roles: approver.roles, csrf });
   });
 
-  const view = async (call: ParkedCall) => ({ ...call, owner_alive: await desk.ownerIsAlive(call) });
+  /** A record as the page gets it: with whether its agent is still connected, and where it hides characters. */
+  const view = async (call: ParkedCall) => ({ ...call, owner_alive: await desk.ownerIsAlive(call), hidden_characters: hiddenCharactersOf(call) });
 
   router.get('/approvals/api/pending', requireSession, async (_req, res) => {
     res.json({ calls: await Promise.all((await desk.pending()).map(view)) });
   });
 
   router.get('/approvals/api/history', requireSession, async (_req, res) => {
-    res.json({ calls: await desk.history() });
+    res.json({ calls: (await desk.history()).map((call) => ({ ...call, hidden_characters: hiddenCharactersOf(call) })) });
   });
 
   router.get('/approvals/events', requireSession, (req, res) => {

@@ -35,6 +35,7 @@ import type { Principal } from '../auth/verify.ts';
 import { Denial } from '../errors.ts';
 import { denialResult, type CallContext } from '../pipeline.ts';
 import type { Broker } from '../broker.ts';
+import { linearSchemaValidator } from '../../sandboxes/schema-patterns.ts';
 import type { CallOrigin } from '../../connectors/upstream.ts';
 
 export interface SessionBinding {
@@ -94,6 +95,8 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
         completions: {},
       },
       instructions: 'Bastion mediates every tool call: each one is checked against your capability token and policy, and audited.',
+      // Schemas relayed from upstreams are not Bastion's: any the SDK evaluates here runs its patterns on RE2.
+      jsonSchemaValidator: linearSchemaValidator,
     },
   );
   const { pipeline, registry } = broker;

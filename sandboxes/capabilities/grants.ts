@@ -78,13 +78,20 @@ type Request = z.infer<typeof Request>;
 /** What goes back into the isolate: a JSON value, or an error message. */
 export type CapabilityReply = { ok: true; value: unknown } | { ok: false; denied: boolean; message: string };
 
-/** Serves one call's capability requests and records every use. */
+/**
+ * Serves one call's capability requests and records every use. Every
+ * request counts against `maxCapabilityCalls`, refused and malformed ones
+ * too; the one over the cap is recorded, refused and marks the call
+ * `exhausted` (its caller ends the call), and nothing after it is recorded,
+ * so a call's record stays bounded whatever the plugin does.
+ */
 export class CallCapabilities {
   readonly uses: CapabilityUse[] = [];
   private readonly grants: EffectiveGrants;
   private readonly plugin: string;
   private readonly log: Logger;
   private count = 0;
+  private exhaustedReason: string | undefined;
 
   constructor(grants: EffectiveGrants, plugin: string, log: Logger) {
     this.grants = grants;
@@ -97,37 +104,52 @@ export class CallCapabilities {
     return this.uses.find((use) => use.outcome === 'denied')?.reason;
   }
 
-  async handle(payload: string, signal: AbortSignal): Promise<CapabilityReply> {
+  /** Why the call must end: it asked for more capability uses than it may make. Set synchronously by handle(). */
+  get exhausted(): string | undefined {
+    return this.exhaustedReason;
+  }
+
+  handle(payload: string, signal: AbortSignal): Promise<CapabilityReply> {
+    if (this.exhaustedReason !== undefined) return Promise.resolve({ ok: false, denied: true, message: this.exhaustedReason });
+    const overCap = ++this.count > this.grants.maxCapabilityCalls;
     let request: Request;
     try {
       request = Request.parse(JSON.parse(payload));
     } catch (error) {
       const reason = `malformed capability request: ${error instanceof z.ZodError ? error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ') : (error as Error).message}`;
+      if (overCap) return Promise.resolve(this.exhaust({ cap: 'invalid', outcome: 'error', reason: reason.slice(0, 500) }));
       this.uses.push({ cap: 'invalid', outcome: 'error', reason: reason.slice(0, 500) });
-      return { ok: false, denied: false, message: reason.slice(0, 500) };
+      return Promise.resolve({ ok: false, denied: false, message: reason.slice(0, 500) });
     }
-    try {
-      return { ok: true, value: await this.perform(request, signal) };
-    } catch (error) {
-      return { ok: false, denied: error instanceof CapabilityDenied, message: (error as Error).message };
-    }
+    if (overCap) return Promise.resolve(this.exhaust(this.refusal(request, '')));
+    return this.perform(request, signal).then(
+      (value): CapabilityReply => ({ ok: true, value }),
+      (error: unknown): CapabilityReply => ({ ok: false, denied: error instanceof CapabilityDenied, message: (error as Error).message }),
+    );
+  }
+
+  /** Records the use that went over the cap, as refused, and marks the call exhausted. */
+  private exhaust(use: CapabilityUse): CapabilityReply {
+    const reason = `more than ${this.grants.maxCapabilityCalls} capability uses in one call; the call was ended`;
+    this.exhaustedReason = reason;
+    this.uses.push({ ...use, outcome: 'denied', reason } as CapabilityUse);
+    return { ok: false, denied: true, message: reason };
+  }
+
+  private refusal(request: Request, reason: string): CapabilityUse {
+    return request.cap === 'fetch'
+      ? { cap: 'fetch', method: request.method.toUpperCase(), url: request.url.slice(0, 2048), outcome: 'denied', reason }
+      : request.cap === 'kv'
+        ? { cap: 'kv', op: request.op, key: request.key.slice(0, 256), outcome: 'denied', reason }
+        : { cap: 'log', level: request.level, outcome: 'denied', reason };
   }
 
   private refuse(request: Request, reason: string): never {
-    const use: CapabilityUse =
-      request.cap === 'fetch'
-        ? { cap: 'fetch', method: request.method.toUpperCase(), url: request.url.slice(0, 2048), outcome: 'denied', reason }
-        : request.cap === 'kv'
-          ? { cap: 'kv', op: request.op, key: request.key.slice(0, 256), outcome: 'denied', reason }
-          : { cap: 'log', level: request.level, outcome: 'denied', reason };
-    this.uses.push(use);
+    this.uses.push(this.refusal(request, reason));
     throw new CapabilityDenied(reason);
   }
 
   private async perform(request: Request, signal: AbortSignal): Promise<unknown> {
-    if (++this.count > this.grants.maxCapabilityCalls) {
-      this.refuse(request, `more than ${this.grants.maxCapabilityCalls} capability uses in one call`);
-    }
     if (signal.aborted) this.refuse(request, `${request.cap}: the call has ended`);
     switch (request.cap) {
       case 'fetch':

@@ -26,12 +26,38 @@ export type CapabilityUse =
     }
   | { cap: 'kv'; op: 'get' | 'set' | 'delete'; key: string; outcome: CapabilityOutcome; reason?: string }
   | { cap: 'log'; level: string; outcome: CapabilityOutcome; reason?: string }
-  /** A request the host could not even parse (it is refused). */
-  | { cap: 'invalid'; outcome: 'error'; reason: string };
+  /** A request the host could not even parse (it is refused; `denied` when it was also over the per-call cap). */
+  | { cap: 'invalid'; outcome: 'error' | 'denied'; reason: string };
 
 /** A copy of the uses as they stand now (later completions do not change a record already handed out). */
 export function snapshotUses(uses: readonly CapabilityUse[]): CapabilityUse[] {
   return uses.map((use) => ({ ...use }));
+}
+
+/** How many uses an audit record lists one by one; the rest are only counted. */
+export const AUDITED_USES = 16;
+
+/**
+ * What an audit record keeps of a call's capability uses: the first
+ * AUDITED_USES in full, and counts per capability and outcome of all of
+ * them, so a plugin cannot make one call's record arbitrarily large.
+ *
+ * @example
+ *   summarizeUses(uses);
+ *   // { capability_uses: [...first 16], capability_counts: { log: { denied: 65 } }, capability_uses_omitted: 49 }
+ */
+export function summarizeUses(uses: readonly CapabilityUse[]): {
+  capability_uses: CapabilityUse[];
+  capability_counts: Record<string, Partial<Record<CapabilityOutcome, number>>>;
+  capability_uses_omitted?: number;
+} {
+  const counts: Record<string, Partial<Record<CapabilityOutcome, number>>> = {};
+  for (const use of uses) {
+    const byOutcome = (counts[use.cap] ??= {});
+    byOutcome[use.outcome] = (byOutcome[use.outcome] ?? 0) + 1;
+  }
+  const omitted = uses.length - AUDITED_USES;
+  return { capability_uses: snapshotUses(uses.slice(0, AUDITED_USES)), capability_counts: counts, ...(omitted > 0 ? { capability_uses_omitted: omitted } : {}) };
 }
 
 /** A capability use the host refused: not granted, not allow-listed, over a cap. */

@@ -4,7 +4,7 @@
 //   send       a plain function (an ivm.Callback) that copies three primitives
 //              (kind, id, text) out to the sandbox process;
 //   configJson {"caps":{"fetch":bool,"kv":bool,"log":bool},"clockMs":100,
-//               "maxResultBytes":65536,"testHooks":false}
+//               "maxResultBytes":65536,"maxRequests":65,"testHooks":false}
 // and gets back `control(kind, a, b)`, which only the sandbox process holds
 // (as a Reference). Nothing isolated-vm made is left reachable from the
 // global object: `send` and `control` live in this closure only.
@@ -109,11 +109,23 @@
   defineProperty(g, 'tools', { value: tools, writable: false, enumerable: false, configurable: false });
 
   // 5. The host API. Each request is one JSON text out, one JSON text back.
+  //    At most config.maxRequests go out per call (the broker's per-call cap,
+  //    plus the one it refuses and ends the call on): a plugin looping on the
+  //    host, awaiting nothing, cannot queue more for the sandbox process.
   const pending = create(null);
   let nextRequest = 1;
+  let requests = 0;
+  const overCap = () => {
+    if (++requests <= config.maxRequests) return undefined;
+    const error = new ErrorCtor('more capability uses than this call may make');
+    error.name = 'CapabilityError';
+    return error;
+  };
   const request = (build) =>
     new PromiseCtor((resolve, reject) => {
       const payload = stringify(build()); // plugin values: any throw rejects this promise
+      const refused = overCap();
+      if (refused !== undefined) throw refused;
       const id = nextRequest++;
       pending[id] = { resolve, reject };
       send('cap', id, payload);
@@ -156,6 +168,8 @@
       } catch {
         return;
       }
+      const refused = overCap();
+      if (refused !== undefined) throw refused;
       send('log', 0, payload);
     };
   }

@@ -29,10 +29,10 @@
  */
 import { readFileSync } from 'node:fs';
 import ivm from 'isolated-vm';
-import { Ajv, type ValidateFunction } from 'ajv';
-import { Ajv2020 } from 'ajv/dist/2020.js';
+import type { ValidateFunction } from 'ajv';
 import type { SandboxErrorCode } from '../errors.ts';
-import type { LoadMessage } from '../protocol.ts';
+import type { CancelCode, LoadMessage } from '../protocol.ts';
+import { compileSchema } from '../schema-patterns.ts';
 
 const BOOTSTRAP_SOURCE = readFileSync(new URL('./bootstrap.js', import.meta.url), 'utf8');
 const TIMED_OUT = 'Script execution timed out.';
@@ -44,6 +44,12 @@ const BACKSTOP_FACTOR = 10;
 const BACKSTOP_SLACK_MS = 100;
 /** How long after a call ends an idle isolate starts preparing the next call's context. */
 const PREPARE_DELAY_MS = 1;
+
+const CANCEL_REASONS: Record<CancelCode, string> = {
+  SANDBOX_TIMEOUT: 'wall-clock deadline exceeded',
+  SANDBOX_CANCELLED: 'cancelled by the caller',
+  SANDBOX_CAPABILITY_DENIED: 'too many capability uses',
+};
 
 /** Calls with an entry in their isolate right now, watched for CPU overruns. */
 const inIsolate = new Set<CallRun>();
@@ -78,12 +84,6 @@ export interface RunHooks {
 interface ToolValidators {
   input: ValidateFunction;
   output?: ValidateFunction | undefined;
-}
-
-function compileSchema(schema: Record<string, unknown>): ValidateFunction {
-  const options = { strict: false, allErrors: false, validateFormats: false } as const;
-  const draft2020 = typeof schema.$schema === 'string' && schema.$schema.includes('2020-12');
-  return draft2020 ? new Ajv2020(options).compile(schema) : new Ajv(options).compile(schema);
 }
 
 function schemaErrors(validate: ValidateFunction): string {
@@ -148,6 +148,7 @@ export class PluginRuntime {
   readonly main: string;
   readonly code: string;
   readonly limits: LoadMessage['limits'];
+  readonly maxCapabilityCalls: number;
   private readonly caps: LoadMessage['caps'];
   private readonly pool: LoadMessage['isolates'];
   private readonly clockMs: number;
@@ -165,6 +166,7 @@ export class PluginRuntime {
     this.main = message.main;
     this.code = message.code;
     this.limits = message.limits;
+    this.maxCapabilityCalls = message.maxCapabilityCalls;
     this.caps = message.caps;
     this.pool = message.isolates;
     this.clockMs = message.clockMs;
@@ -191,6 +193,7 @@ export class PluginRuntime {
       caps: { fetch: this.caps.includes('fetch'), kv: this.caps.includes('kv'), log: this.caps.includes('log') },
       clockMs: this.clockMs,
       maxResultBytes: this.limits.max_result_bytes,
+      maxRequests: this.maxCapabilityCalls + 1,
       testHooks: this.testHooks,
     });
   }
@@ -368,6 +371,8 @@ export class CallRun {
   private context: ivm.Context | undefined;
   private control: ivm.Reference | undefined;
   private readonly outstanding = new Set<number>();
+  /** Capability requests forwarded to the broker for this call. */
+  private forwarded = 0;
   /** Entries queued or running in the isolate. */
   private entries = 0;
   private outcome: string | undefined;
@@ -463,6 +468,16 @@ export class CallRun {
     return undefined;
   }
 
+  /**
+   * Whether one more capability request may go to the broker: up to one past
+   * the per-call cap (the broker refuses that one and ends the call). The
+   * bootstrap stops sending there already; this is the same bound kept
+   * outside the isolate, so nothing that runs in it can flood the broker.
+   */
+  private mayForward(): boolean {
+    return ++this.forwarded <= this.runtime.maxCapabilityCalls + 1;
+  }
+
   /** The `send` callback's target: copies of primitives only, checked here. */
   private onSend(kind: unknown, id: unknown, text: unknown): void {
     if (this.settled || typeof kind !== 'string' || typeof id !== 'number' || typeof text !== 'string') return;
@@ -471,12 +486,12 @@ export class CallRun {
         this.outcome ??= text;
         return;
       case 'cap':
-        if (!Number.isSafeInteger(id) || id <= 0 || this.outstanding.has(id)) return;
+        if (!Number.isSafeInteger(id) || id <= 0 || this.outstanding.has(id) || !this.mayForward()) return;
         this.outstanding.add(id);
         this.hooks?.onCapability(id, text);
         return;
       case 'log':
-        this.hooks?.onCapability(0, text);
+        if (this.mayForward()) this.hooks?.onCapability(0, text);
         return;
       case 'test:abort':
         this.hooks?.onTestAbort();
@@ -599,9 +614,9 @@ export class CallRun {
     this.rejectRun(final);
   }
 
-  /** The broker gave up on this call (wall-clock deadline or caller abort): the isolate goes. */
-  cancel(code: 'SANDBOX_TIMEOUT' | 'SANDBOX_CANCELLED'): void {
-    const failure = new CallFailure(code, code === 'SANDBOX_TIMEOUT' ? 'wall-clock deadline exceeded' : 'cancelled by the caller');
+  /** The broker gave up on this call (wall-clock deadline, caller abort, capability cap): the isolate goes. */
+  cancel(code: CancelCode): void {
+    const failure = new CallFailure(code, CANCEL_REASONS[code]);
     this.failure ??= failure;
     this.isolate.dispose();
     this.fail(failure);

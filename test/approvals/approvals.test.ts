@@ -204,5 +204,9 @@ describe('time and cancellation', () => {
     await alice.decide(parked.id, 'approve', '', parked.call_hash);
     expect((await result)._meta?.['bastion/denial']).toMatchObject({ code: 'BASTION_TOKEN_REVOKED' });
     expect(await wipes()).toBe(before);
+    // Approved, then refused by the re-check: the record says it will not run, not "approved" for good.
+    const record = (await alice.history()).find((c) => c.id === parked.id);
+    expect(record).toMatchObject({ status: 'abandoned', outcome: expect.stringContaining('revoked') });
+    expect((await t.auditRecords()).filter((r) => r.detail?.approval_id === parked.id).map((r) => r.event)).toContain('approval.abandoned');
   });
 });

@@ -1,7 +1,8 @@
 /**
  * The approval desk on its own (real embedded state store, real signing):
- * quorum, one denial ending it, exactly-once consumption, and a parked call
- * whose agent is gone.
+ * quorum, one denial ending it, exactly-once consumption, parked calls whose
+ * broker process is gone (restarted, fenced, or of another live replica),
+ * and the sweeper that brings every record to a terminal state.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -36,8 +37,8 @@ afterEach(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-const desk = (owner?: string) =>
-  new ApprovalDesk({ state, bus: stateBus(state), audit: async (e) => void audit.push(e), log: createLogger('silent'), signingKey: key, ...(owner ? { owner } : {}) });
+const desk = (replica?: string) =>
+  new ApprovalDesk({ state, bus: stateBus(state), audit: async (e) => void audit.push(e), log: createLogger('silent'), signingKey: key, ...(replica ? { replica } : {}) });
 
 const request = (quorum = 1): ParkRequest => {
   const args = { path: '/prod/db' };
@@ -57,6 +58,15 @@ const request = (quorum = 1): ParkRequest => {
   };
 };
 const person = (sub: string, roles: string[] = []): Approver => ({ sub, roles, authTime: new Date().toISOString() });
+
+/** Parks `req` on `d` and has alice approve it; resolves once the waiter has the approved record. */
+async function parkApproved(d: ApprovalDesk, req: ParkRequest = request()) {
+  const waiting = d.park(req);
+  const parked = await eventually(async () => (await d.pending()).find((c) => c.tool === req.tool), 'parked');
+  await d.decide(person('alice'), parked.id, 'approve', '', parked.call_hash);
+  await waiting;
+  return parked;
+}
 
 describe('quorum', () => {
   it('a quorum of 2 needs two distinct approvers', async () => {
@@ -98,33 +108,132 @@ describe('quorum', () => {
 });
 
 describe('exactly once', () => {
-  it('an approval is consumed by one execution only, and only for its own hash', async () => {
+  it('an approval is consumed by one hand-over to the executor only, for its own hash; the record then says what came back', async () => {
     const d = desk();
-    const waiting = d.park(request());
-    const parked = await eventually(async () => (await d.pending())[0], 'parked');
-    await d.decide(person('alice'), parked.id, 'approve', '', parked.call_hash);
-    await waiting;
+    const parked = await parkApproved(d);
     const other = callHash({ iss: 'i', sub: 'agent:a' }, 'db__drop', { path: '/prod/other' }, 'sha256:d');
     await expect(d.claimForExecution(parked.id, other)).rejects.toBeInstanceOf(Denial);
     const claims = await Promise.allSettled([d.claimForExecution(parked.id, parked.call_hash), d.claimForExecution(parked.id, parked.call_hash)]);
     expect(claims.filter((c) => c.status === 'fulfilled')).toHaveLength(1);
-    expect((await d.get(parked.id))?.status).toBe('executed');
+    // Handed over, nothing more is known yet.
+    expect((await d.get(parked.id))?.status).toBe('dispatched');
+    await d.settle(parked.id, 'executed', 'the upstream answered');
+    expect(await d.get(parked.id)).toMatchObject({ status: 'executed', outcome: 'the upstream answered' });
+    expect(audit.map((e) => e.event)).toEqual(['approval.requested', 'approval.approved', 'approval.dispatched', 'approval.executed']);
     await d.stop();
   });
+});
 
-  it('a parked call whose broker process is gone is listed, and approving it marks it abandoned instead of running it', async () => {
-    const gone = desk('process-that-died');
+describe('owners that are gone', () => {
+  it('a restarted process of the same replica fences its predecessor at once, though its heartbeat is still fresh: approving marks the call abandoned', async () => {
+    // The predecessor beats (start) and is then "killed": it never stops, its heartbeat key lives on.
+    const gone = desk('replica-a');
+    await gone.start();
     void gone.park(request()).catch(() => undefined);
     const parked = await eventually(async () => (await gone.pending())[0], 'parked');
-    // A new process (a restart) sees the same state; the old owner never beats again.
-    const restarted = desk('process-after-restart');
+    expect(parked.owner).toBe('replica-a#1');
+
+    const restarted = desk('replica-a');
     await restarted.start();
+    expect(restarted.owner).toBe('replica-a#2');
     expect((await restarted.pending()).map((c) => c.id)).toEqual([parked.id]);
     expect(await restarted.ownerIsAlive(parked)).toBe(false);
     const decided = await restarted.decide(person('alice'), parked.id, 'approve', '', parked.call_hash);
     expect(decided.status).toBe('abandoned');
     await expect(restarted.claimForExecution(parked.id, parked.call_hash)).rejects.toBeInstanceOf(Denial);
     expect(audit.map((e) => e.event)).toContain('approval.abandoned');
-    await restarted.stop();
+    await Promise.all([gone.stop(), restarted.stop()]);
+  });
+
+  it('a fenced predecessor that is still running runs nothing, even an approval it already holds', async () => {
+    const old = desk('replica-z');
+    const parked = await parkApproved(old);
+    const successor = desk('replica-z');
+    await successor.start();
+    await expect(old.claimForExecution(parked.id, parked.call_hash)).rejects.toMatchObject({ code: 'BASTION_APPROVAL_INVALID', reason: expect.stringContaining('newer broker process') });
+    // The successor's first sweep settled it: approved, and its owner is fenced.
+    expect(await successor.get(parked.id)).toMatchObject({ status: 'abandoned', outcome: expect.stringContaining('will not run') });
+    await Promise.all([old.stop(), successor.stop()]);
+  });
+
+  it('a store that forgot the epochs (a Redis restarted empty) fences nobody: the live process claims its epoch back and runs its approved call', async () => {
+    const d = desk('replica-f');
+    const parked = await parkApproved(d);
+    expect(await state.delete('approval-epochs', 'replica-f')).toBe(true);
+    await d.claimForExecution(parked.id, parked.call_hash);
+    expect((await d.get(parked.id))?.status).toBe('dispatched');
+    expect(await state.get('approval-epochs', 'replica-f')).toBe('1');
+    await d.stop();
+  });
+
+  it("another replica's live calls are neither shown as disconnected nor swept", async () => {
+    const other = desk('replica-b');
+    const waiting = other.park(request());
+    waiting.catch(() => undefined);
+    const parked = await eventually(async () => (await other.pending())[0], 'parked');
+    const me = desk('replica-a');
+    await me.start();
+    await me.sweep();
+    expect(await me.ownerIsAlive(parked)).toBe(true);
+    expect((await me.decide(person('alice'), parked.id, 'approve', '', parked.call_hash)).status).toBe('approved');
+    await me.sweep();
+    expect((await waiting).status).toBe('approved');
+    expect((await me.get(parked.id))?.status).toBe('approved');
+    await Promise.all([other.stop(), me.stop()]);
+  });
+
+  it('with the embedded store (this process alone, under the state folder lock) every other owner is dead, whatever its heartbeat', async () => {
+    const other = desk('replica-b');
+    void other.park(request()).catch(() => undefined);
+    const parked = await eventually(async () => (await other.pending())[0], 'parked');
+    const sole = new ApprovalDesk({ state, bus: stateBus(state), audit: async (e) => void audit.push(e), log: createLogger('silent'), signingKey: key, replica: 'local', soleState: true });
+    await sole.start();
+    expect(await sole.ownerIsAlive(parked)).toBe(false);
+    await Promise.all([other.stop(), sole.stop()]);
+  });
+});
+
+describe('every record ends in a terminal state', () => {
+  it('the sweeper settles what a dead owner left: approved → abandoned, dispatched → interrupted, pending → listed until it expires, then expired', async () => {
+    let clock = Date.now();
+    const at = (replica: string) =>
+      new ApprovalDesk({ state, bus: stateBus(state), audit: async (e) => void audit.push(e), log: createLogger('silent'), signingKey: key, replica, now: () => clock });
+    const dead = at('replica-a');
+    const approvedWait = dead.park(request());
+    const dispatchedWait = dead.park({ ...request(), tool: 'db__dump' });
+    void dead.park({ ...request(), tool: 'db__wait' }).catch(() => undefined);
+    const parked = await eventually(async () => ((await dead.pending()).length === 3 ? dead.pending() : undefined), 'three parked');
+    const byTool = (tool: string) => parked.find((c) => c.tool === tool)!;
+    await dead.decide(person('alice'), byTool('db__drop').id, 'approve', '', byTool('db__drop').call_hash);
+    await dead.decide(person('alice'), byTool('db__dump').id, 'approve', '', byTool('db__dump').call_hash);
+    await approvedWait;
+    await dispatchedWait;
+    await dead.claimForExecution(byTool('db__dump').id, byTool('db__dump').call_hash);
+    // The process dies here (no stop, no settle); a new one of the same replica starts and sweeps.
+    const restarted = at('replica-a');
+    await restarted.start();
+    expect((await restarted.get(byTool('db__drop').id))?.status).toBe('abandoned');
+    expect(await restarted.get(byTool('db__dump').id)).toMatchObject({ status: 'interrupted', outcome: expect.stringContaining('whether the tool ran is unknown') });
+    expect((await restarted.get(byTool('db__wait').id))?.status).toBe('pending');
+    clock += 61_000;
+    await restarted.sweep();
+    expect(await restarted.get(byTool('db__wait').id)).toMatchObject({ status: 'expired', outcome: expect.stringContaining('agent connection was already gone') });
+    const swept = audit.filter((e) => e.detail?.swept_by === 'replica-a#2').map((e) => e.event).sort();
+    expect(swept).toEqual(['approval.abandoned', 'approval.expired', 'approval.interrupted']);
+    await Promise.all([dead.stop(), restarted.stop()]);
+  });
+
+  it('an approval and a cancellation that cross leave the record abandoned, never approved for good', async () => {
+    const d = desk();
+    const controller = new AbortController();
+    const waiting = d.park(request(), { signal: controller.signal });
+    const parked = await eventually(async () => (await d.pending())[0], 'parked');
+    // Another replica wrote the approval, and its wake-up message was lost (pub/sub across a reconnect).
+    const text = (await state.get('approvals', parked.id))!;
+    expect(await state.compareAndSet('approvals', parked.id, text, JSON.stringify({ ...JSON.parse(text), status: 'approved' }))).toBe(true);
+    controller.abort();
+    await expect(waiting).rejects.toMatchObject({ code: 'BASTION_APPROVAL_WITHDRAWN' });
+    expect(await d.get(parked.id)).toMatchObject({ status: 'abandoned', outcome: expect.stringContaining('cancelled the call before it ran') });
+    await d.stop();
   });
 });

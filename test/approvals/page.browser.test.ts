@@ -98,6 +98,49 @@ describe('approval page in Chromium', () => {
     await result;
   });
 
+  it('shows hidden and direction-changing characters as marked escapes, with a warning on the request', async () => {
+    const violations: string[] = [];
+    page.on('console', (message) => {
+      if (/Content.Security.Policy|Refused to/i.test(message.text())) violations.push(message.text());
+    });
+    // Reads as "/srv/tmp/report.txt…" where the override turns the tail around; the zero-width
+    // space splits a name that looks whole, and the agent's own name carries one too.
+    const reversed = '/srv/tmp/\u202Etxt.exe';
+    const sub = 'agent:browser\u200Bbidi';
+    const { result } = await startWipe(sub, { path: reversed, note: 'rm\u200B -rf' });
+    const card = page.locator('.card', { hasText: 'agent:browser' }).filter({ has: page.locator('.warning') });
+    await card.waitFor();
+    const args = (await card.locator('pre.args').textContent())!;
+    // What is rendered differs from the raw value: the characters are gone, their escapes are there.
+    expect(args).toContain('/srv/tmp/\\u202Etxt.exe');
+    expect(args).toContain('rm\\u200B -rf');
+    expect(args).not.toMatch(/[\u202E\u200B]/);
+    expect(await card.locator('pre.args').innerText()).toContain('\\u202E');
+    const marks = card.locator('pre.args mark.hidden-char');
+    expect(await marks.count()).toBe(2);
+    expect(await marks.first().getAttribute('title')).toBe('U+202E RIGHT-TO-LEFT OVERRIDE');
+    // The agent's name too, and the warning says where.
+    expect(await card.locator('.meta mark.hidden-char').first().textContent()).toBe('\\u200B');
+    const warning = (await card.locator('.warning').textContent())!;
+    expect(warning).toContain('Hidden characters');
+    expect(warning).toContain('arguments.path: U+202E RIGHT-TO-LEFT OVERRIDE');
+    expect(warning).toContain('principal.sub: U+200B ZERO WIDTH SPACE');
+    expect(await card.locator('.warning').isVisible()).toBe(true);
+    // Marked visibly: the mark has a background of its own.
+    expect(
+      await marks.first().evaluate((node) => (globalThis as unknown as { getComputedStyle(n: unknown): { backgroundColor: string } }).getComputedStyle(node).backgroundColor),
+    ).not.toBe('rgba(0, 0, 0, 0)');
+    expect(violations).toEqual([]);
+    await page.screenshot({ path: path.join(ARTIFACTS, '6-hidden-characters.png'), fullPage: true });
+    await card.getByLabel('Reason').fill('hidden characters');
+    await card.getByRole('button', { name: 'Deny' }).click();
+    await result;
+    // The history line reveals them as well.
+    const line = page.locator('#history li', { hasText: 'hidden characters' }).first();
+    await line.waitFor();
+    expect(await line.locator('mark.hidden-char').count()).toBeGreaterThan(0);
+  });
+
   it('works by keyboard: j to focus a call, a to approve', async () => {
     const { result } = await startWipe('agent:browser-keys', {});
     await page.locator('.card', { hasText: 'agent:browser-keys' }).waitFor();

@@ -104,7 +104,7 @@ describe('openAuditLog', () => {
     const records = await readRecords(file);
     expect(records.map((r) => r.event)).toEqual(['one', 'two', 'three', 'four']);
     expectChained(records);
-    expect(await verifyAuditFile(file)).toEqual({ ok: true, records: 4, head: d.hash });
+    expect(await verifyAuditFile(file)).toEqual({ ok: true, records: 4, head: d.hash, recoveries: [] });
   });
 
   it('200 concurrent appends produce one valid chain with unique seqs', async () => {
@@ -214,7 +214,9 @@ describe('openAuditLog', () => {
     await log.append({ event: 'whole', outcome: 'ok' });
     await log.close();
     await writeFile(file, `${await readFile(file, 'utf8')}{"seq":2,"ev`);
-    await expect(openAuditLog(file)).rejects.toThrow(/partial record.*audit verify/);
+    // The refusal names the way forward (not "move it aside", which would orphan the checkpoints).
+    await expect(openAuditLog(file)).rejects.toThrow(`run \`bastion audit recover ${file}\``);
+    await expect(openAuditLog(file)).rejects.not.toThrow(/move it aside/);
   });
 
   it('a failed write poisons the log: every later append fails too (fail closed)', async () => {

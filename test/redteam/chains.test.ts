@@ -99,6 +99,6 @@ describe('chain data', () => {
     expect(matches({ tool: 'payments__send_money', args: { iban: 'gb82 west 1234 5698 7654 32', amount: 1870 } }, { called: 'payments__send_money', with: { iban: 'GB82WEST12345698765432', amount: 1870 } })).toBe(true);
     expect(matches({ tool: 'mail__send_email', args: { to: ['a@corp.example', 'x@evil.example'] } }, { called: 'mail__send_email', with: { to: 'evil.example' } })).toBe(true);
     expect(matches({ tool: 'mail__send_email', args: { to: ['a@corp.example'] } }, { called: 'mail__send_email', with: { to: 'evil.example' } })).toBe(false);
-    expect(matches({ tool: 'mail__read_email', args: { to: 'x@evil.example' } }, { called: 'mail__send_email' })).toBe(false);
+    expect(matches({ tool: 'mail__read_email', args: { to: 'x@evil.example' } }, { called: 'mail__send_email', with: {} })).toBe(false);
   });
 });

@@ -51,6 +51,9 @@ afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
+/** A sandbox limit ended the call: CPU or wall clock, memory, or the process the isolate took down. */
+const SANDBOX_LIMIT_CODES = ['SANDBOX_TIMEOUT', 'SANDBOX_MEMORY', 'SANDBOX_CRASHED'];
+
 const cell = (attackClass: string, configuration: string) => result.matrix[attackClass]?.[configuration];
 const rate = (attackClass: string, configuration: string) => cell(attackClass, configuration)?.rate ?? null;
 
@@ -73,30 +76,43 @@ describe('bastion redteam --quick against the default configuration', () => {
       expect(cell(attackClass.id, 'full')?.attempts, attackClass.id).toBe(corpus.classes.find((c) => c.id === attackClass.id)!.cases.length);
     }
     const plugins = result.classes.find((c) => c.id === 'plugin_sandbox');
-    expect(plugins).toMatchObject({ applicable: true, cases: 4 });
+    expect(plugins).toMatchObject({ applicable: true, cases: 6 });
     expect(plugins?.not_applicable_reason).toBeUndefined();
     expect(stdout).not.toMatch(/not applicable in this build/);
     // Each plugin case really ran: its plugin was installed and its hostile call got an answer from the sandbox.
     for (const configuration of result.configurations) {
       const attempts = configuration.attempts.filter((a) => a.class === 'plugin_sandbox');
-      expect(attempts.map((a) => a.case).sort(), configuration.name).toEqual(['plugin-cpu-bomb', 'plugin-escape-constructor', 'plugin-escape-require', 'plugin-memory-bomb']);
+      expect(attempts.map((a) => a.case).sort(), configuration.name).toEqual([
+        'plugin-audit-flood',
+        'plugin-cpu-bomb',
+        'plugin-escape-constructor',
+        'plugin-escape-require',
+        'plugin-memory-bomb',
+        'plugin-redos-schema',
+      ]);
       for (const attempt of attempts) expect(attempt.steps.find((s) => s.kind === 'install_plugin'), `${configuration.name} ${attempt.case}`).toMatchObject({ ok: true });
     }
   });
 
   it('stops every plugin case with all defenses on, in the sandbox (sandbox_limits, execute stage)', () => {
-    expect(cell('plugin_sandbox', 'full')).toMatchObject({ applicable: true, attempts: 4, successes: 0, rate: 0, errors: 0 });
+    expect(cell('plugin_sandbox', 'full')).toMatchObject({ applicable: true, attempts: 6, successes: 0, rate: 0, errors: 0 });
     const full = result.configurations.find((c) => c.name === 'full')!;
     const byCase = Object.fromEntries(full.attempts.filter((a) => a.class === 'plugin_sandbox').map((a) => [a.case, a]));
     for (const attempt of Object.values(byCase)) expect(attempt, attempt.case).toMatchObject({ success: false, stopped_by: { defense: 'sandbox_limits', stage: 'execute' } });
     // The escapes find no require and no Function constructor in the isolate: the plugin throws.
     expect(byCase['plugin-escape-require']!.stopped_by!.code).toBe('SANDBOX_PLUGIN_ERROR');
     expect(byCase['plugin-escape-constructor']!.stopped_by!.code).toBe('SANDBOX_PLUGIN_ERROR');
-    // The bombs hit the manifest's limits, and the broker kept answering its health check.
-    expect(byCase['plugin-cpu-bomb']!.stopped_by!.code).toBe('SANDBOX_TIMEOUT');
-    expect(['SANDBOX_MEMORY', 'SANDBOX_CRASHED']).toContain(byCase['plugin-memory-bomb']!.stopped_by!.code);
+    // The bombs hit one of the manifest's limits (which one first depends on how loaded the machine is),
+    // and the broker kept answering its health check.
+    for (const id of ['plugin-cpu-bomb', 'plugin-memory-bomb']) expect(SANDBOX_LIMIT_CODES, id).toContain(byCase[id]!.stopped_by!.code);
     for (const id of ['plugin-cpu-bomb', 'plugin-memory-bomb']) expect(byCase[id]!.evidence, id).toMatch(/health check answered in \d+ ms; \w+ ended/);
-    expect(stdout).toMatch(/plugin_sandbox\s+4\s+0\/4/);
+    // A log flood without the grant ends at the per-call cap; its audit record stays small.
+    expect(byCase['plugin-audit-flood']!.stopped_by!.code).toBe('SANDBOX_CAPABILITY_DENIED');
+    expect(byCase['plugin-audit-flood']!.evidence).toMatch(/the largest audit record of hostile-logflood__flood is \d{3,4} bytes/);
+    // The catastrophic pattern runs on RE2: the argument is refused at once and the bystander answers.
+    expect(byCase['plugin-redos-schema']!.stopped_by!.code).toBe('SANDBOX_INVALID_ARGUMENTS');
+    expect(byCase['plugin-redos-schema']!.evidence).toMatch(/health check answered in \d+ ms; the agent received text matching \/pong from the bystander\//);
+    expect(stdout).toMatch(/plugin_sandbox\s+6\s+0\/6/);
     // No other layer is what stops them: the plugin cases stay stopped with any one of them off.
     for (const configuration of result.configurations) expect(rate('plugin_sandbox', configuration.name), configuration.name).toBe(0);
   });

@@ -2,7 +2,9 @@
  * A Bastion replica as an operator runs it: the real CLI (`bastion start
  * --config FILE`) in its own process, with its own state folder and port,
  * sharing Redis, the resource identifier and the trusted issuer with its
- * siblings. Nothing here is a double.
+ * siblings (or, without a Redis URL, one broker on the embedded store).
+ * Nothing here is a double. Starting it again with the same name and folder
+ * is a restart.
  */
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -14,7 +16,8 @@ const CLI = path.join(ROOT, 'broker/cli.ts');
 export interface ReplicaOptions {
   name: string;
   dir: string;
-  redisUrl: string;
+  /** Absent: the embedded store in the replica's state folder. */
+  redisUrl?: string;
   resource: string;
   issuer: string;
   jwksFile: string;
@@ -23,6 +26,8 @@ export interface ReplicaOptions {
   commandTimeout?: string;
   /** Approval progress interval; 10 minutes by default, so only pub/sub wakes a parked call. */
   progressEvery?: string;
+  /** Per-tool settings of the `rec` connector, e.g. { slow: { risk: 'high' } }. */
+  tools?: Record<string, { risk: 'low' | 'medium' | 'high' }>;
   /** Config members that replace the defaults above (e.g. other connectors, policy data). */
   extra?: Record<string, unknown>;
 }
@@ -36,6 +41,8 @@ export interface Replica {
   auditFile: string;
   stderr(): string;
   stop(): Promise<void>;
+  /** SIGKILL: no shutdown, nothing cleaned up, as a crash or an OOM kill leaves it. */
+  kill(): Promise<void>;
 }
 
 export async function startReplica(options: ReplicaOptions): Promise<Replica> {
@@ -44,7 +51,7 @@ export async function startReplica(options: ReplicaOptions): Promise<Replica> {
   const config = {
     server: { port: 0, resource: options.resource },
     auth: { issuers: [{ issuer: options.issuer, jwks_file: options.jwksFile }] },
-    state: { backend: 'redis', url: options.redisUrl, command_timeout: options.commandTimeout ?? '500ms' },
+    state: options.redisUrl ? { backend: 'redis', url: options.redisUrl, command_timeout: options.commandTimeout ?? '500ms' } : { backend: 'embedded' },
     replica_id: options.name,
     state_dir: stateDir,
     log_level: 'warn',
@@ -59,6 +66,7 @@ export async function startReplica(options: ReplicaOptions): Promise<Replica> {
         args: [RECORDING_UPSTREAM],
         env: { CALL_LOG: options.callLog },
         timeout: '20s',
+        ...(options.tools ? { tools: options.tools } : {}),
       },
     ],
   };
@@ -92,6 +100,11 @@ export async function startReplica(options: ReplicaOptions): Promise<Replica> {
       const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
       await exited;
       clearTimeout(timer);
+    },
+    async kill() {
+      process.off('exit', killOnExit);
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
     },
   };
 }

@@ -177,6 +177,39 @@ describe('two replicas, one Redis', () => {
     expect(await upstreamCalls('echo')).toBe(echoes);
   });
 
+  it("a replica killed with SIGKILL and restarted with the same replica_id fences its predecessor at once; another live replica's parked call is untouched", async () => {
+    const common = { dir, redisUrl: redis.url, resource: RESOURCE, issuer: ISSUER, jwksFile: path.join(dir, 'issuer-jwks.json'), callLog };
+    const k = await startReplica({ ...common, name: 'replica-k' });
+    extras.push(k);
+    const before = await upstreamCalls('wipe');
+    const orphan = (await connect(k, await mint('agent:orphaned-on-k', [{ tool: 'rec__wipe' }]))).callTool({ name: 'rec__wipe', arguments: {} });
+    orphan.catch(() => undefined);
+    const live = (await connect(b, await mint('agent:live-on-b', [{ tool: 'rec__wipe' }]))).callTool({ name: 'rec__wipe', arguments: {} }) as Promise<CallToolResult>;
+    live.catch(() => undefined);
+    const alice = await approver(a, 'approver:alice-fencing');
+    const onK = await eventually(async () => (await alice.pending()).find((c) => c.principal.sub === 'agent:orphaned-on-k'), "the call parked on K");
+    const onB = await eventually(async () => (await alice.pending()).find((c) => c.principal.sub === 'agent:live-on-b'), 'the call parked on B');
+    expect(onK.owner).toBe('replica-k#1');
+
+    await k.kill();
+    const restarted = await startReplica({ ...common, name: 'replica-k' });
+    extras.push(restarted);
+
+    // At once, though the dead process's heartbeat is still in Redis: its epoch is behind.
+    const shown = await alice.pending();
+    expect(shown.find((c) => c.id === onK.id)).toMatchObject({ status: 'pending', owner_alive: false });
+    expect(shown.find((c) => c.id === onB.id)).toMatchObject({ status: 'pending', owner_alive: true });
+    expect((await alice.decide(onK.id, 'approve', 'fine', onK.call_hash)).body).toMatchObject({ status: 'abandoned' });
+
+    // B's call was neither swept by the restarted replica nor marked abandoned: approved, it runs once.
+    expect((await alice.decide(onB.id, 'approve', 'fine', onB.call_hash)).body).toMatchObject({ status: 'approved' });
+    expect((await within(live, 15_000, "B's call to run")).content).toEqual([{ type: 'text', text: 'wiped' }]);
+    expect(await upstreamCalls('wipe')).toBe(before + 1);
+    expect((await alice.history()).find((c) => c.id === onK.id)).toMatchObject({ status: 'abandoned' });
+    expect((await alice.history()).find((c) => c.id === onB.id)).toMatchObject({ status: 'executed' });
+    await restarted.stop();
+  });
+
   it('Redis stopped: every authenticated request on both replicas is refused (503, BASTION_STATE_UNAVAILABLE), nothing reaches the upstream; Redis back: service resumes without restarting Bastion', async () => {
     const steady = await mint('agent:steady', [{ tool: 'rec__*' }]);
     const agent = await connect(a, steady);
@@ -193,6 +226,7 @@ describe('two replicas, one Redis', () => {
     parkedOnC.catch(() => undefined);
     await eventually(async () => (await alice.pending()).find((p) => p.principal.sub === 'agent:parked-on-c'), 'the call parked on C');
     const before = (await readJsonLines(callLog)).length;
+    const wipesBefore = await upstreamCalls('wipe');
     const readiness = async (replica: Replica) => (await fetch(`${replica.origin}/readyz`)).status;
     expect(await readiness(a)).toBe(200);
 
@@ -241,7 +275,7 @@ describe('two replicas, one Redis', () => {
     expect(JSON.stringify(onB.json)).toContain('echo: back on b');
     // The restarted Redis is empty: C's parked call lost its record and is refused, never run.
     expect((await within(parkedOnC, 15_000, "C's parked call to end"))._meta?.['bastion/denial']).toMatchObject({ code: 'BASTION_APPROVAL_INVALID' });
-    expect((await readJsonLines<{ tool: string }>(callLog)).filter((call) => call.tool === 'wipe')).toHaveLength(1);
+    expect(await upstreamCalls('wipe')).toBe(wipesBefore);
     await c.stop();
   });
 

@@ -77,6 +77,18 @@ describe('plugins in the pipeline', () => {
     expect(({} as Record<string, unknown>).polluted).toBeUndefined();
   });
 
+  it('a host.log flood without the grant ends at the per-call cap and leaves a bounded audit record', async () => {
+    const client = await t.connect(await t.mint({ sub: 'agent:log-flood', cap: [{ tool: 'hostile__*' }] }));
+    const result = (await client.callTool({ name: 'hostile__attack', arguments: { name: 'log_flood', n: 300_000 } })) as CallToolResult;
+    expect(JSON.stringify(result.content)).toMatch(/SANDBOX_CAPABILITY_DENIED.*more than 64 capability uses/);
+    // The uses stay with the broker: the agent gets none of them.
+    expect(result._meta?.['bastion/capabilities']).toBeUndefined();
+    const record = (await t.auditRecords()).find((r) => r.principal?.sub === 'agent:log-flood' && r.tool === 'hostile__attack')!;
+    expect(record.detail).toMatchObject({ capability_counts: { log: { denied: 65 } }, capability_uses_omitted: 49 });
+    expect(record.detail!.capability_uses).toHaveLength(16);
+    expect(JSON.stringify(record).length).toBeLessThan(8 * 1024);
+  });
+
   it('a plugin changed after pinning is not loaded; its tools are unavailable, naming both hashes', async () => {
     const tampered = t.broker.plugins.find((p) => p.name === 'tampered')!;
     expect(tampered.status).toBe('down');

@@ -233,6 +233,37 @@ describe('deadlines and budgets', () => {
   });
 });
 
+describe('the per-call cap on capability uses', () => {
+  it('counts refused uses: a host.log flood without the grant ends at the cap with a bounded record', async () => {
+    const host = await plugin([allowedOrigin], { grants: {} }, { cpu_ms: 5000, wall_ms: 10_000 });
+    const result = await attack(host, 'log_flood', { n: 300_000 });
+    expect(sandboxCode(result)).toBe('SANDBOX_CAPABILITY_DENIED');
+    expect(textOf(result)).toMatch(/more than 64 capability uses in one call; the call was ended/);
+    const uses = capabilityUsesOf(result);
+    expect(uses).toHaveLength(65);
+    expect(uses.slice(0, 64).every((use) => use.cap === 'log' && use.outcome === 'denied' && use.reason === 'log is not granted to this plugin')).toBe(true);
+    expect(uses[64]).toMatchObject({ cap: 'log', outcome: 'denied', reason: expect.stringMatching(/more than 64/) });
+    // The call's isolate was disposed; the next call runs in a fresh one.
+    expect(valueOf(await host.callTool('ok', {}))).toEqual({ ok: true, polluted: 'undefined' });
+  });
+
+  it('counts granted uses the same way', async () => {
+    const host = await plugin([allowedOrigin], { grants: { log: true, maxCapabilityCalls: 10 } }, { cpu_ms: 5000, wall_ms: 10_000 });
+    const result = await attack(host, 'log_flood', { n: 300_000 });
+    expect(sandboxCode(result)).toBe('SANDBOX_CAPABILITY_DENIED');
+    expect(capabilityUsesOf(result).map((use) => use.outcome)).toEqual([...Array(10).fill('ok'), 'denied']);
+  });
+
+  it('counts requests the host cannot parse', async () => {
+    const host = await plugin([allowedOrigin], { grants: { kv: true, maxCapabilityCalls: 5 } }, { cpu_ms: 5000, wall_ms: 10_000 });
+    const result = await attack(host, 'invalid_flood', { n: 1000 });
+    expect(sandboxCode(result)).toBe('SANDBOX_CAPABILITY_DENIED');
+    const uses = capabilityUsesOf(result);
+    expect(uses.map((use) => `${use.cap}:${use.outcome}`)).toEqual([...Array(5).fill('invalid:error'), 'invalid:denied']);
+    expect(uses[0]).toMatchObject({ reason: expect.stringMatching(/^malformed capability request: key/) });
+  });
+});
+
 describe('kv', () => {
   it('is namespaced per plugin', async () => {
     const store = new MemoryKeyValueStore();

@@ -17,8 +17,15 @@ const log = quietLog();
 let pool: SandboxPool;
 let host: PluginHost;
 let bystander: PluginHost;
-/** The hostile plugin with a large CPU budget, so memory bombs meet the memory limit first even on a loaded machine. */
+/**
+ * The hostile plugin with CPU and wall budgets far beyond what a memory bomb
+ * needs to reach 16 MB even when V8 collects garbage near the limit on a
+ * loaded machine: the memory limit is the only one these bombs can meet, so
+ * the tests below may name it.
+ */
 let roomy: PluginHost;
+const ROOMY_CPU_MS = 30_000;
+const ROOMY_WALL_MS = 40_000;
 
 const attack = (name: string, extra: Record<string, unknown> = {}, signal?: AbortSignal) =>
   host.callTool('attack', { name, ...extra }, signal ? { signal } : {});
@@ -29,10 +36,11 @@ beforeAll(async () => {
   const textUtils = `${EXAMPLES_DIR}text-utils`;
   bystander = new PluginHost({ dir: textUtils, hash: await pluginHash(textUtils), pool, log });
   const roomyCopy = await pluginCopy(HOSTILE_DIR, (m) => {
-    m.limits.cpu_ms = 10_000;
-    m.limits.wall_ms = 20_000;
+    m.limits.cpu_ms = ROOMY_CPU_MS;
+    m.limits.wall_ms = ROOMY_WALL_MS;
   });
-  roomy = new PluginHost({ dir: roomyCopy.dir, hash: roomyCopy.hash, pool, log, name: 'roomy' });
+  // The host's default caps (5 s CPU) would cut the roomy budget down: lift them for this copy.
+  roomy = new PluginHost({ dir: roomyCopy.dir, hash: roomyCopy.hash, pool, log, name: 'roomy', maxLimits: { cpu_ms: ROOMY_CPU_MS, wall_ms: ROOMY_WALL_MS } });
   await Promise.all([host.start(), bystander.start(), roomy.start()]);
   expect([host.status, bystander.status, roomy.status]).toEqual(['ready', 'ready', 'ready']);
 });
@@ -85,7 +93,8 @@ describe('memory (limit 16 MB, bombs at about 3x)', () => {
 
   it('a bomb next to another plugin leaves that plugin alone', async () => {
     const [bomb, other] = await Promise.all([roomy.callTool('attack', { name: 'heap_bomb' }), bystander.callTool('word_count', { text: 'a b' })]);
-    expect(sandboxCode(bomb)).toBe('SANDBOX_MEMORY');
+    // What matters here is the bystander: the bomb was stopped by a limit, whichever came first on this machine.
+    expect(['SANDBOX_MEMORY', 'SANDBOX_TIMEOUT', 'SANDBOX_CRASHED']).toContain(sandboxCode(bomb));
     expect(valueOf(other)).toEqual({ words: 2, characters: 3, lines: 1 });
   });
 });
@@ -204,24 +213,42 @@ describe('supervision', () => {
     await own.stop();
   });
 
-  it('a catastrophic regex in an input schema blocks only its sandbox process, which is killed and replaced', async () => {
-    // Schemas come from the (untrusted) manifest, so they are compiled and run in the sandbox process, not the broker.
+  it('a catastrophic regex in an input schema runs in linear time: the call is refused at once, and a plugin in the same process keeps answering', async () => {
+    // Schemas come from the (untrusted) manifest; their patterns run on RE2, so `^(a+)+$` cannot stall the process.
     const { pool: own, hosts } = await isolatedPool([
       {
         name: 'redos',
         patch: (m) => {
           m.tools[1].inputSchema.properties.name.pattern = '^(a+)+$';
-          m.limits.wall_ms = 500;
+          m.limits.wall_ms = 20_000;
         },
       },
       { name: 'steady', patch: roomyLimits },
     ]);
     const [redos, steady] = hosts as [PluginHost, PluginHost];
-    const result = await redos.callTool('attack', { name: `${'a'.repeat(40)}!` });
-    expect(sandboxCode(result)).toBe('SANDBOX_TIMEOUT');
-    // The sandbox process could not even take the cancellation: the pool killed it.
-    await expect.poll(() => restartsOf(own), { timeout: 30_000 }).toBe(1);
+    const [result, other] = await Promise.all([redos.callTool('attack', { name: `${'a'.repeat(36)}!` }), steady.callTool('ok', {})]);
+    expect(sandboxCode(result)).toBe('SANDBOX_INVALID_ARGUMENTS');
+    expect(textOf(result)).toMatch(/must match pattern/);
+    expect(valueOf(other)).toEqual({ ok: true, polluted: 'undefined' });
+    expect(valueOf(await redos.callTool('ok', {}))).toEqual({ ok: true, polluted: 'undefined' });
+    expect(restartsOf(own)).toBe(0);
+    await own.stop();
+  });
+
+  it('a flood of host calls that await nothing cannot swamp the sandbox process: the call ends at the cap, the process is not killed', async () => {
+    // Without a bound inside the isolate, millions of queued host.log calls keep the sandbox process busy
+    // long after the broker ended the call, so it misses the cancellation and is killed.
+    const { pool: own, hosts } = await isolatedPool([
+      { name: 'flooder', patch: (m) => Object.assign(m.limits, { cpu_ms: 5000, wall_ms: 10_000 }) },
+      { name: 'steady', patch: roomyLimits },
+    ]);
+    const [flooder, steady] = hosts as [PluginHost, PluginHost];
+    const result = await flooder.callTool('attack', { name: 'log_flood', n: 3_000_000 });
+    expect(sandboxCode(result)).toBe('SANDBOX_CAPABILITY_DENIED');
     expect(valueOf(await steady.callTool('ok', {}))).toEqual({ ok: true, polluted: 'undefined' });
+    // Past the cancellation grace period: a process that missed it would have been killed by now.
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    expect(restartsOf(own)).toBe(0);
     await own.stop();
   });
 

@@ -57,8 +57,37 @@ describe('plugin manifest', () => {
     ['a memory limit under isolated-vm\'s minimum', { ...base, limits: { memory_mb: 4 } }, /limits\.memory_mb/],
     ['an unknown field', { ...base, cachedData: 'AAAA' }, /cachedData/],
     ['a bad version', { ...base, version: 'latest' }, /version/],
+    [
+      'a backreference in an input schema pattern',
+      { ...base, tools: [{ ...base.tools[0], inputSchema: { type: 'object', properties: { a: { type: 'string', pattern: '(x)\\1' } } } }] },
+      /tools\.0\.inputSchema: tool echo: inputSchema\/properties\/a\/pattern: pattern "\(x\)\\\\1" uses a backreference/,
+    ],
+    [
+      'a named backreference in an output schema pattern',
+      { ...base, tools: [{ ...base.tools[0], outputSchema: { type: 'object', properties: { a: { pattern: '(?<q>x)\\k<q>' } } } }] },
+      /tools\.0\.outputSchema: tool echo: outputSchema\/properties\/a\/pattern: .* uses a backreference/,
+    ],
+    [
+      'lookahead in a patternProperties key',
+      { ...base, tools: [{ ...base.tools[0], inputSchema: { type: 'object', patternProperties: { '^(?!x)': {} } } }] },
+      /tool echo: inputSchema\/patternProperties\/\^\(\?!x\): .* uses lookaround/,
+    ],
+    [
+      'lookbehind nested in allOf',
+      { ...base, tools: [{ ...base.tools[0], inputSchema: { type: 'object', allOf: [{ properties: { a: { pattern: '(?<=x)y' } } }] } }] },
+      /inputSchema\/allOf\/0\/properties\/a\/pattern: .* uses lookaround/,
+    ],
+    ['a pattern that is not a regular expression', { ...base, tools: [{ ...base.tools[0], inputSchema: { type: 'object', properties: { a: { pattern: '[' } } } }] }, /is not a valid regular expression/],
   ])('refuses %s', (_what, value, message) => {
     expect(refusal(value)).toMatch(message);
+  });
+
+  it('accepts patterns RE2 can run, catastrophic ones included (they run in linear time)', () => {
+    const manifest = parseManifest({
+      ...base,
+      tools: [{ ...base.tools[0], inputSchema: { type: 'object', properties: { a: { type: 'string', pattern: '^(a+)+$' } }, patternProperties: { '^(?<p>x)\\d{2}$': {} } } }],
+    });
+    expect(manifest.tools[0]!.inputSchema.properties).toEqual({ a: { type: 'string', pattern: '^(a+)+$' } });
   });
 
   it('publishes a JSON Schema of the manifest as authors write it', () => {

@@ -1,6 +1,8 @@
 // The approval page. Everything shown comes from agents and is attacker
-// controlled, so it is only ever inserted with textContent, never as HTML.
-'use strict';
+// controlled, so it is only ever inserted with textContent, never as HTML,
+// and always through reveal(): characters that hide or reorder text are
+// shown as marked escapes, so what the approver reads is what will run.
+import { revealSegments } from './reveal.js';
 
 const state = { csrf: '', me: '', pending: [], history: [] };
 const $ = (id) => document.getElementById(id);
@@ -17,6 +19,23 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
+/**
+ * Agent- or upstream-supplied text as a span: plain runs as text nodes, each
+ * hidden character as a marked escape (\u202E) naming it. `tally.hidden`
+ * counts the marks, for the request's warning.
+ */
+function reveal(text, { multiline = false, tally } = {}) {
+  const span = el('span', { class: 'revealed' });
+  for (const segment of revealSegments(String(text), multiline)) {
+    if (typeof segment === 'string') span.append(segment);
+    else {
+      span.append(el('mark', { class: 'hidden-char', title: segment.description, text: segment.escape }));
+      if (tally) tally.hidden++;
+    }
+  }
+  return span;
+}
+
 async function api(path, options = {}) {
   const response = await fetch(path, {
     credentials: 'same-origin',
@@ -30,7 +49,7 @@ async function api(path, options = {}) {
 
 const LONG = 400;
 /** Pretty JSON with long string values folded behind a disclosure. */
-function renderArguments(args) {
+function renderArguments(args, tally) {
   const container = el('div');
   const folded = [];
   const text = JSON.stringify(
@@ -44,9 +63,16 @@ function renderArguments(args) {
     },
     2,
   );
-  container.append(el('pre', { class: 'args', text }));
+  container.append(el('pre', { class: 'args' }, reveal(text, { multiline: true, tally })));
   for (const { key, value } of folded) {
-    container.append(el('details', { class: 'fold' }, el('summary', { text: `full value of "${key}" (${value.length} characters)` }), el('pre', { class: 'args', text: value })));
+    container.append(
+      el(
+        'details',
+        { class: 'fold' },
+        el('summary', {}, 'full value of "', reveal(key), `" (${value.length} characters)`),
+        el('pre', { class: 'args' }, reveal(value, { multiline: true })),
+      ),
+    );
   }
   return container;
 }
@@ -63,7 +89,8 @@ function clockTime(iso) {
  * result that brought untrusted content, through the argument values that came
  * from it, to this call. Every string is agent- or attacker-supplied: text only.
  */
-function renderFlow(flow) {
+function renderFlow(flow, tally) {
+  const show = (text, multiline = false) => reveal(text, { multiline, tally });
   const byId = new Map(flow.sources.map((source) => [source.id, source]));
   const rules = el(
     'ul',
@@ -74,7 +101,7 @@ function renderFlow(flow) {
         { 'data-rule': rule.rule },
         el('strong', { text: rule.rule }),
         ` ${rule.effect === 'deny' ? '(refuses)' : `(needs ${rule.quorum} approver${rule.quorum > 1 ? 's' : ''})`}: `,
-        rule.reason,
+        show(rule.reason),
       ),
     ),
   );
@@ -85,11 +112,11 @@ function renderFlow(flow) {
       { class: 'flow-source', 'data-source': source.id },
       el('span', { class: 'when', text: clockTime(source.at) }),
       ' ',
-      el('code', { text: source.tool }),
+      el('code', {}, show(source.tool)),
       ` brought ${source.labels.map((label) => LABEL_WORDS[label] || label).join(' and ')} into the agent's context`,
-      el('div', { class: 'meta', text: `why: ${source.reason} · source ${source.id} · audit detail.flow.call ${source.call}` }),
+      el('div', { class: 'meta' }, 'why: ', show(source.reason), ` · source ${source.id} · audit detail.flow.call ${source.call}`),
     );
-    if (source.excerpt) step.append(el('blockquote', { class: 'excerpt', text: source.excerpt }));
+    if (source.excerpt) step.append(el('blockquote', { class: 'excerpt' }, show(source.excerpt, true)));
     steps.push(step);
   }
   for (const argument of flow.arguments) {
@@ -99,25 +126,27 @@ function renderFlow(flow) {
         'li',
         { class: 'flow-argument', 'data-argument': argument.argument },
         'argument ',
-        el('code', { text: argument.argument }),
+        el('code', {}, show(argument.argument)),
         ' = ',
-        el('code', { class: 'value', text: JSON.stringify(argument.value) }),
-        ` (${argument.kind}) came from ${from}, and from nothing the agent was given or read from a trusted source`,
+        el('code', { class: 'value' }, show(JSON.stringify(argument.value))),
+        ` (${argument.kind}) came from `,
+        show(from),
+        ', and from nothing the agent was given or read from a trusted source',
       ),
     );
   }
-  const outside = flow.call.egress.filter((target) => flow.call.labels.includes('external')).map((target) => target.host || `(unreadable: ${target.value})`);
+  const outside = flow.call.egress.filter(() => flow.call.labels.includes('external')).map((target) => target.host || `(unreadable: ${target.value})`);
   steps.push(
     el(
       'li',
       { class: 'flow-call' },
       'this call: ',
-      el('code', { text: flow.call.tool }),
+      el('code', {}, show(flow.call.tool)),
       ` ${flow.call.labels.length ? flow.call.labels.map((label) => LABEL_WORDS[label] || label).join(', ') : 'has no flow labels'}`,
-      outside.length ? ` (destinations: ${outside.join(', ')})` : '',
+      outside.length ? el('span', {}, ' (destinations: ', show(outside.join(', ')), ')') : null,
     ),
   );
-  return el('section', { class: 'flow', 'aria-label': 'Why a flow rule asks for approval' }, el('h3', { text: 'Why: what entered this agent\'s context earlier' }), rules, el('ol', { class: 'flow-path' }, ...steps));
+  return el('section', { class: 'flow', 'aria-label': 'Why a flow rule asks for approval' }, el('h3', { text: "Why: what entered this agent's context earlier" }), rules, el('ol', { class: 'flow-path' }, ...steps));
 }
 
 function timeLeft(iso) {
@@ -125,8 +154,24 @@ function timeLeft(iso) {
   return seconds >= 60 ? `${Math.floor(seconds / 60)} min ${seconds % 60} s left` : `${seconds} s left`;
 }
 
+/** The request's warning when it hides characters: where, and which. */
+function hiddenWarning(call, tally) {
+  const findings = call.hidden_characters || [];
+  if (findings.length === 0 && tally.hidden === 0) return null;
+  const list = el('ul');
+  for (const finding of findings) list.append(el('li', {}, reveal(finding.where), finding.characters.length ? `: ${finding.characters.join(', ')}` : ''));
+  return el(
+    'div',
+    { class: 'warning', role: 'note' },
+    el('strong', { text: 'Hidden characters. ' }),
+    'This request contains characters that are invisible or change the direction of text. Each is shown marked, as its escape (for example \\u202E); the text may not read the way it will run.',
+    findings.length ? list : null,
+  );
+}
+
 function renderCard(call) {
   const chain = call.principal.act.map((a) => a.sub);
+  const tally = { hidden: 0 };
   const approvals = call.decisions.filter((d) => d.decision === 'approve').length;
   const reason = el('input', { type: 'text', placeholder: 'Reason (required to deny)', 'aria-label': 'Reason', maxlength: '2000' });
   const status = el('span', { class: 'error', role: 'alert' });
@@ -159,23 +204,25 @@ function renderCard(call) {
     el(
       'div',
       { class: 'row' },
-      el('span', { class: 'tool', text: call.tool }),
+      el('span', { class: 'tool' }, reveal(call.tool, { tally })),
       el('span', { class: `badge ${call.risk === 'high' ? 'high' : ''}`, text: `${call.risk} risk` }),
-      el('span', { class: 'badge', text: `connector ${call.connector}` }),
+      el('span', { class: 'badge' }, 'connector ', reveal(call.connector, { tally })),
       call.owner_alive === false ? el('span', { class: 'badge gone', text: 'agent disconnected: approving will not run it' }) : null,
       clock,
     ),
     el(
       'div',
       { class: 'meta' },
-      `agent ${call.principal.sub}`,
-      chain.length ? ` · delegated by ${chain.join(' ← ')}` : '',
-      ` · issuer ${call.principal.iss}`,
+      'agent ',
+      reveal(call.principal.sub, { tally }),
+      ...(chain.length ? [' · delegated by ', ...chain.flatMap((sub, i) => (i ? [' ← ', reveal(sub, { tally })] : [reveal(sub, { tally })]))] : []),
+      ' · issuer ',
+      reveal(call.principal.iss, { tally }),
       ` · approvals ${approvals}/${call.quorum}`,
     ),
-    el('ul', { class: 'reasons' }, ...[call.approval_reason, ...call.reasons].filter(Boolean).map((r) => el('li', { text: r }))),
-    call.flow ? renderFlow(call.flow) : null,
-    renderArguments(call.arguments),
+    el('ul', { class: 'reasons' }, ...[call.approval_reason, ...call.reasons].filter(Boolean).map((r) => el('li', {}, reveal(r, { tally })))),
+    call.flow ? renderFlow(call.flow, tally) : null,
+    renderArguments(call.arguments, tally),
     el('div', { class: 'meta', text: `call ${call.call_hash}` }),
     el(
       'div',
@@ -186,6 +233,9 @@ function renderCard(call) {
       status,
     ),
   );
+  // Placed after the row, once everything shown has been revealed (and counted).
+  const warning = hiddenWarning(call, tally);
+  if (warning) card.insertBefore(warning, card.children[1]);
   card._decide = decide;
   card._reason = reason;
   return card;
@@ -204,8 +254,12 @@ function render() {
         'li',
         {},
         el('span', { class: call.status, text: call.status }),
-        ` · ${call.tool} · ${call.principal.sub}`,
-        call.outcome ? ` · ${call.outcome}` : '',
+        ' · ',
+        reveal(call.tool),
+        ' · ',
+        reveal(call.principal.sub),
+        ...(call.outcome ? [' · ', reveal(call.outcome)] : []),
+        (call.hidden_characters || []).length ? el('span', { class: 'badge gone', text: 'hidden characters' }) : null,
         ` · ${new Date(call.created_at).toLocaleString()}`,
       ),
     ),
@@ -257,7 +311,7 @@ async function start() {
   }
   state.csrf = session.csrf;
   state.me = session.sub;
-  $('who').textContent = `signed in as ${session.sub}${session.roles.length ? ` (${session.roles.join(', ')})` : ''}`;
+  $('who').replaceChildren('signed in as ', reveal(session.sub), session.roles.length ? ` (${session.roles.join(', ')})` : '');
   $('signin').hidden = true;
   $('queue').hidden = false;
   // Subscribe first, and refresh once the stream is open (and after every reconnect),
