@@ -41,7 +41,7 @@ import { visible } from '../filters/text.ts';
 import { egressTargets } from './egress.ts';
 import type { ToolFlow } from './labels.ts';
 import { CONTEXT_LABELS, type ContextLabel, type FlowDecision, type FlowInput, type TaintedArgument } from './schema.ts';
-import { addSource, addTrusted, addUntrusted, hasLabel, newSourceNumber, sourceId, type FlowCore, type FlowLimits } from './state.ts';
+import { addSource, hasLabel, hasUntrustedUnits, holds, newSourceNumber, sourceId, taintOf, type FlowCore, type FlowLimits, type ProvenanceIndex } from './state.ts';
 import { FlowStore, Lru } from './store.ts';
 import { argumentUnits, hashUnit, resultStrings, resultUnits, type ArgumentUnits, type ValueUnit } from './values.ts';
 import { createInjectionScanner } from '../filters/injection.ts';
@@ -91,6 +91,8 @@ export interface FlowRecord {
   source?: string;
   labels?: ContextLabel[];
   reason?: string;
+  /** The source was already listed (the same tool brought the same labels before): this call added units only. */
+  repeated?: boolean;
 }
 
 /** A flag from the result filter: what raised `untrusted`, and where in the delivered result it is. */
@@ -186,15 +188,18 @@ export class FlowControl {
   /** Argument leaves whose values came from untrusted content and from nothing trusted. */
   private async trace(key: string, core: FlowCore, argUnits: ArgumentUnits[]): Promise<TaintedArgument[]> {
     const index = await this.store.index(key, core);
-    if (index.untrusted.size === 0) return [];
+    if (!hasUntrustedUnits(index)) return [];
     const pending = this.pending.get(key);
     const tainted: TaintedArgument[] = [];
     for (const leaf of argUnits) {
       const hashes = this.hash(leaf.units);
-      const at = hashes.findIndex((h) => index.untrusted.has(h) && !index.trusted.has(h) && !pending?.has(h));
-      if (at < 0) continue;
-      const unit = leaf.units[at]!;
-      tainted.push({ argument: leaf.argument, kind: unit.kind, value: visible(unit.value, 200), sources: [sourceId(index.untrusted.get(hashes[at]!)!)] });
+      for (let at = 0; at < hashes.length; at++) {
+        const source = pending?.has(hashes[at]!) ? undefined : taintOf(index, hashes[at]!);
+        if (source === undefined) continue;
+        const unit = leaf.units[at]!;
+        tainted.push({ argument: leaf.argument, kind: unit.kind, value: visible(unit.value, 200), sources: [sourceId(source)] });
+        break;
+      }
     }
     return tainted;
   }
@@ -219,36 +224,47 @@ export class FlowControl {
     const resultHashes = this.hash(resultUnits(result, this.settings.max_units_per_result));
     const base = { key: prepared.key, call: prepared.call };
 
+    const now = this.now();
+    // Units already in the index are not written again.
+    const index = wasTainted || labels.has('untrusted') ? await this.store.index(prepared.key, prepared.core) : undefined;
+    const fresh = (hashes: Iterable<number>, kind: 'untrusted' | 'trusted', from?: ProvenanceIndex) => [...new Set(hashes)].filter((h) => !from || !holds(from, kind, h));
+
     if (!labels.has('untrusted')) {
       // Trusted content. A clean flow keeps it here until it has to be written; a tainted one writes it now.
-      if (wasTainted) await this.store.updateIndex(prepared.key, (index) => addTrusted(index, resultHashes, this.store.limits));
-      else this.remember(prepared.key, [...suppliedHashes, ...resultHashes]);
+      if (wasTainted) {
+        const hashes = fresh(resultHashes, 'trusted', index).slice(0, this.store.limits.maxUnits);
+        if (hashes.length) await this.store.commit(prepared.key, [{ kind: 'trusted', hashes }], (core) => core, now);
+      } else this.remember(prepared.key, [...suppliedHashes, ...resultHashes]);
       if (labels.size === 0) return base;
     }
 
-    const number = newSourceNumber();
+    const sorted = CONTEXT_LABELS.filter((l) => labels.has(l));
+    // The same tool bringing the same labels again is the source already listed (its first call keeps
+    // the detail): a flow that keeps reading one mailbox or one file store writes nothing new but units.
+    const again = prepared.core?.sources.findLast((s) => s.tool === prepared.tool.name && s.labels.join() === sorted.join() && (raising.length === 0 || s.excerpt !== undefined));
+    const number = again ? Number.parseInt(again.id.slice(1), 36) : newSourceNumber();
     const id = sourceId(number);
-    const now = this.now();
-    let rev: string | undefined;
-    if (labels.has('untrusted')) {
-      const pending = this.pending.get(prepared.key) ?? new Set<number>();
-      rev = await this.store.updateIndex(prepared.key, (index) => {
-        const trusted = addTrusted(index, [...pending, ...suppliedHashes], this.store.limits);
-        return addUntrusted(index, resultHashes, number, this.store.limits) || trusted;
-      });
+    const reason = reasons.join('; ').slice(0, 512);
+    const pieces = labels.has('untrusted')
+      ? [
+          // What the principal supplied (and trusted content seen while the flow was clean) goes in first.
+          { kind: 'trusted' as const, hashes: fresh([...(this.pending.get(prepared.key) ?? []), ...suppliedHashes], 'trusted', index).slice(0, this.store.limits.maxUnits) },
+          { kind: 'untrusted' as const, source: number, hashes: fresh(resultHashes, 'untrusted', index).slice(0, this.store.limits.maxUnits) },
+        ]
+      : [];
+    if (again) {
+      if (pieces.some((p) => p.hashes.length > 0)) await this.store.commit(prepared.key, pieces, (core) => ({ ...core, updated: now.toISOString() }), now);
       this.pending.delete(prepared.key);
+      return { ...base, source: id, labels: sorted, reason, repeated: true };
     }
     const excerpt = raising[0] ? flaggedExcerpt(result, raising[0]) : undefined;
-    const reason = reasons.join('; ').slice(0, 512);
-    const sorted = CONTEXT_LABELS.filter((l) => labels.has(l));
-    await this.store.updateCore(
+    await this.store.commit(
       prepared.key,
-      (core) => ({
-        ...addSource(core, { id, tool: prepared.tool.name, labels: sorted, reason, call: prepared.call, ...(excerpt ? { excerpt } : {}) }, now, this.store.limits),
-        ...(rev ? { index: rev } : {}),
-      }),
+      pieces,
+      (core) => addSource(core, { id, tool: prepared.tool.name, labels: sorted, reason, call: prepared.call, ...(excerpt ? { excerpt } : {}) }, now, this.store.limits),
       now,
     );
+    if (labels.has('untrusted')) this.pending.delete(prepared.key);
     return { ...base, source: id, labels: sorted, reason };
   }
 

@@ -2,13 +2,17 @@
  * Where flows live: behind the state interface (embedded journal, or Redis
  * shared by every replica), so a new MCP session, a stateless request,
  * another replica or a refreshed token of the same subject all read the
- * same flow. Each flow is two entries, both expiring `retentionMs` after
- * their last change:
+ * same flow. A flow is its core and its provenance segments, each expiring
+ * `retentionMs` after it was written:
  *
- *   flows/<key>       the core (labels, sources): read on every call
- *   flow-index/<key>  the provenance index: read only when a tainted flow's
- *                     call has arguments to trace, and only when the core
- *                     names a revision this replica has not cached
+ *   flows/<key>             the core (labels, sources, the segments' list):
+ *                           read on every call
+ *   flow-index/<key>#<id>   one immutable segment of hashed value units:
+ *                           read only when a tainted flow's call has
+ *                           arguments to trace, and only once per replica
+ *
+ * A result that brings new units writes one small segment and the core
+ * that lists it; nothing written before is rewritten.
  *
  * Updates are compare-and-set loops, so concurrent calls of one agent on
  * several replicas never lose each other's labels. Caches are per replica
@@ -17,11 +21,11 @@
  *
  * @example
  *   const store = new FlowStore({ state, retentionMs: 86_400_000, limits });
- *   await store.updateCore(key, (core) => addSource(core, source, now, limits), now);
+ *   await store.commit(key, [{ kind: 'untrusted', source: n, hashes }], (core) => addSource(core, source, now, limits), now);
  */
 import { randomBytes } from 'node:crypto';
 import type { StateStore } from '../state/store.ts';
-import { emptyCore, emptyIndex, parseCore, parseIndex, serializeIndex, type FlowCore, type FlowLimits, type ProvenanceIndex } from './state.ts';
+import { emptyCore, listSegment, MAX_SEGMENTS, mergeSegments, newSegmentId, parseCore, parseUnits, serializeUnits, type FlowCore, type FlowLimits, type ProvenanceIndex, type Segment, type SegmentRef } from './state.ts';
 
 export const FLOWS = 'flows';
 export const FLOW_INDEX = 'flow-index';
@@ -69,8 +73,15 @@ export interface FlowStoreOptions {
   limits: FlowLimits;
   /** Cores cached per replica (parsed form reused while the stored text is unchanged). */
   cachedCores?: number;
-  /** Provenance indexes cached per replica. */
-  cachedIndexes?: number;
+  /** Provenance segments cached per replica (immutable, so a cached one is never stale). */
+  cachedSegments?: number;
+}
+
+/** Units to write as one segment: trusted ones, or untrusted ones with the source that brought them. */
+export interface NewSegment {
+  kind: SegmentRef['kind'];
+  source?: number;
+  hashes: number[];
 }
 
 export class FlowStore {
@@ -78,14 +89,14 @@ export class FlowStore {
   private readonly state: StateStore;
   private readonly retentionMs: number;
   private readonly cores: Lru<string, { text: string; core: FlowCore }>;
-  private readonly indexes: Lru<string, ProvenanceIndex>;
+  private readonly segments: Lru<string, Map<number, number>>;
 
   constructor(options: FlowStoreOptions) {
     this.state = options.state;
     this.retentionMs = options.retentionMs;
     this.limits = options.limits;
     this.cores = new Lru(options.cachedCores ?? 4096);
-    this.indexes = new Lru(options.cachedIndexes ?? 256);
+    this.segments = new Lru(options.cachedSegments ?? 8192);
   }
 
   /**
@@ -129,48 +140,99 @@ export class FlowStore {
     throw new FlowConflict(`the flow of ${key} changed ${CAS_ATTEMPTS} times while being updated`);
   }
 
-  /** The provenance index that goes with `core` (empty when it has none). */
+  /** The provenance index the core lists; a segment that expired or was lost counts as empty. */
   async index(key: string, core: FlowCore | undefined): Promise<ProvenanceIndex> {
-    if (!core?.index) return emptyIndex();
-    const cached = this.indexes.get(key);
-    if (cached && cached.rev === core.index) return cached;
-    const text = await this.state.get(FLOW_INDEX, key);
-    // The index expired (or was lost) while the core lives: provenance knows nothing, the labels still hold.
-    const index = text === undefined ? emptyIndex() : parseIndex(text);
-    this.indexes.set(key, index);
-    return index;
+    const segments: Segment[] = [];
+    for (const ref of core?.segments ?? []) segments.push({ ...ref, hashes: await this.segment(key, ref.id) });
+    return { segments };
+  }
+
+  private async segment(key: string, id: string): Promise<Map<number, number>> {
+    const at = `${key}#${id}`;
+    let hashes = this.segments.get(at);
+    if (!hashes) {
+      const text = await this.state.get(FLOW_INDEX, at);
+      hashes = text === undefined ? new Map<number, number>() : parseUnits(text);
+      this.segments.set(at, hashes);
+    }
+    return hashes;
+  }
+
+  private async writeSegment(key: string, kind: SegmentRef['kind'], units: Map<number, number>): Promise<SegmentRef> {
+    const ref: SegmentRef = { id: newSegmentId(), kind, units: units.size };
+    await this.state.set(FLOW_INDEX, `${key}#${ref.id}`, serializeUnits(units), this.retentionMs);
+    this.segments.set(`${key}#${ref.id}`, units);
+    return ref;
   }
 
   /**
-   * Applies `change` (which mutates the index it is given and says whether
-   * it changed anything) to the stored index atomically; returns the new
-   * revision, or undefined when nothing changed.
+   * Writes `pieces` as new segments, then applies `change` to the core and
+   * lists them in it (dropping the oldest segments beyond the unit caps, and
+   * replacing the oldest by one merged segment past MAX_SEGMENTS of a kind),
+   * all in one compare-and-set of the core; what it replaced or dropped is
+   * deleted after. A piece without units writes nothing.
    */
-  async updateIndex(key: string, change: (index: ProvenanceIndex) => boolean): Promise<string | undefined> {
-    for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
-      const text = await this.state.get(FLOW_INDEX, key);
-      const index = text === undefined ? emptyIndex() : parseIndex(text);
-      if (!change(index)) {
-        this.indexes.set(key, index);
-        return undefined;
-      }
-      index.rev = randomBytes(6).toString('hex');
-      if (await this.state.compareAndSet(FLOW_INDEX, key, text, serializeIndex(index), this.retentionMs)) {
-        this.indexes.set(key, index);
-        return index.rev;
-      }
+  async commit(key: string, pieces: NewSegment[], change: (core: FlowCore) => FlowCore, now: Date): Promise<FlowCore> {
+    const refs: SegmentRef[] = [];
+    for (const piece of pieces) {
+      if (piece.hashes.length === 0) continue;
+      refs.push(await this.writeSegment(key, piece.kind, new Map(piece.hashes.map((h) => [h, piece.source ?? 0]))));
     }
-    throw new FlowConflict(`the provenance index of ${key} changed ${CAS_ATTEMPTS} times while being updated`);
+    // Merge the oldest segments of a kind that would pass the cap (planned on the stored core; applied if still listed).
+    const merges: { ref: SegmentRef; replaces: Set<string> }[] = [];
+    const current = refs.length ? await this.core(key) : undefined;
+    for (const kind of ['untrusted', 'trusted'] as const) {
+      const listed = (current?.segments ?? []).filter((s) => s.kind === kind);
+      if (listed.length + refs.filter((r) => r.kind === kind).length <= MAX_SEGMENTS) continue;
+      const oldest = listed.slice(0, Math.max(2, listed.length - MAX_SEGMENTS / 2));
+      const loaded = await Promise.all(oldest.map(async (ref) => ({ ...ref, hashes: await this.segment(key, ref.id) })));
+      merges.push({ ref: await this.writeSegment(key, kind, mergeSegments(loaded, this.limits.maxUnits)), replaces: new Set(oldest.map((r) => r.id)) });
+    }
+    let dropped: string[] = [];
+    const core = await this.updateCore(
+      key,
+      (stored) => {
+        let next = change(stored);
+        dropped = [];
+        for (const merge of merges) {
+          const segments = next.segments ?? [];
+          if (![...merge.replaces].every((id) => segments.some((s) => s.id === id))) {
+            dropped.push(merge.ref.id); // another writer changed the list first: this merge is moot
+            continue;
+          }
+          const at = segments.findIndex((s) => merge.replaces.has(s.id));
+          next = { ...next, segments: [...segments.slice(0, at), merge.ref, ...segments.filter((s, i) => i >= at && !merge.replaces.has(s.id))] };
+          dropped.push(...merge.replaces);
+        }
+        for (const ref of refs) {
+          const listed = listSegment(next, ref, this.limits);
+          next = listed.core;
+          dropped.push(...listed.dropped);
+        }
+        return next;
+      },
+      now,
+    );
+    for (const id of dropped) {
+      this.segments.delete(`${key}#${id}`);
+      // Best effort: an undeleted segment expires with the retention anyway.
+      await this.state.delete(FLOW_INDEX, `${key}#${id}`).catch(() => false);
+    }
+    return core;
   }
 
-  /** Removes a flow (core and index); returns the core it had. */
+  /** Removes a flow (core and segments); returns the core it had. */
   async clear(key: string): Promise<FlowCore | undefined> {
     const text = await this.state.get(FLOWS, key);
-    await this.state.delete(FLOW_INDEX, key);
+    const core = text === undefined ? undefined : parseCore(text);
+    // The core goes first: once it is gone, nothing reads the segments, whatever happens to them.
     await this.state.delete(FLOWS, key);
     this.cores.delete(key);
-    this.indexes.delete(key);
-    return text === undefined ? undefined : parseCore(text);
+    for (const ref of core?.segments ?? []) {
+      this.segments.delete(`${key}#${ref.id}`);
+      await this.state.delete(FLOW_INDEX, `${key}#${ref.id}`);
+    }
+    return core;
   }
 
   /** Every stored flow's core (for operators). */

@@ -106,7 +106,10 @@ export function identifierUnits(text: string, out: ValueUnit[], max: number): vo
   const blank = (m: RegExpMatchArray) => {
     rest = rest.slice(0, m.index) + ' '.repeat(m[0].length) + rest.slice(m.index! + m[0].length);
   };
-  for (const m of text.matchAll(URL_PATTERN)) {
+  // Each pattern runs only when the character it needs is there: most leaves (ids, dates, names) need none.
+  const at = text.includes('@');
+  const digit = /\d/.test(text);
+  if (text.includes('://')) for (const m of text.matchAll(URL_PATTERN)) {
     const raw = m[0].replace(TRAILING_PUNCTUATION, '');
     try {
       const url = new URL(raw);
@@ -117,18 +120,22 @@ export function identifierUnits(text: string, out: ValueUnit[], max: number): vo
     }
     blank(m);
   }
-  for (const m of rest.matchAll(EMAIL)) {
-    push({ kind: 'email', value: m[0].toLowerCase() });
-    blank(m);
+  if (at) {
+    for (const m of rest.matchAll(EMAIL)) {
+      push({ kind: 'email', value: m[0].toLowerCase() });
+      blank(m);
+    }
   }
-  for (const m of rest.matchAll(IBAN)) {
-    if (!isIban(m[0])) continue;
-    push({ kind: 'iban', value: m[0].replaceAll(' ', '') });
-    blank(m);
+  if (digit) {
+    for (const m of rest.matchAll(IBAN)) {
+      if (!isIban(m[0])) continue;
+      push({ kind: 'iban', value: m[0].replaceAll(' ', '') });
+      blank(m);
+    }
   }
-  for (const m of rest.matchAll(PATH)) push({ kind: 'path', value: m[0].replace(TRAILING_PUNCTUATION, '') });
-  for (const m of rest.matchAll(HANDLE)) push({ kind: 'handle', value: m[0].replace(TRAILING_PUNCTUATION, '').toLowerCase() });
-  for (const m of rest.matchAll(NUMBER)) {
+  if (rest.includes('/')) for (const m of rest.matchAll(PATH)) push({ kind: 'path', value: m[0].replace(TRAILING_PUNCTUATION, '') });
+  if (at || rest.includes('#')) for (const m of rest.matchAll(HANDLE)) push({ kind: 'handle', value: m[0].replace(TRAILING_PUNCTUATION, '').toLowerCase() });
+  if (digit) for (const m of rest.matchAll(NUMBER)) {
     const value = normalNumber(m[0]);
     if (value) push({ kind: 'number', value });
   }
@@ -141,9 +148,10 @@ function proseUnits(text: string, out: ValueUnit[], max: number): void {
     const unit = textUnit(raw.replace(TRAILING_PUNCTUATION, ''));
     if (unit && out.length < max) out.push(unit);
   };
-  for (const m of text.matchAll(KEY_VALUE_LINE)) phrase(m[1]!);
-  for (const m of text.matchAll(QUOTED)) phrase(m[1]!);
-  for (const m of text.matchAll(CAPITALIZED_RUN)) phrase(m[0]);
+  if (text.includes(':')) for (const m of text.matchAll(KEY_VALUE_LINE)) phrase(m[1]!);
+  if (/["“«]/.test(text)) for (const m of text.matchAll(QUOTED)) phrase(m[1]!);
+  // Two capitalized words in a row need at least two capitals.
+  if (/\p{Lu}[\s\S]*\p{Lu}/u.test(text)) for (const m of text.matchAll(CAPITALIZED_RUN)) phrase(m[0]);
 }
 
 /** Units of one JSON leaf. */

@@ -101,14 +101,16 @@ describe('a flow on Redis', () => {
     const [onA, onB] = await Promise.all([connect(a, token), connect(b, await mint('agent:racer', everything))]);
     await Promise.all(
       Array.from({ length: 6 }, (_, i) =>
-        i % 2 === 0 ? call(onA, 'web__fetch', { url: 'https://news.example/today' }) : call(onB, 'mail__read_email', { id: '1' }),
+        // Reads only: a fetch to an outside URL is itself a sink, and would park once the flow is tainted.
+        i % 2 === 0 ? call(onA, 'web__search', { query: 'markets' }) : call(onB, 'mail__read_email', { id: '1' }),
       ),
     );
     const response = await admin(a, `/admin/flows?iss=${encodeURIComponent(ISSUER)}&sub=agent:racer`);
-    const { flow } = (await response.json()) as { flow: { counts: Record<string, number>; sources: { tool: string }[] } };
-    expect(flow.counts).toEqual({ untrusted: 6, private: 3 });
-    expect(flow.sources.filter((s) => s.tool === 'web__fetch')).toHaveLength(3);
-    expect(flow.sources.filter((s) => s.tool === 'mail__read_email')).toHaveLength(3);
+    const { flow } = (await response.json()) as { flow: { labels: Record<string, string[]>; sources: { id: string; tool: string }[] } };
+    // Whatever the interleaving, both replicas' sources are there, under both labels: no update was lost.
+    const tools = (label: string) => new Set(flow.labels[label]!.map((id) => flow.sources.find((s) => s.id === id)?.tool));
+    expect(tools('untrusted')).toEqual(new Set(['web__search', 'mail__read_email']));
+    expect(tools('private')).toEqual(new Set(['mail__read_email']));
   });
 
   it("an operator's clear on B frees the agent on A", async () => {

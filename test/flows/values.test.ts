@@ -6,7 +6,12 @@
 import { describe, expect, it } from 'vitest';
 import { egressTargets, hostOf } from '../../broker/flows/egress.ts';
 import { labelsFromAnnotations, toolFlow } from '../../broker/flows/labels.ts';
-import { addSource, addTrusted, addUntrusted, emptyCore, emptyIndex, parseCore, parseIndex, serializeIndex, sourceId } from '../../broker/flows/state.ts';
+import { addSource, emptyCore, listSegment, MAX_SEGMENTS, parseCore, parseUnits, serializeUnits, sourceId, taintOf, type Segment } from '../../broker/flows/state.ts';
+import { FLOW_INDEX, FlowStore } from '../../broker/flows/store.ts';
+import { openEmbeddedState } from '../../broker/state/embedded.ts';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { argumentUnits, hashUnit, resultUnits, textUnit } from '../../broker/flows/values.ts';
 
 describe('labels', () => {
@@ -142,21 +147,57 @@ describe('what one flow holds', () => {
     expect(parseCore(JSON.stringify(core))).toEqual(core);
   });
 
-  it('holds at most maxUnits of each kind, the oldest dropped first, and round-trips', () => {
-    const index = emptyIndex();
-    addUntrusted(index, Array.from({ length: 150 }, (_, i) => i + 0.0), 7, limits);
-    addTrusted(index, Array.from({ length: 150 }, (_, i) => 2 ** 52 + i), limits);
-    expect(index.untrusted.size).toBe(100);
-    expect(index.trusted.size).toBe(100);
-    expect(index.untrusted.has(0)).toBe(false);
-    expect(index.untrusted.get(149)).toBe(7);
-    const back = parseIndex(serializeIndex(index));
-    expect([...back.untrusted]).toEqual([...index.untrusted]);
-    expect([...back.trusted]).toEqual([...index.trusted]);
+  it('holds at most maxUnits of each kind in segments, the oldest dropped first', () => {
+    let core = emptyCore('iss|agent:a', now);
+    const dropped: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      const listed = listSegment(core, { id: `u${i}`, kind: 'untrusted', units: 40 }, limits);
+      core = listed.core;
+      dropped.push(...listed.dropped);
+    }
+    core = listSegment(core, { id: 't0', kind: 'trusted', units: 100 }, limits).core;
+    // 5 × 40 untrusted units over a cap of 100: the three oldest segments went; trusted units count apart.
+    expect(core.segments!.map((s) => s.id)).toEqual(['u3', 'u4', 't0']);
+    expect(dropped).toEqual(['u0', 'u1', 'u2']);
+    // A single segment over the cap is kept (the caller cuts it to the cap first).
+    expect(listSegment(emptyCore('k', now), { id: 'big', kind: 'trusted', units: 500 }, limits).core.segments!.map((s) => s.id)).toEqual(['big']);
+  });
+
+  it('calls a value tainted when untrusted content had it and nothing trusted did', () => {
+    const segment = (id: string, kind: Segment['kind'], hashes: number[], source = 0): Segment => ({ id, kind, units: hashes.length, hashes: new Map(hashes.map((h) => [h, source])) });
+    const index = { segments: [segment('a', 'untrusted', [1, 2], 7), segment('b', 'trusted', [2]), segment('c', 'untrusted', [1, 3], 9)] };
+    expect(taintOf(index, 1)).toBe(7); // the first source that brought it
+    expect(taintOf(index, 2)).toBeUndefined(); // trusted content had it too
+    expect(taintOf(index, 3)).toBe(9);
+    expect(taintOf(index, 4)).toBeUndefined();
+    const units = new Map([[0, 0], [1, 7], [2 ** 52 + 7, 0xfffffffe], [Number.MAX_SAFE_INTEGER, 3]]);
+    expect([...parseUnits(serializeUnits(units))]).toEqual([...units]);
+  });
+
+  it('merges the oldest segments past MAX_SEGMENTS, keeps every unit with its source, and deletes what it replaced', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'bastion-flow-store-'));
+    const state = await openEmbeddedState(path.join(dir, 'state.jsonl'));
+    try {
+      const store = new FlowStore({ state, retentionMs: 3_600_000, limits: { maxSources: 8, maxUnits: 10_000 } });
+      for (let i = 0; i < 3 * MAX_SEGMENTS; i++) await store.commit('k', [{ kind: 'untrusted', source: i + 1, hashes: [i * 10, i * 10 + 1] }], (core) => core, now);
+      const core = await store.core('k');
+      expect(core!.segments!.length).toBeLessThanOrEqual(MAX_SEGMENTS);
+      const index = await store.index('k', core);
+      for (let i = 0; i < 3 * MAX_SEGMENTS; i++) expect(taintOf(index, i * 10 + 1), `unit of segment ${i}`).toBe(i + 1);
+      // Only the listed segments are stored.
+      const stored = (await state.entries(FLOW_INDEX)).map(([key]) => key.split('#')[1]).sort();
+      expect(stored).toEqual(core!.segments!.map((s) => s.id).sort());
+      await store.clear('k');
+      expect(await state.entries(FLOW_INDEX)).toEqual([]);
+    } finally {
+      await state.close();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('refuses a stored form it does not understand', () => {
     expect(() => parseCore('{"v":2}')).toThrow(/unknown format/);
-    expect(() => parseIndex('{"v":1,"rev":"x","u":"AAAA","us":"","t":""}')).toThrow(/truncated/);
+    expect(() => parseUnits('{"h":"AAAA","s":""}')).toThrow(/truncated/);
+    expect(() => parseUnits('"x"')).toThrow(/unknown format/);
   });
 });
