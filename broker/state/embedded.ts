@@ -101,6 +101,8 @@ export async function openEmbeddedState(file: string, now: () => number = Date.n
       handle = await open(file, 'a', 0o600);
     }
     writing = false;
+    // Writes made while the journal was compacted queued behind it: flush them now, or they would wait forever.
+    if (queue.length) void flush();
   }
 
   /** Applies in memory at once (so concurrent callers see it), then waits for durability. */

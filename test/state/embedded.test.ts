@@ -36,6 +36,22 @@ describe('embedded state', () => {
     await state.close();
   });
 
+  it('makes a write durable that arrives while the journal is being compacted (it used to wait forever)', async () => {
+    const state = await openEmbeddedState(path.join(dir, 'state.jsonl'));
+    // One burst past the compaction threshold (50,000 journal lines): one flush, then the compaction.
+    await Promise.all(Array.from({ length: 50_001 }, (_, i) => state.set('bulk', `k${i}`, 'v')));
+    // These arrive while that flush compacts the journal.
+    const late = Promise.all(Array.from({ length: 10 }, (_, i) => state.set('late', `k${i}`, 'v')));
+    let timer: NodeJS.Timeout | undefined;
+    const stuck = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error('writes made during a compaction never settled')), 20_000)));
+    await Promise.race([late, stuck]).finally(() => clearTimeout(timer));
+    await state.close();
+    const reopened = await openEmbeddedState(path.join(dir, 'state.jsonl'));
+    expect(await reopened.get('late', 'k9')).toBe('v');
+    expect(await reopened.get('bulk', 'k50000')).toBe('v');
+    await reopened.close();
+  });
+
   it('entries expire with their ttl', async () => {
     let now = 1_000_000;
     const state = await openEmbeddedState(path.join(dir, 'state.jsonl'), () => now);
