@@ -252,20 +252,16 @@ export class FlowControl {
           { kind: 'untrusted' as const, source: number, hashes: fresh(resultHashes, 'untrusted', index).slice(0, this.store.limits.maxUnits) },
         ]
       : [];
-    if (again) {
-      if (pieces.some((p) => p.hashes.length > 0)) await this.store.commit(prepared.key, pieces, (core) => ({ ...core, updated: now.toISOString() }), now);
-      this.pending.delete(prepared.key);
-      return { ...base, source: id, labels: sorted, reason, repeated: true };
-    }
     const excerpt = raising[0] ? flaggedExcerpt(result, raising[0]) : undefined;
-    await this.store.commit(
-      prepared.key,
-      pieces,
-      (core) => addSource(core, { id, tool: prepared.tool.name, labels: sorted, reason, call: prepared.call, ...(excerpt ? { excerpt } : {}) }, now, this.store.limits),
-      now,
-    );
+    const listed = (core: FlowCore) => core.sources.some((s) => s.id === id) && sorted.every((label) => core.labels[label]?.includes(id));
+    const withSource = (core: FlowCore) =>
+      again && listed(core) ? core : addSource(core, { id, tool: prepared.tool.name, labels: sorted, reason, call: prepared.call, ...(excerpt ? { excerpt } : {}) }, now, this.store.limits);
+    // A repeated source with nothing new writes nothing, unless the flow lost it since (an operator's clear
+    // while this call ran): content that arrives after a clear still counts.
+    const unchanged = again && pieces.every((p) => p.hashes.length === 0) && (await this.store.core(prepared.key).then((core) => core !== undefined && listed(core)));
+    if (!unchanged) await this.store.commit(prepared.key, pieces, withSource, now);
     if (labels.has('untrusted')) this.pending.delete(prepared.key);
-    return { ...base, source: id, labels: sorted, reason };
+    return { ...base, source: id, labels: sorted, reason, ...(again ? { repeated: true } : {}) };
   }
 
   /** Trusted units of a clean flow, kept on this replica until its first untrusted content. */

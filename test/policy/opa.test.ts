@@ -35,6 +35,7 @@ describe('policies/', () => {
       'production_approval',
       'read_only',
       'time_window',
+      'untrusted_payments',
     ]);
   });
 
