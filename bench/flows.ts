@@ -9,6 +9,7 @@
  *                   CPU per call (process.cpuUsage, so disk waits are apart):
  *                     clean flow, trusted result: the common call, no write
  *                     untrusted result: a new source and new units written
+ *                     (on the embedded journal, and with the state in memory)
  *                     external call in a tainted flow: arguments traced
  *   policy          the default policy with and without input.flow
  *   per flow        one agent's flow over 100,000 calls (quick: 10,000) that
@@ -34,6 +35,7 @@ import { createLogger } from '../broker/log.ts';
 import { loadPolicy } from '../broker/policy/engine.ts';
 import type { PolicyInput } from '../broker/policy/schema.ts';
 import { openEmbeddedState } from '../broker/state/embedded.ts';
+import type { StateStore } from '../broker/state/store.ts';
 import { count, printTable, summarize, time } from './lib/stats.ts';
 
 export interface FlowBenchRow {
@@ -66,6 +68,37 @@ function email(i: number): unknown {
 
 function file(i: number): unknown {
   return { content: [{ type: 'text', text: `Quarterly notes ${i}\nRevenue: ${(i % 97) + 3}.2M EUR\nOwner: Ana Lopez\nPath: /home/ana/reports/q${i % 4}-${i}.txt` }] };
+}
+
+/**
+ * The part of the state interface flows use, in memory: to tell the flow
+ * code's own CPU from what the embedded journal's writes and syncs cost.
+ */
+function memoryState(): StateStore {
+  const data = new Map<string, string>();
+  const k = (ns: string, key: string) => `${ns}\u0000${key}`;
+  const unused = () => {
+    throw new Error('not used by flows');
+  };
+  return {
+    get: async (ns, key) => data.get(k(ns, key)),
+    set: async (ns, key, value) => void data.set(k(ns, key), value),
+    delete: async (ns, key) => data.delete(k(ns, key)),
+    compareAndSet: async (ns, key, expected, next) => {
+      if (data.get(k(ns, key)) !== expected) return false;
+      data.set(k(ns, key), next);
+      return true;
+    },
+    entries: async (ns) => [...data].filter(([key]) => key.startsWith(`${ns}\u0000`)).map(([key, value]) => [key.slice(ns.length + 1), value] as [string, string]),
+    claim: unused,
+    takeTokens: unused,
+    acquireSlot: unused,
+    releaseSlot: unused,
+    publish: unused,
+    subscribe: unused,
+    ready: async () => true,
+    close: async () => undefined,
+  };
 }
 
 function principal(sub: string): Principal {
@@ -128,6 +161,17 @@ export async function runFlows(options: { root: string; quick: boolean }): Promi
         const p = principal(`agent:reader-${agent++ % 50}`);
         const prepared = await flows.prepare(p, MAIL, { id: String(i) });
         await flows.record(prepared, undefined, email(i), []);
+      }),
+    );
+
+    // The same, with the state in memory: the flow code's own cost, without the journal's writes and syncs.
+    const inMemory = new FlowControl({ state: memoryState(), settings: SETTINGS, log: createLogger('silent') });
+    await inMemory.start();
+    rows.push(
+      await measure('untrusted result, state in memory (flow code alone)', n, async (i) => {
+        const p = principal(`agent:reader-${agent++ % 50}`);
+        const prepared = await inMemory.prepare(p, MAIL, { id: String(i) });
+        await inMemory.record(prepared, undefined, email(i), []);
       }),
     );
 
