@@ -9,10 +9,10 @@
  *   process.stdout.write(graphText(graph));
  *   await writeFile('flows.html', graphHtml(graph));
  */
-import { createHash } from 'node:crypto';
+import { escapeHtml, reportPage } from '../html-report.ts';
 import type { Combination, FlowGraph } from './graph.ts';
 
-const escape = (text: string) => text.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
+const escape = escapeHtml;
 
 function outcomeText(c: Combination): string {
   if (c.outcome === 'approval') return `approval (quorum ${c.quorum ?? 1})`;
@@ -52,17 +52,10 @@ export function graphText(graph: FlowGraph): string {
   return `${lines.join('\n')}\n`;
 }
 
+/** What this report adds to the shared report style. */
 const STYLE = `
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#212529;margin:24px auto;max-width:1200px;padding:0 16px}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
-.meta{color:#495057}
-table{border-collapse:collapse;width:100%;font-size:13px}
-th,td{border-bottom:1px solid #dee2e6;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f1f3f5}
 td.allowed,td.error{color:#c92a2a;font-weight:600}td.approval{color:#b35c00}td.refused{color:#2b8a3e}
-svg text{font:12px system-ui,sans-serif;fill:#212529}
-code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace}
-`.trim();
+`;
 
 const LABELS = ['untrusted', 'private', 'external', 'destructive'] as const;
 
@@ -109,8 +102,6 @@ function picture(graph: FlowGraph): string {
 
 /** The graph as one HTML document with no external resources and no script. */
 export function graphHtml(graph: FlowGraph): string {
-  const styleHash = createHash('sha256').update(STYLE).digest('base64');
-  const csp = `default-src 'none'; style-src 'sha256-${styleHash}'; img-src data:; base-uri 'none'; form-action 'none'`;
   const rows = graph.grants
     .flatMap((grant) =>
       grant.combinations.map(
@@ -122,16 +113,7 @@ export function graphHtml(graph: FlowGraph): string {
   const tools = graph.tools
     .map((t) => `<tr><td><code>${escape(t.name)}</code></td><td>${escape(t.labels.join(', ') || '-')}</td><td>${escape(t.egress.join(', ') || '-')}</td><td>${escape(t.origin)}</td></tr>`)
     .join('\n');
-  return `<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="${escape(csp)}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Bastion flow graph</title>
-<style>${STYLE}</style>
-</head>
-<body>
+  return reportPage('Bastion flow graph', STYLE, `
 <h1>Bastion flow graph</h1>
 <p class="meta">Who can reach what: grants → tools → flow labels, and the toxic combinations each grant could reach, put to the policy (revision ${escape(graph.policy_revision)}) as the calls they would be.</p>
 ${graph.unlabeled.length ? `<p class="meta"><strong>No labels</strong> on ${escape(graph.unlabeled.join(', '))}: flow control cannot see what these bring or do.</p>` : ''}
@@ -150,7 +132,5 @@ ${rows}
 ${tools}
 </tbody>
 </table>
-</body>
-</html>
-`;
+`);
 }

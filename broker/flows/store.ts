@@ -158,11 +158,14 @@ export class FlowStore {
     return hashes;
   }
 
-  private async writeSegment(key: string, kind: SegmentRef['kind'], units: Map<number, number>): Promise<SegmentRef> {
+  /** Starts writing a segment; the ref is usable at once, `written` settles when it is stored. */
+  private writeSegment(key: string, kind: SegmentRef['kind'], units: Map<number, number>): { ref: SegmentRef; written: Promise<void> } {
     const ref: SegmentRef = { id: newSegmentId(), kind, units: units.size };
-    await this.state.set(FLOW_INDEX, `${key}#${ref.id}`, serializeUnits(units), this.retentionMs);
     this.segments.set(`${key}#${ref.id}`, units);
-    return ref;
+    const written = this.state.set(FLOW_INDEX, `${key}#${ref.id}`, serializeUnits(units), this.retentionMs);
+    // Awaited by commit once the core is written; until then a rejection must not go unhandled.
+    written.catch(() => undefined);
+    return { ref, written };
   }
 
   /**
@@ -171,13 +174,22 @@ export class FlowStore {
    * replacing the oldest by one merged segment past MAX_SEGMENTS of a kind),
    * all in one compare-and-set of the core; what it replaced or dropped is
    * deleted after. A piece without units writes nothing.
+   *
+   * The segments are written alongside the core, not before it (on the
+   * embedded store they share one sync): should the core land and a
+   * segment not, the segment reads as empty, which loses provenance for
+   * those values and never a label.
    */
   async commit(key: string, pieces: NewSegment[], change: (core: FlowCore) => FlowCore, now: Date): Promise<FlowCore> {
     const refs: SegmentRef[] = [];
+    const writes: Promise<void>[] = [];
     for (const piece of pieces) {
       if (piece.hashes.length === 0) continue;
-      refs.push(await this.writeSegment(key, piece.kind, new Map(piece.hashes.map((h) => [h, piece.source ?? 0]))));
+      const { ref, written } = this.writeSegment(key, piece.kind, new Map(piece.hashes.map((h) => [h, piece.source ?? 0])));
+      refs.push(ref);
+      writes.push(written);
     }
+
     // Merge the oldest segments of a kind that would pass the cap (planned on the stored core; applied if still listed).
     const merges: { ref: SegmentRef; replaces: Set<string> }[] = [];
     const current = refs.length ? await this.core(key) : undefined;
@@ -186,7 +198,9 @@ export class FlowStore {
       if (listed.length + refs.filter((r) => r.kind === kind).length <= MAX_SEGMENTS) continue;
       const oldest = listed.slice(0, Math.max(2, listed.length - MAX_SEGMENTS / 2));
       const loaded = await Promise.all(oldest.map(async (ref) => ({ ...ref, hashes: await this.segment(key, ref.id) })));
-      merges.push({ ref: await this.writeSegment(key, kind, mergeSegments(loaded, this.limits.maxUnits)), replaces: new Set(oldest.map((r) => r.id)) });
+      const { ref, written } = this.writeSegment(key, kind, mergeSegments(loaded, this.limits.maxUnits));
+      writes.push(written);
+      merges.push({ ref, replaces: new Set(oldest.map((r) => r.id)) });
     }
     let dropped: string[] = [];
     const core = await this.updateCore(
@@ -213,6 +227,8 @@ export class FlowStore {
       },
       now,
     );
+    // A segment that could not be stored fails the commit (and the call), like a failed core write.
+    await Promise.all(writes);
     for (const id of dropped) {
       this.segments.delete(`${key}#${id}`);
       // Best effort: an undeleted segment expires with the retention anyway.

@@ -10,10 +10,10 @@
  *   process.stdout.write(chainTerminalReport(result));
  *   await writeFile('chains.html', chainHtmlReport(result));
  */
-import { createHash } from 'node:crypto';
+import { escapeHtml, reportPage } from '../html-report.ts';
 import type { ChainCampaignResult, ChainConfigurationResult } from './chain-run.ts';
 
-const escape = (text: string) => text.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
+const escape = escapeHtml;
 const pct = (rate: number | null) => (rate === null ? 'n/a' : `${(rate * 100).toFixed(rate === 0 || rate === 1 ? 0 : 1)}%`);
 const ms = (value: number | null) => (value === null ? '-' : `${value.toFixed(2)} ms`);
 const pad = (text: string, width: number) => (text.length >= width ? `${text} ` : text + ' '.repeat(width - text.length));
@@ -87,17 +87,10 @@ export function chainTerminalReport(result: ChainCampaignResult): string {
   return `${lines.join('\n')}\n`;
 }
 
+/** What this report adds to the shared report style. */
 const STYLE = `
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#212529;margin:24px auto;max-width:1100px;padding:0 16px}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
-.meta{color:#495057}
-table{border-collapse:collapse;width:100%;font-size:13px}
-th,td{border-bottom:1px solid #dee2e6;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f1f3f5}
 td.bad{color:#c92a2a;font-weight:600}td.good{color:#2b8a3e;font-weight:600}
-svg text{font:12px system-ui,sans-serif;fill:#212529}
-code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace}
-`.trim();
+`;
 
 /** Attack success and utility per configuration, side by side (two bars per configuration). */
 function bars(result: ChainCampaignResult): string {
@@ -125,8 +118,6 @@ function bars(result: ChainCampaignResult): string {
 
 /** The campaign as one HTML document with no external resources and no script. */
 export function chainHtmlReport(result: ChainCampaignResult): string {
-  const styleHash = createHash('sha256').update(STYLE).digest('base64');
-  const csp = `default-src 'none'; style-src 'sha256-${styleHash}'; img-src data:; base-uri 'none'; form-action 'none'`;
   const configs = result.configurations;
   const head = `<tr><th></th>${configs.map((c) => `<th>${escape(c.name)}</th>`).join('')}</tr>`;
   const matrixRows = Object.entries(result.matrix)
@@ -147,16 +138,7 @@ export function chainHtmlReport(result: ChainCampaignResult): string {
       ),
     )
     .join('\n');
-  return `<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="${escape(csp)}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Bastion flow chains report</title>
-<style>${STYLE}</style>
-</head>
-<body>
+  return reportPage('Bastion flow chains report', STYLE, `
 <h1>Bastion flow chains report</h1>
 <p class="meta">${result.scenarios.attacks} attack chains and ${result.scenarios.benign} benign tasks over ${escape(result.scenarios.environments.join(', '))}, played by a worst-case agent that obeys every injected instruction, its token holding every tool of its environment. Generated ${escape(result.generated_at)}.</p>
 <h2>Attack success and utility per configuration</h2>
@@ -178,7 +160,5 @@ ${outcomes}
 </tbody>
 </table>
 </details>
-</body>
-</html>
-`;
+`);
 }

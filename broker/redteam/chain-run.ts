@@ -1,7 +1,8 @@
 /**
  * The flow-chain campaign: every scenario of broker/redteam/chains/ against
  * a fresh broker per configuration (flow control off; on with every rule;
- * on with each rule switched off in turn through policy data), over the
+ * on with each rule switched off in turn, and with each rule alone, through
+ * policy data), over the
  * workspace upstreams, and the results folded into, per configuration:
  *
  *   attack success   attacks whose harmful call reached a tool with no human
@@ -33,17 +34,15 @@ import { callThrough, connectAgent, receivedText, type CallOutcome, type Connect
 import { ATTACK_CLASSES, extractFrom, fill, matches, worldOf, type Chains, type Environment, type Scenario } from './chains.ts';
 import { medianStandardError, percentile } from './run.ts';
 import { signInApprover, type ApproverSession } from './steps.ts';
-import { createRedteamIssuer, readLines, startBastion, type BastionProcess, type RedteamIssuer, type Target } from './target.ts';
+import { createRedteamIssuer, readLines, signApproverToken, startBastion, type BastionProcess, type RedteamIssuer, type Target } from './target.ts';
 import { ORG_DOMAIN, WORKSPACE_SUITES, workspaceConnectors } from './workspace.ts';
 import { mintToken } from '../auth/mint.ts';
-import { importJWK, SignJWT } from 'jose';
-import { APPROVER_TOKEN_TYPE } from '../approvals/approvers.ts';
 
 /** The flow rules of policies/flows.rego, each switched off in turn. */
 export const FLOW_RULES = ['untrusted_sink', 'trifecta', 'tainted_argument'] as const;
 
 export interface ChainConfiguration {
-  /** "flows-off", "full", or "no-<rule>". */
+  /** "flows-off", "full", "no-<rule>" or "only-<rule>". */
   name: string;
   flows: boolean;
   rulesOff: string[];
@@ -54,6 +53,8 @@ export function chainConfigurations(): ChainConfiguration[] {
     { name: 'flows-off', flows: false, rulesOff: [] },
     { name: 'full', flows: true, rulesOff: [] },
     ...FLOW_RULES.map((rule) => ({ name: `no-${rule}`, flows: true, rulesOff: [rule] })),
+    // Each rule on its own: what it stops, and what it costs, without the others behind it.
+    ...FLOW_RULES.map((rule) => ({ name: `only-${rule}`, flows: true, rulesOff: FLOW_RULES.filter((other) => other !== rule) })),
   ];
 }
 
@@ -206,18 +207,7 @@ async function launchChainTarget(workDir: string, configuration: ChainConfigurat
     callLog,
     auditFile: path.join(dir, 'audit.jsonl'),
     issuer,
-    async approverToken(sub) {
-      const iat = Math.floor(Date.now() / 1000);
-      return new SignJWT({ roles: [] })
-        .setProtectedHeader({ alg: 'EdDSA', typ: APPROVER_TOKEN_TYPE, kid: issuer.privateJwk.kid! })
-        .setIssuer(issuer.issuer)
-        .setSubject(sub)
-        .setAudience(url)
-        .setIssuedAt(iat)
-        .setExpirationTime(iat + 600)
-        .setJti(crypto.randomUUID())
-        .sign(await importJWK(issuer.privateJwk, 'EdDSA'));
-    },
+    approverToken: (sub) => signApproverToken(issuer, url, sub),
   };
 }
 

@@ -51,8 +51,8 @@ multi-step attacks (read then pay, exfiltrate, delete, book; a sub-agent as
 confused deputy) and benign tasks over mail, calendar, files, chat,
 payments, travel and web upstreams, played by a worst-case agent that obeys
 every injected instruction with a token holding every tool of its
-environment. Configurations: flow control off, on, and on with each flow
-rule off in turn (policy data). It reports attack success (the harmful call
+environment. Configurations: flow control off, on, on with each flow rule
+off in turn, and on with each rule alone (policy data). It reports attack success (the harmful call
 reached a tool with no human), utility (benign tasks done with no human),
 approval burden and the p50 latency cost, per configuration. The harness
 approves benign tasks' parked calls and denies attacks', only to count them.

@@ -222,6 +222,20 @@ async function terminate(child: ChildProcess, graceMs = 5_000): Promise<void> {
   clearTimeout(timer);
 }
 
+/** An approver sign-in token for `audience`, signed by the red-team issuer (10 minutes, single use). */
+export async function signApproverToken(issuer: RedteamIssuer, audience: string, sub: string): Promise<string> {
+  const iat = Math.floor(Date.now() / 1000);
+  return new SignJWT({ roles: [] })
+    .setProtectedHeader({ alg: 'EdDSA', typ: APPROVER_TOKEN_TYPE, kid: issuer.privateJwk.kid! })
+    .setIssuer(issuer.issuer)
+    .setSubject(sub)
+    .setAudience(audience)
+    .setIssuedAt(iat)
+    .setExpirationTime(iat + 600)
+    .setJti(crypto.randomUUID())
+    .sign(await importJWK(issuer.privateJwk, 'EdDSA'));
+}
+
 /** A `bastion start` child process on a config document, up and listening. */
 export interface BastionProcess {
   url: string;
@@ -299,18 +313,7 @@ export async function launchTarget(options: LaunchOptions): Promise<Target> {
     issuer,
     mint: ({ sub, cap, ttlMs, use, jkt }) =>
       mintToken({ key: issuer.privateJwk, issuer: issuer.issuer, audience: url, sub, cap, ttlMs, tokenType: config.auth.token_type, ...(use ? { use } : {}), ...(jkt ? { jkt } : {}) }),
-    async approverToken(sub) {
-      const iat = Math.floor(Date.now() / 1000);
-      return new SignJWT({ roles: [] })
-        .setProtectedHeader({ alg: 'EdDSA', typ: APPROVER_TOKEN_TYPE, kid: issuer.privateJwk.kid! })
-        .setIssuer(issuer.issuer)
-        .setSubject(sub)
-        .setAudience(url)
-        .setIssuedAt(iat)
-        .setExpirationTime(iat + 600)
-        .setJti(crypto.randomUUID())
-        .sign(await importJWK(issuer.privateJwk, 'EdDSA'));
-    },
+    approverToken: (sub) => signApproverToken(issuer, url, sub),
     async upstreamMark() {
       const mark: UpstreamMark = {};
       for (const [connector, file] of logs) mark[connector] = (await readLines(file)).length;

@@ -1,7 +1,8 @@
 /**
  * The embedded state store (the default): in memory, made durable by a
  * journal on local disk. Every mutation is appended and fdatasync'ed before
- * the operation resolves (mutations arriving together share one sync), so a
+ * the operation resolves (mutations made in one event-loop turn, or while a
+ * sync is in flight, share one sync), so a
  * killed broker loses nothing it acknowledged. On open the journal is
  * replayed and rewritten without expired entries, so it stays small.
  *
@@ -111,7 +112,11 @@ export async function openEmbeddedState(file: string, now: () => number = Date.n
     apply(line);
     return new Promise((resolve, reject) => {
       queue.push({ line, resolve, reject });
-      if (!writing) void flush();
+      if (writing) return;
+      writing = true;
+      // Mutations made in the same event-loop turn share one write and one sync (group commit):
+      // a flow's new segment and the core that lists it cost one fdatasync, not two.
+      setImmediate(() => void flush());
     });
   }
 

@@ -59,7 +59,7 @@ describe('an egress call', () => {
     expect(why.rules.map((r: { rule: string }) => r.rule).sort()).toEqual(['tainted_argument', 'trifecta', 'untrusted_sink']);
     expect(why.sources).toHaveLength(1);
     expect(why.sources[0]).toMatchObject({ tool: 'mail__read_email', labels: ['untrusted', 'private'] });
-    expect(why.sources[0].reason).toBe('tool labels (config): untrusted, private; the result filter flagged prompt-injection content (concealment, ignore_instructions)');
+    expect(why.sources[0].reason).toBe('tool labels (config): untrusted, private; the result filter flagged prompt-injection content (concealment, ignore_instructions, send_to_address)');
     expect(why.sources[0].excerpt).toContain('Ignore previous instructions');
     // The IBAN, the amount and the invoice number all came from the email, and from nothing trusted.
     const source = [why.sources[0].id];
