@@ -7,7 +7,10 @@
  *   proxy    the bare pass-through proxy (bench/proxy.ts): the same SDK and
  *            transports with no checks, the floor for any broker;
  *   bastion  `node broker/cli.ts start` with an HTTP connector to the same
- *            upstream, a `{tool: '*'}` token per agent, quotas off.
+ *            upstream, a `{tool: '*'}` token per agent, quotas off;
+ *   bastion, one token   (with `sharedToken`) the same Bastion, every agent's
+ *            session opened with one token, as one agent service with many
+ *            sessions on one credential runs.
  *
  * Each runs in its own process; the load generator (this process) runs N
  * agents in closed loops. Then Bastion's resident memory over many calls.
@@ -28,6 +31,8 @@ export interface CallsOptions {
   quick: boolean;
   /** Bastion's audit.durability (default disk: every reply waits for its record's O_DSYNC write). */
   auditDurability?: 'disk' | 'process' | undefined;
+  /** Also measure the same Bastion with every agent on one token ('bastion, one token'). */
+  sharedToken?: boolean | undefined;
   /** Directory for V8 CPU profiles (node --cpu-prof) of Bastion and the proxy (<dir>/bastion, <dir>/proxy), when profiling. */
   profileDir?: string | undefined;
   /** Concurrency levels for the sweep and seconds per level. */
@@ -81,13 +86,15 @@ export interface CallsResult {
 }
 
 const BENCH_ISSUER = 'urn:bastion:bench';
+/** The target whose agents all present one token (`sharedToken`). */
+export const SHARED_TOKEN_TARGET = 'bastion, one token';
 
 /**
  * Starts upstream, proxy and Bastion; returns them with the three targets.
  * With `plugins`, Bastion also serves the demo plugin (text-utils) from its
  * sandboxes, as `text-utils__<tool>`.
  */
-export async function startProcesses(options: Pick<CallsOptions, 'root' | 'profileDir' | 'auditDurability'> & { plugins?: boolean }, dir: string) {
+export async function startProcesses(options: Pick<CallsOptions, 'root' | 'profileDir' | 'auditDurability' | 'sharedToken'> & { plugins?: boolean }, dir: string) {
   const cwd = options.root;
   const logFile = path.join(dir, 'children.log');
   const children: Child[] = [];
@@ -136,6 +143,7 @@ export async function startProcesses(options: Pick<CallsOptions, 'root' | 'profi
       { name: 'direct', url: upstream.url, tool: 'echo', upstream },
       { name: 'proxy', url: proxy.url, tool: 'echo', middle: proxy, upstream },
       { name: 'bastion', url: bastion.url, tool: 'bench__echo', token, middle: bastion, upstream, metrics: true },
+      ...(options.sharedToken ? [{ name: SHARED_TOKEN_TARGET, url: bastion.url, tool: 'bench__echo', token: () => token(0), middle: bastion, upstream, metrics: true }] : []),
     ];
     return { upstream, proxy, bastion, targets, children };
   } catch (error) {

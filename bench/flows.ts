@@ -91,6 +91,8 @@ function memoryState(): StateStore {
     },
     entries: async (ns) => [...data].filter(([key]) => key.startsWith(`${ns}\u0000`)).map(([key, value]) => [key.slice(ns.length + 1), value] as [string, string]),
     claim: unused,
+    setWithinQuota: unused,
+    deleteWithinQuota: unused,
     takeTokens: unused,
     acquireSlot: unused,
     releaseSlot: unused,
@@ -139,7 +141,7 @@ export async function runFlows(options: { root: string; quick: boolean }): Promi
   const n = options.quick ? 1_000 : 10_000;
   const long = options.quick ? 10_000 : 100_000;
   const dir = await mkdtemp(path.join(tmpdir(), 'bastion-bench-flows-'));
-  const state = await openEmbeddedState(path.join(dir, 'state.jsonl'));
+  const state = await openEmbeddedState(path.join(dir, 'state.db'));
   try {
     const flows = new FlowControl({ state, settings: SETTINGS, log: createLogger('silent') });
     await flows.start();

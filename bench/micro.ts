@@ -91,7 +91,7 @@ export async function runMicro(options: { root: string; quick: boolean }): Promi
     const cached = createTokenVerifier(verifierOptions);
     results.push(await amortised(await perOp('token verification, cached', n, () => cached.verify(token)), n * 4, () => cached.verify(token)));
 
-    const state = await openEmbeddedState(path.join(dir, 'state.jsonl'));
+    const state = await openEmbeddedState(path.join(dir, 'state.db'));
     const authenticator = createAuthenticator({ verifier: cached, state, algorithms: ['EdDSA'], dpopMaxAgeMs: 60_000, clockSkewMs: 30_000 });
     const evidence = { token, transport: 'http' as const, method: 'POST', url: AUDIENCE };
     results.push(await amortised(await perOp('authenticate (cached token + revocation)', n, () => authenticator.authenticate(evidence)), n, () => authenticator.authenticate(evidence)));

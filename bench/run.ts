@@ -8,7 +8,8 @@
  * Sections, in order:
  *   micro    each per-call check alone (bench/micro.ts)
  *   calls    allowed tools/call through Bastion against the direct call and the
- *            bare proxy, at 1, 16, 32 and 64 concurrent agents, then Bastion's
+ *            bare proxy, at 1, 16, 32 and 64 concurrent agents (with
+ *            --shared-token also with every agent on one token), then Bastion's
  *            memory over many calls (bench/calls.ts)
  *   sandbox  plugin calls in the isolated-vm sandbox (warm, cold) vs the same function in-process
  *   flows    flow control's cost per call and memory per flow (bench/flows.ts)
@@ -34,6 +35,8 @@ const USAGE = `Usage:
   node bench/run.ts --agents 1,16  only these concurrency levels in the calls section
   node bench/run.ts --seconds 8    seconds per level and target (default: 30, --quick 2)
   node bench/run.ts --audit-durability process   run Bastion with audit.durability: process (default disk)
+  node bench/run.ts --shared-token   calls section: also a row "bastion, one token", the same Bastion with
+                                     every agent's session on one token (one agent service, many sessions)
   node bench/run.ts --profile  also write V8 CPU profiles of Bastion and the proxy to test-artifacts/profiles/{bastion,proxy}/
                                (read it with: node bench/lib/profile-summary.ts FILE.cpuprofile)
 `;
@@ -55,6 +58,7 @@ const { values } = (() => {
         seconds: { type: 'string' },
         'audit-durability': { type: 'string', default: 'disk' },
         profile: { type: 'boolean', default: false },
+        'shared-token': { type: 'boolean', default: false },
       },
     });
   } catch (error) {
@@ -103,6 +107,7 @@ const SECTIONS: BenchSection[] = [
         quick: ctx.quick,
         profileDir: ctx.profileDir,
         auditDurability: DURABILITY,
+        sharedToken: values['shared-token'],
         // 1, 16 and 64 agents for throughput; 32 for the latency targets, measured for half as long.
         levels: LEVELS.map((agents) => ({ agents, seconds: SECONDS / (agents === 32 ? 2 : 1), rounds: ctx.quick ? 4 : agents === 32 ? 5 : 10 })),
         warmupSeconds: ctx.quick ? 0.25 : 2,

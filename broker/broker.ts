@@ -24,8 +24,10 @@ import { ApprovalDesk, stateBus } from './approvals/desk.ts';
 import { webhookNotifier } from './approvals/webhook.ts';
 import { revocationOf } from './auth/revocation.ts';
 import { Denial } from './errors.ts';
-import { openEmbeddedState } from './state/embedded.ts';
+import { openEmbeddedState, STATE_DATABASE } from './state/embedded.ts';
 import { PluginHost } from '../sandboxes/host.ts';
+import type { KvGrant } from '../sandboxes/capabilities/kv.ts';
+import { refusedClaims } from './source-names.ts';
 import { SandboxPool } from '../sandboxes/pool.ts';
 import { lockStateDir } from './state/lock.ts';
 import { createDescriptorCheck } from './filters/descriptor.ts';
@@ -52,7 +54,12 @@ interface LiveSession {
   subscriptions: Set<string>;
 }
 
-/** The agent sessions connected right now, for notifications that fan out. */
+/**
+ * Every agent session's MCP server, from the moment a front door builds it
+ * until it closes: for notifications that fan out, and the
+ * bastion_sessions_open gauge. A front door closes every server it builds
+ * (a failed initialize included), so nothing stays here past its session.
+ */
 export class SessionHub {
   private readonly sessions = new Map<string, LiveSession>();
 
@@ -145,11 +152,16 @@ function uncheckedAuthenticator(_options: Parameters<typeof createAuthenticator>
   };
 }
 
+/** What the operator's kv grant becomes for the host. */
+function kvGrant(kv: PluginConfig['grants']['kv']): KvGrant | false {
+  return kv && { maxBytes: kv.max_bytes, maxKeys: kv.max_keys, maxValueBytes: kv.max_value_bytes, maxKeyBytes: kv.max_key_bytes };
+}
+
 /**
  * Loads the configured plugins (or the demo plugin of the embedded default)
  * into one supervised pool of sandbox processes. A plugin whose files do not
- * match its pin stays down with an error naming both hashes; the broker
- * serves everything else.
+ * match its pin, or whose name is another source's (source-names.ts), stays
+ * down with an error saying why; the broker serves everything else.
  */
 async function startPlugins(config: Config, state: StateStore, log: Logger, limitsOff: boolean): Promise<{ pool: SandboxPool | undefined; plugins: PluginHost[] }> {
   const configured: PluginConfig[] =
@@ -172,7 +184,7 @@ async function startPlugins(config: Config, state: StateStore, log: Logger, limi
         maxLimits,
         ...(plugin.name ? { name: plugin.name } : {}),
         grants: {
-          kv: plugin.grants.kv,
+          kv: kvGrant(plugin.grants.kv),
           log: plugin.grants.log,
           maxCapabilityCalls: plugin.grants.max_capability_calls,
           ...(plugin.grants.fetch
@@ -181,6 +193,14 @@ async function startPlugins(config: Config, state: StateStore, log: Logger, limi
         },
       }),
   );
+  const connectors = config.connectors ?? [demoConnector()];
+  const claims = [
+    ...connectors.map((connector, i) => ({ name: connector.name, where: config.connectors ? `connectors.${i}` : 'the demo connector', configured: true })),
+    ...plugins.map((plugin, i) => ({ name: plugin.name, where: config.plugins ? `plugins.${i}` : 'the demo plugin', configured: configured[i]!.name !== undefined })),
+  ];
+  refusedClaims(claims)
+    .slice(connectors.length)
+    .forEach((refusal, i) => refusal && plugins[i]!.refuse('BASTION_PLUGIN_NAME_TAKEN', `plugin ${claims[connectors.length + i]!.where} (${configured[i]!.dir}) is not loaded: ${refusal}`));
   await Promise.all(plugins.map((p) => p.start()));
   for (const plugin of plugins) {
     if (plugin.status !== 'ready') log.error({ plugin: plugin.name, err: plugin.lastError }, 'plugin not loaded');
@@ -194,7 +214,7 @@ async function openState(config: Config): Promise<StateStore> {
     const { openRedisState } = await import('./state/redis.ts');
     return openRedisState({ url: config.state.url, prefix: config.state.prefix, commandTimeoutMs: config.state.command_timeout });
   }
-  return openEmbeddedState(path.join(config.state_dir, 'state.jsonl'));
+  return openEmbeddedState(path.join(config.state_dir, STATE_DATABASE));
 }
 
 export async function createBroker(config: Config, log: Logger): Promise<Broker> {

@@ -19,6 +19,8 @@ import { DescriptorCheckConfigSchema } from './filters/descriptor.ts';
 import { ResultFilterConfigSchema } from './filters/result.ts';
 import { LimitsConfigSchema } from './limits.ts';
 import { ItemFlowSettingsSchema, ToolFlowSettingsSchema } from './flows/schema.ts';
+import { KV_DEFAULTS } from '../sandboxes/capabilities/kv.ts';
+import { refusedClaims } from './source-names.ts';
 
 /** The repository root, so defaults resolve the same from any working directory. */
 export const PROJECT_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -89,32 +91,58 @@ const HttpConnector = z.strictObject({
 
 export const ConnectorConfigSchema = z.discriminatedUnion('transport', [StdioConnector, HttpConnector]);
 
-export const PluginConfigSchema = z.strictObject({
-  /** The plugin directory: plugin.json and its script. */
-  dir: z.string().min(1),
-  /** `bastion plugin pin <dir>` prints it; a plugin whose files differ is not loaded. */
-  hash: z.string().regex(/^sha256:[0-9a-f]{64}$/, 'sha256:<64 hex digits>, from bastion plugin pin'),
-  /** Namespace for its tools; default: the manifest's name. */
-  name: ConnectorName.optional(),
-  namespace: z.boolean().default(true),
-  tools: ToolOverrides.default({}),
-  /** What the operator allows; a plugin gets what its manifest asks for within this. */
-  grants: z
-    .strictObject({
-      fetch: z
-        .strictObject({
-          origins: z.array(z.string()).min(1),
-          methods: z.array(z.enum(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'])).default(['GET', 'HEAD']),
-          timeout: Duration.default(5_000),
-          max_response_bytes: z.number().int().positive().default(1_048_576),
-        })
-        .optional(),
-      kv: z.boolean().default(false),
-      log: z.boolean().default(false),
-      max_capability_calls: z.number().int().min(0).default(64),
-    })
-    .prefault({}),
-});
+/** A plugin's kv store: per-plugin quotas (keys and bytes held) and per-operation caps. */
+const KvGrantSchema = z
+  .strictObject({
+    /** UTF-8 bytes of all its keys and values together. */
+    max_bytes: z.number().int().positive().default(KV_DEFAULTS.maxBytes),
+    /** Keys held at once. */
+    max_keys: z.number().int().positive().default(KV_DEFAULTS.maxKeys),
+    /** JSON bytes of one value. */
+    max_value_bytes: z.number().int().positive().default(KV_DEFAULTS.maxValueBytes),
+    /** UTF-8 bytes of one key (the sandbox sends at most 4096 characters). */
+    max_key_bytes: z.number().int().positive().max(4096).default(KV_DEFAULTS.maxKeyBytes),
+  })
+  .refine((kv) => kv.max_value_bytes <= kv.max_bytes, { message: 'must not exceed max_bytes (such a value could never be stored)', path: ['max_value_bytes'] });
+
+export const PluginConfigSchema = z
+  .strictObject({
+    /** The plugin directory: plugin.json and its script. */
+    dir: z.string().min(1),
+    /** `bastion plugin pin <dir>` prints it; a plugin whose files differ is not loaded. */
+    hash: z.string().regex(/^sha256:[0-9a-f]{64}$/, 'sha256:<64 hex digits>, from bastion plugin pin'),
+    /**
+     * The plugin's identity: namespace for its tools and its kv store. Default for tools: the
+     * manifest's name (refused at load when another connector or plugin has it); required with kv.
+     */
+    name: ConnectorName.optional(),
+    namespace: z.boolean().default(true),
+    tools: ToolOverrides.default({}),
+    /** What the operator allows; a plugin gets what its manifest asks for within this. */
+    grants: z
+      .strictObject({
+        fetch: z
+          .strictObject({
+            origins: z.array(z.string()).min(1),
+            methods: z.array(z.enum(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'])).default(['GET', 'HEAD']),
+            timeout: Duration.default(5_000),
+            max_response_bytes: z.number().int().positive().default(1_048_576),
+          })
+          .optional(),
+        /** true (the default quotas), or the quotas; false: not granted. */
+        kv: z
+          .union([z.boolean(), KvGrantSchema])
+          .default(false)
+          .transform((kv) => (kv === true ? KvGrantSchema.parse({}) : kv)),
+        log: z.boolean().default(false),
+        max_capability_calls: z.number().int().min(0).default(64),
+      })
+      .prefault({}),
+  })
+  .refine((plugin) => plugin.grants.kv === false || plugin.name !== undefined, {
+    message: "required when grants.kv is set: a plugin's kv store is keyed by the name the operator gives it, never by the name in its manifest",
+    path: ['name'],
+  });
 export type PluginConfig = z.infer<typeof PluginConfigSchema>;
 
 /** The demo plugin of the embedded default, pinned here (a test keeps the pin current). */
@@ -373,11 +401,13 @@ export function parseConfig(document: unknown, source = 'config'): Config {
     );
     throw new ConfigError(`invalid ${source}:\n${lines.join('\n')}`);
   }
-  const names = new Set<string>();
-  for (const connector of result.data.connectors ?? []) {
-    if (names.has(connector.name)) throw new ConfigError(`invalid ${source}:\n  connectors: duplicate name "${connector.name}"`);
-    names.add(connector.name);
-  }
+  // Connectors and plugins share one namespace (source-names.ts); names from manifests are checked at load.
+  const claims = [
+    ...(result.data.connectors ?? []).map((connector, i) => ({ name: connector.name, where: `connectors.${i}`, configured: true })),
+    ...(result.data.plugins ?? []).flatMap((plugin, i) => (plugin.name === undefined ? [] : [{ name: plugin.name, where: `plugins.${i}`, configured: true }])),
+  ];
+  const clashes = refusedClaims(claims).flatMap((refusal, i) => (refusal === undefined ? [] : [`  ${claims[i]!.where}.name: ${refusal}`]));
+  if (clashes.length > 0) throw new ConfigError(`invalid ${source}:\n${clashes.join('\n')}`);
   return result.data;
 }
 

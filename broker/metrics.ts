@@ -17,8 +17,8 @@
  * - `bastion_audit_records_total`, `bastion_audit_sync_seconds`: group
  *   commit of the audit log (records written, and one observation per
  *   durable write, whatever the batch size);
- * - `bastion_approvals_pending`, `bastion_tools_quarantined`: read from the
- *   broker when scraped;
+ * - `bastion_approvals_pending`, `bastion_tools_quarantined`,
+ *   `bastion_sessions_open`: read from the broker when scraped;
  * - `bastion_sandbox_disposals_total{reason}`, `bastion_policy_reloads_total{outcome}`:
  *   counted by the sandbox pool and the policy holder through the functions below;
  * - the process metrics prom-client collects (CPU, memory, event loop lag, GC).
@@ -64,6 +64,7 @@ export type CallOutcome = 'ok' | 'denied' | 'error';
 export interface MetricsSource {
   approvalsPending?: () => Promise<number>;
   toolsQuarantined?: () => Promise<number>;
+  sessionsOpen?: () => Promise<number>;
 }
 
 /**
@@ -187,6 +188,14 @@ export class BrokerMetrics {
         this.set(await sum((s) => s.toolsQuarantined));
       },
     });
+    new Gauge({
+      name: 'bastion_sessions_open',
+      help: 'MCP agent sessions held in memory, each from its initialize request until it is closed.',
+      registers,
+      async collect() {
+        this.set(await sum((s) => s.sessionsOpen));
+      },
+    });
   }
 
   /** Records how long `stage` took, from a `performance.now()` taken when it started. */
@@ -239,7 +248,7 @@ export class BrokerMetrics {
     this.#policyReloads.labels(outcome).inc();
   }
 
-  /** Adds a broker's gauges (approvals, quarantine); returns the function that removes them. */
+  /** Adds a broker's gauges (approvals, quarantine, sessions); returns the function that removes them. */
   watch(source: MetricsSource): () => void {
     this.#sources.add(source);
     return () => void this.#sources.delete(source);

@@ -12,7 +12,7 @@ import { UriTemplate } from '@modelcontextprotocol/sdk/shared/uriTemplate.js';
 import { SUBSCHEMA, SUBSCHEMA_LIST, SUBSCHEMA_MAP } from '../sandboxes/schema-patterns.ts';
 import { canonicalJson, sha256 } from './audit/chain.ts';
 import { lookalikesOf } from './filters/names.ts';
-import { Denial } from './errors.ts';
+import { Denial, type DenialCode } from './errors.ts';
 import type { Logger } from './log.ts';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import type { CallOptions, Connector } from '../connectors/upstream.ts';
@@ -27,6 +27,8 @@ export interface ToolSource {
   readonly status: string;
   readonly catalog: { tools: Tool[] };
   lastError: string | undefined;
+  /** Set when the source was refused before loading (a plugin claiming a taken name): the code its calls are denied with. */
+  readonly refusedWith?: DenialCode | undefined;
   callTool(name: string, args: Record<string, unknown>, options: CallOptions): Promise<CallToolResult>;
   /** Connectors: resolves once an announced catalog change is processed. */
   catalogSettled?(): Promise<void>;
@@ -308,6 +310,7 @@ export class ToolRegistry {
 
   private unknown(kind: string, name: string): Denial {
     const down = this.unavailableOwner(name);
+    if (down?.refusedWith) return new Denial('resolve', down.refusedWith, down.lastError ?? `${down.name} was refused`);
     if (down) {
       return new Denial('resolve', 'BASTION_CONNECTOR_UNAVAILABLE', `connector ${down.name} is unavailable${down.lastError ? `: ${down.lastError}` : ''}`);
     }

@@ -24,6 +24,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { CallToolResult, Prompt, Resource, ResourceTemplate, Tool } from '@modelcontextprotocol/sdk/types.js';
+import type { DenialCode } from '../broker/errors.ts';
 import type { Logger } from '../broker/log.ts';
 import { CallCapabilities, resolveGrants, type EffectiveGrants, type HostGrants } from './capabilities/grants.ts';
 import type { KeyValueStore } from './capabilities/kv.ts';
@@ -50,7 +51,12 @@ export interface PluginHostOptions {
   hash: string;
   pool: SandboxPool;
   log: Logger;
-  /** Namespace for its tools (`<name>__<tool>`) and its kv store; default: the name in its manifest. */
+  /**
+   * The operator's name for the plugin: the namespace of its tools
+   * (`<name>__<tool>`) and of its kv store. Default for tools: the name in its
+   * manifest; kv is never keyed by a manifest's name, so a plugin granted kv
+   * needs this.
+   */
   name?: string;
   /** What the operator allows; the plugin gets what its manifest asks for within this. */
   grants?: HostGrants;
@@ -133,6 +139,8 @@ export class PluginHost {
   readonly config: { name: string; namespace: boolean; tools: Record<string, { risk?: Risk | undefined }> };
   readonly serverCapabilities = { tools: {} };
   lastError: string | undefined;
+  /** The denial code of calls under this plugin's name when it was refused before loading (see refuse()). */
+  refusedWith: DenialCode | undefined;
   private readonly options: PluginHostOptions;
   private readonly key: string;
   private statusValue: PluginStatus = 'starting';
@@ -179,6 +187,18 @@ export class PluginHost {
     this.options.onStatus?.(this, status);
   }
 
+  /**
+   * Keeps the plugin from ever loading (its name is another source's): it is
+   * down with `reason`, and calls under its name are refused with `code`.
+   */
+  refuse(code: DenialCode, reason: string): void {
+    this.refusedWith = code;
+    this.lastError = reason;
+    this.startPromise ??= Promise.resolve();
+    this.setStatus('down');
+    this.options.log.warn({ plugin: this.name, err: reason }, 'plugin refused');
+  }
+
   /** Loads once; resolves when ready or down (see status and lastError), never rejects. */
   start(): Promise<void> {
     this.startPromise ??= this.load();
@@ -190,8 +210,12 @@ export class PluginHost {
     try {
       const source = await loadPinnedPlugin(this.options.dir, this.options.hash);
       const manifest = source.manifest;
+      // The name was read before the pin was checked; a name taken from the manifest must be the pinned manifest's.
+      if (this.options.name === undefined && manifest.name !== this.name) {
+        throw new Error(`the pinned manifest names the plugin ${JSON.stringify(manifest.name)}, not ${JSON.stringify(this.name)}`);
+      }
       const limits = capLimits(manifest.limits, this.options.maxLimits);
-      const grants = resolveGrants(manifest, this.options.grants ?? {}, this.options.kv);
+      const grants = resolveGrants(manifest, this.options.grants ?? {}, { store: this.options.kv, owner: this.options.name });
       if (grants.refused.length > 0) {
         log.warn({ plugin: this.name, refused: grants.refused }, 'plugin asks for capabilities the operator did not grant; its uses will be refused');
       }

@@ -120,7 +120,39 @@ describe('a bad field stops with a message naming its path', () => {
 
   it('duplicate connector names', () => {
     const stdio = { transport: 'stdio', command: '/bin/true' };
-    expectInvalid({ connectors: [{ name: 'fs', ...stdio }, { name: 'fs', ...stdio }] }, 'connectors', /duplicate name "fs"/);
+    expectInvalid({ connectors: [{ name: 'fs', ...stdio }, { name: 'fs', ...stdio }] }, 'connectors.1.name', /"fs" is already the name of connectors\.0/);
+  });
+
+  it('a plugin named like a connector, or like another plugin: names of connectors and plugins are one namespace', () => {
+    const stdio = { transport: 'stdio', command: '/bin/true' };
+    const plugin = (name?: string) => ({ dir: 'plugins/p', hash: `sha256:${'a'.repeat(64)}`, ...(name ? { name } : {}) });
+    expectInvalid({ connectors: [{ name: 'kv-a', ...stdio }], plugins: [plugin('kv-a')] }, 'plugins.0.name', /"kv-a" is already the name of connectors\.0/);
+    expectInvalid({ plugins: [plugin('kv-a'), plugin(), plugin('kv-a')] }, 'plugins.2.name', /"kv-a" is already the name of plugins\.0/);
+    expect(parseConfig({ connectors: [{ name: 'kv-a', ...stdio }], plugins: [plugin('kv-b'), plugin()] }).plugins?.map((p) => p.name)).toEqual(['kv-b', undefined]);
+  });
+
+  it('kv granted to a plugin without a name: its store must be keyed by a name the operator chose', () => {
+    const plugin = { dir: 'plugins/p', hash: `sha256:${'a'.repeat(64)}` };
+    expectInvalid({ plugins: [{ ...plugin, grants: { kv: true } }] }, 'plugins.0.name', /required when grants\.kv is set/);
+    expectInvalid({ plugins: [{ ...plugin, grants: { kv: { max_keys: 10 } } }] }, 'plugins.0.name', /required when grants\.kv is set/);
+    expect(parseConfig({ plugins: [{ ...plugin, grants: { kv: false } }] }).plugins?.[0]?.grants.kv).toBe(false);
+  });
+
+  it('kv quotas: defaults, overrides, and values that cannot work', () => {
+    const plugin = { dir: 'plugins/p', hash: `sha256:${'a'.repeat(64)}`, name: 'p' };
+    const defaults = { max_bytes: 1_048_576, max_keys: 1000, max_value_bytes: 65_536, max_key_bytes: 256 };
+    expect(parseConfig({ plugins: [{ ...plugin, grants: { kv: true } }] }).plugins?.[0]?.grants.kv).toEqual(defaults);
+    expect(parseConfig({ plugins: [{ ...plugin, grants: { kv: {} } }] }).plugins?.[0]?.grants.kv).toEqual(defaults);
+    expect(parseConfig({ plugins: [{ ...plugin, grants: { kv: { max_bytes: 4096, max_keys: 5, max_value_bytes: 1024 } } }] }).plugins?.[0]?.grants.kv).toEqual({
+      max_bytes: 4096,
+      max_keys: 5,
+      max_value_bytes: 1024,
+      max_key_bytes: 256,
+    });
+    expectInvalid({ plugins: [{ ...plugin, grants: { kv: { max_keys: 0 } } }] }, 'plugins.0.grants.kv.max_keys');
+    expectInvalid({ plugins: [{ ...plugin, grants: { kv: { max_bytes: 1000 } } }] }, 'plugins.0.grants.kv.max_value_bytes', /must not exceed max_bytes/);
+    expectInvalid({ plugins: [{ ...plugin, grants: { kv: { max_key_bytes: 5000 } } }] }, 'plugins.0.grants.kv.max_key_bytes');
+    expectInvalid({ plugins: [{ ...plugin, grants: { kv: { quota: 1 } } }] }, 'plugins.0.grants.kv');
   });
 
   it('a connector name containing "__" (the namespace separator)', () => {

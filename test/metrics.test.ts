@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { BrokerMetrics, MAX_TOOL_LABELS, TOOL_OTHER_LABEL } from '../broker/metrics.ts';
 import { startTestBroker, type TestBroker } from './helpers/broker.ts';
-import { openSession, post, toolCall } from './helpers/http.ts';
+import { INITIALIZE, openSession, post, toolCall } from './helpers/http.ts';
 
 let t: TestBroker;
 
@@ -134,6 +134,22 @@ describe('GET /metrics after allowed and denied calls', () => {
     expect(after.find((s) => s.name === 'bastion_tools_quarantined')?.value).toBe(0);
     expect(value(after, 'process_resident_memory_bytes')).toBeGreaterThan(0);
     expect(after.some((s) => s.name === 'nodejs_eventloop_lag_seconds')).toBe(true);
+  });
+});
+
+describe('bastion_sessions_open', () => {
+  it('counts the agent sessions the broker holds: up with an initialize, down with DELETE, untouched by a refused one', async () => {
+    const token = await t.mint({ sub: 'agent:metrics-sessions' });
+    const open = async () => value(await scrape(), 'bastion_sessions_open');
+    const start = await open();
+    const sessionId = await openSession(t.url, token);
+    expect(await open()).toBe(start + 1);
+    const refused = await post(t.url, INITIALIZE, { authorization: `Bearer ${token}`, accept: 'application/json' });
+    expect(refused.status).toBe(406);
+    expect(await open()).toBe(start + 1);
+    const deleted = await fetch(t.url, { method: 'DELETE', headers: { authorization: `Bearer ${token}`, 'mcp-session-id': sessionId } });
+    expect(deleted.status).toBe(200);
+    expect(await open()).toBe(start);
   });
 });
 

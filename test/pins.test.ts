@@ -69,7 +69,7 @@ describe('pinning when state is unavailable', () => {
     const { createLogger } = await import('../broker/log.ts');
     const { StateUnavailable } = await import('../broker/state/store.ts');
     const dir = await mkdtemp(path.join(tmpdir(), 'bastion-pins-'));
-    const real = await openEmbeddedState(path.join(dir, 'state.jsonl'));
+    const real = await openEmbeddedState(path.join(dir, 'state.db'));
     let down = true;
     const guard = <T>(op: () => Promise<T>) => (down ? Promise.reject(new StateUnavailable('state store down')) : op());
     const state = {
@@ -98,7 +98,7 @@ describe('what a pin covers, and pins written by earlier versions', () => {
     const { DescriptorPins } = await import('../broker/pins.ts');
     const { createLogger } = await import('../broker/log.ts');
     const { descriptorHash, legacyDescriptorHash } = await import('../broker/registry.ts');
-    const state = await openEmbeddedState(path.join(await mkdtemp(path.join(tmpdir(), 'bastion-pins-')), 'state.jsonl'));
+    const state = await openEmbeddedState(path.join(await mkdtemp(path.join(tmpdir(), 'bastion-pins-')), 'state.db'));
     const events: AuditEvent[] = [];
     const pins = new DescriptorPins({
       state,

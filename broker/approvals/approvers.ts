@@ -87,7 +87,7 @@ export class ApproverDirectory {
     const { sub, jti, iat, exp, roles } = claims.data;
     if (exp - iat > MAX_APPROVER_TOKEN_TTL_S) throw new SignInError('approver tokens may live at most 15 minutes');
     const first = await this.options.state.claim('approver-jti', `${issuer.issuer}|${jti}`, (exp - iat + 60) * 1000);
-    if (!first) throw new SignInError('this approver sign-in link was already used');
+    if (!first) throw new SignInError('this sign-in link was already used (each link works once); ask for a new one');
     const id = randomBytes(32).toString('base64url');
     const session = { sub, roles, authTime: new Date().toISOString(), csrf: randomBytes(32).toString('base64url') };
     await this.options.state.set(SESSIONS, id, JSON.stringify(session), this.options.sessionTtlMs);

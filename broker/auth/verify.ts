@@ -8,7 +8,9 @@
  *
  * A token that verified is remembered (keyed by itself, in a bounded LRU)
  * until it expires, so an agent presenting the same token on every request
- * pays for the signature and claim checks once. A remembered token is
+ * pays for the signature and claim checks once, however many sessions
+ * present it at the same moment (requests racing on one token share one
+ * verification and one cache entry). A remembered token is
  * re-checked against its issuer's current keys on every use: rotating a key
  * out of the JWKS retires its tokens at once, as without the cache.
  * Revocation, single use and proof of possession are not this module's
@@ -168,21 +170,41 @@ export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
   // Insertion order is recency order: a hit moves its entry to the end, eviction takes the first.
   const cache = new Map<string, Verified>();
 
-  /** The remembered principal, if the token has not expired and its key is still the issuer's. */
+  /** Drops a remembered token, unless another request has replaced its entry meanwhile. */
+  function forget(token: string, entry: Verified): void {
+    if (cache.get(token) === entry) cache.delete(token);
+  }
+
+  /**
+   * The remembered principal, if the token has not expired and its key is still the issuer's.
+   * The entry stays in the cache while the key is looked up: many sessions present one token at
+   * once (one agent service, one credential), and taking the entry out across that await made
+   * every other request of the same turn miss and verify the signature afresh.
+   */
   async function remembered(token: string): Promise<Principal | undefined> {
     const entry = cache.get(token);
     if (!entry) return undefined;
-    cache.delete(token);
     // Never past exp, even within the clock-skew allowance a fresh verification would grant.
-    if (entry.principal.exp * 1000 <= now()) return undefined;
+    if (entry.principal.exp * 1000 <= now()) {
+      forget(token, entry);
+      return undefined;
+    }
     let key: unknown;
     try {
       key = await entry.getKey(entry.header, entry.input);
     } catch {
+      forget(token, entry);
       return undefined; // the key is gone: verify afresh, which names the reason
     }
-    if (key !== entry.key) return undefined;
-    cache.set(token, entry);
+    if (key !== entry.key) {
+      forget(token, entry);
+      return undefined;
+    }
+    // Most recently used goes last (only if still cached: a full cache may have evicted it meanwhile).
+    if (cache.get(token) === entry) {
+      cache.delete(token);
+      cache.set(token, entry);
+    }
     return entry.principal;
   }
 
@@ -191,6 +213,9 @@ export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
     if (cache.size >= cacheEntries) cache.delete(cache.keys().next().value!);
     cache.set(token, entry);
   }
+
+  // Verifications under way, by token: requests presenting one token together share one signature check.
+  const verifying = new Map<string, Promise<Principal>>();
 
   return {
     async verify(token) {
@@ -201,94 +226,104 @@ export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
       }
       const known = await remembered(token);
       if (known) return known;
-      const tokenHash = `sha256:${hash('sha256', token)}`;
-
-      let header: ProtectedHeaderParameters;
-      try {
-        header = decodeProtectedHeader(token);
-      } catch {
-        throw deny('BASTION_TOKEN_MALFORMED', 'token is not a JWS compact serialization');
+      let fresh = verifying.get(token);
+      if (!fresh) {
+        fresh = verifyAfresh(token).finally(() => verifying.delete(token));
+        verifying.set(token, fresh);
       }
-      if (typeof header.alg !== 'string' || !(options.algorithms as string[]).includes(header.alg)) {
-        throw deny('BASTION_TOKEN_ALG_REFUSED', `algorithm ${String(header.alg)} is not allowed (allowed: ${options.algorithms.join(', ')})`);
-      }
-      if (header.typ !== options.tokenType) {
-        throw deny('BASTION_TOKEN_TYPE_REFUSED', `typ must be ${options.tokenType}`);
-      }
-      for (const name of REFUSED_HEADERS) {
-        if (name in header) throw deny('BASTION_TOKEN_HEADER_REFUSED', `header parameter ${name} is not accepted`);
-      }
-      if (header.cty !== undefined) throw deny('BASTION_TOKEN_HEADER_REFUSED', 'nested tokens (cty) are not accepted');
-      // No extension is understood, so any critical one must be refused (RFC 7515 §4.1.11).
-      if (header.crit !== undefined) throw deny('BASTION_TOKEN_HEADER_REFUSED', 'critical header extensions are not supported');
-      if (typeof header.kid !== 'string') throw deny('BASTION_TOKEN_KEY_UNKNOWN', 'token has no kid');
-
-      let unverified: JWTPayload;
-      try {
-        unverified = decodeJwt(token);
-      } catch {
-        throw deny('BASTION_TOKEN_MALFORMED', 'token payload is not a JSON claims set');
-      }
-
-      const issuer = typeof unverified.iss === 'string' ? unverified.iss : undefined;
-      const keySet = issuer === undefined ? undefined : keySets.get(issuer);
-      if (!issuer || !keySet) throw deny('BASTION_TOKEN_ISSUER_UNTRUSTED', `issuer ${JSON.stringify(issuer ?? null)} is not trusted`);
-
-      let payload: JWTPayload;
-      let used: Pick<Verified, 'header' | 'input' | 'key'> | undefined;
-      // Notes the key jose verified with, so a cache hit can check it is still the issuer's.
-      const noteKey: JWTVerifyGetKey = async (protectedHeader, input) => {
-        const key = await keySet(protectedHeader, input);
-        used = { header: protectedHeader, input, key };
-        return key;
-      };
-      try {
-        ({ payload } = await jwtVerify(token, noteKey, {
-          algorithms: options.algorithms,
-          issuer,
-          typ: options.tokenType,
-          clockTolerance: skewSeconds,
-          currentDate: new Date(now()),
-          requiredClaims: ['exp', 'iat', 'jti', 'sub', 'aud'],
-        }));
-      } catch (error) {
-        throw fromJose(error);
-      }
-
-      // jose accepts any aud array containing ours; a token must be for this broker alone.
-      const aud = payload.aud;
-      const audOk = aud === options.audience || (Array.isArray(aud) && aud.length === 1 && aud[0] === options.audience);
-      if (!audOk) throw deny('BASTION_TOKEN_AUDIENCE_INVALID', `aud must be exactly ${options.audience}`);
-
-      const { exp, iat, nbf } = payload;
-      if (!isNumericDate(exp) || !isNumericDate(iat) || (nbf !== undefined && !isNumericDate(nbf))) {
-        throw deny('BASTION_TOKEN_CLAIM_INVALID', 'exp, iat and nbf must be integer NumericDates');
-      }
-      const nowSeconds = Math.floor(now() / 1000);
-      if (iat > nowSeconds + skewSeconds) throw deny('BASTION_TOKEN_NOT_YET_VALID', 'token iat is in the future');
-      if (exp - iat > maxTtlSeconds) {
-        throw deny('BASTION_TOKEN_LIFETIME_TOO_LONG', `token lifetime ${exp - iat}s exceeds the ${maxTtlSeconds}s cap`);
-      }
-
-      const claims = ClaimsSchema.safeParse({ cap: [], ...payload });
-      if (!claims.success) {
-        const issue = claims.error.issues[0];
-        throw deny('BASTION_TOKEN_CLAIM_INVALID', `claim ${issue?.path.join('.') ?? '?'}: ${issue?.message ?? 'invalid'}`);
-      }
-      const principal: Principal = freeze({
-        sub: claims.data.sub,
-        iss: issuer,
-        act: flattenAct(claims.data.act),
-        cap: claims.data.cap,
-        jti: claims.data.jti,
-        exp,
-        anonymous: false,
-        tokenHash,
-        singleUse: claims.data.use === 'once',
-        ...(claims.data.cnf ? { jkt: claims.data.cnf.jkt } : {}),
-      });
-      if (used) remember(token, { principal, getKey: keySet, ...used });
-      return principal;
+      return fresh;
     },
   };
+
+  /** Every check, signature included; remembers the principal when it holds. */
+  async function verifyAfresh(token: string): Promise<Principal> {
+    const tokenHash = `sha256:${hash('sha256', token)}`;
+
+    let header: ProtectedHeaderParameters;
+    try {
+      header = decodeProtectedHeader(token);
+    } catch {
+      throw deny('BASTION_TOKEN_MALFORMED', 'token is not a JWS compact serialization');
+    }
+    if (typeof header.alg !== 'string' || !(options.algorithms as string[]).includes(header.alg)) {
+      throw deny('BASTION_TOKEN_ALG_REFUSED', `algorithm ${String(header.alg)} is not allowed (allowed: ${options.algorithms.join(', ')})`);
+    }
+    if (header.typ !== options.tokenType) {
+      throw deny('BASTION_TOKEN_TYPE_REFUSED', `typ must be ${options.tokenType}`);
+    }
+    for (const name of REFUSED_HEADERS) {
+      if (name in header) throw deny('BASTION_TOKEN_HEADER_REFUSED', `header parameter ${name} is not accepted`);
+    }
+    if (header.cty !== undefined) throw deny('BASTION_TOKEN_HEADER_REFUSED', 'nested tokens (cty) are not accepted');
+    // No extension is understood, so any critical one must be refused (RFC 7515 §4.1.11).
+    if (header.crit !== undefined) throw deny('BASTION_TOKEN_HEADER_REFUSED', 'critical header extensions are not supported');
+    if (typeof header.kid !== 'string') throw deny('BASTION_TOKEN_KEY_UNKNOWN', 'token has no kid');
+
+    let unverified: JWTPayload;
+    try {
+      unverified = decodeJwt(token);
+    } catch {
+      throw deny('BASTION_TOKEN_MALFORMED', 'token payload is not a JSON claims set');
+    }
+
+    const issuer = typeof unverified.iss === 'string' ? unverified.iss : undefined;
+    const keySet = issuer === undefined ? undefined : keySets.get(issuer);
+    if (!issuer || !keySet) throw deny('BASTION_TOKEN_ISSUER_UNTRUSTED', `issuer ${JSON.stringify(issuer ?? null)} is not trusted`);
+
+    let payload: JWTPayload;
+    let used: Pick<Verified, 'header' | 'input' | 'key'> | undefined;
+    // Notes the key jose verified with, so a cache hit can check it is still the issuer's.
+    const noteKey: JWTVerifyGetKey = async (protectedHeader, input) => {
+      const key = await keySet(protectedHeader, input);
+      used = { header: protectedHeader, input, key };
+      return key;
+    };
+    try {
+      ({ payload } = await jwtVerify(token, noteKey, {
+        algorithms: options.algorithms,
+        issuer,
+        typ: options.tokenType,
+        clockTolerance: skewSeconds,
+        currentDate: new Date(now()),
+        requiredClaims: ['exp', 'iat', 'jti', 'sub', 'aud'],
+      }));
+    } catch (error) {
+      throw fromJose(error);
+    }
+
+    // jose accepts any aud array containing ours; a token must be for this broker alone.
+    const aud = payload.aud;
+    const audOk = aud === options.audience || (Array.isArray(aud) && aud.length === 1 && aud[0] === options.audience);
+    if (!audOk) throw deny('BASTION_TOKEN_AUDIENCE_INVALID', `aud must be exactly ${options.audience}`);
+
+    const { exp, iat, nbf } = payload;
+    if (!isNumericDate(exp) || !isNumericDate(iat) || (nbf !== undefined && !isNumericDate(nbf))) {
+      throw deny('BASTION_TOKEN_CLAIM_INVALID', 'exp, iat and nbf must be integer NumericDates');
+    }
+    const nowSeconds = Math.floor(now() / 1000);
+    if (iat > nowSeconds + skewSeconds) throw deny('BASTION_TOKEN_NOT_YET_VALID', 'token iat is in the future');
+    if (exp - iat > maxTtlSeconds) {
+      throw deny('BASTION_TOKEN_LIFETIME_TOO_LONG', `token lifetime ${exp - iat}s exceeds the ${maxTtlSeconds}s cap`);
+    }
+
+    const claims = ClaimsSchema.safeParse({ cap: [], ...payload });
+    if (!claims.success) {
+      const issue = claims.error.issues[0];
+      throw deny('BASTION_TOKEN_CLAIM_INVALID', `claim ${issue?.path.join('.') ?? '?'}: ${issue?.message ?? 'invalid'}`);
+    }
+    const principal: Principal = freeze({
+      sub: claims.data.sub,
+      iss: issuer,
+      act: flattenAct(claims.data.act),
+      cap: claims.data.cap,
+      jti: claims.data.jti,
+      exp,
+      anonymous: false,
+      tokenHash,
+      singleUse: claims.data.use === 'once',
+      ...(claims.data.cnf ? { jkt: claims.data.cnf.jkt } : {}),
+    });
+    if (used) remember(token, { principal, getKey: keySet, ...used });
+    return principal;
+  }
 }

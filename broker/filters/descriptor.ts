@@ -20,10 +20,10 @@
  *
  * Why the default action is `require_approval`: a description is read when
  * the agent lists tools, before any call, so `warn` does not stop a poisoned
- * one from working. `require_approval` is meant to be wired like a changed
- * descriptor pin: the tool is withheld from `tools/list` (quarantined) until
- * an operator approves that exact descriptor. It is not a per-call approval,
- * which would come too late. `block` withholds it with no approval path.
+ * one from working. With `require_approval` the tool stays listed, but with
+ * its suspect text withheld (broker/registry.ts: only the name, validation
+ * keywords and boolean hints reach the agent), and every call of it needs a
+ * human. `block` hides it and refuses its calls, with no approval path.
  *
  * @example
  *   const check = createDescriptorCheck();

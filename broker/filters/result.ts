@@ -5,8 +5,11 @@
  * Every string an agent would receive is scanned: text content, embedded
  * resource text and URIs, resource-link names and descriptions, every string
  * in `structuredContent` and `_meta`, and any other member the upstream
- * sent. Binary payloads are not: image and audio `data`, resource `blob` and
- * `icons` pass through untouched. For each scanned string, in this order:
+ * sent. An embedded resource's `blob` is scanned as the text inside it when
+ * it holds text (decoded from base64, and encoded back when the filter
+ * changed it; blob.ts says exactly which blobs). Binary payloads are not:
+ * image and audio `data`, binary blobs and `icons` pass through untouched.
+ * For each scanned string, in this order:
  *   1. hidden Unicode is flagged (with what tag characters spell);
  *   2. when `strip` is on, hidden characters are removed, before redaction,
  *      so a secret split by zero-width characters is still found;
@@ -40,6 +43,7 @@ import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
 import { canonicalJson } from '../audit/chain.ts';
 import { ObligationUnsupported, ResultTooLarge } from './errors.ts';
+import { blobText } from './blob.ts';
 import { createInjectionScanner, warningText, wrapUntrusted, type InjectionFlag } from './injection.ts';
 import {
   BUILTIN_KINDS,
@@ -65,7 +69,7 @@ const ITEM_RAW: Readonly<Record<string, ReadonlySet<string>>> = {
   audio: new Set(['type', 'data', 'mimeType', 'icons']),
 };
 const DEFAULT_RAW: ReadonlySet<string> = new Set(['type', 'mimeType', 'icons']);
-const RESOURCE_RAW: ReadonlySet<string> = new Set(['blob', 'mimeType']);
+const RESOURCE_RAW: ReadonlySet<string> = new Set(['mimeType']);
 const TOP_RAW: ReadonlySet<string> = new Set(['isError']);
 const NONE: ReadonlySet<string> = new Set();
 
@@ -310,6 +314,16 @@ export function createResultFilter(config: ResultFilterConfigInput = {}): Result
           }),
         );
 
+      /** An embedded resource's blob: the text inside it scanned (and encoded back if changed), a binary one untouched. */
+      const filterBlob = (blob: Json, mimeType: Json, path: (string | number)[]): Json => {
+        if (typeof blob !== 'string') return walk(blob, path, 'blob', 3, false);
+        const inside = blobText(blob, typeof mimeType === 'string' ? mimeType : undefined);
+        if (inside.kind === 'binary') return blob;
+        if (inside.kind === 'not_base64') return scanString(blob, path, 'blob');
+        const scanned = scanString(inside.text, path, undefined);
+        return scanned === inside.text ? blob : inside.encode(scanned);
+      };
+
       const filterItem = (item: Json, index: number): Json => {
         const path = ['content', index];
         if (item === null || typeof item !== 'object' || Array.isArray(item)) return walk(item, path, undefined, 1, false);
@@ -319,7 +333,9 @@ export function createResultFilter(config: ResultFilterConfigInput = {}): Result
           return walkObject(record, path, 1, DEFAULT_RAW, {
             resource: (child, childPath) =>
               child !== null && typeof child === 'object' && !Array.isArray(child)
-                ? walkObject(child as Record<string, Json>, childPath, 2, RESOURCE_RAW)
+                ? walkObject(child as Record<string, Json>, childPath, 2, RESOURCE_RAW, {
+                    blob: (blob, blobPath) => filterBlob(blob, (child as Record<string, Json>).mimeType, blobPath),
+                  })
                 : walk(child, childPath, 'resource', 2, false),
           });
         }

@@ -30,8 +30,9 @@ one at a time) it starts a fresh broker from FILE in a temporary state
 directory, with the recording test upstream as connector "rec" (plus a copy
 with a poisoned tool description as "poisoned"), runs every case of the
 corpus through the MCP SDK client or raw HTTP, and judges success by what
-reached the upstream or the agent. Your connectors are not used; your policy,
-limits, filters and approval settings are what is measured.
+reached the upstream or the agent (for leaks, by the broker's live session
+count on /metrics). Your connectors are not used; your policy, limits,
+filters and approval settings are what is measured.
 
   --config FILE      base configuration (default: the embedded default)
   --report FILE      write a self-contained HTML report (no script, strict CSP)

@@ -39,9 +39,10 @@ export type AblatableDefense = (typeof ABLATABLE)[number];
 /**
  * Everything that can stop an attack. The ablatable ones have a
  * `defenses_off` switch; the others (descriptor pins, delegation
- * attenuation, the HTTP front door's checks) are always on.
+ * attenuation, the HTTP front door's checks, plugin names that cannot be
+ * taken) are always on.
  */
-export const DEFENSES = [...ABLATABLE, 'pins', 'delegation', 'front_door'] as const;
+export const DEFENSES = [...ABLATABLE, 'pins', 'delegation', 'front_door', 'plugin_identity'] as const;
 export type Defense = (typeof DEFENSES)[number];
 
 /** Build features a case may need; a case needing one the build lacks is reported "not applicable" (run.ts BUILD_FEATURES). */
@@ -145,6 +146,8 @@ const RawStep = z.strictObject({
   /** A JSON-RPC message (or any JSON); placeholders are filled in. */
   body: z.unknown(),
   headers: z.record(z.string(), z.string()).default({}),
+  /** Sends the same request this many times, one after another (e.g. requests that must leave nothing behind). */
+  repeat: z.number().int().positive().max(1_000).default(1),
 });
 
 const FloodStep = z.strictObject({
@@ -162,30 +165,44 @@ const ListToolsStep = z.strictObject({ token: Name });
 /** Waits, as a well-behaved agent does, until the broker says the tool list changed (or the time is up). */
 const WaitListChangedStep = z.strictObject({ token: Name, within_ms: Millis.default(2_000) });
 
+const PluginName = z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, 'lowercase letters, digits and "-", starting with a letter, at most 32');
+
 /**
  * Installs a hostile plugin (manifest fields and its JavaScript) for the
  * sandbox classes. Cases using it need the `plugins` feature.
  */
-const InstallPluginStep = z.strictObject({
-  /** A plugin name (lowercase letters, digits, "-"); its tools are called <name>__<tool>. Unique in the corpus. */
-  name: z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, 'lowercase letters, digits and "-", starting with a letter, at most 32'),
-  /** The plugin's single JavaScript file. */
-  code: z.string().min(1).max(65_536),
-  tools: z
-    .array(
-      z.strictObject({
-        name: Name,
-        description: z.string().default(''),
-        /** The tool's inputSchema in the manifest (default: any object). */
-        input_schema: z.record(z.string(), z.unknown()).optional(),
-      }),
-    )
-    .min(1),
-  /** Host capabilities the manifest asks for. */
-  capabilities: z.array(z.string()).default([]),
-  /** The manifest's wall-clock limit, when the case needs another than the red team's default (1 s). */
-  wall_ms: z.number().int().positive().max(30_000).optional(),
-});
+const InstallPluginStep = z
+  .strictObject({
+    /** A plugin name (lowercase letters, digits, "-"); its tools are called <name>__<tool>. Unique in the corpus. */
+    name: PluginName,
+    /**
+     * The name its manifest declares, when not `name`: the plugin is then configured
+     * without a name, so it would take this one (and with it another plugin's tools' grants).
+     */
+    manifest_name: PluginName.optional(),
+    /** The plugin's single JavaScript file. */
+    code: z.string().min(1).max(65_536),
+    tools: z
+      .array(
+        z.strictObject({
+          name: Name,
+          description: z.string().default(''),
+          /** The tool's inputSchema in the manifest (default: any object). */
+          input_schema: z.record(z.string(), z.unknown()).optional(),
+        }),
+      )
+      .min(1),
+    /** Host capabilities the manifest asks for. */
+    capabilities: z.array(z.string()).default([]),
+    /** Host capabilities the operator grants (with their default quotas); none unless listed. */
+    grants: z.array(z.enum(['kv', 'log'])).default([]),
+    /** A longer wall-clock limit than the corpus default (1 s), for a case whose many host calls must not time out on a loaded machine. */
+    wall_ms: z.number().int().positive().max(30_000).optional(),
+  })
+  .refine((plugin) => plugin.manifest_name === undefined || !plugin.grants.includes('kv'), {
+    message: "a plugin configured without a name cannot be granted kv (Bastion refuses such a configuration: kv is keyed by the operator's name)",
+    path: ['grants'],
+  });
 const SleepStep = z.strictObject({ ms: Millis });
 
 /** One step: an object with exactly one step-kind key, plus `setup` for steps that are not the attack itself. */
@@ -247,6 +264,12 @@ export const PredicateSchema = z.union([
   z.strictObject({ agent_starved: z.strictObject({ pattern: z.string().min(1), flags: z.string().regex(/^[imsu]*$/).default('') }) }),
   /** An audit record of a call of this tool, written during the attempt, is longer than `bytes` (canonical JSON). */
   z.strictObject({ audit_record_over: z.strictObject({ tool: ToolName, bytes: z.number().int().positive() }) }),
+  /**
+   * The broker holds at least `min` more live MCP sessions (its bastion_sessions_open gauge) once
+   * the attempt is over and its own clients have closed their sessions than before it began: the
+   * attack left sessions behind that nothing will close.
+   */
+  z.strictObject({ sessions_grew: z.strictObject({ min: z.number().int().positive().default(1) }) }),
 ]);
 export type Predicate = z.infer<typeof PredicateSchema>;
 
@@ -340,8 +363,8 @@ export async function loadCorpus(locations: string[]): Promise<Corpus> {
       }
       for (const step of attackCase.steps) {
         if (!('install_plugin' in step)) continue;
-        const { name, tools, code, capabilities, wall_ms } = step.install_plugin;
-        const spec = JSON.stringify({ tools, code, capabilities, wall_ms });
+        const { name, ...rest } = step.install_plugin;
+        const spec = JSON.stringify(rest);
         const seen = plugins.get(name);
         if (seen && seen.spec !== spec) throw new CorpusError(`${file}: case "${attackCase.id}" installs a plugin named "${name}" that differs from the one case "${seen.caseId}" installs; give each plugin its own name`);
         plugins.set(name, { spec, caseId: attackCase.id });

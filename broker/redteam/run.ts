@@ -40,10 +40,9 @@ export function corpusPlugins(corpus: Corpus): PluginSpec[] {
   for (const attackCase of corpus.classes.flatMap((c) => c.cases)) {
     if (missingFeature(attackCase)) continue;
     for (const step of attackCase.steps) {
-      if ('install_plugin' in step) {
-        const { name, tools, code, capabilities, wall_ms } = step.install_plugin;
-        plugins.set(name, { name, tools, code, capabilities, ...(wall_ms !== undefined ? { wallMs: wall_ms } : {}) });
-      }
+      if (!('install_plugin' in step)) continue;
+      const { name, manifest_name: manifestName, tools, code, capabilities, grants, wall_ms: wallMs } = step.install_plugin;
+      plugins.set(name, { name, tools, code, capabilities, grants, ...(manifestName ? { manifestName } : {}), ...(wallMs ? { wallMs } : {}) });
     }
   }
   return [...plugins.values()];
@@ -154,6 +153,11 @@ export function medianStandardError(values: number[]): number {
   return 1.2533 * (sigma / Math.sqrt(values.length));
 }
 
+/** Whether a success condition judges by the broker's live session count. */
+function watchesSessions(success: AttackCase['success']): boolean {
+  return ('any' in success ? success.any : [success]).some((predicate) => 'sessions_grew' in predicate);
+}
+
 function missingFeature(attackCase: AttackCase): string | undefined {
   return attackCase.requires.find((feature) => !BUILD_FEATURES.has(feature));
 }
@@ -224,7 +228,10 @@ async function runAttempt(target: Target, observer: ApproverSession | undefined,
   const upstreamMark = await target.upstreamMark();
   const auditMark = (await target.auditRecords()).length;
   const base = { case: attackCase.id, class: attackClass.id, repetition };
+  let sessionsBefore: number | undefined;
   try {
+    // Read only for the cases that judge by it: a broker whose /metrics cannot be read fails those alone.
+    if (watchesSessions(attackCase.success)) sessionsBefore = await target.liveSessions();
     for (const step of attackCase.steps) await attempt.run(step);
   } catch (error) {
     await attempt.close().catch(() => undefined);
@@ -234,20 +241,27 @@ async function runAttempt(target: Target, observer: ApproverSession | undefined,
   await attempt.close();
   // A cancelled parked call is withdrawn asynchronously; let the broker settle before looking upstream.
   if (attempt.startedCalls) await sleep(150);
-  const verdict = await judge(attempt, attackCase.success, {
-    calls: await target.upstreamCalls(upstreamMark),
-    audit: (await target.auditRecords()).slice(auditMark),
-    config: target.config,
-    health: async (timeoutMs) => {
-      const t0 = performance.now();
-      try {
-        const response = await fetch(`${target.origin}/healthz`, { signal: AbortSignal.timeout(timeoutMs) });
-        return response.ok ? Math.round(performance.now() - t0) : undefined;
-      } catch {
-        return undefined;
-      }
-    },
-  });
+  let verdict: Awaited<ReturnType<typeof judge>>;
+  try {
+    verdict = await judge(attempt, attackCase.success, {
+      calls: await target.upstreamCalls(upstreamMark),
+      audit: (await target.auditRecords()).slice(auditMark),
+      config: target.config,
+      health: async (timeoutMs) => {
+        const t0 = performance.now();
+        try {
+          const response = await fetch(`${target.origin}/healthz`, { signal: AbortSignal.timeout(timeoutMs) });
+          return response.ok ? Math.round(performance.now() - t0) : undefined;
+        } catch {
+          return undefined;
+        }
+      },
+      sessionsBefore,
+      liveSessions: () => target.liveSessions(),
+    });
+  } catch (error) {
+    return { ...base, success: false, evidence: '', steps: attempt.records, error: (error as Error).message, ms: Math.round(performance.now() - started) };
+  }
   return {
     ...base,
     success: verdict.success,

@@ -12,6 +12,7 @@
  *   await attempt.close();
  */
 import { randomBytes } from 'node:crypto';
+import path from 'node:path';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { generateDpopKey, type DpopKey } from '../auth/dpop-client.ts';
 import { parseDuration } from '../config.ts';
@@ -392,16 +393,26 @@ export class Attempt {
         if (!session) throw new StepSkipped(`no session named "${spec.session}"`);
         headers['mcp-session-id'] = session.session;
       }
-      const response = await rawPost(this.target.url, spec.body, headers);
-      const result = (response.body as { result?: CallToolResult } | undefined)?.result;
-      const refusal = refusalIn(response.body, response.status);
-      if (result?.content) this.received.push(receivedText(result));
-      const ok = response.status < 400 && !refusal && !(response.body as { error?: unknown } | undefined)?.error && !result?.isError;
+      // Repeated requests are recorded as one step: it went through if any did; the first refusal names the defense.
+      let ok = false;
+      let firstRefusal: Refusal | undefined;
+      const statuses: Record<number, number> = {};
+      for (let i = 0; i < spec.repeat; i++) {
+        const response = await rawPost(this.target.url, spec.body, headers);
+        statuses[response.status] = (statuses[response.status] ?? 0) + 1;
+        const result = (response.body as { result?: CallToolResult } | undefined)?.result;
+        const refusal = refusalIn(response.body, response.status);
+        if (result?.content) this.received.push(receivedText(result));
+        const through = response.status < 400 && !refusal && !(response.body as { error?: unknown } | undefined)?.error && !result?.isError;
+        ok ||= through;
+        firstRefusal ??= refusal ?? (!through ? { stage: 'http', code: `HTTP_${response.status}`, reason: response.text.slice(0, 200), status: response.status } : undefined);
+      }
       this.note({
         kind: 'raw',
         setup,
         ok,
-        ...(refusal ? { refusal } : !ok ? { refusal: { stage: 'http', code: `HTTP_${response.status}`, reason: response.text.slice(0, 200), status: response.status } } : {}),
+        ...(firstRefusal && !ok ? { refusal: firstRefusal } : {}),
+        ...(spec.repeat > 1 ? { note: `${spec.repeat} requests, answered ${Object.entries(statuses).map(([status, n]) => `${status} ×${n}`).join(', ')}` } : {}),
       });
       return;
     }
@@ -465,8 +476,10 @@ export class Attempt {
     if ('install_plugin' in step) {
       // The plugin was written out, pinned and configured before the broker started (target.ts).
       const spec = step.install_plugin;
-      if (!(this.target.config.plugins ?? []).some((p) => p.name === spec.name)) throw new NotApplicable(`plugin ${spec.name} is not installed on this broker`);
-      this.note({ kind: 'install_plugin', setup, ok: true, note: `${spec.name} installed (${spec.tools.map((t) => `${spec.name}__${t.name}`).join(', ')})` });
+      // Its directory carries the install name; its configured name may be absent (manifest_name).
+      if (!(this.target.config.plugins ?? []).some((p) => path.basename(p.dir) === spec.name)) throw new NotApplicable(`plugin ${spec.name} is not installed on this broker`);
+      const prefix = spec.manifest_name ?? spec.name;
+      this.note({ kind: 'install_plugin', setup, ok: true, note: `${spec.name} installed (${spec.tools.map((t) => `${prefix}__${t.name}`).join(', ')})` });
       return;
     }
     const never: never = step;

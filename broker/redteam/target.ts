@@ -79,6 +79,8 @@ export interface Target {
   /** Calls each upstream received (after `since`, when given), in the order each received them. */
   upstreamCalls(since?: UpstreamMark): Promise<UpstreamCall[]>;
   auditRecords(): Promise<AuditRecord[]>;
+  /** The broker's live MCP sessions now, from its bastion_sessions_open gauge; throws when /metrics cannot be read. */
+  liveSessions(): Promise<number>;
   /** What the broker wrote on stderr (its logs), for diagnosing a failed start. */
   stderr(): string;
   stop(): Promise<void>;
@@ -101,13 +103,26 @@ export interface LaunchOptions {
 
 /** A plugin an install_plugin step asks for: its name, tools and script. */
 export interface PluginSpec {
+  /** Its directory's name, and its configured name unless `manifestName` is set. */
   name: string;
+  /** The name its manifest declares when not `name`; the plugin is then configured without one. */
+  manifestName?: string;
   tools: { name: string; description: string; input_schema?: Record<string, unknown> | undefined }[];
   code: string;
-  /** Host capabilities the manifest asks for (kv, log; none is granted). */
+  /** Host capabilities the manifest asks for (kv, log). */
   capabilities?: string[];
-  /** The manifest's wall-clock limit instead of REDTEAM_PLUGIN_LIMITS.wall_ms. */
+  /** Host capabilities the operator grants (kv with its default quotas, log). */
+  grants?: ('kv' | 'log')[];
+  /** Its wall-clock limit, when not REDTEAM_PLUGIN_LIMITS.wall_ms. */
   wallMs?: number;
+}
+
+/** A corpus plugin as the broker's config lists it. */
+export interface PluginEntry {
+  dir: string;
+  hash: string;
+  name?: string;
+  grants: { kv?: boolean; log?: boolean };
 }
 
 /** Small limits, as a careful plugin author would declare them (the host caps them further). */
@@ -117,13 +132,13 @@ export const REDTEAM_PLUGIN_LIMITS = { memory_mb: 32, cpu_ms: 200, wall_ms: 1000
  * Writes each plugin as a directory (plugin.json and main.js) under `dir`
  * and returns the broker's `plugins` entries, each pinned with pluginHash.
  */
-export async function materializePlugins(plugins: PluginSpec[], dir: string): Promise<{ dir: string; hash: string; name: string }[]> {
-  const entries = [];
+export async function materializePlugins(plugins: PluginSpec[], dir: string): Promise<PluginEntry[]> {
+  const entries: PluginEntry[] = [];
   for (const plugin of plugins) {
     const pluginDir = path.join(dir, 'plugins', plugin.name);
     await mkdir(pluginDir, { recursive: true, mode: 0o700 });
     const manifest = {
-      name: plugin.name,
+      name: plugin.manifestName ?? plugin.name,
       version: '0.0.1',
       description: 'Hostile plugin from the red-team corpus.',
       main: 'main.js',
@@ -138,7 +153,12 @@ export async function materializePlugins(plugins: PluginSpec[], dir: string): Pr
     };
     await writeFile(path.join(pluginDir, 'plugin.json'), JSON.stringify(manifest, null, 2));
     await writeFile(path.join(pluginDir, 'main.js'), plugin.code);
-    entries.push({ dir: pluginDir, hash: await pluginHash(pluginDir), name: plugin.name });
+    entries.push({
+      dir: pluginDir,
+      hash: await pluginHash(pluginDir),
+      ...(plugin.manifestName ? {} : { name: plugin.name }),
+      grants: Object.fromEntries((plugin.grants ?? []).map((grant) => [grant, true])),
+    });
   }
   return entries;
 }
@@ -174,7 +194,7 @@ function asObject(value: unknown): Record<string, unknown> {
  * run. Everything else (policy, limits, filters, approvals) is measured as
  * the operator configured it.
  */
-export function targetDocument(options: LaunchOptions, dir: string, plugins: { dir: string; hash: string; name: string }[] = []): Record<string, unknown> {
+export function targetDocument(options: LaunchOptions, dir: string, plugins: PluginEntry[] = []): Record<string, unknown> {
   const base = asObject(options.base);
   const auth = asObject(base.auth);
   const issuers = Array.isArray(auth.issuers) ? [...(auth.issuers as unknown[])] : [];
@@ -298,6 +318,8 @@ export async function launchTarget(options: LaunchOptions): Promise<Target> {
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const document = targetDocument(options, dir, await materializePlugins(options.plugins ?? [], dir));
   const { url, config, stderr, stop } = await startBastion(dir, options.name, document, options.timeoutMs);
+  // The operator's scrape token, if /metrics needs one (the live-session count is read there).
+  const scrapeToken = config.server.metrics_token_file ? (await readFile(config.server.metrics_token_file, 'utf8')).trim() : undefined;
 
   const origin = new URL(url).origin;
   const issuer = options.issuer;
@@ -330,6 +352,12 @@ export async function launchTarget(options: LaunchOptions): Promise<Target> {
       return all;
     },
     auditRecords: () => readLines<AuditRecord>(path.join(dir, 'audit.jsonl')),
+    async liveSessions() {
+      const response = await fetch(`${origin}/metrics`, { headers: scrapeToken ? { authorization: `Bearer ${scrapeToken}` } : {} });
+      const value = /^bastion_sessions_open (\S+)$/m.exec(await response.text())?.[1];
+      if (response.status !== 200 || value === undefined) throw new Error(`cannot read bastion_sessions_open from ${origin}/metrics (HTTP ${response.status})`);
+      return Number(value);
+    },
     stderr,
     stop,
   };

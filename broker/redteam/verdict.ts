@@ -34,6 +34,8 @@ export interface Verdict {
 export function defenseOf(refusal: Pick<Refusal, 'stage' | 'code'>): StopReason['defense'] {
   if (refusal.code === 'BASTION_DELEGATION_REFUSED' || refusal.code === 'DELEGATION_DISABLED') return 'delegation';
   if (refusal.code === 'BASTION_TOOL_QUARANTINED') return 'pins';
+  // A plugin whose manifest claimed another source's name was never loaded.
+  if (refusal.code === 'BASTION_PLUGIN_NAME_TAKEN') return 'plugin_identity';
   // The descriptor check lives with the filters (filters.descriptor), though it refuses at resolve.
   if (refusal.code === 'BASTION_TOOL_BLOCKED') return 'filters';
   // A plugin call the sandbox ended (limit hit, or the isolate refused what the code tried).
@@ -100,6 +102,10 @@ export interface Evidence {
   config: Config;
   /** Probes the broker's health endpoint; resolves to the answer time, or undefined when it did not answer. */
   health: (timeoutMs: number) => Promise<number | undefined>;
+  /** The broker's live MCP sessions before the attempt (read only for cases that judge by them). */
+  sessionsBefore?: number | undefined;
+  /** Reads the broker's live MCP sessions now (bastion_sessions_open); throws when it cannot. */
+  liveSessions: () => Promise<number>;
 }
 
 async function holds(predicate: Predicate, attempt: Attempt, evidence: Evidence): Promise<{ holds: boolean; evidence: string }> {
@@ -142,6 +148,15 @@ async function holds(predicate: Predicate, attempt: Attempt, evidence: Evidence)
     const name = predicate.call_unbounded.call;
     const hit = attempt.unanswered.has(name);
     return { holds: hit, evidence: hit ? `${name} was still running when the agent stopped waiting` : `${name} ended (or was never started) before the agent stopped waiting` };
+  }
+  if ('sessions_grew' in predicate) {
+    if (evidence.sessionsBefore === undefined) throw new Error('the live session count was not read before the attempt');
+    const after = await evidence.liveSessions();
+    const grew = after - evidence.sessionsBefore;
+    return {
+      holds: grew >= predicate.sessions_grew.min,
+      evidence: `the broker held ${evidence.sessionsBefore} live sessions before the attempt and ${after} after it (${grew >= 0 ? '+' : ''}${grew})`,
+    };
   }
   if ('broker_degraded' in predicate) {
     const answeredIn = await evidence.health(predicate.broker_degraded.ms);

@@ -19,6 +19,7 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import type { AuthInfo } from '@modelcontextprotocol/sdk/server/auth/types.js';
 import { isInitializeRequest, ErrorCode } from '@modelcontextprotocol/sdk/types.js';
+import { isJsonContentType } from '@modelcontextprotocol/sdk/shared/mediaType.js';
 import type { Principal } from '../auth/verify.ts';
 import type { Broker } from '../broker.ts';
 import { Denial } from '../errors.ts';
@@ -27,6 +28,7 @@ import { principalForAudit } from '../pipeline.ts';
 import { cohortGate } from './cohort.ts';
 import { loadScrapeToken, presentsScrapeToken } from './scrape-token.ts';
 import { createAgentServer } from './session.ts';
+import { SessionTable } from './session-table.ts';
 import { adminRoutes } from './admin-routes.ts';
 import { approvalRoutes } from './approval-routes.ts';
 
@@ -35,6 +37,8 @@ export interface HttpFrontDoor {
   url: string;
   /** The resource identifier tokens must name in `aud`. */
   resource: string;
+  /** Sessions open now: initialized, routable, swept when idle. */
+  readonly openSessions: number;
   close(): Promise<void>;
 }
 
@@ -71,6 +75,18 @@ function toolOf(body: unknown): string | undefined {
   return undefined;
 }
 
+/**
+ * Slow clients: the whole request (headers within at most 15 s) must arrive within `requestTimeout`;
+ * responses (SSE, parked calls) may last longer. Node enforces both only when it sweeps its
+ * connections, every 30 s by default, so a client that should be cut at 15 s could hold its socket
+ * until 30 s: sweep every tenth of the shorter timeout, at most every second. 0 turns the timeouts off.
+ */
+export function slowClientTimeouts(requestTimeout: number): { requestTimeout: number; headersTimeout: number; connectionsCheckingInterval: number } {
+  const headersTimeout = Math.min(15_000, requestTimeout);
+  const connectionsCheckingInterval = headersTimeout > 0 ? Math.max(10, Math.min(1_000, Math.floor(headersTimeout / 10))) : 30_000;
+  return { requestTimeout, headersTimeout, connectionsCheckingInterval };
+}
+
 function isLoopbackAddress(address: string | undefined): boolean {
   return address === '127.0.0.1' || address === '::1' || address === '::ffff:127.0.0.1';
 }
@@ -100,12 +116,10 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   const scrapeToken = config.server.metrics_token_file ? await loadScrapeToken(config.server.metrics_token_file) : undefined;
 
   const tls = config.server.tls;
+  const timeouts = slowClientTimeouts(config.server.request_timeout);
   const server: HttpServer = tls
-    ? createHttpsServer({ cert: readFileSync(tls.cert_file), key: readFileSync(tls.key_file) }, app)
-    : createHttpServer(app);
-  // Slow clients: the whole request must arrive in time. Responses (SSE, parked calls) may last longer.
-  server.requestTimeout = config.server.request_timeout;
-  server.headersTimeout = Math.min(15_000, config.server.request_timeout);
+    ? createHttpsServer({ cert: readFileSync(tls.cert_file), key: readFileSync(tls.key_file), ...timeouts }, app)
+    : createHttpServer(timeouts, app);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(config.server.port, config.server.host, () => resolve());
@@ -129,7 +143,7 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   ]);
   const checkHost = LOOPBACK.has(config.server.host) || config.server.host === '::1';
 
-  const sessions = new Map<string, HttpSession>();
+  const sessions = new SessionTable<HttpSession>(config.limits.sessions_per_principal);
 
   /** Answers a request refused at the front door, with an audit record like every other refusal. */
   const refuseRequest = async (req: Request, res: Response, status: number, rpcCode: number, code: AdmitCode, reason: string) => {
@@ -227,17 +241,25 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
     return session;
   };
 
+  /**
+   * Answers an initialize request with a new session. The session holds a place under its
+   * principal's cap from the start, but is entered in the table (routable, swept when idle) only
+   * once its initialize was answered and the answer reached the client; every other ending
+   * (the SDK refused the request, the client went away, a handler threw) closes the transport,
+   * which closes the agent server and gives the place back. Nothing of a failed opening stays.
+   */
   const openSession = async (req: AuthedRequest, res: Response) => {
     const principal = req.auth?.extra?.principal as Principal;
+    const owner = ownerOf(principal);
+    const opening = sessions.open(owner);
+    if (!opening) {
+      const limit = config.limits.sessions_per_principal;
+      await refuseRequest(req, res, 429, ErrorCode.InvalidRequest, 'BASTION_SESSIONS_EXCEEDED', `this principal already holds ${sessions.heldBy(owner)} sessions (limit ${limit}); close one (DELETE /mcp) first`);
+      return;
+    }
     // One id names the session everywhere: the Mcp-Session-Id header, logs and audit records.
     const sessionId = randomUUID();
-    const transport = new StreamableHTTPServerTransport({
-      sessionIdGenerator: () => sessionId,
-      onsessioninitialized: (id) => {
-        sessions.set(id, { transport, owner: ownerOf(principal), seen: Date.now() });
-        log.info({ session: id, sub: principal.sub }, 'session opened');
-      },
-    });
+    const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: () => sessionId });
     const agentServer = createAgentServer(broker, {
       id: sessionId,
       transport: 'http',
@@ -247,12 +269,29 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
         return current;
       },
     });
+    let closed = false;
+    // Set before connect: the SDK chains the agent server's own cleanup (broker.sessions) after it.
     transport.onclose = () => {
-      sessions.delete(sessionId);
-      void agentServer.close().catch(() => undefined);
+      closed = true;
+      sessions.remove(sessionId);
+      opening.abandon();
     };
-    await agentServer.connect(transport);
-    await transport.handleRequest(req, res, req.body);
+    // The answer to initialize never reached the client (it went away): nobody can use this session.
+    const lost = () => res.destroyed && !res.writableFinished;
+    res.once('close', () => {
+      if (lost()) void transport.close();
+    });
+    try {
+      await agentServer.connect(transport);
+      await transport.handleRequest(req, res, req.body);
+    } finally {
+      const initialized = !closed && !lost() && transport.sessionId === sessionId && agentServer.getClientVersion() !== undefined;
+      if (initialized && opening.enter(sessionId, { transport, owner, seen: Date.now() })) {
+        log.info({ session: sessionId, sub: principal.sub }, 'session opened');
+      } else {
+        await transport.close().catch(() => undefined);
+      }
+    }
   };
 
   const mcp = express.Router();
@@ -273,14 +312,27 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
     }
     next();
   });
+  // What the Streamable HTTP transport would refuse anyway is refused here, audited, before any
+  // session work: an agent server is only ever built for a request that can open a session.
+  mcp.post('/', async (req, res, next) => {
+    if (Array.isArray(req.body)) {
+      await refuseRequest(req, res, 400, ErrorCode.InvalidRequest, 'BASTION_REQUEST_INVALID', 'JSON-RPC batches are not supported (MCP 2025-11-25 has none): send one message per request');
+      return;
+    }
+    // The transport's own rules: Accept lists both types (a substring check, as the SDK does); Content-Type is parsed.
+    const accept = req.headers.accept ?? '';
+    if (!accept.includes('application/json') || !accept.includes('text/event-stream')) {
+      await refuseRequest(req, res, 406, ErrorCode.InvalidRequest, 'BASTION_REQUEST_INVALID', 'Not Acceptable: Accept must list both application/json and text/event-stream');
+      return;
+    }
+    if (!isJsonContentType(req.headers['content-type'])) {
+      await refuseRequest(req, res, 415, ErrorCode.InvalidRequest, 'BASTION_REQUEST_INVALID', 'Unsupported Media Type: Content-Type must be application/json');
+      return;
+    }
+    next();
+  });
   mcp.post('/', async (req: AuthedRequest, res) => {
     if (req.headers['mcp-session-id'] === undefined) {
-      const owner = ownerOf(req.auth?.extra?.principal as Principal);
-      const open = [...sessions.values()].filter((s) => s.owner === owner).length;
-      if (open >= config.limits.sessions_per_principal) {
-        await refuseRequest(req, res, 429, ErrorCode.InvalidRequest, 'BASTION_SESSIONS_EXCEEDED', `this principal already holds ${open} sessions (limit ${config.limits.sessions_per_principal}); close one (DELETE /mcp) first`);
-        return;
-      }
       if (!isInitializeRequest(req.body)) {
         await refuseRequest(req, res, 400, ErrorCode.InvalidRequest, 'BASTION_SESSION_INVALID', 'Bad Request: no session; send initialize first');
         return;
@@ -329,6 +381,7 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   const unwatch = metrics.watch({
     ...(broker.approvals ? { approvalsPending: async () => (await broker.approvals!.pending()).length } : {}),
     toolsQuarantined: async () => (await broker.pins.quarantined()).length,
+    sessionsOpen: async () => broker.sessions.size,
   });
   app.get('/metrics', guardOrigin, async (req, res) => {
     if (scrapeToken && !presentsScrapeToken(req.headers.authorization, scrapeToken)) {
@@ -370,18 +423,20 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   // Clients that vanish without DELETE leave sessions behind; idle ones are closed.
   const sweeper = setInterval(() => {
     const cutoff = Date.now() - config.server.session_idle;
-    for (const session of sessions.values()) if (session.seen < cutoff) void session.transport.close().catch(() => undefined);
+    for (const session of [...sessions.values()]) if (session.seen < cutoff) void session.transport.close().catch(() => undefined);
   }, Math.min(60_000, config.server.session_idle));
   sweeper.unref();
 
   return {
     url,
     resource,
+    get openSessions() {
+      return sessions.size;
+    },
     async close() {
       unwatch();
       clearInterval(sweeper);
-      for (const session of sessions.values()) await session.transport.close().catch(() => undefined);
-      sessions.clear();
+      for (const session of [...sessions.values()]) await session.transport.close().catch(() => undefined);
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },

@@ -21,7 +21,12 @@ export async function serveStdio(broker: Broker, token: string | undefined, reso
       token === undefined && broker.anonymous ? broker.anonymous : authenticator.authenticate({ token, transport: 'stdio' }),
   });
   const closed = new Promise<void>((resolve) => {
-    server.onclose = () => resolve();
+    // After the agent server's own cleanup (it leaves broker.sessions), not instead of it.
+    const leave = server.onclose;
+    server.onclose = () => {
+      leave?.();
+      resolve();
+    };
   });
   await server.connect(new StdioServerTransport());
   // MCP stdio shutdown begins with the client closing our stdin. The SDK's StdioServerTransport does

@@ -1,136 +1,132 @@
 /**
- * The embedded state store (the default): in memory, made durable by a
- * journal on local disk. Every mutation is appended and fdatasync'ed before
- * the operation resolves (mutations made in one event-loop turn, or while a
- * sync is in flight, share one sync), so a
- * killed broker loses nothing it acknowledged. On open the journal is
- * replayed and rewritten without expired entries, so it stays small.
+ * The embedded state store (the default): a SQLite database on local disk
+ * (node:sqlite, WAL mode, synchronous=FULL), no server to run. Entries live in
+ * the database, not in the broker's memory.
  *
- * Single-process: one broker owns one state folder. Replicas use Redis.
+ * Changes go to a writer thread (embedded-writer.ts) that commits them in
+ * groups and acknowledges each only once its commit is on stable storage, so
+ * a killed broker (kill -9, or a power cut) loses nothing it acknowledged.
+ * Reads use a read-only connection on the broker's thread and see committed
+ * data only. Claims and compare-and-sets are decided by the writer, one at a
+ * time, so they are atomic. Rate buckets, concurrency slots and pub/sub stay
+ * in memory: they need no durability, and a restart resets them safely.
+ *
+ * An old state journal (`state.jsonl` beside the database) is imported on
+ * first open and renamed aside (journal-import.ts).
+ *
+ * Single-process: one broker owns one state folder (lock.ts). Replicas use Redis.
  *
  * @example
- *   const state = await openEmbeddedState('.bastion/state.jsonl');
+ *   const state = await openEmbeddedState('.bastion/state.db');
  */
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { mkdir, open, readFile, rename, writeFile, type FileHandle } from 'node:fs/promises';
+import { mkdir, open } from 'node:fs/promises';
 import path from 'node:path';
-import { StateUnavailable, type StateStore } from './store.ts';
+import { Worker } from 'node:worker_threads';
+import { checkTtl } from './encoding.ts';
+import { EntryTable, openEntryDatabase, type WriteReply, type WriteRequest } from './entry-table.ts';
+import type { WriterData, WriterMessage } from './embedded-writer.ts';
+import { StateUnavailable, type QuotaOutcome, type StateStore } from './store.ts';
 
-interface Entry {
-  value: string;
-  /** Epoch ms; absent: never expires. */
-  expiresAt?: number;
+/** The database file of a state folder. */
+export const STATE_DATABASE = 'state.db';
+
+/** A change, without the id and clock the store adds. */
+type Change = WriteRequest extends infer R ? (R extends WriteRequest ? Omit<R, 'id' | 'now'> : never) : never;
+
+/** Starts the writer thread and waits until it has opened the database (and imported an old journal). */
+async function startWriter(file: string, now: number): Promise<Worker> {
+  const data: WriterData = { file, journal: path.join(path.dirname(file), 'state.jsonl'), now };
+  const writer = new Worker(new URL('./embedded-writer.ts', import.meta.url), { workerData: data });
+  let settle: { message: (m: { ready: boolean; message?: string }) => void; error: (e: Error) => void; exit: (code: number) => void } | undefined;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      settle = {
+        message: (m) => (m.ready ? resolve() : reject(new Error(m.message))),
+        error: reject,
+        exit: (code) => reject(new Error(`the state writer exited with code ${code}`)),
+      };
+      writer.once('message', settle.message).once('error', settle.error).once('exit', settle.exit);
+    });
+  } catch (error) {
+    await writer.terminate();
+    throw new StateUnavailable(`cannot open state database ${file}: ${(error as Error).message}`);
+  } finally {
+    if (settle) writer.off('message', settle.message).off('error', settle.error).off('exit', settle.exit);
+  }
+  return writer;
 }
-
-type JournalLine = { op: 'set'; ns: string; key: string; value: string; exp?: number } | { op: 'del'; ns: string; key: string };
-
-const COMPACT_AFTER_LINES = 50_000;
 
 export async function openEmbeddedState(file: string, now: () => number = Date.now): Promise<StateStore> {
   await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
-  const data = new Map<string, Map<string, Entry>>();
-  const space = (ns: string) => {
-    let map = data.get(ns);
-    if (!map) data.set(ns, (map = new Map()));
-    return map;
-  };
-
-  const apply = (line: JournalLine) => {
-    if (line.op === 'set') space(line.ns).set(line.key, { value: line.value, ...(line.exp !== undefined ? { expiresAt: line.exp } : {}) });
-    else space(line.ns).delete(line.key);
-  };
-
-  // Replay; a torn last line (a crash mid-append) was never acknowledged, so it is dropped.
+  // Created here so the database (and its -wal and -shm files, which copy its mode) is private.
+  await (await open(file, 'a', 0o600)).close();
+  const writer = await startWriter(file, now());
+  let reader: EntryTable;
+  let readerDb: ReturnType<typeof openEntryDatabase>;
   try {
-    const text = await readFile(file, 'utf8');
-    for (const raw of text.split('\n')) {
-      if (!raw) continue;
-      try {
-        apply(JSON.parse(raw) as JournalLine);
-      } catch {
-        break;
-      }
-    }
+    readerDb = openEntryDatabase(file, 'reader');
+    reader = new EntryTable(readerDb);
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    await writer.terminate();
+    throw new StateUnavailable(`cannot open state database ${file}: ${(error as Error).message}`);
   }
 
-  const live = (entry: Entry | undefined): entry is Entry => entry !== undefined && (entry.expiresAt === undefined || entry.expiresAt > now());
+  let failure: StateUnavailable | undefined;
+  let closed = false;
+  /** The last write failed (e.g. a full disk): not ready until one succeeds. */
+  let writesFailing = false;
+  let nextId = 0;
+  const pending = new Map<number, { resolve: (value: unknown) => void; reject: (error: Error) => void }>();
+  // The writer keeps the process alive only while a change waits for it.
+  writer.unref();
 
-  /** Rewrites the journal as a snapshot of live entries (atomic rename). */
-  async function snapshot(): Promise<void> {
-    const lines: string[] = [];
-    for (const [ns, map] of data) {
-      for (const [key, entry] of map) {
-        if (live(entry)) lines.push(JSON.stringify({ op: 'set', ns, key, value: entry.value, ...(entry.expiresAt !== undefined ? { exp: entry.expiresAt } : {}) }));
-        else map.delete(key);
-      }
+  const fail = (error: StateUnavailable) => {
+    failure ??= error;
+    for (const waiter of pending.values()) waiter.reject(failure);
+    pending.clear();
+  };
+  writer.on('message', (replies: WriteReply[]) => {
+    for (const reply of replies) {
+      const waiter = pending.get(reply.id);
+      if (!waiter) continue;
+      pending.delete(reply.id);
+      writesFailing = !reply.ok;
+      if (reply.ok) waiter.resolve(reply.value);
+      else waiter.reject(new StateUnavailable(reply.message));
     }
-    const tmp = `${file}.${process.pid}.tmp`;
-    await writeFile(tmp, lines.length ? `${lines.join('\n')}\n` : '', { mode: 0o600 });
-    await rename(tmp, file);
-    journalLines = lines.length;
-  }
+    if (pending.size === 0) writer.unref();
+  });
+  const exited = new Promise<void>((resolve) => writer.once('exit', () => resolve()));
+  writer.on('error', (error) => fail(new StateUnavailable(`state writer failed: ${error.message}`)));
+  writer.on('exit', (code) => fail(new StateUnavailable(closed ? 'the state store is closed' : `the state writer exited with code ${code}`)));
 
-  let journalLines = 0;
-  await snapshot();
-  let handle: FileHandle = await open(file, 'a', 0o600);
-  let failure: Error | undefined;
-  let queue: { line: JournalLine; resolve: () => void; reject: (e: Error) => void }[] = [];
-  let writing = false;
-
-  async function flush(): Promise<void> {
-    writing = true;
-    while (queue.length) {
-      const batch = queue;
-      queue = [];
-      try {
-        if (failure) throw failure;
-        await handle.write(batch.map((b) => `${JSON.stringify(b.line)}\n`).join(''));
-        await handle.datasync();
-        journalLines += batch.length;
-        batch.forEach((b) => b.resolve());
-      } catch (error) {
-        failure ??= new StateUnavailable(`state journal unavailable: ${(error as Error).message}`);
-        batch.forEach((b) => b.reject(failure!));
-      }
-    }
-    if (journalLines > COMPACT_AFTER_LINES && !failure) {
-      await handle.close();
-      await snapshot();
-      handle = await open(file, 'a', 0o600);
-    }
-    writing = false;
-    // Writes made while the journal was compacted queued behind it: flush them now, or they would wait forever.
-    if (queue.length) void flush();
-  }
-
-  /** Applies in memory at once (so concurrent callers see it), then waits for durability. */
-  function persist(line: JournalLine): Promise<void> {
+  function write<T>(change: Change): Promise<T> {
     if (failure) return Promise.reject(failure);
-    apply(line);
-    return new Promise((resolve, reject) => {
-      queue.push({ line, resolve, reject });
-      if (writing) return;
-      writing = true;
-      // Mutations made in the same event-loop turn share one write and one sync (group commit):
-      // a flow's new segment and the core that lists it cost one fdatasync, not two.
-      setImmediate(() => void flush());
+    if (closed) return Promise.reject(new StateUnavailable('the state store is closed'));
+    const id = ++nextId;
+    return new Promise<T>((resolve, reject) => {
+      pending.set(id, { resolve: resolve as (value: unknown) => void, reject });
+      writer.ref();
+      writer.postMessage({ ...change, id, now: now() } as WriterMessage);
     });
   }
 
-  const read = (ns: string, key: string) => {
-    const entry = data.get(ns)?.get(key);
-    return live(entry) ? entry : undefined;
+  function read<T>(query: (at: number) => T): T {
+    if (failure) throw failure;
+    if (closed) throw new StateUnavailable('the state store is closed');
+    try {
+      return query(now());
+    } catch (error) {
+      throw new StateUnavailable(`state database unavailable: ${(error as Error).message}`);
+    }
+  }
+
+  const expiry = (ttlMs: number | undefined) => {
+    const ttl = checkTtl(ttlMs);
+    return ttl === undefined ? undefined : now() + ttl;
   };
-  const setLine = (ns: string, key: string, value: string, ttlMs?: number): JournalLine => ({
-    op: 'set',
-    ns,
-    key,
-    value,
-    ...(ttlMs !== undefined ? { exp: now() + ttlMs } : {}),
-  });
 
   // Rate counters and slots live in memory only: a restart resets them, which is safe.
   const buckets = new Map<string, { tokens: number; at: number }>();
@@ -173,40 +169,46 @@ export async function openEmbeddedState(file: string, now: () => number = Date.n
       channels.on(channel, handler);
       return () => channels.off(channel, handler);
     },
-    async claim(ns, key, ttlMs) {
-      if (read(ns, key)) return false;
-      await persist(setLine(ns, key, '1', ttlMs));
-      return true;
+    claim(ns, key, ttlMs) {
+      return write<boolean>({ op: 'claim', ns, key, expiresAt: expiry(ttlMs)! });
     },
     async get(ns, key) {
-      if (failure) throw failure;
-      return read(ns, key)?.value;
+      return read((at) => reader.get(ns, key, at));
     },
     async set(ns, key, value, ttlMs) {
-      await persist(setLine(ns, key, value, ttlMs));
+      await write({ op: 'set', ns, key, value, expiresAt: expiry(ttlMs) });
     },
-    async delete(ns, key) {
-      const existed = read(ns, key) !== undefined;
-      if (existed) await persist({ op: 'del', ns, key });
-      return existed;
+    delete(ns, key) {
+      return write<boolean>({ op: 'delete', ns, key });
     },
-    async compareAndSet(ns, key, expected, next, ttlMs) {
-      if (read(ns, key)?.value !== expected) return false;
-      await persist(setLine(ns, key, next, ttlMs));
-      return true;
+    compareAndSet(ns, key, expected, next, ttlMs) {
+      return write<boolean>({ op: 'compareAndSet', ns, key, expectAbsent: expected === undefined, expected: expected ?? '', next, expiresAt: expiry(ttlMs) });
     },
     async entries(ns) {
-      if (failure) throw failure;
-      const map = data.get(ns);
-      if (!map) return [];
-      return [...map].filter(([, entry]) => live(entry)).map(([key, entry]) => [key, entry.value]);
+      return read((at) => reader.entries(ns, at));
+    },
+    setWithinQuota(ns, key, value, quota) {
+      return write<QuotaOutcome>({ op: 'setWithinQuota', ns, key, value, quota });
+    },
+    deleteWithinQuota(ns, key) {
+      return write<boolean>({ op: 'deleteWithinQuota', ns, key });
     },
     async ready() {
-      return failure === undefined;
+      if (failure || closed || writesFailing) return false;
+      try {
+        return read(() => readerDb.prepare('SELECT 1 AS ok').get()) !== undefined;
+      } catch {
+        return false;
+      }
     },
     async close() {
-      while (writing || queue.length) await new Promise((r) => setTimeout(r, 5));
-      await handle.close();
+      if (closed) return;
+      closed = true;
+      // A writer that already died has nothing left to commit; otherwise it commits what it holds, then exits.
+      writer.ref();
+      writer.postMessage({ op: 'close' } satisfies WriterMessage);
+      await exited;
+      readerDb.close();
     },
   };
 }

@@ -22,6 +22,7 @@
  *
  * Keys (P = the configured prefix, enc() below makes any string safe):
  *   P kv:<len>:<enc(ns)>:<enc(key)>   string values, TTL as PX    (claim/get/set/delete/compareAndSet/entries)
+ *   P quota:<len>:<enc(ns)>           hash {keys, bytes}: usage of a namespace under a quota (setWithinQuota/deleteWithinQuota)
  *   P bucket:<enc(key)>               hash {tokens, at}           (takeTokens)
  *   P slots:<enc(key)>                sorted set slot → expiry ms (acquireSlot/releaseSlot)
  *   P ch:<channel>                    pub/sub channel              (publish/subscribe)
@@ -32,6 +33,7 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
+import { checkTtl, decode, encode, entryBytes } from './encoding.ts';
 import { StateUnavailable, type StateStore } from './store.ts';
 
 export interface RedisStateOptions {
@@ -116,33 +118,68 @@ redis.call('PEXPIRE', KEYS[1], math.max(1, tonumber(last[2]) - now + 1000))
 return 1
 `;
 
+/**
+ * A write within a namespace's quota. KEYS[1] value key, KEYS[2] usage hash;
+ * ARGV: key bytes, value, maxKeys, maxBytes. Returns {-1} while the usage is
+ * not counted yet (the caller counts it, then retries), else
+ * {stored (0|1), exceeded ('' | 'keys' | 'bytes'), keys, bytes}.
+ */
+const SET_WITHIN_QUOTA = `
+if redis.call('EXISTS', KEYS[2]) == 0 then return {-1} end
+local keys = tonumber(redis.call('HGET', KEYS[2], 'keys'))
+local bytes = tonumber(redis.call('HGET', KEYS[2], 'bytes'))
+local keyBytes = tonumber(ARGV[1])
+local newKeys = keys + 1
+local newBytes = bytes + keyBytes + string.len(ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  newKeys = keys
+  newBytes = newBytes - keyBytes - redis.call('STRLEN', KEYS[1])
+end
+if newKeys > tonumber(ARGV[3]) then return {0, 'keys', keys, bytes} end
+if newBytes > tonumber(ARGV[4]) then return {0, 'bytes', keys, bytes} end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[2], 'keys', newKeys, 'bytes', newBytes)
+return {1, '', newKeys, newBytes}
+`;
+
+/** A delete within a namespace's quota. KEYS and the {-1} answer as above; ARGV: key bytes. Returns {1} when the key existed, else {0}. */
+const DELETE_WITHIN_QUOTA = `
+if redis.call('EXISTS', KEYS[2]) == 0 then return {-1} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+local freed = tonumber(ARGV[1]) + redis.call('STRLEN', KEYS[1])
+redis.call('DEL', KEYS[1])
+redis.call('HINCRBY', KEYS[2], 'keys', -1)
+redis.call('HINCRBY', KEYS[2], 'bytes', -freed)
+return {1}
+`;
+
+/**
+ * Records a namespace's usage counted by a replica, unless another replica
+ * already did. KEYS[1] usage hash; ARGV: keys, bytes. While no usage exists
+ * no quota write can happen, so the count the caller made is still true.
+ */
+const COUNT_USAGE = `
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'keys', ARGV[1], 'bytes', ARGV[2])
+return 1
+`;
+
 interface Script {
   source: string;
   sha: string;
 }
 const script = (source: string): Script => ({ source, sha: createHash('sha1').update(source).digest('hex') });
-const SCRIPTS = { compareAndSet: script(COMPARE_AND_SET), takeTokens: script(TAKE_TOKENS), acquireSlot: script(ACQUIRE_SLOT) };
-
-/**
- * A string as a Redis key part: itself when well-formed and not starting with NUL,
- * else NUL + its JSON form (lone surrogates would otherwise all become U+FFFD in UTF-8
- * and collide). Injective, and `decode` inverts it.
- */
-function encode(part: string): string {
-  return part.isWellFormed() && !part.startsWith('\0') ? part : `\0${JSON.stringify(part)}`;
-}
-function decode(part: string): string {
-  return part.startsWith('\0') ? (JSON.parse(part.slice(1)) as string) : part;
-}
+const SCRIPTS = {
+  compareAndSet: script(COMPARE_AND_SET),
+  takeTokens: script(TAKE_TOKENS),
+  acquireSlot: script(ACQUIRE_SLOT),
+  setWithinQuota: script(SET_WITHIN_QUOTA),
+  deleteWithinQuota: script(DELETE_WITHIN_QUOTA),
+  countUsage: script(COUNT_USAGE),
+};
 
 /** Escapes glob characters for SCAN MATCH. */
 const globEscape = (text: string) => text.replace(/[*?[\]\\]/g, '\\$&');
-
-function checkTtl(ttlMs: number | undefined): number | undefined {
-  if (ttlMs === undefined) return undefined;
-  if (!Number.isFinite(ttlMs)) throw new RangeError(`state ttl must be a finite number of milliseconds, got ${ttlMs}`);
-  return Math.ceil(ttlMs);
-}
 
 function checkCount(name: string, value: number): void {
   if (!Number.isFinite(value) || value < 0) throw new RangeError(`${name} must be a finite, non-negative number, got ${value}`);
@@ -282,6 +319,54 @@ export async function openRedisState(options: RedisStateOptions): Promise<StateS
     return `${prefix}kv:${encoded.length}:${encoded}:`;
   };
   const kvKey = (ns: string, key: string) => `${nsPrefix(ns)}${encode(key)}`;
+  const usageKey = (ns: string) => {
+    const encoded = encode(ns);
+    return `${prefix}quota:${encoded.length}:${encoded}`;
+  };
+
+  /** Every live entry of a namespace: SCAN its keys, then MGET them in chunks. */
+  async function scanEntries(ns: string): Promise<[string, string][]> {
+    const start = nsPrefix(ns);
+    const keys = new Set<string>();
+    let cursor = '0';
+    do {
+      const [nextCursor, batch] = await client.scan(cursor, 'MATCH', `${globEscape(start)}*`, 'COUNT', 500);
+      cursor = nextCursor;
+      for (const key of batch) keys.add(key);
+    } while (cursor !== '0');
+    const list = [...keys];
+    const result: [string, string][] = [];
+    for (let i = 0; i < list.length; i += 500) {
+      const chunk = list.slice(i, i + 500);
+      const values = await client.mget(...chunk);
+      // A key that expired between SCAN and MGET is not live: skipped.
+      chunk.forEach((key, j) => {
+        const value = values[j];
+        if (value !== null && value !== undefined) result.push([decode(key.slice(start.length)), value]);
+      });
+    }
+    return result;
+  }
+
+  /**
+   * Runs a quota script; the first write to a namespace under a quota (or the
+   * first since entries were stored there without one) counts its usage first.
+   */
+  async function withinQuota(s: Script, ns: string, key: string, args: (string | number)[] = []): Promise<unknown[]> {
+    const keys = [kvKey(ns, key), usageKey(ns)];
+    const argv = [Buffer.byteLength(key), ...args];
+    let reply = (await run(s, keys, argv)) as unknown[];
+    if (reply[0] !== -1) return reply;
+    const counted = { keys: 0, bytes: 0 };
+    for (const [k, v] of await scanEntries(ns)) {
+      counted.keys += 1;
+      counted.bytes += entryBytes(k, v);
+    }
+    await run(SCRIPTS.countUsage, [usageKey(ns)], [counted.keys, counted.bytes]);
+    reply = (await run(s, keys, argv)) as unknown[];
+    if (reply[0] === -1) throw new StateUnavailable(`the usage of namespace ${ns} could not be counted`);
+    return reply;
+  }
 
   return {
     async claim(ns, key, ttlMs) {
@@ -314,28 +399,18 @@ export async function openRedisState(options: RedisStateOptions): Promise<StateS
       );
     },
     async entries(ns) {
-      const start = nsPrefix(ns);
+      return guard(() => scanEntries(ns));
+    },
+    async setWithinQuota(ns, key, value, quota) {
+      checkCount('maxKeys', quota.maxKeys);
+      checkCount('maxBytes', quota.maxBytes);
       return guard(async () => {
-        const keys = new Set<string>();
-        let cursor = '0';
-        do {
-          const [nextCursor, batch] = await client.scan(cursor, 'MATCH', `${globEscape(start)}*`, 'COUNT', 500);
-          cursor = nextCursor;
-          for (const key of batch) keys.add(key);
-        } while (cursor !== '0');
-        const list = [...keys];
-        const result: [string, string][] = [];
-        for (let i = 0; i < list.length; i += 500) {
-          const chunk = list.slice(i, i + 500);
-          const values = await client.mget(...chunk);
-          // A key that expired between SCAN and MGET is not live: skipped.
-          chunk.forEach((key, j) => {
-            const value = values[j];
-            if (value !== null && value !== undefined) result.push([decode(key.slice(start.length)), value]);
-          });
-        }
-        return result;
+        const [stored, exceeded, keys, bytes] = (await withinQuota(SCRIPTS.setWithinQuota, ns, key, [value, quota.maxKeys, quota.maxBytes])) as [number, string, number, number];
+        return stored === 1 ? { stored: true, keys, bytes } : { stored: false, exceeded: exceeded === 'keys' ? 'keys' : 'bytes', keys, bytes };
       });
+    },
+    async deleteWithinQuota(ns, key) {
+      return guard(async () => (await withinQuota(SCRIPTS.deleteWithinQuota, ns, key))[0] === 1);
     },
     async takeTokens(key, bucket, cost = 1) {
       checkCount('capacity', bucket.capacity);

@@ -2,7 +2,7 @@
  * The state interface: everything that must be shared between requests,
  * survive a restart, and (with Redis) be shared between replicas: the jti
  * replay cache, revocations, pending approvals, rate counters, descriptor
- * pins, plugin key-value stores.
+ * pins, plugin key-value stores (namespaces kept within a quota).
  *
  * Operations are few and atomic, so both implementations (embedded file,
  * Redis) can make the same guarantees. Any failure throws; callers deny.
@@ -23,6 +23,17 @@ export interface StateStore {
   /** Every live entry of a namespace. */
   entries(namespace: string): Promise<[string, string][]>;
   /**
+   * Stores a value (no expiry) in a namespace kept within `quota`, atomically:
+   * refused, with nothing changed, when afterwards the namespace would hold more
+   * than `maxKeys` keys or more than `maxBytes` bytes (UTF-8 of every key and
+   * value). Replacing a key counts only the difference. A namespace under a
+   * quota is changed only through setWithinQuota and deleteWithinQuota (the
+   * store keeps its usage); get and entries read it as any other.
+   */
+  setWithinQuota(namespace: string, key: string, value: string, quota: Quota): Promise<QuotaOutcome>;
+  /** Removes a key from a namespace under a quota, freeing its share; true when it existed. */
+  deleteWithinQuota(namespace: string, key: string): Promise<boolean>;
+  /**
    * Token bucket `key`: takes `cost` tokens when available, atomically.
    * Counters are shared (across replicas with Redis) but need no durability.
    */
@@ -37,6 +48,16 @@ export interface StateStore {
   ready(): Promise<boolean>;
   close(): Promise<void>;
 }
+
+export interface Quota {
+  maxKeys: number;
+  maxBytes: number;
+}
+
+/** The namespace's usage after a stored write, or before a refused one. */
+export type QuotaOutcome =
+  | { stored: true; keys: number; bytes: number }
+  | { stored: false; exceeded: 'keys' | 'bytes'; keys: number; bytes: number };
 
 export class StateUnavailable extends Error {
   override readonly name = 'StateUnavailable';

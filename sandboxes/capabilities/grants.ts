@@ -13,7 +13,7 @@
  * here (the sandbox process is not trusted to have done it).
  *
  * @example
- *   const grants = resolveGrants(manifest, { fetch: { origins: ['https://api.example.com'] }, log: true }, kv);
+ *   const grants = resolveGrants(manifest, { fetch: { origins: ['https://api.example.com'] }, kv: true, log: true }, { store: state, owner: 'http-get' });
  *   const caps = new CallCapabilities(grants, 'http-get', log);
  *   const reply = await caps.handle('{"cap":"fetch","url":"https://api.example.com/"}', signal);
  */
@@ -43,7 +43,18 @@ export interface EffectiveGrants {
   refused: CapabilityName[];
 }
 
-export function resolveGrants(manifest: PluginManifest, grants: HostGrants, store: KeyValueStore = new MemoryKeyValueStore()): EffectiveGrants {
+/** Where a granted kv lives: the store, and the operator's name for the plugin, which keys its namespace. */
+export interface KvHome {
+  store?: KeyValueStore | undefined;
+  owner?: string | undefined;
+}
+
+/**
+ * Throws when kv is granted to a plugin the operator has not named: its
+ * namespace must come from the operator, never from the manifest, which
+ * anyone can make say another plugin's name.
+ */
+export function resolveGrants(manifest: PluginManifest, grants: HostGrants, kv: KvHome = {}): EffectiveGrants {
   const asked = manifest.capabilities;
   const refused: CapabilityName[] = [];
   const effective: EffectiveGrants = { log: false, maxCapabilityCalls: grants.maxCapabilityCalls ?? 64, refused };
@@ -52,8 +63,14 @@ export function resolveGrants(manifest: PluginManifest, grants: HostGrants, stor
     else refused.push('fetch');
   }
   if (asked.kv) {
-    if (grants.kv) effective.kv = kvPolicy(store, grants.kv === true ? {} : grants.kv);
-    else refused.push('kv');
+    if (grants.kv) {
+      if (kv.owner === undefined) {
+        throw new Error('kv is granted but the plugin has no configured name: its store is keyed by the name the operator gives it (plugins[].name), never by the name in its manifest');
+      }
+      effective.kv = kvPolicy(kv.store ?? new MemoryKeyValueStore(), kv.owner, grants.kv === true ? {} : grants.kv);
+    } else {
+      refused.push('kv');
+    }
   }
   if (asked.log) {
     if (grants.log) effective.log = true;
@@ -157,7 +174,7 @@ export class CallCapabilities {
         return hostFetch(request, this.grants.fetch, signal, this.uses);
       case 'kv':
         if (!this.grants.kv) this.refuse(request, 'kv is not granted to this plugin');
-        return kvOperation(this.grants.kv, this.plugin, request, signal, this.uses);
+        return kvOperation(this.grants.kv, request, signal, this.uses);
       case 'log':
         if (!this.grants.log) this.refuse(request, 'log is not granted to this plugin');
         pluginLog(this.log, this.plugin, request, this.uses);

@@ -26,7 +26,7 @@ let audit: AuditEvent[];
 
 beforeEach(async () => {
   dir = await mkdtemp(path.join(tmpdir(), 'bastion-desk-'));
-  state = await openEmbeddedState(path.join(dir, 'state.jsonl'));
+  state = await openEmbeddedState(path.join(dir, 'state.db'));
   const pair = await generateKeyPair('EdDSA', { crv: 'Ed25519', extractable: true });
   key = { ...(await exportJWK(pair.privateKey)), alg: 'EdDSA', kid: 'broker' };
   publicKey = pair.publicKey;

@@ -50,6 +50,27 @@ describe('approval page in Chromium', () => {
     await expect.poll(() => page.textContent('#who')).toContain('approver:browser');
   });
 
+  it('says why a sign-in link opened a second time does not work, and what to do', async () => {
+    const key = t.broker.devKey!;
+    const link = `${new URL(t.url).origin}/approvals#token=${await approverToken(key.privateJwk, key.issuer, t.door.resource, 'approver:twice')}`;
+    // Each visit in its own browser context: no session cookie carries over.
+    const first = await browser.newContext();
+    const firstPage = await first.newPage();
+    await firstPage.goto(link);
+    await firstPage.waitForSelector('#queue:not([hidden])');
+    await first.close();
+    const second = await browser.newContext();
+    const again = await second.newPage();
+    await again.goto(link);
+    await again.waitForSelector('#signin:not([hidden])');
+    await expect.poll(() => again.textContent('#signin-error')).toContain('this sign-in link was already used');
+    expect(await again.textContent('#signin-error')).toContain('ask for a new one');
+    expect(again.url()).not.toContain('token=');
+    expect(await again.isHidden('#queue')).toBe(true);
+    await again.screenshot({ path: path.join(ARTIFACTS, '0-link-already-used.png') });
+    await second.close();
+  });
+
   it('shows a new call live, without a reload, and approving it returns the result to the agent', async () => {
     await page.evaluate('window.marker = 42');
     const { result } = await startWipe('agent:browser-ok', { reason_for_wipe: 'cleanup', long: 'x'.repeat(2000) });

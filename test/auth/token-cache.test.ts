@@ -31,7 +31,7 @@ let state: StateStore;
 beforeAll(async () => {
   dir = await mkdtemp(path.join(tmpdir(), 'bastion-token-cache-'));
   key = await generateSigningKey();
-  state = await openEmbeddedState(path.join(dir, 'state.jsonl'));
+  state = await openEmbeddedState(path.join(dir, 'state.db'));
 });
 afterAll(async () => {
   await state?.close();
@@ -68,6 +68,30 @@ describe('hits', () => {
     expect(Object.isFrozen(first)).toBe(true);
     expect(Object.isFrozen(first.cap[0])).toBe(true);
     expect(first.tokenHash).toMatch(/^sha256:[0-9a-f]{64}$/);
+  });
+
+  // One agent service, many sessions, one credential: requests of one turn present the same token together.
+  it('answers many requests presenting one remembered token at once from the cache, none verified afresh', async () => {
+    const verifier = verifierWith();
+    const t = await token({ sub: 'agent:shared' });
+    const first = await verifier.verify(t);
+    const together = await Promise.all(Array.from({ length: 16 }, () => verifier.verify(t)));
+    for (const principal of together) expect(principal).toBe(first);
+  });
+
+  it('verifies a new token presented by many requests at once once, for all of them', async () => {
+    const verifier = verifierWith();
+    const t = await token({ sub: 'agent:shared-cold' });
+    const together = await Promise.all(Array.from({ length: 16 }, () => verifier.verify(t)));
+    for (const principal of together) expect(principal).toBe(together[0]);
+    expect(await verifier.verify(t)).toBe(together[0]);
+  });
+
+  it('refuses every request of a bad token presented together, each with its code', async () => {
+    const verifier = verifierWith();
+    const forged = `${(await token()).slice(0, -4)}AAAA`;
+    const codes = await Promise.all(Array.from({ length: 4 }, () => codeOf(verifier.verify(forged))));
+    expect(codes).toEqual(Array(4).fill('BASTION_TOKEN_SIGNATURE_INVALID'));
   });
 
   it('is off with cacheEntries: 0', async () => {

@@ -31,7 +31,7 @@ let flows: FlowControl;
 
 beforeEach(async () => {
   dir = await mkdtemp(path.join(tmpdir(), 'bastion-flow-control-'));
-  state = await openEmbeddedState(path.join(dir, 'state.jsonl'));
+  state = await openEmbeddedState(path.join(dir, 'state.db'));
   flows = new FlowControl({ state, settings: SETTINGS, delegationIssuer: 'urn:bastion:delegation', log: createLogger('silent') });
   await flows.start();
 });

@@ -176,7 +176,7 @@ describe('what one flow holds', () => {
 
   it('merges the oldest segments past MAX_SEGMENTS, keeps every unit with its source, and deletes what it replaced', async () => {
     const dir = await mkdtemp(path.join(tmpdir(), 'bastion-flow-store-'));
-    const state = await openEmbeddedState(path.join(dir, 'state.jsonl'));
+    const state = await openEmbeddedState(path.join(dir, 'state.db'));
     try {
       const store = new FlowStore({ state, retentionMs: 3_600_000, limits: { maxSources: 8, maxUnits: 10_000 } });
       for (let i = 0; i < 3 * MAX_SEGMENTS; i++) await store.commit('k', [{ kind: 'untrusted', source: i + 1, hashes: [i * 10, i * 10 + 1] }], (core) => core, now);

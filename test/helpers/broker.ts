@@ -25,6 +25,8 @@ export interface TestBroker {
   door: HttpFrontDoor;
   dir: string;
   url: string;
+  /** performance.now() taken just before the front door started listening. */
+  listeningFrom: number;
   /** Signs a token with the broker's dev key; defaults make a valid one. */
   mint(options?: { sub?: string; cap?: Capability[]; ttlMs?: number }): Promise<string>;
   /** A connected SDK client using `token` as its bearer token. */
@@ -65,6 +67,7 @@ export async function startTestBroker(overrides: Record<string, unknown> = {}): 
     ...overrides,
   });
   const broker = await createBroker(config, createLogger('silent'));
+  const listeningFrom = performance.now();
   const door = await startHttp(broker);
   const clients: Client[] = [];
   return {
@@ -72,6 +75,7 @@ export async function startTestBroker(overrides: Record<string, unknown> = {}): 
     door,
     dir,
     url: door.url,
+    listeningFrom,
     mint: ({ sub = 'agent:test', cap = [{ tool: 'rec__*' }], ttlMs = 300_000 } = {}) =>
       mintToken({ key: broker.devKey!.privateJwk, issuer: broker.devKey!.issuer, audience: door.resource, sub, cap, ttlMs }),
     async connect(token) {

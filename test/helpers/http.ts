@@ -33,13 +33,12 @@ export async function post(url: string, body: unknown, headers: Record<string, s
   return { status: response.status, headers: response.headers, json, text };
 }
 
+/** An initialize request as a raw client sends it. */
+export const INITIALIZE = { jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'raw', version: '1' } } };
+
 /** Opens a session with `token` and returns its id. */
 export async function openSession(url: string, token: string): Promise<string> {
-  const init = await post(
-    url,
-    { jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'raw', version: '1' } } },
-    { authorization: `Bearer ${token}` },
-  );
+  const init = await post(url, INITIALIZE, { authorization: `Bearer ${token}` });
   const sessionId = init.headers.get('mcp-session-id');
   if (init.status !== 200 || !sessionId) throw new Error(`initialize failed: ${init.status} ${init.text}`);
   await post(url, { jsonrpc: '2.0', method: 'notifications/initialized' }, { authorization: `Bearer ${token}`, 'mcp-session-id': sessionId });

@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { decodeJwt, decodeProtectedHeader } from 'jose';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseConfig } from '../../broker/config.ts';
@@ -14,7 +14,7 @@ import { forgeToken } from '../../broker/redteam/forge.ts';
 import { htmlReport, terminalReport } from '../../broker/redteam/report.ts';
 import { findingsOf, type CampaignResult, type ConfigurationResult } from '../../broker/redteam/run.ts';
 import { fillPlaceholders } from '../../broker/redteam/steps.ts';
-import { createRedteamIssuer } from '../../broker/redteam/target.ts';
+import { createRedteamIssuer, materializePlugins } from '../../broker/redteam/target.ts';
 import { defenseOf, quotaAllowance } from '../../broker/redteam/verdict.ts';
 
 describe('the shipped corpus', () => {
@@ -33,7 +33,9 @@ describe('the shipped corpus', () => {
       'result_injection',
       'secret_leak',
       'plugin_sandbox',
+      'plugin_overreach',
       'flood',
+      'session_exhaustion',
     ]) {
       expect(ids).toContain(id);
     }
@@ -62,7 +64,17 @@ describe('corpus format refusals', () => {
     expect(parsed.cases[0]!.steps[1]).toEqual({ call: { token: 'a', tool: 'rec__echo', arguments: { text: 'hi' } }, setup: false });
   });
 
+  it('accepts a repeated raw request judged by the live session count', () => {
+    const parsed = parseClassFile(
+      minimal(`  - id: c1\n    description: d\n    steps:\n      - raw: { body: { jsonrpc: "2.0", id: 1, method: initialize }, headers: { accept: application/json }, repeat: 40 }\n    success: { sessions_grew: {} }\n`),
+      'x.yaml',
+    );
+    expect(parsed.cases[0]!.steps[0]).toMatchObject({ raw: { repeat: 40, headers: { accept: 'application/json' } } });
+    expect(parsed.cases[0]!.success).toEqual({ sessions_grew: { min: 1 } });
+  });
+
   it.each([
+    ['a raw request repeated more than 1,000 times', `  - id: c1\n    description: d\n    steps: [{ raw: { body: {}, repeat: 1001 } }]\n    success: { sessions_grew: {} }\n`],
     ['an unknown step kind', `  - id: c1\n    description: d\n    steps: [{ shell: { cmd: id } }]\n    success: { upstream_called: { tool: t } }\n`],
     ['two kinds in one step', `  - id: c1\n    description: d\n    steps: [{ sleep: { ms: 1 }, list_tools: { token: a } }]\n    success: { upstream_called: { tool: t } }\n`],
     ['a missing success predicate', `  - id: c1\n    description: d\n    steps: [{ sleep: { ms: 1 } }]\n`],
@@ -80,6 +92,40 @@ describe('corpus format refusals', () => {
       minimal(`  - id: p1\n    description: d\n    steps: [{ install_plugin: { name: h, code: "tools.x = () => 1", tools: [{ name: x }] } }]\n    success: { broker_degraded: {} }\n`),
     );
     await expect(loadCorpus([dir])).rejects.toThrow(/requires: \[plugins\]/);
+  });
+
+  it('refuses kv granted to a plugin installed without a configured name (a configuration Bastion itself refuses)', () => {
+    expect(() =>
+      parseClassFile(
+        minimal(
+          `  - id: p1\n    description: d\n    requires: [plugins]\n    steps: [{ install_plugin: { name: h, manifest_name: other, grants: [kv], code: "tools.x = () => 1", tools: [{ name: x }] } }]\n    success: { broker_degraded: {} }\n`,
+        ),
+        'p.yaml',
+      ),
+    ).toThrow(/grants: a plugin configured without a name cannot be granted kv/);
+  });
+
+  it('writes each plugin out as the operator would configure it: its own name and grants, or, with manifest_name, no name and that name in the manifest', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'bastion-corpus-plugins-'));
+    try {
+      const code = 'tools.x = () => 1;';
+      const tools = [{ name: 'x', description: 'x' }];
+      const entries = await materializePlugins(
+        [
+          { name: 'victim', tools, code, capabilities: ['kv'], grants: ['kv'] },
+          { name: 'impostor', manifestName: 'victim', tools, code, capabilities: ['kv'] },
+        ],
+        dir,
+      );
+      expect(entries).toEqual([
+        { dir: path.join(dir, 'plugins/victim'), hash: expect.stringMatching(/^sha256:/), name: 'victim', grants: { kv: true } },
+        { dir: path.join(dir, 'plugins/impostor'), hash: expect.stringMatching(/^sha256:/), grants: {} },
+      ]);
+      const manifest = JSON.parse(await readFile(path.join(dir, 'plugins/impostor/plugin.json'), 'utf8')) as { name: string; capabilities: unknown };
+      expect(manifest).toMatchObject({ name: 'victim', capabilities: { kv: {} } });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('refuses two different plugins under one name (every plugin is installed on every broker)', async () => {
@@ -134,6 +180,7 @@ describe('verdict helpers', () => {
     expect(defenseOf({ stage: 'authenticate', code: 'BASTION_TOKEN_EXPIRED' })).toBe('tokens');
     expect(defenseOf({ stage: 'authorize', code: 'BASTION_DELEGATION_REFUSED' })).toBe('delegation');
     expect(defenseOf({ stage: 'resolve', code: 'BASTION_TOOL_QUARANTINED' })).toBe('pins');
+    expect(defenseOf({ stage: 'resolve', code: 'BASTION_PLUGIN_NAME_TAKEN' })).toBe('plugin_identity');
     expect(defenseOf({ stage: 'resolve', code: 'BASTION_TOOL_BLOCKED' })).toBe('filters');
     expect(defenseOf({ stage: 'limit', code: 'BASTION_RATE_LIMITED' })).toBe('quotas');
     expect(defenseOf({ stage: 'admit', code: 'BASTION_SESSION_INVALID' })).toBe('front_door');

@@ -117,6 +117,17 @@ describe('bastion redteam --quick against the default configuration', () => {
     for (const configuration of result.configurations) expect(rate('plugin_sandbox', configuration.name), configuration.name).toBe(0);
   });
 
+  it('stops the plugin overreach cases in every configuration: the impostor is never loaded (plugin_identity), the hoarder meets its kv quota (sandbox_limits)', () => {
+    expect(cell('plugin_overreach', 'full')).toMatchObject({ applicable: true, attempts: 2, successes: 0, rate: 0, errors: 0 });
+    const full = result.configurations.find((c) => c.name === 'full')!;
+    const byCase = Object.fromEntries(full.attempts.filter((a) => a.class === 'plugin_overreach').map((a) => [a.case, a]));
+    expect(byCase['plugin-identity-theft']).toMatchObject({ success: false, stopped_by: { defense: 'plugin_identity', stage: 'resolve', code: 'BASTION_PLUGIN_NAME_TAKEN' } });
+    expect(byCase['plugin-kv-quota-exhaustion']).toMatchObject({ success: false, stopped_by: { defense: 'sandbox_limits', stage: 'execute', code: 'SANDBOX_CAPABILITY_DENIED' } });
+    // Both plugins of the theft were installed; the impostor was refused at load, not missing.
+    expect(byCase['plugin-identity-theft']!.steps.filter((s) => s.kind === 'install_plugin' && s.ok)).toHaveLength(2);
+    for (const configuration of result.configurations) expect(rate('plugin_overreach', configuration.name), configuration.name).toBe(0);
+  });
+
   it('lets no attack through with every defense on, and exits 0', () => {
     const through = result.configurations.find((c) => c.name === 'full')!.attempts.filter((a) => a.success).map((a) => `${a.case}: ${a.evidence}`);
     expect(through).toEqual([]);
@@ -141,7 +152,11 @@ describe('bastion redteam --quick against the default configuration', () => {
     expect(stoppers('result_injection')).toContain('filters (flagged');
     expect(stoppers('flood')).toContain('quotas (BASTION_RATE_LIMITED)');
     expect(stoppers('payload_bomb')).toContain('front_door (BASTION_REQUEST_INVALID)');
+    // Refused at the door before any session work, so the broker's live session count stays put.
+    expect(stoppers('session_exhaustion')).toBe('front_door (BASTION_REQUEST_INVALID)');
+    for (const attempt of full.attempts.filter((a) => a.class === 'session_exhaustion')) expect(attempt.evidence, attempt.case).toMatch(/live sessions before the attempt and \d+ after it \(\+0\)/);
     expect(stoppers('plugin_sandbox')).toMatch(/^(sandbox_limits \(SANDBOX_[A-Z_]+\) ?)+$/);
+    expect(Object.keys(cell('plugin_overreach', 'full')!.stopped_by).sort()).toEqual(['plugin_identity (BASTION_PLUGIN_NAME_TAKEN)', 'sandbox_limits (SANDBOX_CAPABILITY_DENIED)']);
   });
 
   it('shows each defense stopping the classes it exists for: switch it off and they get through', () => {

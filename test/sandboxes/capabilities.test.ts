@@ -5,9 +5,14 @@
  * named the address), with size and time caps; kv is namespaced per plugin;
  * log lands in the broker's logger under the plugin's name.
  */
+import { mkdtemp, rm } from 'node:fs/promises';
 import http from 'node:http';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openEmbeddedState } from '../../broker/state/embedded.ts';
+import type { StateStore } from '../../broker/state/store.ts';
 import { isPublicAddress } from '../../sandboxes/capabilities/fetch.ts';
 import { MemoryKeyValueStore } from '../../sandboxes/capabilities/kv.ts';
 import type { CapabilityUse } from '../../sandboxes/capabilities/uses.ts';
@@ -255,7 +260,7 @@ describe('the per-call cap on capability uses', () => {
   });
 
   it('counts requests the host cannot parse', async () => {
-    const host = await plugin([allowedOrigin], { grants: { kv: true, maxCapabilityCalls: 5 } }, { cpu_ms: 5000, wall_ms: 10_000 });
+    const host = await plugin([allowedOrigin], { name: 'invalid-flood', grants: { kv: true, maxCapabilityCalls: 5 } }, { cpu_ms: 5000, wall_ms: 10_000 });
     const result = await attack(host, 'invalid_flood', { n: 1000 });
     expect(sandboxCode(result)).toBe('SANDBOX_CAPABILITY_DENIED');
     const uses = capabilityUsesOf(result);
@@ -265,7 +270,19 @@ describe('the per-call cap on capability uses', () => {
 });
 
 describe('kv', () => {
-  it('is namespaced per plugin', async () => {
+  let stateDir: string;
+  let state: StateStore;
+  beforeAll(async () => {
+    stateDir = await mkdtemp(path.join(tmpdir(), 'bastion-kv-'));
+    state = await openEmbeddedState(path.join(stateDir, 'state.db'));
+  });
+  afterAll(async () => {
+    await state?.close();
+    await rm(stateDir, { recursive: true, force: true });
+  });
+  const big = 'x'.repeat(60_000);
+
+  it('is namespaced per plugin, by the name the operator gave it', async () => {
     const store = new MemoryKeyValueStore();
     const alpha = await plugin([allowedOrigin], { name: 'alpha', kv: store, grants: { kv: true } });
     const beta = await plugin([allowedOrigin], { name: 'beta', kv: store, grants: { kv: true } });
@@ -276,6 +293,54 @@ describe('kv', () => {
     expect(await store.get('plugin:beta', 'k')).toBeUndefined();
     const uses = capabilityUsesOf(await attack(beta, 'kv_get'));
     expect(uses).toEqual([{ cap: 'kv', op: 'get', key: 'k', outcome: 'ok' } satisfies CapabilityUse]);
+  });
+
+  it("never takes its namespace from the manifest: a plugin granted kv without an operator's name is not loaded", async () => {
+    // The hostile manifest says "hostile"; a store keyed by that would be anyone's who writes that name in a manifest.
+    const copy = await pluginCopy(HOSTILE_DIR);
+    const host = new PluginHost({ log, dir: copy.dir, hash: copy.hash, pool, kv: state, grants: { kv: true } });
+    started.push(host);
+    await host.start();
+    expect(host.status).toBe('down');
+    expect(host.lastError).toMatch(/kv is granted but the plugin has no configured name/);
+  });
+
+  it('keeps a plugin within max_bytes (default 1 MiB): writes past it are refused, recorded as denied, and store nothing', async () => {
+    const host = await plugin([allowedOrigin], { name: 'hoarder', kv: state, grants: { kv: true } });
+    // Each entry is "fill-N" plus 60,002 bytes of JSON: 17 fit in 1 MiB, the 18th does not.
+    const result = await attack(host, 'kv_fill', { n: 20, value: big });
+    const outcomes = valueOf(result) as string[];
+    expect(outcomes.slice(0, 17)).toEqual(Array(17).fill('ok'));
+    for (const refusal of outcomes.slice(17)) expect(refusal).toMatch(/^kv: quota exceeded: storing "fill-\d+" would take this plugin's store past 1048576 bytes \(it holds 1020\d{3} bytes in 17 keys\)$/);
+    const uses = capabilityUsesOf(result);
+    expect(uses.map((use) => use.outcome)).toEqual([...Array(17).fill('ok'), 'denied', 'denied', 'denied']);
+    expect(uses[17]).toMatchObject({ cap: 'kv', op: 'set', key: 'fill-17', reason: expect.stringMatching(/quota exceeded/) });
+    const stored = await state.entries('plugin:hoarder');
+    expect(stored).toHaveLength(17);
+    expect(stored.reduce((sum, [key, value]) => sum + Buffer.byteLength(key) + Buffer.byteLength(value), 0)).toBeLessThanOrEqual(1024 * 1024);
+    // Across calls too: the quota is the plugin's, not the call's.
+    expect(valueOf(await attack(host, 'kv_fill', { n: 1, value: big }))).toEqual(['ok']);
+    expect((valueOf(await attack(host, 'kv_fill', { n: 18, value: big })) as string[])[17]).toMatch(/quota exceeded/);
+  });
+
+  it('keeps a plugin within max_keys; deleting frees a place; overwriting a key it holds is allowed at the limit', async () => {
+    const host = await plugin([allowedOrigin], { name: 'many-keys', kv: state, grants: { kv: { maxKeys: 3 } } });
+    const first = valueOf(await attack(host, 'kv_fill', { n: 4, value: 1 })) as string[];
+    expect(first.slice(0, 3)).toEqual(['ok', 'ok', 'ok']);
+    expect(first[3]).toBe('kv: quota exceeded: this plugin may keep at most 3 keys (it holds 3)');
+    expect(valueOf(await attack(host, 'kv_fill', { n: 3, value: 2 }))).toEqual(['ok', 'ok', 'ok']);
+    expect(valueOf(await attack(host, 'kv_delete', { value: 'fill-0' }))).toBe('deleted');
+    expect(valueOf(await attack(host, 'kv_set', { value: 'in the freed place' }))).toBe('set');
+    expect((await state.entries('plugin:many-keys')).map(([key]) => key).sort()).toEqual(['fill-1', 'fill-2', 'k']);
+  });
+
+  it('refuses a key or a value over its size cap, before the store', async () => {
+    const host = await plugin([allowedOrigin], { name: 'sized', kv: state, grants: { kv: { maxValueBytes: 100 } } });
+    const result = await attack(host, 'kv_set', { value: 'y'.repeat(101) });
+    expect(sandboxCode(result)).toBe('SANDBOX_CAPABILITY_DENIED');
+    expect(textOf(result)).toMatch(/kv: value larger than 100 bytes/);
+    expect(capabilityUsesOf(result)).toEqual([expect.objectContaining({ cap: 'kv', op: 'set', outcome: 'denied' })]);
+    expect(await state.entries('plugin:sized')).toEqual([]);
   });
 
   it('is refused when the operator did not grant it', async () => {

@@ -19,7 +19,7 @@ const attack = (name: string, extra: Record<string, unknown> = {}) => host.callT
 
 beforeAll(async () => {
   pool = new SandboxPool({ log, size: 2 });
-  host = new PluginHost({ dir: HOSTILE_DIR, hash: await pluginHash(HOSTILE_DIR), pool, log, grants: { kv: true, log: true } });
+  host = new PluginHost({ dir: HOSTILE_DIR, hash: await pluginHash(HOSTILE_DIR), pool, log, name: 'hostile', grants: { kv: true, log: true } });
   await host.start();
   expect(host.lastError).toBeUndefined();
   expect(host.status).toBe('ready');

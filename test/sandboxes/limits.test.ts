@@ -32,7 +32,7 @@ const attack = (name: string, extra: Record<string, unknown> = {}, signal?: Abor
 
 beforeAll(async () => {
   pool = new SandboxPool({ log, size: 2, cancelGraceMs: 300, testHooks: true });
-  host = new PluginHost({ dir: HOSTILE_DIR, hash: await pluginHash(HOSTILE_DIR), pool, log, grants: { kv: true } });
+  host = new PluginHost({ dir: HOSTILE_DIR, hash: await pluginHash(HOSTILE_DIR), pool, log, name: 'hostile', grants: { kv: true } });
   const textUtils = `${EXAMPLES_DIR}text-utils`;
   bystander = new PluginHost({ dir: textUtils, hash: await pluginHash(textUtils), pool, log });
   const roomyCopy = await pluginCopy(HOSTILE_DIR, (m) => {

@@ -7,6 +7,7 @@
  */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -90,6 +91,27 @@ describe('malformed requests (default broker)', () => {
     const response = await post(t.url, [1, 2, 3], { authorization: `Bearer ${token}` });
     expect(response.status).toBe(400);
     expect(response.json).toMatchObject({ jsonrpc: '2.0', error: { code: -32600 } });
+  });
+
+  // JSON-RPC batches are not part of MCP 2025-11-25; an empty one used to get 202 on a live session.
+  it('any JSON array on a live session → 400 with a JSON-RPC error, audited, nothing run', async () => {
+    const before = (await t.upstreamCalls()).length;
+    const auditBefore = (await t.auditRecords()).length;
+    for (const batch of [[], [toolCall('rec__echo', { text: 'batched' })], [{ jsonrpc: '2.0', method: 'notifications/initialized' }]]) {
+      const response = await post(t.url, batch, auth());
+      expect(response.status, JSON.stringify(batch)).toBe(400);
+      expect(response.json).toMatchObject({
+        jsonrpc: '2.0',
+        id: null,
+        error: { code: -32600, message: expect.stringContaining('batches are not supported'), data: { stage: 'admit', code: 'BASTION_REQUEST_INVALID' } },
+      });
+    }
+    expect((await t.upstreamCalls()).length).toBe(before);
+    const records = (await t.auditRecords()).slice(auditBefore);
+    expect(records).toHaveLength(3);
+    for (const record of records) expect(record).toMatchObject({ outcome: 'denied', principal: { sub: 'agent:robust' }, denial: { stage: 'admit', code: 'BASTION_REQUEST_INVALID' } });
+    expect(records[1]?.tool).toBe('rec__echo');
+    await stillServing('after-batches');
   });
 
   it('a JSON scalar body → 4xx with a JSON-RPC error', async () => {
@@ -402,5 +424,71 @@ describe('an upstream whose result is nested 10,000 levels deep', () => {
 
     // And the broker keeps serving the same session.
     expect((await client.listTools()).tools.map((tool) => tool.name)).toEqual(['deep__deep']);
+  });
+});
+
+/**
+ * Writes an HTTP request to a raw socket a little at a time, as a slow
+ * client does (only the headers, or the headers and then a body that never
+ * ends), until the server closes the connection.
+ */
+function dripRequest(url: string, what: 'headers' | 'body'): { closed: Promise<string> } {
+  const { hostname, port } = new URL(url);
+  const socket = connect(Number(port), hostname);
+  let received = '';
+  socket.setEncoding('utf8');
+  socket.on('data', (chunk: string) => (received += chunk));
+  socket.on('error', () => undefined); // a reset after the server's answer is the end we wait for
+  const drip = setInterval(() => {
+    if (!socket.destroyed) socket.write(what === 'headers' ? 'X-Slow: a\r\n' : '{');
+  }, 100);
+  socket.once('connect', () => {
+    socket.write(`POST /mcp HTTP/1.1\r\nHost: ${hostname}:${port}\r\nContent-Type: application/json\r\n`);
+    if (what === 'body') socket.write('Content-Length: 1000000\r\n\r\n');
+  });
+  const closed = new Promise<string>((resolve) => {
+    socket.once('close', () => {
+      clearInterval(drip);
+      resolve(received);
+    });
+  });
+  return { closed };
+}
+
+describe('slow clients', () => {
+  // Node enforces request and header timeouts only when it sweeps its connections, by default every
+  // 30 s from the moment the server listens: before the fix no connection could be cut earlier than
+  // 30 s after listening, whatever the timeouts said. With a 2 s request_timeout the sweep now runs
+  // every 200 ms, so the cut comes about 2 s after the client started. The bound below sits between:
+  // far above what a loaded machine adds to 2 s, and below the 30 s the old sweep could never beat.
+  const BOUND_MS = 25_000;
+  let t: TestBroker;
+
+  beforeAll(async () => {
+    t = await startTestBroker({ server: { port: 0, request_timeout: '2s' } });
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  it('a client dripping its headers, and one dripping its body, are cut off with 408 long before the old 30 s sweep', async () => {
+    const clients = [dripRequest(t.url, 'headers'), dripRequest(t.url, 'body')];
+    const deadline = t.listeningFrom + BOUND_MS;
+    const outcomes = await Promise.all(
+      clients.map((client) =>
+        Promise.race([
+          client.closed.then((received) => ({ closedBy: 'server', received })),
+          new Promise<{ closedBy: string; received: string }>((resolve) => setTimeout(() => resolve({ closedBy: 'nobody', received: '' }), Math.max(0, deadline - performance.now()))),
+        ]),
+      ),
+    );
+    for (const outcome of outcomes) {
+      expect(outcome.closedBy).toBe('server');
+      expect(outcome.received).toMatch(/^HTTP\/1\.1 408 /);
+    }
+    // The broker keeps serving.
+    const client = await t.connect(await t.mint({ sub: 'agent:after-slow' }));
+    const result = (await client.callTool({ name: 'rec__echo', arguments: { text: 'after slow clients' } })) as CallToolResult;
+    expect(result.content).toEqual([{ type: 'text', text: 'echo: after slow clients' }]);
   });
 });

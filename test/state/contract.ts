@@ -136,6 +136,50 @@ export function stateContract(name: string, target: () => ContractTarget): void 
       }
     });
 
+    it('setWithinQuota: refuses a write past maxKeys or maxBytes and changes nothing; replacing counts the difference; deleting frees', async () => {
+      const ns = fresh('quota');
+      const quota = { maxKeys: 2, maxBytes: 10 };
+      // Bytes are UTF-8 of key and value: "a" + "ü" is 3.
+      expect(await state.setWithinQuota(ns, 'a', 'ü', quota)).toEqual({ stored: true, keys: 1, bytes: 3 });
+      expect(await state.setWithinQuota(ns, 'b', '1234', quota)).toEqual({ stored: true, keys: 2, bytes: 8 });
+      expect(await state.setWithinQuota(ns, 'c', '', quota)).toEqual({ stored: false, exceeded: 'keys', keys: 2, bytes: 8 });
+      expect(await state.get(ns, 'c')).toBeUndefined();
+      // Replacing b (5 bytes) with 7 bytes: 10, within the quota; with 8 bytes: refused, b unchanged.
+      expect(await state.setWithinQuota(ns, 'b', '1234567', { maxKeys: 2, maxBytes: 11 })).toEqual({ stored: true, keys: 2, bytes: 11 });
+      expect(await state.setWithinQuota(ns, 'b', '12345678', { maxKeys: 2, maxBytes: 11 })).toEqual({ stored: false, exceeded: 'bytes', keys: 2, bytes: 11 });
+      expect(await state.get(ns, 'b')).toBe('1234567');
+      expect(await state.deleteWithinQuota(ns, 'b')).toBe(true);
+      expect(await state.deleteWithinQuota(ns, 'b')).toBe(false);
+      expect(await state.setWithinQuota(ns, 'c', 'x', quota)).toEqual({ stored: true, keys: 2, bytes: 5 });
+      expect((await state.entries(ns)).sort()).toEqual([
+        ['a', 'ü'],
+        ['c', 'x'],
+      ]);
+      // Namespaces are counted apart.
+      expect(await state.setWithinQuota(fresh('quota'), 'a', 'ü', quota)).toEqual({ stored: true, keys: 1, bytes: 3 });
+    });
+
+    it('setWithinQuota: concurrent writers never take a namespace past its quota', async () => {
+      const ns = fresh('quota-race');
+      const results = await Promise.all(Array.from({ length: 40 }, (_, i) => state.setWithinQuota(ns, `k${i}`, 'v', { maxKeys: 10, maxBytes: 1000 })));
+      expect(results.filter((r) => r.stored)).toHaveLength(10);
+      expect(await state.entries(ns)).toHaveLength(10);
+      const bytes = fresh('quota-race');
+      // Each entry is 10 bytes ("kN" + 8): 50 bytes hold 5 of them.
+      const sized = await Promise.all(Array.from({ length: 9 }, (_, i) => state.setWithinQuota(bytes, `k${i}`, '12345678', { maxKeys: 100, maxBytes: 50 })));
+      expect(sized.filter((r) => r.stored)).toHaveLength(5);
+    });
+
+    it('setWithinQuota counts what a namespace already held before its first quota write', async () => {
+      const ns = fresh('quota-existing');
+      await state.set(ns, 'old1', 'v');
+      await state.set(ns, 'old2', 'v');
+      expect(await state.setWithinQuota(ns, 'new', 'v', { maxKeys: 3, maxBytes: 1000 })).toEqual({ stored: true, keys: 3, bytes: 14 });
+      expect(await state.setWithinQuota(ns, 'newer', 'v', { maxKeys: 3, maxBytes: 1000 })).toMatchObject({ stored: false, exceeded: 'keys' });
+      expect(await state.deleteWithinQuota(ns, 'old1')).toBe(true);
+      expect(await state.setWithinQuota(ns, 'newer', 'v', { maxKeys: 3, maxBytes: 1000 })).toEqual({ stored: true, keys: 3, bytes: 15 });
+    });
+
     it('takeTokens: a bucket allows its capacity, then refuses; without refill never again', async () => {
       const key = fresh('bucket');
       const bucket = { capacity: 3, refillPerSecond: 0 };

@@ -47,6 +47,8 @@ const everyOperation = (state: StateStore): [string, () => Promise<unknown>][] =
   ['delete', () => state.delete('ns', 'k')],
   ['compareAndSet', () => state.compareAndSet('ns', 'k', undefined, 'v')],
   ['entries', () => state.entries('ns')],
+  ['setWithinQuota', () => state.setWithinQuota('plugin:x', 'k', 'v', { maxKeys: 10, maxBytes: 1000 })],
+  ['deleteWithinQuota', () => state.deleteWithinQuota('plugin:x', 'k')],
   ['takeTokens', () => state.takeTokens('rate', { capacity: 10, refillPerSecond: 1 })],
   ['acquireSlot', () => state.acquireSlot('slots', 5, 60_000)],
   ['releaseSlot', () => state.releaseSlot('slots', 'x')],
@@ -98,6 +100,16 @@ describe('redis: two stores are two replicas sharing one Redis', () => {
     const results = await Promise.all(Array.from({ length: 100 }, (_, i) => (i % 2 ? a : b).compareAndSet('approvals', 'new', undefined, `by-${i}`)));
     expect(results.filter(Boolean)).toHaveLength(1);
     expect(await b.get('approvals', 'new')).toBe(`by-${results.indexOf(true)}`);
+  });
+
+  it('a quota is shared exactly: 10 keys allowed across both replicas out of 40, counted once however many replicas count it first', async () => {
+    // Entries stored before the namespace had a quota are counted by whichever replica writes first.
+    await a.set('plugin:shared', 'before', 'v');
+    const results = await Promise.all(Array.from({ length: 40 }, (_, i) => (i % 2 ? a : b).setWithinQuota('plugin:shared', `k${i}`, 'v', { maxKeys: 10, maxBytes: 10_000 })));
+    expect(results.filter((r) => r.stored)).toHaveLength(9);
+    expect(await b.entries('plugin:shared')).toHaveLength(10);
+    expect(await a.deleteWithinQuota('plugin:shared', 'before')).toBe(true);
+    expect(await b.setWithinQuota('plugin:shared', 'last', 'v', { maxKeys: 10, maxBytes: 10_000 })).toMatchObject({ stored: true, keys: 10 });
   });
 
   it('a token bucket is shared exactly: capacity 10, no refill → 10 allowed across both replicas out of 40', async () => {
@@ -154,6 +166,7 @@ describe('redis: two stores are two replicas sharing one Redis', () => {
       expect(await a.compareAndSet('ns', 'after-flush', undefined, 'v')).toBe(true);
       expect((await a.takeTokens('after-flush', { capacity: 1, refillPerSecond: 0 })).allowed).toBe(true);
       expect(await a.acquireSlot('after-flush', 1, 1000)).toBeTypeOf('string');
+      expect(await a.setWithinQuota('after-flush', 'k', 'v', { maxKeys: 1, maxBytes: 10 })).toMatchObject({ stored: true });
     } finally {
       admin.disconnect();
     }
@@ -167,6 +180,9 @@ describe('redis: two stores are two replicas sharing one Redis', () => {
       const pttl = await admin.pttl('shared:kv:14:ns:with:colons:key');
       expect(pttl).toBeGreaterThan(0);
       expect(pttl).toBeLessThanOrEqual(60_000);
+      await a.setWithinQuota('plugin:layout', 'key', 'value', { maxKeys: 5, maxBytes: 100 });
+      expect(await admin.hgetall('shared:quota:13:plugin:layout')).toEqual({ keys: '1', bytes: '8' });
+      expect(await admin.get('shared:kv:13:plugin:layout:key')).toBe('value');
       await a.takeTokens('layout', { capacity: 5, refillPerSecond: 1 });
       const bucket = await admin.hgetall('shared:bucket:layout');
       expect(Number(bucket.tokens)).toBe(4);

@@ -273,7 +273,7 @@ async function refresh() {
     state.history = history.calls;
     render();
   } catch (error) {
-    if (error.status === 401) showSignIn();
+    if (error.status === 401) showSignIn('Your session has ended: sign in again.');
   }
 }
 
@@ -283,30 +283,34 @@ function showSignIn(message = '') {
   $('signin-error').textContent = message;
 }
 
+/** Exchanges a token for a session; returns why it failed ('' when it worked). */
 async function signIn(token) {
   try {
     const session = await api('/approvals/login', { method: 'POST', body: JSON.stringify({ token }) });
     state.csrf = session.csrf;
-    return true;
+    return '';
   } catch (error) {
-    showSignIn(error.message);
-    return false;
+    const reason = `Sign-in failed: ${error.message || `HTTP ${error.status}`}`;
+    showSignIn(reason);
+    return reason;
   }
 }
 
 async function start() {
   // A sign-in link carries the token in the fragment, which never reaches the server or its logs.
   const fragment = new URLSearchParams(location.hash.slice(1));
+  let linkRefused = '';
   if (fragment.has('token')) {
     const token = fragment.get('token');
     history.replaceState(null, '', location.pathname);
-    await signIn(token);
+    linkRefused = await signIn(token);
   }
   let session;
   try {
     session = await api('/approvals/api/session');
   } catch {
-    showSignIn();
+    // No session: the sign-in form, still saying why the link did not work (e.g. it was already used).
+    showSignIn(linkRefused);
     return;
   }
   state.csrf = session.csrf;
@@ -327,7 +331,7 @@ async function start() {
 
 $('signin-form').addEventListener('submit', async (event) => {
   event.preventDefault();
-  if (await signIn($('signin-token').value.trim())) location.reload();
+  if ((await signIn($('signin-token').value.trim())) === '') location.reload();
 });
 
 document.addEventListener('keydown', (event) => {
