@@ -123,7 +123,9 @@ function permissivePolicy(real: PolicyEngine): PolicyEngine {
     reasons: ['policy switched off (ablation run)'],
     obligations: { redact: [], max_result_bytes: 16 * 1024 * 1024 },
   });
-  return { revision: 'ablation:no-policy', bundleRevision: real.bundleRevision, source: real.source, decide, decideTrusted: decide };
+  // Grants stay the real policy's: the ablation is about tool calls, not who gets a token.
+  const evaluateGrants = (input: unknown) => real.evaluateGrants(input);
+  return { revision: 'ablation:no-policy', bundleRevision: real.bundleRevision, source: real.source, decide, decideTrusted: decide, evaluateGrants };
 }
 
 /** Ablation only: believes a token's claims without verifying anything. */

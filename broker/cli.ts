@@ -89,7 +89,9 @@ token expires no later than the parent and records the chain in "act".
   'token revoke': `usage: bastion token revoke (--jti JTI --iss ISSUER | --sub SUBJECT) [--url BROKER] [--token ADMIN] [--config FILE]
 
 Revokes on a running broker (POST /admin/revoke), effective for the next
-request. Revoking a subject also stops every token delegated from it. The
+request. Revoking a subject also stops every token delegated from it, and
+its OAuth sign-ins: its next refresh is refused (ending that refresh-token
+family) and it cannot sign in again through the authorization server. The
 admin token needs the literal grant "bastion:revoke"; with the embedded
 default one is minted with the dev key when --token is not given.`,
   'approver token': `usage: bastion approver token --sub APPROVER [--role ROLE]... [--ttl DURATION] [--config FILE]
@@ -240,6 +242,15 @@ async function start(argv: string[]): Promise<void> {
         `Another approver: npm run bastion -- approver token --sub approver:you`,
       );
     }
+  }
+  const devIdp = door.identity?.devIdp;
+  if (devIdp) {
+    lines.push(
+      ``,
+      `OAuth sign-in (MCP clients that do OAuth: Claude Code, VS Code, the MCP Inspector): point the client at ${door.url};`,
+      `it signs in through your browser at the development IdP as user ${devIdp.user}, password ${devIdp.password}`,
+      `(group bastion-demo: the demo token's tools). Configure identity.upstream to use your organisation's IdP.`,
+    );
   }
   process.stdout.write(`${lines.join('\n')}\n\n`);
 

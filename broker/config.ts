@@ -19,6 +19,7 @@ import { DescriptorCheckConfigSchema } from './filters/descriptor.ts';
 import { ResultFilterConfigSchema } from './filters/result.ts';
 import { LimitsConfigSchema } from './limits.ts';
 import { ItemFlowSettingsSchema, ToolFlowSettingsSchema } from './flows/schema.ts';
+import { IdentityConfigSchema, resolveIdentityPaths } from './identity/config.ts';
 import { KV_DEFAULTS } from '../sandboxes/capabilities/kv.ts';
 import { refusedClaims } from './source-names.ts';
 
@@ -269,6 +270,8 @@ export const ConfigSchema = z.strictObject({
     })
     .prefault({}),
   policy: PolicyConfigSchema.prefault({}),
+  /** Bastion as the MCP authorization server, signing users in at the organisation's IdP (broker/identity/config.ts). */
+  identity: IdentityConfigSchema.prefault({}),
   audit: z
     .strictObject({
       /** Defaults to <state_dir>/audit.jsonl. */
@@ -443,5 +446,6 @@ export async function loadConfig(file: string | undefined): Promise<Config> {
     if (connector.transport === 'stdio' && connector.cwd) connector.cwd = resolve(connector.cwd);
   }
   for (const plugin of config.plugins ?? []) plugin.dir = resolve(plugin.dir);
+  resolveIdentityPaths(config.identity, resolve);
   return config;
 }

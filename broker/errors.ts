@@ -65,6 +65,8 @@ export type DenialCode =
   | 'BASTION_POLICY_ERROR'
   // authorize (reading) and filter (recording): the agent's flow state could not be read or written
   | 'BASTION_FLOW_UNAVAILABLE'
+  | 'BASTION_GRANT_DENIED'
+  | 'BASTION_GRANT_POLICY_ERROR'
   // approve
   | 'BASTION_APPROVAL_REQUIRED'
   | 'BASTION_APPROVAL_DENIED'

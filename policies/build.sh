@@ -21,6 +21,8 @@
 set -euo pipefail
 
 ENTRYPOINT=bastion/decision
+# Both entrypoints go into the one module: tool-call decisions and token grants (grants.rego).
+ENTRYPOINTS=(--entrypoint bastion/decision --entrypoint bastion/grants)
 POLICY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 COMMITTED="$POLICY_DIR/compiled/policy.wasm"
 CAPABILITIES="$POLICY_DIR/capabilities.json"
@@ -40,7 +42,7 @@ build_into() {
   local dir=$1
   # Build from inside policies/ so the file names the compiler embeds (they
   # appear in runtime error locations) do not depend on the caller's cwd.
-  (cd "$POLICY_DIR" && opa build --target wasm --entrypoint "$ENTRYPOINT" \
+  (cd "$POLICY_DIR" && opa build --target wasm "${ENTRYPOINTS[@]}" \
     --capabilities "$CAPABILITIES" "${IGNORE[@]}" --output "$dir/bundle.tar.gz" .)
   # Bundle members are stored as absolute paths ("/policy.wasm"); -P keeps
   # tar from warning about it, -O writes the member to stdout, not to "/".

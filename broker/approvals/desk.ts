@@ -190,6 +190,16 @@ export class ApprovalDesk {
 
   /** Parks a call and waits; resolves with the approved record, or throws the approve-stage Denial. */
   async park(request: ParkRequest, wait: WaitOptions = {}): Promise<ParkedCall> {
+    const call = await this.submit(request);
+    return this.waitFor(call.id, Date.parse(call.expires_at), wait);
+  }
+
+  /**
+   * Parks a request for approvers without waiting for it: the authorization server's grant
+   * approvals are polled with get() from the user's browser, then claimed and settled like a
+   * call. This process answers for the record (the sweeper expires it if nobody decides).
+   */
+  async submit(request: ParkRequest): Promise<ParkedCall> {
     await this.start();
     const { timeoutMs, ...fields } = request;
     const created = this.now();
@@ -214,7 +224,7 @@ export class ApprovalDesk {
       throw error;
     }
     this.options.onParked?.(call);
-    return this.waitFor(call.id, created + timeoutMs, wait);
+    return call;
   }
 
   private waitFor(id: string, deadline: number, wait: WaitOptions): Promise<ParkedCall> {

@@ -55,6 +55,14 @@ export function ensureDelegationKey(stateDir: string): Promise<DevKey> {
   return ensureSigningKey(stateDir, 'delegation', DELEGATION_ISSUER);
 }
 
+/**
+ * The key Bastion's authorization server signs capability tokens with (broker/identity);
+ * its JWKS is a trusted issuer. Replicas share it like the delegation key. Made on first run.
+ */
+export function ensureAuthorizationServerKey(stateDir: string, issuer: string): Promise<DevKey> {
+  return ensureSigningKey(stateDir, 'authorization-server', issuer);
+}
+
 /** The key that signs audit checkpoints (broker/audit/checkpoint.ts); its JWKS verifies them. Made on first run. */
 export function ensureAuditCheckpointKey(stateDir: string): Promise<DevKey> {
   return ensureSigningKey(stateDir, 'audit-checkpoint', 'urn:bastion:audit');

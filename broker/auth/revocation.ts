@@ -22,6 +22,11 @@ export async function revoke(state: StateStore, revocation: Revocation, maxTtlMs
   await state.set(REVOCATIONS, keyOf(revocation), record, 'jti' in revocation ? maxTtlMs + 60_000 : undefined);
 }
 
+/** Whether `sub` itself is revoked (the authorization server asks before signing a user in or refreshing). */
+export async function subjectRevoked(state: StateStore, sub: string): Promise<boolean> {
+  return (await state.get(REVOCATIONS, keyOf({ sub }))) !== undefined;
+}
+
 /** The revocation that applies to this principal, if any. */
 export async function revocationOf(state: StateStore, principal: Principal): Promise<string | undefined> {
   const candidates: Revocation[] = [

@@ -21,6 +21,7 @@ import { DEFAULT_CAPABILITIES, OpaCli, OpaNotFound, SOURCE_IGNORES } from '../po
 import { BUNDLE_ALGORITHMS } from '../policy/signature.ts';
 import type { PolicyInput } from '../policy/schema.ts';
 import { describeFlowInput } from '../flows/explain.ts';
+import { evaluateGrants, type GrantsInput } from '../identity/grants.ts';
 
 const DEFAULT_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../policies');
 
@@ -42,7 +43,7 @@ DIR defaults to the repository's policies/. Run "bastion policy <command> --help
   build: `usage: bastion policy build [DIR] [--out FILE] [--bundle FILE [--signing-key PEM --signing-alg ALG] [--revision REV]]
 
 Compiles the Rego in DIR (tests, compiled/, examples/ and hidden files left
-out) with opa build -t wasm -e bastion/decision and the capabilities in
+out) with opa build -t wasm -e bastion/decision -e bastion/grants and the capabilities in
 policies/capabilities.json, so a builtin the broker cannot run in WASM fails
 here. The module is byte-identical to policies/build.sh's.
 
@@ -59,13 +60,18 @@ DIR's own tests. Exits 1 when a test fails or coverage is under --threshold.
 
   --threshold PERCENT  minimum coverage of DIR's policy (default 0)
   --verbose            print every test, as opa test -v`,
-  eval: `usage: bastion policy eval --input FILE [--policy DIR|FILE.wasm|BUNDLE.tar.gz] [--data FILE] [--explain]
+  eval: `usage: bastion policy eval --input FILE [--entrypoint decision|grants] [--policy DIR|FILE.wasm|BUNDLE.tar.gz] [--data FILE] [--explain]
 
 Decides one policy input (a JSON document like policies/input.schema.json;
 "-" reads stdin) the way the broker does: compiled to WASM and evaluated by
 Bastion's engine. Prints the input's flow (what the agent's context holds,
 the call's flow labels and destinations, tainted arguments) when it has one,
 the decision, then the rules that held.
+
+--entrypoint grants evaluates bastion/grants (policies/grants.rego) instead:
+the input is a sign-in ({version, identity, client, scopes, grant_type,
+context}) and the answer the capabilities its agent's token would carry. An
+input with an "identity" member is taken as a grants input without the flag.
 
 "Rules that held" are the rules of package bastion and of every site package
 (bastion.site.*) that have a value for this input: a rule that is true or
@@ -74,6 +80,7 @@ source with opa eval, so they are only shown when --policy is a directory.
 Rego has no order in which rules "fire"; this is the set whose bodies
 succeeded. Functions are not listed. --explain adds OPA's full trace.
 
+  --entrypoint E  decision (bastion/decision) or grants (bastion/grants); default: by the input's shape
   --policy PATH   a Rego directory (default policies/, built with opa build), a .wasm or a bundle
   --data FILE     JSON data for the policy (data.bastion.tool_risk, …), for a directory or .wasm
   --explain       also print opa eval --explain=full`,
@@ -273,11 +280,22 @@ async function readJson(file: string, io: PolicyCommandIo, what: string): Promis
 async function evaluate(argv: string[], opa: OpaCli, io: PolicyCommandIo): Promise<number> {
   const { values } = parseArgs({
     args: argv,
-    options: { input: { type: 'string' }, policy: { type: 'string' }, data: { type: 'string' }, explain: { type: 'boolean' }, help: { type: 'boolean' } },
+    options: {
+      input: { type: 'string' },
+      entrypoint: { type: 'string' },
+      policy: { type: 'string' },
+      data: { type: 'string' },
+      explain: { type: 'boolean' },
+      help: { type: 'boolean' },
+    },
   });
   if (values.help) return printed(io, `${HELP.eval}\n`);
   if (!values.input) throw new UsageError('eval: --input FILE is required');
+  if (values.entrypoint !== undefined && values.entrypoint !== 'decision' && values.entrypoint !== 'grants') {
+    throw new UsageError('eval: --entrypoint is decision or grants');
+  }
   const input = (await readJson(values.input, io, 'input')) as PolicyInput;
+  const rule = (values.entrypoint ?? (input !== null && typeof input === 'object' && 'identity' in input ? 'grants' : 'decision')) as 'decision' | 'grants';
   const policyPath = path.resolve(values.policy ?? DEFAULT_DIR);
   const dataBytes = values.data ? await readFile(values.data) : undefined;
 
@@ -304,13 +322,13 @@ async function evaluate(argv: string[], opa: OpaCli, io: PolicyCommandIo): Promi
 
   let decision;
   try {
-    decision = engine.decide(input);
+    decision = rule === 'grants' ? evaluateGrants(engine, input as unknown as GrantsInput) : engine.decide(input);
   } catch (error) {
-    io.out(`no decision (the broker denies): ${(error as { reason?: string }).reason ?? (error as Error).message}\n`);
+    io.out(`no ${rule === 'grants' ? 'grant (the broker issues no token)' : 'decision (the broker denies)'}: ${(error as { reason?: string }).reason ?? (error as Error).message}\n`);
     return 1;
   }
-  if (input.flow) io.out(`${describeFlowInput(input.flow)}\n`);
-  io.out(`decision (WASM, revision ${engine.revision}):\n${JSON.stringify(decision, null, 2)}\n`);
+  if (rule !== 'grants' && input.flow) io.out(`${describeFlowInput(input.flow)}\n`);
+  io.out(`${rule} (WASM, revision ${engine.revision}):\n${JSON.stringify(decision, null, 2)}\n`);
 
   if (!sourceDir) {
     io.out(`\nrules that held: not available for a compiled policy (give --policy DIR); the reasons above are the policy's own account.\n`);
@@ -338,12 +356,12 @@ async function evaluate(argv: string[], opa: OpaCli, io: PolicyCommandIo): Promi
     const dataKeys = new Set(data !== null && typeof data === 'object' ? Object.keys(data) : []);
     io.out(`\nrules that held (opa eval of ${sourceDir}):\n`);
     for (const line of heldRules(value, '', dataKeys)) io.out(`  ${line}\n`);
-    const goDecision = (value as { decision?: unknown } | undefined)?.decision;
+    const goDecision = (value as Record<string, unknown> | undefined)?.[rule];
     if (JSON.stringify(sortKeys(goDecision)) !== JSON.stringify(sortKeys(decision))) {
       io.out(`\nWARNING: Go OPA decides differently from the WASM module for this input:\n${JSON.stringify(goDecision, null, 2)}\n`);
     }
     if (values.explain) {
-      const trace = await opa.run(['eval', '--format', 'pretty', '--explain', 'full', ...common, 'data.bastion.decision']);
+      const trace = await opa.run(['eval', '--format', 'pretty', '--explain', 'full', ...common, `data.bastion.${rule}`]);
       io.out(`\nopa eval --explain=full:\n${trace.output}\n`);
     }
     return 0;

@@ -61,6 +61,12 @@ interface InstanceInternals {
 const WASM_PAGE_BYTES = 65_536;
 
 export const ENTRYPOINT = 'bastion/decision';
+/**
+ * The grants entrypoint (policies/grants.rego): verified identity in, capabilities out
+ * (broker/identity/grants.ts validates both). Optional: a module without it decides
+ * calls as before and issues no tokens through the authorization server.
+ */
+export const GRANTS_ENTRYPOINT = 'bastion/grants';
 
 // In 64 KiB pages: the SDK's default start, and a ceiling so a runaway policy
 // or an oversized input fails its evaluation (and is denied) instead of
@@ -96,6 +102,13 @@ export interface PolicyEngine {
    * without validating it again; `decide` for anything else. Same failures.
    */
   decideTrusted(input: PolicyInput): Decision;
+  /**
+   * Evaluates the `bastion/grants` entrypoint on input the caller validated and
+   * returns its raw result, for the caller to validate (broker/identity/grants.ts).
+   * Throws Denial('authorize', 'BASTION_POLICY_ERROR') when the module has no such
+   * entrypoint, the evaluation fails, or it yields no single result.
+   */
+  evaluateGrants(input: unknown): unknown;
 }
 
 /** A compiled policy and its data, however it was obtained (file, bundle, opa build). */
@@ -193,6 +206,7 @@ class WasmPolicyEngine implements PolicyEngine {
   readonly #module: WasmModule;
   readonly #data: ArrayBuffer | undefined;
   readonly #entrypoint: number;
+  readonly #grantsEntrypoint: number | undefined;
   readonly #maxInputBytes: number;
   readonly #maxMemoryPages: number;
   readonly #now: () => number;
@@ -229,6 +243,8 @@ class WasmPolicyEngine implements PolicyEngine {
       throw new Error(`policy ${this.source} has no ${ENTRYPOINT} entrypoint (found: ${found}); build it with policies/build.sh`);
     }
     this.#entrypoint = entrypoint;
+    const grants: unknown = first.entrypoints[GRANTS_ENTRYPOINT];
+    this.#grantsEntrypoint = typeof grants === 'number' ? grants : undefined;
     const unsupported = importedBuiltins(first).filter((name) => !HOST_BUILTINS.has(name) || REFUSED_SDK_BUILTINS.includes(name));
     if (unsupported.length > 0) {
       throw new Error(
@@ -270,6 +286,23 @@ class WasmPolicyEngine implements PolicyEngine {
   }
 
   decideTrusted(input: PolicyInput): Decision {
+    const result = this.#run(this.#entrypoint, input, 'data.bastion.decision');
+    const parsedDecision = DecisionSchema.safeParse(result);
+    if (!parsedDecision.success) {
+      throw policyError(`policy decision is malformed: ${summarize(parsedDecision.error)}`);
+    }
+    return parsedDecision.data;
+  }
+
+  evaluateGrants(input: unknown): unknown {
+    if (this.#grantsEntrypoint === undefined) {
+      throw policyError(`policy ${this.source} has no ${GRANTS_ENTRYPOINT} entrypoint, so it grants no tokens; build it with policies/build.sh`);
+    }
+    return this.#run(this.#grantsEntrypoint, input, 'data.bastion.grants');
+  }
+
+  /** Serializes, size-checks and evaluates one input at one entrypoint; the single result's value. */
+  #run(entrypoint: number, input: unknown, name: string): unknown {
     let json: string;
     try {
       json = JSON.stringify(input);
@@ -285,7 +318,7 @@ class WasmPolicyEngine implements PolicyEngine {
     try {
       this.#policy ??= this.#instantiate();
       this.#evaluationNs = BigInt(this.#now()) * 1_000_000n;
-      resultSet = this.#evaluate(this.#policy, json);
+      resultSet = this.#evaluate(this.#policy, json, entrypoint);
     } catch (error) {
       if (error instanceof Denial) throw error; // refused before the module ran
       this.#policy = undefined;
@@ -293,16 +326,12 @@ class WasmPolicyEngine implements PolicyEngine {
     }
 
     if (!Array.isArray(resultSet) || resultSet.length === 0) {
-      throw policyError(`policy produced no decision (data.bastion.decision is undefined for this input)`);
+      throw policyError(`policy produced no decision (${name} is undefined for this input)`);
     }
     if (resultSet.length > 1) {
       throw policyError(`policy produced ${resultSet.length} decisions, expected exactly one`);
     }
-    const parsedDecision = DecisionSchema.safeParse((resultSet[0] as { result?: unknown } | null)?.result);
-    if (!parsedDecision.success) {
-      throw policyError(`policy decision is malformed: ${summarize(parsedDecision.error)}`);
-    }
-    return parsedDecision.data;
+    return (resultSet[0] as { result?: unknown } | null)?.result;
   }
 
   /**
@@ -310,12 +339,12 @@ class WasmPolicyEngine implements PolicyEngine {
    * module's memory and the result read with one native scan, which is what
    * the SDK's evaluate does with two extra copies and a byte-by-byte loop.
    */
-  #evaluate(policy: LoadedPolicy, json: string): unknown {
+  #evaluate(policy: LoadedPolicy, json: string, entrypoint: number): unknown {
     const instance = policy as unknown as InstanceInternals;
     if (instance.minorVersion < 2) {
       const encoded = this.#encoder.encode(json);
       this.#checkInputBytes(encoded.byteLength);
-      return policy.evaluate(exactBuffer(encoded), this.#entrypoint);
+      return policy.evaluate(exactBuffer(encoded), entrypoint);
     }
     const { mem } = instance;
     const inputAddr = instance.dataHeapPtr;
@@ -324,7 +353,7 @@ class WasmPolicyEngine implements PolicyEngine {
     if (shortfall > 0) mem.grow(Math.ceil(shortfall / WASM_PAGE_BYTES));
     const { written } = this.#encoder.encodeInto(json, new Uint8Array(mem.buffer, inputAddr));
     this.#checkInputBytes(written);
-    const resultAddr = instance.wasmInstance.exports.opa_eval(0, this.#entrypoint, instance.dataAddr, inputAddr, written, inputAddr + written, 0);
+    const resultAddr = instance.wasmInstance.exports.opa_eval(0, entrypoint, instance.dataAddr, inputAddr, written, inputAddr + written, 0);
     const memory = new Uint8Array(mem.buffer);
     const end = memory.indexOf(0, resultAddr);
     if (end < 0) throw new Error('policy result is not terminated');

@@ -13,7 +13,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ENTRYPOINT } from './engine.ts';
+import { ENTRYPOINT, GRANTS_ENTRYPOINT } from './engine.ts';
 
 /** policies/capabilities.json in this repository. */
 export const DEFAULT_CAPABILITIES = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../policies/capabilities.json');
@@ -82,10 +82,12 @@ export class OpaCli {
   }
 
   /**
-   * `opa build -t wasm -e bastion/decision --capabilities …` of a directory's
-   * sources (tests excluded). Built from inside the directory so the file
+   * `opa build -t wasm -e bastion/decision -e bastion/grants --capabilities …` of a
+   * directory's sources (tests excluded). Built from inside the directory so the file
    * names the compiler embeds do not depend on the caller's cwd: the module
-   * is byte-identical to policies/build.sh's.
+   * is byte-identical to policies/build.sh's. A directory that defines no
+   * `grants` rule is built with the decision entrypoint alone (it then issues no
+   * tokens through the authorization server).
    */
   async buildWasm(dir: string, options: { extra?: string[]; bundleMode?: boolean } = {}): Promise<WasmBuild & OpaRun> {
     const out = await mkdtemp(path.join(tmpdir(), 'bastion-opa-build-'));
@@ -97,13 +99,16 @@ export class OpaCli {
       const ignored = options.bundleMode
         ? [...SOURCE_IGNORES.filter((pattern) => pattern !== '.*'), '*_test.rego'].flatMap((pattern) => ['--ignore', pattern])
         : ignores(['*_test.rego']);
-      const run = await this.run(
-        [
-          'build', ...(options.bundleMode ? ['--bundle'] : []), '--target', 'wasm', '--entrypoint', ENTRYPOINT,
-          '--capabilities', this.capabilities, ...ignored, ...(options.extra ?? []), '--output', bundleFile, '.',
-        ],
-        dir,
-      );
+      const build = (entrypoints: string[]) =>
+        this.run(
+          [
+            'build', ...(options.bundleMode ? ['--bundle'] : []), '--target', 'wasm', ...entrypoints.flatMap((e) => ['--entrypoint', e]),
+            '--capabilities', this.capabilities, ...ignored, ...(options.extra ?? []), '--output', bundleFile, '.',
+          ],
+          dir,
+        );
+      let run = await build([ENTRYPOINT, GRANTS_ENTRYPOINT]);
+      if (!run.ok && run.output.includes(`entrypoint "${GRANTS_ENTRYPOINT}" does not refer to a rule`)) run = await build([ENTRYPOINT]);
       return { ...run, bundle: run.ok ? await readFile(bundleFile) : new Uint8Array() };
     } finally {
       await rm(out, { recursive: true, force: true });

@@ -28,6 +28,7 @@ import { fileURLToPath } from 'node:url';
 import YAML from 'yaml';
 import { z } from 'zod';
 import { CapabilitySchema } from '../policy/schema.ts';
+import { OAUTH_ATTACKS } from './oauth.ts';
 
 /** The corpus shipped with Bastion. */
 export const DEFAULT_CORPUS_DIR = path.join(path.dirname(fileURLToPath(import.meta.url)), 'corpus');
@@ -42,7 +43,7 @@ export type AblatableDefense = (typeof ABLATABLE)[number];
  * attenuation, the HTTP front door's checks, plugin names that cannot be
  * taken) are always on.
  */
-export const DEFENSES = [...ABLATABLE, 'pins', 'delegation', 'front_door', 'plugin_identity'] as const;
+export const DEFENSES = [...ABLATABLE, 'pins', 'delegation', 'front_door', 'plugin_identity', 'authorization_server'] as const;
 export type Defense = (typeof DEFENSES)[number];
 
 /** Build features a case may need; a case needing one the build lacks is reported "not applicable" (run.ts BUILD_FEATURES). */
@@ -205,6 +206,9 @@ const InstallPluginStep = z
   });
 const SleepStep = z.strictObject({ ms: Millis });
 
+/** An attack on the authorization server (oauth.ts); a token the attacker obtains is kept under `name`. */
+const OAuthStep = z.strictObject({ attack: z.enum(OAUTH_ATTACKS), name: Name });
+
 /** One step: an object with exactly one step-kind key, plus `setup` for steps that are not the attack itself. */
 function step<K extends string, S extends z.ZodType>(kind: K, schema: S) {
   return z.strictObject({
@@ -230,6 +234,7 @@ export const StepSchema = z.union([
   step('wait_list_changed', WaitListChangedStep),
   step('install_plugin', InstallPluginStep),
   step('sleep', SleepStep),
+  step('oauth', OAuthStep),
 ]);
 export type Step = z.infer<typeof StepSchema>;
 
@@ -257,6 +262,8 @@ export const PredicateSchema = z.union([
   z.strictObject({ call_unbounded: z.strictObject({ call: Name }) }),
   /** More marked calls reached the upstream tool than the configured quota lets through in the flood's duration. */
   z.strictObject({ upstream_exceeds_quota: z.strictObject({ tool: ToolName }) }),
+  /** An oauth step did what the attacker wanted (a code, token or redirect where it must not go). */
+  z.strictObject({ oauth_breached: z.strictObject({}) }),
   /**
    * Nothing the agent received matches this regular expression: an answer a
    * working broker gives (e.g. a bystander plugin's) never came.

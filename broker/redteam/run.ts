@@ -17,6 +17,7 @@ import { callThrough, connectAgent, type ConnectedAgent } from './agent.ts';
 import { ABLATABLE, type AblatableDefense, type AttackCase, type AttackClass, type Corpus, type Defense } from './corpus.ts';
 import { Attempt, NotApplicable, signInApprover, type ApproverSession, type StepRecord } from './steps.ts';
 import { createRedteamIssuer, launchTarget, type PluginSpec, type RedteamIssuer, type Target } from './target.ts';
+import { startRedteamIdp, type RedteamIdp } from './idp.ts';
 import { judge, type StopReason } from './verdict.ts';
 
 export interface Configuration {
@@ -277,6 +278,7 @@ interface RunContext {
   base: Record<string, unknown>;
   workDir: string;
   issuer: RedteamIssuer;
+  idp: RedteamIdp;
   quick: boolean;
   repetitions: number;
   benignCalls: number;
@@ -308,7 +310,7 @@ async function launch(configuration: Configuration, context: RunContext): Promis
   };
   const needsPoisoned = JSON.stringify(context.corpus.classes.flatMap((c) => c.cases.filter((k) => !missingFeature(k)))).includes('poisoned__');
   try {
-    run.target = await launchTarget({ workDir: context.workDir, name: configuration.name, defensesOff: configuration.defensesOff, issuer: context.issuer, base: context.base, poisoned: needsPoisoned, plugins: corpusPlugins(context.corpus) });
+    run.target = await launchTarget({ workDir: context.workDir, name: configuration.name, defensesOff: configuration.defensesOff, issuer: context.issuer, idp: context.idp, base: context.base, poisoned: needsPoisoned, plugins: corpusPlugins(context.corpus) });
     context.log(`[${configuration.name}] broker up at ${run.target.url}`);
     const observer = await signInApprover(run.target, 'approver:rt-observer');
     if ('cookie' in observer) run.observer = observer;
@@ -516,9 +518,10 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRes
   const repetitions = options.repetitions ?? (options.quick ? 1 : 3);
   const benignCalls = options.benignCalls ?? (options.quick ? 30 : 100);
   const workDir = await mkdtemp(path.join(tmpdir(), 'bastion-redteam-'));
+  const idp = await startRedteamIdp();
   try {
     const issuer = await createRedteamIssuer(workDir);
-    const context: RunContext = { corpus: options.corpus, base: options.base, workDir, issuer, quick: options.quick, repetitions, benignCalls, log };
+    const context: RunContext = { corpus: options.corpus, base: options.base, workDir, issuer, idp, quick: options.quick, repetitions, benignCalls, log };
     const results = await runAll(configurations, context, Math.max(1, options.parallel ?? 3));
 
     const classes: ClassInfo[] = options.corpus.classes.map((c) => {
@@ -548,6 +551,7 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRes
       breached,
     };
   } finally {
+    await idp.close();
     await rm(workDir, { recursive: true, force: true }).catch(() => undefined);
   }
 }

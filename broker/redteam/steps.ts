@@ -20,6 +20,8 @@ import type { Capability } from '../policy/schema.ts';
 import { callThrough, connectAgent, filterEvidence, openRawSession, rawPost, receivedText, refusalIn, type CallOutcome, type ConnectedAgent, type Refusal } from './agent.ts';
 import type { Step } from './corpus.ts';
 import { forgeToken } from './forge.ts';
+import { VICTIM } from './idp.ts';
+import { oauthAttack } from './oauth.ts';
 import type { Target } from './target.ts';
 
 /** An approval-page session: what an approver's browser holds. */
@@ -205,6 +207,16 @@ export class Attempt {
 
   private async dispatch(step: Step): Promise<void> {
     const setup = step.setup;
+    if ('oauth' in step) {
+      const spec = step.oauth;
+      const outcome = await oauthAttack(this.target, spec.attack);
+      if (outcome.token) {
+        this.tokens.set(spec.name, { token: outcome.token, sub: VICTIM });
+        this.subjects.add(VICTIM);
+      }
+      this.note({ kind: 'oauth', setup, ok: outcome.ok, note: `${spec.attack}: ${outcome.note}`, ...(outcome.refusal ? { refusal: outcome.refusal } : {}) });
+      return;
+    }
     if ('token' in step) {
       const spec = this.fill(step.token);
       const sub = spec.sub ?? `agent:rt-${this.id}-${spec.name}`;

@@ -26,6 +26,7 @@ import { parseConfig, PROJECT_ROOT, type Config } from '../config.ts';
 import type { Capability } from '../policy/schema.ts';
 import { pluginHash } from '../../sandboxes/pin.ts';
 import type { AblatableDefense } from './corpus.ts';
+import { VICTIM_GROUP, type RedteamIdp } from './idp.ts';
 
 /** The issuer of every token the red team signs; trusted only by the brokers it starts. */
 export const REDTEAM_ISSUER = 'urn:bastion:redteam';
@@ -99,6 +100,8 @@ export interface LaunchOptions {
   timeoutMs?: number;
   /** Hostile plugins from the corpus (install_plugin steps), written out and pinned for this broker. */
   plugins?: PluginSpec[];
+  /** The red team's IdP (idp.ts): the broker signs its victim in there, for the authorization-server cases. */
+  idp?: RedteamIdp;
 }
 
 /** A plugin an install_plugin step asks for: its name, tools and script. */
@@ -194,7 +197,12 @@ function asObject(value: unknown): Record<string, unknown> {
  * run. Everything else (policy, limits, filters, approvals) is measured as
  * the operator configured it.
  */
-export function targetDocument(options: LaunchOptions, dir: string, plugins: PluginEntry[] = []): Record<string, unknown> {
+export function targetDocument(
+  options: LaunchOptions,
+  dir: string,
+  plugins: PluginEntry[] = [],
+  signIn?: { upstream: Record<string, unknown>; grantsData: string },
+): Record<string, unknown> {
   const base = asObject(options.base);
   const auth = asObject(base.auth);
   const issuers = Array.isArray(auth.issuers) ? [...(auth.issuers as unknown[])] : [];
@@ -229,7 +237,24 @@ export function targetDocument(options: LaunchOptions, dir: string, plugins: Plu
     // that stalls its process (a catastrophic schema pattern) is seen stalling the others too.
     sandbox: { processes: 1, ...asObject(base.sandbox) },
     defenses_off: options.defensesOff,
+    // The authorization server signs the victim in at the red team's IdP; its group gets the rec tools.
+    ...(signIn
+      ? {
+          identity: { ...asObject(base.identity), upstream: signIn.upstream, registration: { ...asObject(asObject(base.identity).registration), enabled: true, per_minute: 10_000 } },
+          policy: { ...asObject(base.policy), data: signIn.grantsData },
+        }
+      : {}),
   };
+}
+
+/** What the authorization-server cases need, unless the operator's base configures its own IdP or policy source. */
+async function signInSetup(options: LaunchOptions, dir: string): Promise<{ upstream: Record<string, unknown>; grantsData: string } | undefined> {
+  const base = asObject(options.base);
+  const policy = asObject(base.policy);
+  if (!options.idp || asObject(base.identity).upstream || policy.data || policy.dir || policy.bundle || policy.bundle_url) return undefined;
+  const grantsData = path.join(dir, 'grants-data.json');
+  await writeFile(grantsData, JSON.stringify({ bastion: { grants_by_group: { [VICTIM_GROUP]: [{ tool: 'rec__*' }] } } }));
+  return { upstream: await options.idp.upstreamFor(dir), grantsData };
 }
 
 /** Kills a child and waits for it: SIGTERM first (the broker shuts down cleanly), SIGKILL after a grace period. */
@@ -316,7 +341,7 @@ export async function startBastion(dir: string, name: string, document: Record<s
 export async function launchTarget(options: LaunchOptions): Promise<Target> {
   const dir = path.join(options.workDir, options.name);
   await mkdir(dir, { recursive: true, mode: 0o700 });
-  const document = targetDocument(options, dir, await materializePlugins(options.plugins ?? [], dir));
+  const document = targetDocument(options, dir, await materializePlugins(options.plugins ?? [], dir), await signInSetup(options, dir));
   const { url, config, stderr, stop } = await startBastion(dir, options.name, document, options.timeoutMs);
   // The operator's scrape token, if /metrics needs one (the live-session count is read there).
   const scrapeToken = config.server.metrics_token_file ? (await readFile(config.server.metrics_token_file, 'utf8')).trim() : undefined;

@@ -54,6 +54,8 @@ export function defenseOf(refusal: Pick<Refusal, 'stage' | 'code'>): StopReason[
       return 'filters';
     case 'admit':
       return 'front_door';
+    case 'authorization_server':
+      return 'authorization_server';
     case 'execute':
       return 'upstream';
     default:
@@ -161,6 +163,10 @@ async function holds(predicate: Predicate, attempt: Attempt, evidence: Evidence)
   if ('broker_degraded' in predicate) {
     const answeredIn = await evidence.health(predicate.broker_degraded.ms);
     return { holds: answeredIn === undefined, evidence: answeredIn === undefined ? 'the broker did not answer its health check' : `health check answered in ${answeredIn} ms` };
+  }
+  if ('oauth_breached' in predicate) {
+    const breach = attempt.records.find((r) => r.kind === 'oauth' && !r.setup && r.ok);
+    return { holds: Boolean(breach), evidence: breach ? `authorization server: ${breach.note}` : 'every authorization-server attack was refused' };
   }
   const never: never = predicate;
   throw new Error(`unknown predicate ${JSON.stringify(never)}`);

@@ -31,12 +31,15 @@ import { createAgentServer } from './session.ts';
 import { SessionTable } from './session-table.ts';
 import { adminRoutes } from './admin-routes.ts';
 import { approvalRoutes } from './approval-routes.ts';
+import { mountIdentity, type IdentityServer } from '../identity/authorization-server.ts';
 
 export interface HttpFrontDoor {
   /** The MCP endpoint agents connect to. */
   url: string;
   /** The resource identifier tokens must name in `aud`. */
   resource: string;
+  /** Bastion's authorization server (broker/identity), unless identity.enabled is false. */
+  identity: IdentityServer | undefined;
   /** Sessions open now: initialized, routable, swept when idle. */
   readonly openSessions: number;
   close(): Promise<void>;
@@ -131,6 +134,8 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   const hostForUrl = config.server.host.includes(':') ? `[${config.server.host}]` : config.server.host;
   const url = `${tls ? 'https' : 'http'}://${hostForUrl}:${port}/mcp`;
   const resource = config.server.resource ?? url;
+  // Before the authenticator: the authorization server's key joins the trusted issuers.
+  const identity = await mountIdentity(app, broker, { resource });
   const authenticator = broker.authenticatorFor(resource);
 
   const allowedHosts = new Set([`127.0.0.1:${port}`, `localhost:${port}`, `[::1]:${port}`, new URL(resource).host]);
@@ -430,10 +435,12 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   return {
     url,
     resource,
+    identity,
     get openSessions() {
       return sessions.size;
     },
     async close() {
+      await identity?.close();
       unwatch();
       clearInterval(sweeper);
       for (const session of [...sessions.values()]) await session.transport.close().catch(() => undefined);

@@ -20,6 +20,7 @@ let t: TestBroker;
 let browser: Browser;
 let page: Page;
 
+
 beforeAll(async () => {
   await mkdir(ARTIFACTS, { recursive: true });
   t = await startTestBroker();

@@ -108,6 +108,25 @@ describe('bastion start on the embedded default', () => {
     expect(bastion!.stdout()).not.toContain('"level"');
   });
 
+  it('prints how OAuth clients sign in (the development IdP), and serves the discovery documents they follow', async () => {
+    expect(bastion!.stdout()).toMatch(/at the development IdP as user demo, password [A-Za-z0-9_-]{16}\n/);
+    const origin = new URL(bastion!.url).origin;
+    const resource = (await (await fetch(`${origin}/.well-known/oauth-protected-resource/mcp`)).json()) as { authorization_servers: string[] };
+    expect(resource.authorization_servers).toEqual([origin]);
+    const metadata = (await (await fetch(`${origin}/.well-known/oauth-authorization-server`)).json()) as Record<string, unknown>;
+    expect(metadata).toMatchObject({
+      issuer: origin,
+      authorization_endpoint: `${origin}/oauth/auth`,
+      token_endpoint: `${origin}/oauth/token`,
+      code_challenge_methods_supported: ['S256'],
+      response_types_supported: ['code'],
+      authorization_response_iss_parameter_supported: true,
+      client_id_metadata_document_supported: true,
+    });
+    expect(metadata).not.toHaveProperty('registration_endpoint'); // DCR is off unless the operator turns it on
+    expect(metadata).not.toHaveProperty('userinfo_endpoint');
+  });
+
   it('the demo token lists the demo connector tools and the sandboxed demo plugin', async () => {
     const client = await connect(bastion!.url, bastion!.token);
     const names = (await client.listTools()).tools.map((tool) => tool.name).sort();

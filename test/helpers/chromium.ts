@@ -1,4 +1,4 @@
-/** Debian's Chromium for page tests (playwright-core), headless, no sandbox (containers), nothing fetched from elsewhere. */
+/** Debian's Chromium, headless, for the tests that drive pages (playwright-core). */
 import { chromium, type Browser } from 'playwright-core';
 
 export async function launchChromium(): Promise<Browser> {

@@ -137,6 +137,30 @@ describe('bastion policy', () => {
     expect(out).toMatch(/no decision \(the broker denies\): invalid policy input/);
   });
 
+  it('eval --entrypoint grants shows what a sign-in would be granted, and the rules that held', async () => {
+    const file = path.join(work, 'sign-in.json');
+    const signIn = {
+      version: 1,
+      identity: { iss: 'https://idp.example', sub: 'alice', groups: ['engineering'], claims: {} },
+      client: { id: 'https://client.example/cimd.json', registration: 'metadata_document' },
+      scopes: [],
+      grant_type: 'authorization_code',
+      context: { time: '2026-01-01T00:00:00.000Z' },
+    };
+    writeFileSync(file, JSON.stringify(signIn));
+    const { code, out, err } = await run('eval', '--input', file);
+    expect(code, err).toBe(0);
+    expect(out).toMatch(/^grants \(WASM, revision sha256:[0-9a-f]{64}\):/);
+    expect(out).toContain('"reasons": [\n    "group engineering grants demo__read_file"');
+    expect(out).toMatch(/^ {2}grants_allow = true$/m);
+    expect(out).not.toMatch(/WARNING/);
+    writeFileSync(file, JSON.stringify({ ...signIn, grant_type: 'password' }));
+    const refused = await run('eval', '--input', file, '--entrypoint', 'grants', '--policy', COMPILED);
+    expect(refused.code).toBe(1);
+    expect(refused.out).toMatch(/no grant \(the broker issues no token\): invalid grants policy input: grant_type/);
+    expect((await run('eval', '--input', file, '--entrypoint', 'everything')).err).toMatch(/--entrypoint is decision or grants/);
+  });
+
   it('fmt --check and lint pass on policies/, and catch problems elsewhere', async () => {
     expect((await run('fmt', POLICIES, '--check')).code).toBe(0);
     expect((await run('lint', POLICIES)).out).toMatch(/opa check --strict: ok/);

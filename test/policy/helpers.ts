@@ -44,13 +44,13 @@ export function tempDir(prefix = 'bastion-policy-'): { dir: string; cleanup: () 
   return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-/** The default policy's source files (package bastion), without their tests. */
+/** The decision policy's source files (package bastion), without their tests; grants.rego is the other entrypoint. */
 export const DEFAULT_POLICY_FILES = ['bastion.rego', 'flows.rego'] as const;
 
-/** A copy of the default policy and its tests in `dir` (a Rego source directory). */
+/** A copy of the default policy (decision, flow rules and grants) and its tests in `dir` (a Rego source directory). */
 export function copyDefaultPolicy(dir: string): void {
   mkdirSync(dir, { recursive: true });
-  for (const file of DEFAULT_POLICY_FILES) {
+  for (const file of [...DEFAULT_POLICY_FILES, 'grants.rego']) {
     cpSync(path.join(POLICIES, file), path.join(dir, file));
     cpSync(path.join(POLICIES, file.replace(/\.rego$/, '_test.rego')), path.join(dir, file.replace(/\.rego$/, '_test.rego')));
   }
@@ -76,7 +76,7 @@ export function buildBundle(
 }
 
 /** Writes `rego` into a fresh source dir and compiles it; returns the module bytes. */
-export function compileRego(workDir: string, name: string, rego: string, options: { entrypoint?: string; capabilities?: boolean } = {}): Uint8Array {
+export function compileRego(workDir: string, name: string, rego: string, options: { entrypoint?: string; capabilities?: boolean; extra?: string[] } = {}): Uint8Array {
   const src = path.join(workDir, name);
   mkdirSync(src, { recursive: true });
   writeFileSync(path.join(src, 'policy.rego'), rego);

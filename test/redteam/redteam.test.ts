@@ -35,7 +35,7 @@ beforeAll(async () => {
     execFile(
       process.execPath,
       [path.join(ROOT, 'broker/redteam/cli.ts'), '--quick', '--json', json, '--report', report],
-      { cwd: ROOT, maxBuffer: 16 * 1024 * 1024, timeout: 150_000 },
+      { cwd: ROOT, maxBuffer: 16 * 1024 * 1024, timeout: 240_000 },
       (error, out, err) => resolve({ code: error ? ((error as { code?: number }).code ?? 1) : 0, stdout: out, stderr: err }),
     );
   });
@@ -45,7 +45,7 @@ beforeAll(async () => {
   result = JSON.parse(await readFile(json, 'utf8')) as CampaignResult;
   html = await readFile(report, 'utf8');
   await mkdir(ARTIFACTS, { recursive: true });
-}, 170_000);
+}, 260_000);
 
 afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
@@ -157,6 +157,7 @@ describe('bastion redteam --quick against the default configuration', () => {
     for (const attempt of full.attempts.filter((a) => a.class === 'session_exhaustion')) expect(attempt.evidence, attempt.case).toMatch(/live sessions before the attempt and \d+ after it \(\+0\)/);
     expect(stoppers('plugin_sandbox')).toMatch(/^(sandbox_limits \(SANDBOX_[A-Z_]+\) ?)+$/);
     expect(Object.keys(cell('plugin_overreach', 'full')!.stopped_by).sort()).toEqual(['plugin_identity (BASTION_PLUGIN_NAME_TAKEN)', 'sandbox_limits (SANDBOX_CAPABILITY_DENIED)']);
+    expect(stoppers('authorization_server')).toMatch(/^(authorization_server \(invalid_[a-z_]+\) ?)+$/);
   });
 
   it('shows each defense stopping the classes it exists for: switch it off and they get through', () => {
