@@ -8,6 +8,7 @@
  */
 import { z } from 'zod';
 import { canonicalJson, sha256 } from '../audit/chain.ts';
+import { FlowExplanationSchema } from '../flows/explain.ts';
 
 export const APPROVALS = 'approvals';
 
@@ -56,6 +57,8 @@ export const ParkedCallSchema = z.strictObject({
   quorum: z.number().int().min(1),
   /** Approver roles the policy asked for; empty: any approver. */
   roles: z.array(z.string()),
+  /** When a flow rule asked for the approval: which earlier results made this call suspect, and how. Attacker-controlled text. */
+  flow: FlowExplanationSchema.optional(),
   created_at: z.string(),
   expires_at: z.string(),
   /** The broker process holding the agent's connection (`replica#epoch`, owners.ts); gone means the call can never run. */
