@@ -12,6 +12,7 @@
  *            --shared-token also with every agent on one token), then Bastion's
  *            memory over many calls (bench/calls.ts)
  *   sandbox  plugin calls in the isolated-vm sandbox (warm, cold) vs the same function in-process
+ *   flows    flow control's cost per call and memory per flow (bench/flows.ts)
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -21,6 +22,7 @@ import { runCalls, type CallsResult } from './calls.ts';
 import { describeMachine, machineLine } from './lib/machine.ts';
 import { printTable } from './lib/stats.ts';
 import { runMicro, type MicroResult } from './micro.ts';
+import { runFlows } from './flows.ts';
 import { runSandbox, type SandboxBenchResult } from './sandbox.ts';
 import { evaluateTargets, type TargetCheck } from './targets.ts';
 
@@ -29,7 +31,7 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const USAGE = `Usage:
   node bench/run.ts            full run: 30 s per throughput level, 100,000 calls for memory (several minutes)
   node bench/run.ts --quick    CI: 2 s per level, 5,000 calls for memory (about a minute)
-  node bench/run.ts --only micro|calls|sandbox
+  node bench/run.ts --only micro|calls|sandbox|flows
   node bench/run.ts --agents 1,16  only these concurrency levels in the calls section
   node bench/run.ts --seconds 8    seconds per level and target (default: 30, --quick 2)
   node bench/run.ts --audit-durability process   run Bastion with audit.durability: process (default disk)
@@ -115,6 +117,7 @@ const SECTIONS: BenchSection[] = [
       }),
   },
   { name: 'sandbox', run: (ctx) => runSandbox(ctx) },
+  { name: 'flows', run: (ctx) => runFlows(ctx) },
 ];
 if (values.only !== undefined && !SECTIONS.some((section) => section.name === values.only)) {
   usageError(`--only takes one of ${SECTIONS.map((section) => section.name).join(', ')}`);

@@ -46,6 +46,7 @@ import { readBundleKeyFile, type BundleVerification } from './policy/signature.t
 import { Pipeline } from './pipeline.ts';
 import { descriptorHash, exposed, legacyDescriptorHash, ToolRegistry } from './registry.ts';
 import { DescriptorPins } from './pins.ts';
+import { FlowControl } from './flows/control.ts';
 import { Connector } from '../connectors/upstream.ts';
 
 interface LiveSession {
@@ -107,6 +108,8 @@ export interface Broker {
   /** The approval page's URL, once the HTTP front door knows it (for links and webhooks). */
   approvalPageUrl: string | undefined;
   pins: DescriptorPins;
+  /** Flow control (labels that follow an agent across calls); undefined when config turns it off. */
+  flows: FlowControl | undefined;
   /** The anonymous principal, when config enables it (loopback-only; checked by the front door). */
   anonymous: Principal | undefined;
   stop(): Promise<void>;
@@ -354,6 +357,8 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
     if (principal.exp * 1000 < Date.now()) throw new Denial('authenticate', 'BASTION_TOKEN_EXPIRED', 'the token expired while the call waited for approval');
   };
   if (off.size > 0) log.warn({ defenses_off: [...off] }, 'DEFENSES SWITCHED OFF FOR AN ABLATION RUN: this broker is not safe to use');
+  const flows = config.flows.enabled ? new FlowControl({ state, settings: config.flows, delegationIssuer: delegationKey?.issuer, log }) : undefined;
+  await flows?.start();
   const pipeline = new Pipeline({
     registry,
     // Asked once per call, and that engine decides the whole call: a reload never changes it mid-call.
@@ -362,6 +367,7 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
     audit,
     log,
     recheck,
+    ...(flows ? { flows } : {}),
     filter: createResultFilter(off.has('filters') ? { redaction: { enabled: false }, injection: { enabled: false } } : config.filters.result),
     ...(off.has('quotas') ? {} : { limits: new Limits(config.limits, state) }),
     autoApprove: off.has('approvals'),
@@ -410,6 +416,7 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
         : undefined,
     approvals,
     pins,
+    flows,
     plugins,
     approversFor: (audience) =>
       new ApproverDirectory({
@@ -442,7 +449,7 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
 }
 
 /** The configured policy source: a Rego directory, a bundle file or URL, else the compiled module (+ data). */
-function policySource(config: Config): PolicySource {
+export function policySource(config: Config): PolicySource {
   const { policy } = config;
   if (policy.dir) return { kind: 'rego', dir: policy.dir };
   if (policy.bundle) return { kind: 'bundle', path: policy.bundle };

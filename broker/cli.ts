@@ -22,7 +22,7 @@ import { createBroker } from './broker.ts';
 import { ConfigError, loadConfig, parseDuration, type Config } from './config.ts';
 import { createLogger } from './log.ts';
 import { CapabilitySchema, type Capability } from './policy/schema.ts';
-import { REVOKE_GRANT, TOOLS_GRANT } from './server/admin-routes.ts';
+import { FLOWS_GRANT, REVOKE_GRANT, TOOLS_GRANT } from './server/admin-routes.ts';
 import { startHttp } from './server/http.ts';
 import { serveStdio } from './server/stdio.ts';
 
@@ -44,7 +44,10 @@ commands:
   audit verify   check an audit file's hash chain and its signed checkpoints
   audit recover  cut a torn last record off an audit file, keep it as evidence, continue the chain
   plugin pin     print a plugin directory's pin (the hash to put in config)
-  redteam        attack fresh brokers with the corpus, each defense switched off in turn; report what got through
+  redteam        attack fresh brokers with the corpus (or --chains: flow chains), each defense off in turn; report what got through
+  flows graph    who can reach what: grants → tools → flow labels, toxic combinations and what the policy does about each
+  flows show     an agent's flow on a running broker (labels in its context, the calls that brought them)
+  flows clear    forget an agent's flow on a running broker (audited)
   policy         build, test, evaluate, format and lint Rego policies (bastion policy --help)
 
 Run "bastion <command> --help" for a command's options.`,
@@ -113,6 +116,20 @@ embedded default one is minted with the dev key.`,
 
 Re-pins TOOL (as agents see it, e.g. demo__read_file) to its new descriptor,
 or pins a held look-alike, after you reviewed the diff. The decision is audited.`,
+  'flows show': `usage: bastion flows show [--sub SUBJECT [--iss ISSUER]] [--url BROKER] [--token ADMIN] [--config FILE]
+
+Shows an agent's flow on a running broker (GET /admin/flows): the labels in
+its context and the most recent calls that brought each. A flow belongs to
+the root principal: the subject at its issuer (default the dev issuer); a
+delegated sub-agent shares its parent's. Without --sub, lists every flow.
+The admin token needs the literal grant "bastion:flows"; with the embedded
+default one is minted with the dev key.`,
+  'flows clear': `usage: bastion flows clear --sub SUBJECT [--iss ISSUER] [--url BROKER] [--token ADMIN] [--config FILE]
+
+Forgets an agent's flow on a running broker (POST /admin/flows/clear), so
+its next calls are judged as if it had read nothing. The audit record keeps
+what was forgotten (labels, how many sources brought each, the latest
+sources). Needs the literal grant "bastion:flows".`,
   'plugin pin': `usage: bastion plugin pin DIR
 
 Prints the plugin's name, version and pin: sha256 over its manifest and script
@@ -354,6 +371,34 @@ async function toolsCommand(verb: 'review' | 'approve', argv: string[]): Promise
   const list = answer.quarantined ?? [];
   if (list.length === 0) return void process.stdout.write('no quarantined tools\n');
   for (const q of list) process.stdout.write(`${q.tool} (quarantined since ${q.since})\n${q.diff.map((line) => `  ${line}`).join('\n')}\n\n`);
+}
+
+async function flowsCommand(verb: 'show' | 'clear', argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: { sub: { type: 'string' }, iss: { type: 'string' }, url: { type: 'string' }, token: { type: 'string' }, config: { type: 'string' }, help: { type: 'boolean' } },
+  });
+  if (values.help) return void console.log(HELP[`flows ${verb}`]);
+  if (verb === 'clear' && !values.sub) fail('flows clear: --sub is required');
+  const config = await loadConfig(values.config);
+  const admin = await adminToken(config, values.token, FLOWS_GRANT);
+  const base = brokerBase(config, values.url);
+  const owner = { iss: values.iss ?? DEV_ISSUER, sub: values.sub };
+  if (verb === 'clear') {
+    const answer = await postToBroker(`${base}/admin/flows/clear`, admin, owner);
+    process.stdout.write(answer.cleared ? `cleared the flow of ${String(answer.flow)}\n` : `${String(answer.flow)} had no flow\n`);
+    return;
+  }
+  const query = values.sub ? `?iss=${encodeURIComponent(owner.iss)}&sub=${encodeURIComponent(values.sub)}` : '';
+  let response: Response;
+  try {
+    response = await fetch(`${base}/admin/flows${query}`, { headers: { authorization: `Bearer ${admin}` } });
+  } catch (error) {
+    fail(`cannot reach ${base}: ${(error as Error).message}`, 1);
+  }
+  const answer = (await response.json().catch(() => ({}))) as Record<string, unknown>;
+  if (!response.ok) fail(`${base} refused (${response.status}): ${String(answer.error_description ?? '')}`, 1);
+  process.stdout.write(`${JSON.stringify(values.sub ? answer.flow : answer.flows, null, 2)}\n`);
 }
 
 async function tokenRevoke(argv: string[]): Promise<void> {
@@ -605,6 +650,12 @@ async function main(argv: string[]): Promise<void> {
   if (first === 'tools' && (second === 'review' || second === 'approve')) return toolsCommand(second, rest);
   if (first === 'audit' && second === 'verify') return auditVerify(rest);
   if (first === 'audit' && second === 'recover') return auditRecover(rest);
+  if (first === 'flows' && (second === 'show' || second === 'clear')) return flowsCommand(second, rest);
+  if (first === 'flows' && second === 'graph') {
+    const { flowsGraphCommand } = await import('./flows/cli.ts');
+    process.exitCode = await flowsGraphCommand(rest);
+    return;
+  }
   if (first === 'policy') {
     process.exitCode = await policyCommand(argv.slice(1));
     return;

@@ -18,6 +18,7 @@ import { BUNDLE_ALGORITHMS } from './policy/signature.ts';
 import { DescriptorCheckConfigSchema } from './filters/descriptor.ts';
 import { ResultFilterConfigSchema } from './filters/result.ts';
 import { LimitsConfigSchema } from './limits.ts';
+import { ItemFlowSettingsSchema, ToolFlowSettingsSchema } from './flows/schema.ts';
 import { IdentityConfigSchema, resolveIdentityPaths } from './identity/config.ts';
 import { KV_DEFAULTS } from '../sandboxes/capabilities/kv.ts';
 import { refusedClaims } from './source-names.ts';
@@ -53,17 +54,20 @@ const ConnectorName = z
   .regex(/^[a-z][a-z0-9-]{0,31}$/, 'lowercase letters, digits and "-", starting with a letter, at most 32')
   .refine((name) => !name.includes('__'), 'must not contain "__" (the namespace separator)');
 
+/** Per tool: its risk, and its flow labels and egress arguments (broker/flows/labels.ts). */
 const ToolOverrides = z.record(
   z.string(),
-  z.strictObject({ risk: z.enum(['low', 'medium', 'high']).optional() }),
+  z.strictObject({ risk: z.enum(['low', 'medium', 'high']).optional(), ...ToolFlowSettingsSchema.shape }),
 );
 
 const ConnectorCommon = {
   name: ConnectorName,
   /** Expose tools as `<name>__<tool>` (the default). Off only for a single-upstream setup; clashes are then hidden, never shadowed. */
   namespace: z.boolean().default(true),
-  /** Per-tool settings; risk otherwise comes from the tool's annotations. */
+  /** Per-tool settings; risk and flow labels otherwise come from the tool's annotations. */
   tools: ToolOverrides.default({}),
+  /** Flow labels of the connector's resources and prompts (nothing in MCP says what they bring). */
+  labels: ItemFlowSettingsSchema.prefault({}),
   /** Upstream call deadline. */
   timeout: Duration.default(60_000),
 };
@@ -293,6 +297,21 @@ export const ConfigSchema = z.strictObject({
     .prefault({}),
   /** Quotas and caps (stage 4). */
   limits: LimitsConfigSchema.prefault({}),
+  /** Flow control: labels that follow an agent across calls (broker/flows/). */
+  flows: z
+    .strictObject({
+      /** Off: policy gets no `input.flow`, so no flow rule can fire (and nothing is recorded). */
+      enabled: z.boolean().default(true),
+      /** A flow is forgotten this long after its last change; an operator can clear it sooner. */
+      retention: Duration.default(24 * 3_600_000).refine((ms) => ms >= 60_000, 'at least 1m'),
+      /** Earlier results kept in detail per flow (labels they brought are never dropped). */
+      max_sources: z.number().int().min(4).max(64).default(32),
+      /** Hashed value units kept per flow, untrusted and trusted each (8 bytes per unit). */
+      max_units: z.number().int().min(64).max(65_536).default(4096),
+      /** Value units taken from one result. */
+      max_units_per_result: z.number().int().min(16).max(16_384).default(2048),
+    })
+    .prefault({}),
   filters: z
     .strictObject({
       /** Tool results: secret redaction, prompt-injection flags, hidden-Unicode stripping. */

@@ -63,6 +63,8 @@ export type DenialCode =
   // authorize
   | 'BASTION_POLICY_DENIED'
   | 'BASTION_POLICY_ERROR'
+  // authorize (reading) and filter (recording): the agent's flow state could not be read or written
+  | 'BASTION_FLOW_UNAVAILABLE'
   | 'BASTION_GRANT_DENIED'
   | 'BASTION_GRANT_POLICY_ERROR'
   // approve

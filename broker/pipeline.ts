@@ -1,7 +1,9 @@
 /**
  * The pipeline: every tool call passes resolve → authorize → approve →
  * execute → filter → audit, in that order, with the principal already
- * authenticated by the front door. Each stage either hands its outcome to
+ * authenticated by the front door. With flow control on, authorize also
+ * reads the agent's flow (what earlier results brought into its context)
+ * and filter records what this result brings (broker/flows/). Each stage either hands its outcome to
  * the next or throws a Denial; a Denial ends the call with a clear error and
  * an audit record, and the tool is never touched.
  *
@@ -30,6 +32,9 @@ import { callHash } from './approvals/record.ts';
 import type { ResultFilter } from './filters/result.ts';
 import type { Limits } from './limits.ts';
 import { metrics, TOOL_UNAUTHENTICATED_LABEL } from './metrics.ts';
+import type { FlowControl, PreparedFlow } from './flows/control.ts';
+import { auditExplanation, explainFlow, type FlowExplanation } from './flows/explain.ts';
+import type { ContextLabel, FlowInput } from './flows/schema.ts';
 
 /** Where a call came from: the agent's session and its relay channel. */
 export interface CallContext {
@@ -63,6 +68,8 @@ export interface PipelineParts {
   autoApprove?: boolean;
   /** Re-checks a principal after a wait (revocation, expiry); throws a Denial. */
   recheck?: (principal: Principal) => Promise<void>;
+  /** Flow control (broker/flows/); absent when config turns it off. */
+  flows?: FlowControl;
   now?: () => Date;
 }
 
@@ -114,6 +121,7 @@ export class Pipeline {
     method: PolicyInput['context']['method'],
     tool: { name: string; connector: string; risk: Risk; descriptor_hash: string },
     args: Record<string, unknown>,
+    flow?: FlowInput,
   ): PolicyInput {
     return {
       version: 1,
@@ -122,7 +130,41 @@ export class Pipeline {
       // Arguments arrived as parsed JSON, so every value is JSON; the principal's caps were validated with its token.
       arguments: args as PolicyInput['arguments'],
       context: { time: this.now().toISOString(), transport: call.transport, session: call.session, method },
+      ...(flow ? { flow } : {}),
     };
+  }
+
+  /** Reads the agent's flow for this call; a store that cannot answer refuses the call. */
+  private async prepareFlow(principal: Principal, entry: ToolEntry, args: Record<string, unknown>): Promise<PreparedFlow | undefined> {
+    if (!this.parts.flows) return undefined;
+    return this.parts.flows.prepare(principal, { name: entry.exposedName, flow: entry.flow }, args).catch((error: unknown) => {
+      throw asDenial('authorize', 'BASTION_FLOW_UNAVAILABLE', new Error(`the agent's flow state cannot be read: ${(error as Error).message}`));
+    });
+  }
+
+  /**
+   * Records what a resource read or a prompt brought into the agent's flow
+   * (labels from the connector's config, raised to untrusted when flagged).
+   * Throws a Denial when the flow cannot be written: the content is then
+   * withheld, never handed over unrecorded.
+   */
+  async recordItemFlow(principal: Principal, kind: ItemKind, name: string, labels: readonly ContextLabel[], contents: unknown): Promise<void> {
+    const flows = this.parts.flows;
+    if (!flows) return;
+    try {
+      const recorded = await flows.recordItem(principal, `${kind}:${name}`, labels, contents);
+      if (recorded.source) {
+        await this.parts.audit.append({
+          event: `${kind}s/flow`,
+          principal: principalForAudit(principal),
+          tool: `${kind}:${name}`,
+          outcome: 'info',
+          detail: { flow: recorded },
+        });
+      }
+    } catch (error) {
+      throw asDenial('filter', 'BASTION_FLOW_UNAVAILABLE', new Error(`the agent's flow state cannot be written: ${(error as Error).message}`));
+    }
   }
 
   /** Stage 3 for listings: true when policy would let this principal use the item at all. */
@@ -241,6 +283,8 @@ export class Pipeline {
     const { event, finish, argsBytes, argsError, slots } = ctx;
     let entry: ToolEntry;
     let decision: Decision | undefined;
+    let prepared: PreparedFlow | undefined;
+    let explanation: FlowExplanation | undefined;
     // An approval this call holds, until it is handed to the executor; a refusal before that abandons it.
     let approval: { id: string; hash: string } | undefined;
     try {
@@ -252,15 +296,26 @@ export class Pipeline {
       this.parts.limits?.checkArguments(argsBytes, args);
       const argumentCapsMs = performance.now() - mark;
       mark = performance.now();
+      prepared = await this.prepareFlow(principal, entry, args);
       const policy = this.parts.policy();
       event.policy_revision = policy.revision;
       decision = this.decideLogged(
         policy,
-        this.input(principal, call, 'tools/call', { name: entry.exposedName, connector: entry.connector.name, risk: entry.risk, descriptor_hash: entry.descriptorHash }, args),
+        this.input(
+          principal,
+          call,
+          'tools/call',
+          { name: entry.exposedName, connector: entry.connector.name, risk: entry.risk, descriptor_hash: entry.descriptorHash },
+          args,
+          prepared?.input,
+        ),
         event,
       );
       metrics.stageTime('authorize', mark);
       event.decision = { allow: decision.allow, reasons: decision.reasons, approval_required: decision.approval.required };
+      // Why a flow rule fired, for the approval page and the audit trail (argument values hashed there).
+      explanation = prepared ? explainFlow(prepared, decision.flow) : undefined;
+      if (explanation) event.detail = { ...event.detail, flow: { key: prepared!.key, call: prepared!.call, explanation: auditExplanation(explanation) } };
       if (!decision.allow) {
         throw new Denial('authorize', 'BASTION_POLICY_DENIED', decision.reasons.join('; ') || 'policy denied the call');
       }
@@ -287,7 +342,7 @@ export class Pipeline {
             }
           : decision;
         mark = performance.now();
-        approval = await this.approve(principal, call, entry, args, needs).catch((error: unknown) => {
+        approval = await this.approve(principal, call, entry, args, needs, explanation).catch((error: unknown) => {
           throw asDenial('approve', 'BASTION_APPROVAL_UNAVAILABLE', error);
         });
         metrics.stageTime('approve', mark);
@@ -368,6 +423,18 @@ export class Pipeline {
       return denialResult(denial);
     }
     const { report } = filtered;
+    // What this result brings into the agent's flow is recorded before the agent sees it;
+    // if it cannot be, the result is withheld (an unrecorded untrusted read would launder the flow).
+    let flowRecord: Awaited<ReturnType<FlowControl['record']>> | undefined;
+    if (prepared && this.parts.flows) {
+      try {
+        flowRecord = await this.parts.flows.record(prepared, decision.flow, filtered.result, report.flags);
+      } catch (error) {
+        const denial = asDenial('filter', 'BASTION_FLOW_UNAVAILABLE', new Error(`the result was withheld: the agent's flow state cannot be written (${(error as Error).message})`));
+        await this.recordAndLog(finish, denial, 'error');
+        return denialResult(denial);
+      }
+    }
     // Host capabilities a plugin used (fetches, kv keys) go to the audit record, summarized so a
     // plugin cannot bloat it; the filter already dropped them from what the agent gets. Only the
     // sandbox host reports them: the same _meta key from an upstream is not evidence.
@@ -375,6 +442,7 @@ export class Pipeline {
     await finish(result.isError ? 'error' : 'ok', {
       detail: {
         result_bytes: report.bytes,
+        ...(flowRecord?.source ? { flow: { ...(event.detail?.flow as object | undefined), ...flowRecord } } : {}),
         ...(capabilityUses.length ? summarizeUses(capabilityUses) : {}),
         // What was redacted and flagged, by kind and place; never the content.
         ...(Object.keys(report.redactions).length ? { redactions: report.redactions } : {}),
@@ -389,7 +457,14 @@ export class Pipeline {
    * record's id and hash; runStages re-checks, then consumes it (claimForExecution)
    * as it hands the call to the executor, or abandons it.
    */
-  private async approve(principal: Principal, call: CallContext, entry: ToolEntry, args: Record<string, unknown>, decision: Decision): Promise<{ id: string; hash: string }> {
+  private async approve(
+    principal: Principal,
+    call: CallContext,
+    entry: ToolEntry,
+    args: Record<string, unknown>,
+    decision: Decision,
+    explanation: FlowExplanation | undefined,
+  ): Promise<{ id: string; hash: string }> {
     const approvals = this.parts.approvals;
     if (!approvals) {
       throw new Denial(
@@ -414,6 +489,7 @@ export class Pipeline {
         quorum: decision.approval.quorum,
         roles: decision.approval.roles ?? [],
         ...(decision.approval.max_auth_age_s ? { max_auth_age_s: decision.approval.max_auth_age_s } : {}),
+        ...(explanation ? { flow: explanation } : {}),
         timeoutMs,
       },
       {
@@ -435,8 +511,10 @@ export class Pipeline {
   /** After a wait: the token (revoked, expired) and the policy may have changed; either stops the call. */
   private async recheckAfterApproval(principal: Principal, call: CallContext, entry: ToolEntry, args: Record<string, unknown>): Promise<void> {
     await this.parts.recheck?.(principal);
+    // The flow may have grown while the call waited (the agent read more elsewhere): decide on it as it is now.
+    const flow = await this.prepareFlow(principal, entry, args);
     const again = this.parts.policy().decideTrusted(
-      this.input(principal, call, 'tools/call', { name: entry.exposedName, connector: entry.connector.name, risk: entry.risk, descriptor_hash: entry.descriptorHash }, args),
+      this.input(principal, call, 'tools/call', { name: entry.exposedName, connector: entry.connector.name, risk: entry.risk, descriptor_hash: entry.descriptorHash }, args, flow?.input),
     );
     if (!again.allow) {
       throw new Denial('authorize', 'BASTION_POLICY_DENIED', `policy no longer allows this call after approval: ${again.reasons.join('; ')}`);

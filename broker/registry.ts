@@ -23,7 +23,7 @@ import type { CallOptions, Connector } from '../connectors/upstream.ts';
  */
 export interface ToolSource {
   readonly name: string;
-  readonly config: { namespace: boolean; tools: Record<string, { risk?: Risk | undefined }> };
+  readonly config: { namespace: boolean; tools: Record<string, ToolSettings> };
   readonly status: string;
   readonly catalog: { tools: Tool[] };
   lastError: string | undefined;
@@ -34,6 +34,11 @@ export interface ToolSource {
   catalogSettled?(): Promise<void>;
 }
 import type { DescriptorVerdict } from './filters/descriptor.ts';
+import { toolFlow, type ToolFlow } from './flows/labels.ts';
+import type { ToolFlowSettings } from './flows/schema.ts';
+
+/** What config says about one tool: its risk and its flow labels. */
+export type ToolSettings = { risk?: Risk | undefined } & { [K in keyof ToolFlowSettings]?: ToolFlowSettings[K] | undefined };
 
 /** Judges a tool descriptor for poisoning (broker/filters/descriptor.ts). */
 export type DescriptorCheck = (tool: Tool) => DescriptorVerdict;
@@ -48,6 +53,8 @@ export interface ToolEntry {
   /** The descriptor as agents see it (renamed). */
   descriptor: Tool;
   risk: Risk;
+  /** Flow labels and egress arguments (config, else annotations). */
+  flow: ToolFlow;
   /** sha256 over the upstream descriptor's canonical form. */
   descriptorHash: string;
   /** The descriptor as the upstream listed it. */
@@ -238,6 +245,7 @@ export class ToolRegistry {
           connector,
           descriptor: { ...tool, name: exposedName },
           risk: riskOf(tool, connector.config.tools[tool.name]?.risk),
+          flow: toolFlow(tool, connector.config.tools[tool.name]),
           descriptorHash: hash,
           upstreamDescriptor: tool,
           descriptorVerdict: this.judge(connector, tool, hash),

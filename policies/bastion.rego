@@ -12,6 +12,10 @@
 #   Site rules (packages under bastion.site, see policies/examples/) can only
 #   narrow this: veto a call (`deny`) or ask for a human approval
 #   (`require_approval`). Data (data.bastion.tool_risk) can re-rate a tool.
+#
+#   The flow rules (flows.rego, same package) look at what earlier results
+#   brought into the agent's context; they veto or ask for approval the
+#   same way, and add `flow` to the decision when the input has one.
 package bastion
 
 # Obligations attached to every decision. A site policy may tighten them.
@@ -20,20 +24,26 @@ default_obligations := {"redact": [], "max_result_bytes": 1048576}
 # METADATA
 # title: decision
 # description: The document the broker enforces (entrypoint bastion/decision).
-decision := {
-	"allow": allow,
-	"approval": approval,
-	"reasons": reasons,
-	"obligations": default_obligations,
-}
+decision := object.union(
+	{
+		"allow": allow,
+		"approval": approval,
+		"reasons": reasons,
+		"obligations": default_obligations,
+	},
+	flow_decision,
+)
 
 default allow := false
 
 allow if {
 	supported_input
 	count(granting) > 0
-	count(site_denials) == 0
+	count(vetoes) == 0
 }
+
+# Vetoes from site rules and from the flow rules (flows.rego).
+vetoes := site_denials | flow_denials
 
 supported_input if {
 	input.version == 1
@@ -262,7 +272,11 @@ approval_reasons contains concat("", ["site ", name, ": ", entry.reason]) if {
 	some [name, entry] in site_approvals
 }
 
-approval_quorum := max({entry.quorum | some [_, entry] in site_approvals} | {1})
+approval_reasons contains concat("", ["flow rule ", f.rule, ": ", f.reason]) if {
+	some f in flow_approvals
+}
+
+approval_quorum := max((({entry.quorum | some [_, entry] in site_approvals} | {f.quorum | some f in flow_approvals}) | {1}))
 
 risk_phrase := " is a high-risk tool" if risk == "high"
 
@@ -305,13 +319,13 @@ well_formed_approval(entry) if {
 
 reasons := sort(grant_reasons) if allow
 
-# Capabilities grant the call, but a site rule vetoes it: only the veto is news.
-else := sort(site_denials) if {
+# Capabilities grant the call, but a site or flow rule vetoes it: only the veto is news.
+else := sort(vetoes) if {
 	count(granting) > 0
-	count(site_denials) > 0
+	count(vetoes) > 0
 }
 
-else := sort(deny_reasons | site_denials) if count(deny_reasons | site_denials) > 0
+else := sort(deny_reasons | vetoes) if count(deny_reasons | vetoes) > 0
 
 else := ["no capability allows this call"]
 

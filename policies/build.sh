@@ -26,6 +26,8 @@ ENTRYPOINTS=(--entrypoint bastion/decision --entrypoint bastion/grants)
 POLICY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 COMMITTED="$POLICY_DIR/compiled/policy.wasm"
 CAPABILITIES="$POLICY_DIR/capabilities.json"
+# The default policy's sources (package bastion), which each example is layered on.
+DEFAULT_POLICY=(bastion.rego flows.rego)
 
 die() { echo "policies/build.sh: $*" >&2; exit 1; }
 
@@ -73,10 +75,10 @@ case "${1:-}" in
       example="${test%_test.rego}.rego"
       name="examples/$(basename "$example")"
       [[ -f "$example" ]] || die "$test has no $(basename "$example") beside it"
-      (cd "$POLICY_DIR" && opa test bastion.rego "$name" "examples/$(basename "$test")" >"$tmp/example.out" 2>&1) ||
+      (cd "$POLICY_DIR" && opa test "${DEFAULT_POLICY[@]}" "$name" "examples/$(basename "$test")" >"$tmp/example.out" 2>&1) ||
         { cat "$tmp/example.out" >&2; die "opa test failed for $name"; }
       (cd "$POLICY_DIR" && opa build --target wasm --entrypoint "$ENTRYPOINT" --capabilities "$CAPABILITIES" \
-        --output "$tmp/example.tar.gz" bastion.rego "$name") || die "$name does not build for WASM"
+        --output "$tmp/example.tar.gz" "${DEFAULT_POLICY[@]}" "$name") || die "$name does not build for WASM"
       echo "policies/build.sh: $name: $(tail -n 1 "$tmp/example.out")"
     done
     build_into "$tmp"

@@ -8,6 +8,7 @@
  */
 import { z } from 'zod';
 import { canonicalJson, sha256 } from '../audit/chain.ts';
+import { FlowExplanationSchema } from '../flows/explain.ts';
 
 export const APPROVALS = 'approvals';
 
@@ -58,6 +59,8 @@ export const ParkedCallSchema = z.strictObject({
   roles: z.array(z.string()),
   /** The policy asked for a recent sign-in: a vote counts only from an approver who authenticated at most this long ago. */
   max_auth_age_s: z.number().int().min(1).optional(),
+  /** When a flow rule asked for the approval: which earlier results made this call suspect, and how. Attacker-controlled text. */
+  flow: FlowExplanationSchema.optional(),
   created_at: z.string(),
   expires_at: z.string(),
   /** The broker process holding the agent's connection (`replica#epoch`, owners.ts); gone means the call can never run. */

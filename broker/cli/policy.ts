@@ -20,6 +20,7 @@ import { formatPolicyInputSchema, POLICY_INPUT_SCHEMA_FILE } from '../policy/inp
 import { DEFAULT_CAPABILITIES, OpaCli, OpaNotFound, SOURCE_IGNORES } from '../policy/opa.ts';
 import { BUNDLE_ALGORITHMS } from '../policy/signature.ts';
 import type { PolicyInput } from '../policy/schema.ts';
+import { describeFlowInput } from '../flows/explain.ts';
 import { evaluateGrants, type GrantsInput } from '../identity/grants.ts';
 
 const DEFAULT_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../policies');
@@ -63,7 +64,9 @@ DIR's own tests. Exits 1 when a test fails or coverage is under --threshold.
 
 Decides one policy input (a JSON document like policies/input.schema.json;
 "-" reads stdin) the way the broker does: compiled to WASM and evaluated by
-Bastion's engine. Prints the decision, then the rules that held.
+Bastion's engine. Prints the input's flow (what the agent's context holds,
+the call's flow labels and destinations, tainted arguments) when it has one,
+the decision, then the rules that held.
 
 --entrypoint grants evaluates bastion/grants (policies/grants.rego) instead:
 the input is a sign-in ({version, identity, client, scopes, grant_type,
@@ -324,6 +327,7 @@ async function evaluate(argv: string[], opa: OpaCli, io: PolicyCommandIo): Promi
     io.out(`no ${rule === 'grants' ? 'grant (the broker issues no token)' : 'decision (the broker denies)'}: ${(error as { reason?: string }).reason ?? (error as Error).message}\n`);
     return 1;
   }
+  if (rule !== 'grants' && input.flow) io.out(`${describeFlowInput(input.flow)}\n`);
   io.out(`${rule} (WASM, revision ${engine.revision}):\n${JSON.stringify(decision, null, 2)}\n`);
 
   if (!sourceDir) {

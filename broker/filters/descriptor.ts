@@ -32,7 +32,7 @@
  */
 import type { Tool } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
-import { createInjectionScanner, RESULT_PHRASE_RULES, type PhraseRule } from './injection.ts';
+import { createInjectionScanner, RESULT_ONLY_RULE_KINDS, RESULT_PHRASE_RULES, type PhraseRule } from './injection.ts';
 import { pointer } from './text.ts';
 
 const G = "[\\s*_~`\"'>|-]{1,8}";
@@ -91,12 +91,12 @@ export const DESCRIPTOR_PHRASE_RULES: readonly PhraseRule[] = [
 ];
 
 /**
- * What a descriptor is checked against: the result phrases, except the
- * request to call a tool (descriptors legitimately say "use this tool to…"
- * and "call list_repos first"), and the descriptor phrases.
+ * What a descriptor is checked against: the result phrases, except those
+ * for results only (descriptors legitimately say "use this tool to…",
+ * "call list_repos first", "Assistants: …"), and the descriptor phrases.
  */
 const DESCRIPTOR_RULES: readonly PhraseRule[] = [
-  ...RESULT_PHRASE_RULES.filter((rule) => rule.kind !== 'tool_invocation'),
+  ...RESULT_PHRASE_RULES.filter((rule) => !RESULT_ONLY_RULE_KINDS.has(rule.kind)),
   ...DESCRIPTOR_PHRASE_RULES,
 ];
 

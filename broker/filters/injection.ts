@@ -52,7 +52,7 @@ export const RESULT_PHRASE_RULES: readonly PhraseRule[] = [
     label: 'ignore previous instructions',
     source:
       `\\bignore${G}(?:(?:all|any|every|the|your|my|of)${G}){0,3}(?:previous|prior|above|earlier|preceding|foregoing|former|system|original|initial)${G}` +
-      `(?:instructions?|prompts?|directions?|directives?|rules|guidelines|messages?|context|commands?)\\b` +
+      `(?:and${G}following${G})?(?:i?\\w?nstructions?|prompts?|directions?|directives?|rules|guidelines|messages?|context|commands?)\\b` +
       `|\\bignore${G}(?:all${G}(?:(?:of${G})?(?:the|your|my)${G})?(?:instructions|rules|guidelines)|everything${G}(?:above|before|else|prior))\\b`,
   },
   {
@@ -75,7 +75,8 @@ export const RESULT_PHRASE_RULES: readonly PhraseRule[] = [
     kind: 'system_prompt',
     label: 'refers to the system prompt',
     source:
-      `\\b(?:system|developer)${G}(?:prompt|message|instructions?)\\b` +
+      // Not a product's "system prompt editor" or "settings": the model's own prompt.
+      `\\b(?:system|developer)${G}(?:prompt|message|instructions?)\\b(?!${G}(?:editor|field|template|setting|page|tab|option|box)s?\\b)` +
       `|\\b(?:reveal|print|show|repeat|output|leak|disclose)${G}(?:(?:me|us)${G})?(?:your|the)${G}(?:(?:initial|original|hidden|full|secret)${G})?(?:instructions|prompt|rules)\\b`,
   },
   {
@@ -85,8 +86,8 @@ export const RESULT_PHRASE_RULES: readonly PhraseRule[] = [
   },
   {
     kind: 'pseudo_tag',
-    label: 'markup addressed to the model',
-    source: `<\\s{0,4}/?\\s{0,4}(?:important|system|assistant|instructions?|admin|sudo|secret|user_?query)\\s{0,4}>`,
+    label: 'markup addressed to the model (also [system](#…) blocks)',
+    source: `<\\s{0,4}/?\\s{0,4}(?:important|information|system|assistant|instructions?|admin|sudo|secret|user_?query)\\s{0,4}>` + '|\\[\\s{0,4}system\\s{0,4}\\]\\s{0,4}\\(\\s{0,4}#',
   },
   {
     kind: 'chat_template_token',
@@ -125,12 +126,44 @@ export const RESULT_PHRASE_RULES: readonly PhraseRule[] = [
       `\\b(?:to|at|via|into|using)${G}(?:https?|ftp|wss?|gopher|file)://`,
   },
   {
+    kind: 'send_to_address',
+    label: 'asks to send data or money to an email address or account',
+    source:
+      `\\b(?:send|forward|e-?mail|mail|share|reply|transfer|wire|pay|upload)\\b[^\\n]{0,120}?` +
+      `\\b(?:to|with)${G}(?:[A-Za-z-]{1,16}${G}){0,3}(?:[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\\.[A-Za-z0-9-]{1,63}){1,8}\\b|[A-Z]{2}\\d{2}(?: ?[A-Z0-9]{4}){3})`,
+  },
+  {
+    kind: 'addressed_to_model',
+    label: 'addressed to an AI assistant or agent',
+    source:
+      // Spoken to ("Assistant, …", "AI agents: …"), not written about ("The assistant: a guide").
+      `(?<!\\bthe[ \\t]{1,3})\\b(?:(?:ai|llm)${G}(?:assistants?|agents?)|assistants?)\\b(?:${G}(?:reading|processing|summari[sz]ing|handling)\\b[^.:\\n]{0,60})?${G0}[:,]${G}` +
+      `|\\b(?:ai${G})?assistants?${G}(?:must|should|need${G}to|are${G}(?:required|instructed)${G}to)\\b` +
+      `|\\bthis${G}is${G}an?${G}(?:important|urgent)${G}message${G}from\\b` +
+      `|\\bbefore${G}you${G}(?:can${G})?(?:solve|complete|continue|finish|do)${G}(?:the|your)${G}task\\b`,
+  },
+  {
+    kind: 'urgent_override',
+    label: 'shouts at the model to drop what it is doing',
+    source: `\\bstop${G}everything\\b|\\bdelete${G}(?:all|every)\\b[^.\\n]{0,40}?\\b(?:files?|emails?|messages?|events?|data|records?)\\b`,
+  },
+  {
     kind: 'tool_invocation',
     label: 'asks the model to call a tool',
     source:
-      `\\b(?:call|invoke|use|run|execute|trigger)${G}(?:(?:the|this|a|another|your)${G})?(?:[A-Za-z0-9_.:-]{1,64}${G})?(?:tool|function)\\b`,
+      // "the tool", or a namespaced tool name; "call the deploy function" in documentation is not one.
+      `\\b(?:call|invoke|use|run|execute|trigger)${G}(?:the|this|a|another|your)${G}(?:[A-Za-z0-9_.:-]{1,64}${G})?tool\\b` +
+      `|\\b(?:call|invoke|use|run|execute|trigger)${G}(?:(?:the|this|a|another|your)${G})?[A-Za-z0-9.:-]{0,32}_[A-Za-z0-9_.:-]{1,32}${G}function\\b` +
+      `|\\b(?:call|invoke|run|execute|trigger)${G}(?:the${G})?[A-Za-z0-9]{1,32}__[A-Za-z0-9_]{1,64}\\b`,
   },
 ];
+
+/**
+ * Rules for results only: a tool's own description legitimately asks the
+ * model to call tools, addresses the assistant ("Assistants: use this
+ * to…"), names addresses in examples and describes deleting in bulk.
+ */
+export const RESULT_ONLY_RULE_KINDS: ReadonlySet<string> = new Set(['tool_invocation', 'send_to_address', 'addressed_to_model', 'urgent_override']);
 
 // ---------------------------------------------------------------------------
 // Hidden Unicode

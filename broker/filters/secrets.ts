@@ -361,7 +361,7 @@ function isCardNumber(value: string): boolean {
 }
 
 /** IBANs: 15–34 characters and the ISO 13616 mod-97 check. */
-function isIban(value: string): boolean {
+export function isIban(value: string): boolean {
   const compact = value.replace(/ /g, '');
   if (compact.length < 15 || compact.length > 34) return false;
   const rotated = compact.slice(4) + compact.slice(0, 4);

@@ -15,6 +15,7 @@
  *   const decision = DecisionSchema.parse(untrusted); // throws on any missing or malformed field
  */
 import { z } from 'zod';
+import { FlowDecisionSchema, FlowInputSchema } from '../flows/schema.ts';
 
 /** Serialized-size cap for a JSON value carried in a constraint. */
 function boundedJson(maxChars: number) {
@@ -121,6 +122,13 @@ export const PolicyInputSchema = z.strictObject({
     session: z.string(),
     method: z.enum(['tools/call', 'tools/list']),
   }),
+  /**
+   * Additive in version 1: what earlier results brought into the agent's
+   * context, this call's own flow labels and the arguments that came from
+   * untrusted content (broker/flows/). Present on tools/call while flow
+   * control is on; inputs without it are still valid.
+   */
+  flow: FlowInputSchema.optional(),
 });
 
 export type PolicyInput = z.infer<typeof PolicyInputSchema>;
@@ -152,6 +160,8 @@ export const DecisionSchema = z.strictObject({
     redact: z.array(z.string()),
     max_result_bytes: z.number().int().min(0),
   }),
+  /** Present when the input had `flow`: the tool's effective labels and the flow rules that fired. */
+  flow: FlowDecisionSchema.optional(),
 });
 
 export type Decision = z.infer<typeof DecisionSchema>;

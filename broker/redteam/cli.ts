@@ -20,6 +20,8 @@ import { defaultConfigurations, runCampaign } from './run.ts';
 
 export const REDTEAM_HELP = `usage: bastion redteam [--config FILE] [--report OUT.html] [--json OUT.json] [--quick]
                       [--corpus DIR]... [--only CLASS]... [--repetitions N] [--parallel N]
+       bastion redteam --chains [--config FILE] [--report OUT.html] [--json OUT.json]
+                      [--chains-dir DIR]... [--parallel N]
 
 Attacks Bastion the way a hostile agent, a stolen token or a turned upstream
 would, and measures what each defense stops. For each configuration (every
@@ -45,6 +47,20 @@ filters and approval settings are what is measured.
                      timed first, round-robin across all brokers, with no
                      attack traffic
 
+With --chains it runs the flow chains instead (broker/redteam/chains/*.yaml):
+multi-step attacks (read then pay, exfiltrate, delete, book; a sub-agent as
+confused deputy) and benign tasks over mail, calendar, files, chat,
+payments, travel and web upstreams, played by a worst-case agent that obeys
+every injected instruction with a token holding every tool of its
+environment. Configurations: flow control off, on, on with each flow rule
+off in turn, and on with each rule alone (policy data). It reports attack success (the harmful call
+reached a tool with no human), utility (benign tasks done with no human),
+approval burden and the p50 latency cost, per configuration. The harness
+approves benign tasks' parked calls and denies attacks', only to count them.
+
+  --chains           run the flow chains, not the corpus
+  --chains-dir DIR   add chain files (YAML) from DIR, or one file; repeatable
+
 Exit status: 0 when no attack succeeded against the full configuration,
 1 when one did (or the full configuration could not be run), 2 on bad usage.
 Attacking an already running broker (--url/--token) is not supported yet.`;
@@ -67,6 +83,42 @@ async function baseDocument(file: string | undefined): Promise<Record<string, un
     });
   }
   return base;
+}
+
+async function chainsCommand(values: { config?: string | undefined; report?: string | undefined; json?: string | undefined; parallel?: string | undefined; 'chains-dir'?: string[] | undefined }): Promise<number> {
+  const { loadChains, DEFAULT_CHAINS_DIR } = await import('./chains.ts');
+  const { runChainCampaign, chainConfigurations } = await import('./chain-run.ts');
+  const { chainHtmlReport, chainTerminalReport } = await import('./chain-report.ts');
+  const chains = await loadChains([DEFAULT_CHAINS_DIR, ...(values['chains-dir'] ?? []).map((dir) => path.resolve(dir))]);
+  const parallel = positiveInteger('--parallel', values.parallel);
+  const configurations = chainConfigurations();
+  const scenarios = chains.environments.flatMap((e) => e.scenarios);
+  process.stderr.write(
+    `bastion redteam --chains: ${scenarios.filter((s) => s.kind === 'attack').length} attacks, ${scenarios.filter((s) => s.kind === 'benign').length} benign tasks, configurations ${configurations.map((c) => c.name).join(', ')}\n`,
+  );
+  const result = await runChainCampaign({
+    chains,
+    base: await baseDocument(values.config),
+    configurations,
+    ...(parallel ? { parallel } : {}),
+    log: (line) => process.stderr.write(`${line}\n`),
+  });
+  process.stdout.write(chainTerminalReport(result));
+  await writeOutputs(values.report, () => chainHtmlReport(result), values.json, () => `${JSON.stringify(result, null, 2)}\n`);
+  const full = result.configurations.find((c) => c.name === 'full');
+  return !full || full.error || full.summary.attack_successes > 0 ? 1 : 0;
+}
+
+async function writeOutputs(report: string | undefined, html: () => string, json: string | undefined, text: () => string): Promise<void> {
+  for (const [file, content] of [
+    [report, html],
+    [json, text],
+  ] as const) {
+    if (!file) continue;
+    await mkdir(path.dirname(path.resolve(file)), { recursive: true });
+    await writeFile(file, content());
+    process.stderr.write(`wrote ${file}\n`);
+  }
 }
 
 function positiveInteger(flag: string, value: string | undefined): number | undefined {
@@ -94,6 +146,8 @@ export async function redteamCommand(argv: string[]): Promise<number> {
         parallel: { type: 'string' },
         url: { type: 'string' },
         token: { type: 'string' },
+        chains: { type: 'boolean', default: false },
+        'chains-dir': { type: 'string', multiple: true },
         help: { type: 'boolean' },
       },
     });
@@ -101,6 +155,11 @@ export async function redteamCommand(argv: string[]): Promise<number> {
       process.stdout.write(`${REDTEAM_HELP}\n`);
       return 0;
     }
+    if (values.chains) {
+      if (values.corpus || values.only || values.repetitions || values.quick) throw new UsageError('--chains runs the flow chains; --corpus, --only, --repetitions and --quick are for the corpus');
+      return await chainsCommand(values);
+    }
+    if (values['chains-dir']) throw new UsageError('--chains-dir goes with --chains');
     if (values.url || values.token) throw new UsageError('--url/--token (attacking a running broker) is not supported yet; bastion redteam starts its own brokers');
     const corpus = await loadCorpus([DEFAULT_CORPUS_DIR, ...(values.corpus ?? []).map((dir) => path.resolve(dir))]);
     if (values.only?.length) {
@@ -125,22 +184,14 @@ export async function redteamCommand(argv: string[]): Promise<number> {
       log: (line) => process.stderr.write(`${line}\n`),
     });
     process.stdout.write(terminalReport(result));
-    for (const [file, content] of [
-      [values.report, () => htmlReport(result)],
-      [values.json, () => `${JSON.stringify(result, null, 2)}\n`],
-    ] as const) {
-      if (!file) continue;
-      await mkdir(path.dirname(path.resolve(file)), { recursive: true });
-      await writeFile(file, content());
-      process.stderr.write(`wrote ${file}\n`);
-    }
+    await writeOutputs(values.report, () => htmlReport(result), values.json, () => `${JSON.stringify(result, null, 2)}\n`);
     return result.breached ? 1 : 0;
   } catch (error) {
     if (error instanceof UsageError || (error instanceof TypeError && 'code' in error && String(error.code).startsWith('ERR_PARSE_ARGS'))) {
       process.stderr.write(`bastion redteam: ${error.message}\n`);
       return 2;
     }
-    if (error instanceof ConfigError || error instanceof CorpusError) {
+    if (error instanceof ConfigError || error instanceof CorpusError || (error instanceof Error && error.name === 'ChainsError')) {
       process.stderr.write(`bastion redteam: ${error.message}\n`);
       return 2;
     }

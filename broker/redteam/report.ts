@@ -12,10 +12,10 @@
  *   process.stdout.write(terminalReport(result));
  *   await writeFile('redteam.html', htmlReport(result));
  */
-import { createHash } from 'node:crypto';
+import { escapeHtml, reportPage } from '../html-report.ts';
 import type { CampaignResult, ClassCell } from './run.ts';
 
-const escape = (text: string) => text.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
+const escape = escapeHtml;
 
 function cellText(cell: ClassCell | undefined): string {
   if (!cell || !cell.applicable) return 'n/a';
@@ -149,28 +149,19 @@ function latencyBars(result: CampaignResult): string {
   return parts.join('\n');
 }
 
+/** What this report adds to the shared report style. */
 const STYLE = `
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#212529;margin:24px auto;max-width:1100px;padding:0 16px}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
 .verdict{padding:10px 14px;border-radius:6px;font-weight:600;margin:12px 0}
 .verdict.ok{background:#d3f9d8;color:#1b4d2a}.verdict.breach{background:#ffe3e3;color:#7d1b1b}
-.meta{color:#495057}
-svg text{font:12px system-ui,sans-serif;fill:#212529}
 svg text.cell-label{fill:#fff;font-weight:600}
 svg text.col{font-weight:600}
-table{border-collapse:collapse;width:100%;font-size:13px}
-th,td{border-bottom:1px solid #dee2e6;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f1f3f5}
 td.success{color:#c92a2a;font-weight:600}
-code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace}
 ul.findings li{margin:4px 0}
 details{margin:6px 0}
-`.trim();
+`;
 
 /** The whole report as one HTML document with no external resources and no script. */
 export function htmlReport(result: CampaignResult): string {
-  const styleHash = createHash('sha256').update(STYLE).digest('base64');
-  const csp = `default-src 'none'; style-src 'sha256-${styleHash}'; img-src data:; base-uri 'none'; form-action 'none'`;
   const full = result.configurations.find((c) => c.defenses_off.length === 0);
   const classRows = result.classes
     .map((c) => {
@@ -200,16 +191,7 @@ export function htmlReport(result: CampaignResult): string {
         )}</td></tr>`,
     )
     .join('\n');
-  return `<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="${escape(csp)}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Bastion red team report</title>
-<style>${STYLE}</style>
-</head>
-<body>
+  return reportPage('Bastion red team report', STYLE, `
 <h1>Bastion red team report</h1>
 <p class="meta">${escape(result.quick ? 'Quick run' : 'Full run')}, ${result.repetitions} repetition(s) per case, ${result.classes.length} attack classes, ${result.configurations.length} configurations. Generated ${escape(result.generated_at)}.</p>
 <div class="verdict ${result.breached ? 'breach' : 'ok'}">${result.breached ? 'At least one attack succeeded against the full configuration.' : 'No attack succeeded against the full configuration.'}</div>
@@ -245,7 +227,5 @@ ${attemptRows}
 </tbody>
 </table>
 </details>
-</body>
-</html>
-`;
+`);
 }

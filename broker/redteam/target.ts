@@ -166,7 +166,7 @@ export async function materializePlugins(plugins: PluginSpec[], dir: string): Pr
   return entries;
 }
 
-async function readLines<T>(file: string): Promise<T[]> {
+export async function readLines<T>(file: string): Promise<T[]> {
   try {
     const text = await readFile(file, 'utf8');
     return text
@@ -267,16 +267,37 @@ async function terminate(child: ChildProcess, graceMs = 5_000): Promise<void> {
   clearTimeout(timer);
 }
 
-export async function launchTarget(options: LaunchOptions): Promise<Target> {
-  const dir = path.join(options.workDir, options.name);
-  await mkdir(dir, { recursive: true, mode: 0o700 });
-  const document = targetDocument(options, dir, await materializePlugins(options.plugins ?? [], dir), await signInSetup(options, dir));
-  // Validate here too, so a bad base config fails with the parser's message rather than a dead child.
-  const config = parseConfig(document, `red-team configuration ${options.name}`);
+/** An approver sign-in token for `audience`, signed by the red-team issuer (10 minutes, single use). */
+export async function signApproverToken(issuer: RedteamIssuer, audience: string, sub: string): Promise<string> {
+  const iat = Math.floor(Date.now() / 1000);
+  return new SignJWT({ roles: [] })
+    .setProtectedHeader({ alg: 'EdDSA', typ: APPROVER_TOKEN_TYPE, kid: issuer.privateJwk.kid! })
+    .setIssuer(issuer.issuer)
+    .setSubject(sub)
+    .setAudience(audience)
+    .setIssuedAt(iat)
+    .setExpirationTime(iat + 600)
+    .setJti(crypto.randomUUID())
+    .sign(await importJWK(issuer.privateJwk, 'EdDSA'));
+}
+
+/** A `bastion start` child process on a config document, up and listening. */
+export interface BastionProcess {
+  url: string;
+  config: Config;
+  stderr(): string;
+  stop(): Promise<void>;
+}
+
+/**
+ * Writes `document` as `dir`/bastion.yaml and starts `bastion start` on it
+ * (validated here first, so a bad document fails with the parser's message
+ * rather than a dead child); resolves once it listens.
+ */
+export async function startBastion(dir: string, name: string, document: Record<string, unknown>, timeoutMs = 30_000): Promise<BastionProcess> {
+  const config = parseConfig(document, `red-team configuration ${name}`);
   const configFile = path.join(dir, 'bastion.yaml');
   await writeFile(configFile, YAML.stringify(document));
-  // The operator's scrape token, if /metrics needs one (the live-session count is read there).
-  const scrapeToken = config.server.metrics_token_file ? (await readFile(config.server.metrics_token_file, 'utf8')).trim() : undefined;
 
   const child = spawn(process.execPath, [CLI, 'start', '--config', configFile], {
     cwd: PROJECT_ROOT,
@@ -295,12 +316,12 @@ export async function launchTarget(options: LaunchOptions): Promise<Target> {
   });
 
   const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => done(new Error(`broker ${options.name} did not start within ${options.timeoutMs ?? 30_000} ms`)), options.timeoutMs ?? 30_000);
+    const timer = setTimeout(() => done(new Error(`broker ${name} did not start within ${timeoutMs} ms`)), timeoutMs);
     const onData = () => {
       const match = /Bastion is listening at (\S+)/.exec(stdout);
       if (match) done(undefined, match[1]!);
     };
-    const onExit = (code: number | null) => done(new Error(`broker ${options.name} exited with ${code} before listening:\n${stderr.slice(-4000)}`));
+    const onExit = (code: number | null) => done(new Error(`broker ${name} exited with ${code} before listening:\n${stderr.slice(-4000)}`));
     function done(error: Error | undefined, value?: string) {
       clearTimeout(timer);
       child.stdout!.off('data', onData);
@@ -314,6 +335,16 @@ export async function launchTarget(options: LaunchOptions): Promise<Target> {
     await terminate(child, 1_000);
     throw error;
   });
+  return { url, config, stderr: () => stderr, stop: () => terminate(child) };
+}
+
+export async function launchTarget(options: LaunchOptions): Promise<Target> {
+  const dir = path.join(options.workDir, options.name);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const document = targetDocument(options, dir, await materializePlugins(options.plugins ?? [], dir), await signInSetup(options, dir));
+  const { url, config, stderr, stop } = await startBastion(dir, options.name, document, options.timeoutMs);
+  // The operator's scrape token, if /metrics needs one (the live-session count is read there).
+  const scrapeToken = config.server.metrics_token_file ? (await readFile(config.server.metrics_token_file, 'utf8')).trim() : undefined;
 
   const origin = new URL(url).origin;
   const issuer = options.issuer;
@@ -329,18 +360,7 @@ export async function launchTarget(options: LaunchOptions): Promise<Target> {
     issuer,
     mint: ({ sub, cap, ttlMs, use, jkt }) =>
       mintToken({ key: issuer.privateJwk, issuer: issuer.issuer, audience: url, sub, cap, ttlMs, tokenType: config.auth.token_type, ...(use ? { use } : {}), ...(jkt ? { jkt } : {}) }),
-    async approverToken(sub) {
-      const iat = Math.floor(Date.now() / 1000);
-      return new SignJWT({ roles: [] })
-        .setProtectedHeader({ alg: 'EdDSA', typ: APPROVER_TOKEN_TYPE, kid: issuer.privateJwk.kid! })
-        .setIssuer(issuer.issuer)
-        .setSubject(sub)
-        .setAudience(url)
-        .setIssuedAt(iat)
-        .setExpirationTime(iat + 600)
-        .setJti(crypto.randomUUID())
-        .sign(await importJWK(issuer.privateJwk, 'EdDSA'));
-    },
+    approverToken: (sub) => signApproverToken(issuer, url, sub),
     async upstreamMark() {
       const mark: UpstreamMark = {};
       for (const [connector, file] of logs) mark[connector] = (await readLines(file)).length;
@@ -363,7 +383,7 @@ export async function launchTarget(options: LaunchOptions): Promise<Target> {
       if (response.status !== 200 || value === undefined) throw new Error(`cannot read bastion_sessions_open from ${origin}/metrics (HTTP ${response.status})`);
       return Number(value);
     },
-    stderr: () => stderr,
-    stop: () => terminate(child),
+    stderr,
+    stop,
   };
 }

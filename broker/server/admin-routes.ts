@@ -1,17 +1,20 @@
 /**
  * HTTP routes beside MCP: RFC 9728 protected-resource metadata (so standard
  * MCP clients discover the issuer), delegation (a holder mints a narrower
- * token for a sub-agent), and the operator endpoints: revocation, and the
- * review of quarantined tool descriptors. Operator endpoints need a token
- * with a literal grant (`bastion:revoke`, `bastion:tools`); no glob confers one.
+ * token for a sub-agent), and the operator endpoints: revocation, the
+ * review of quarantined tool descriptors, and the agents' flows (show,
+ * clear). Operator endpoints need a token with a literal grant
+ * (`bastion:revoke`, `bastion:tools`, `bastion:flows`); no glob confers one.
  *
  * @example
  *   app.use(adminRoutes({ broker, resource, authenticate }));
  */
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
+import { decodeJwt } from 'jose';
 import { z } from 'zod';
 import { OPERATOR_GRANT_PREFIX } from '../auth/attenuate.ts';
 import { delegate } from '../auth/delegate.ts';
+import { flowKey } from '../flows/control.ts';
 import { revoke } from '../auth/revocation.ts';
 import type { Principal } from '../auth/verify.ts';
 import type { Broker } from '../broker.ts';
@@ -22,12 +25,16 @@ import type { AuthedRequest } from './http.ts';
 /** The literal grants operator tokens need; globs never confer them. */
 export const REVOKE_GRANT = `${OPERATOR_GRANT_PREFIX}revoke`;
 export const TOOLS_GRANT = `${OPERATOR_GRANT_PREFIX}tools`;
+export const FLOWS_GRANT = `${OPERATOR_GRANT_PREFIX}flows`;
 
 export interface AdminRouteOptions {
   broker: Broker;
   resource: string;
   authenticate: (req: AuthedRequest, res: Response, next: NextFunction) => Promise<void>;
 }
+
+/** Names a flow by the root principal it belongs to. */
+const FlowOwnerSchema = z.strictObject({ iss: z.string().min(1).max(1024), sub: z.string().min(1).max(256) });
 
 const RevokeSchema = z.union([
   z.strictObject({ jti: z.string().min(1).max(256), iss: z.string().min(1).max(1024) }),
@@ -72,15 +79,28 @@ export function adminRoutes({ broker, resource, authenticate }: AdminRouteOption
       res.status(404).json({ error: 'not_found', error_description: 'delegation is disabled on this broker' });
       return;
     }
+    let issued: { token: string; exp: number };
     try {
-      const { token, exp } = await delegate(principalOf(req), req.body, signer);
-      await audited(req, 'token/delegate', 'ok', { child_sub: (req.body as { sub: string }).sub, exp });
-      res.json({ access_token: token, token_type: 'Bearer', expires_at: exp });
+      issued = await delegate(principalOf(req), req.body, signer);
     } catch (error) {
       const denial = error instanceof Denial ? error : new Denial('authorize', 'BASTION_DELEGATION_REFUSED', (error as Error).message);
       await audited(req, 'token/delegate', 'denied', {}, denial);
       res.status(403).json({ error: 'delegation_refused', code: denial.code, error_description: denial.reason });
+      return;
     }
+    const { token, exp } = issued;
+    try {
+      // The child shares its parent's flow: without the link it would start clean (and be refused).
+      const claims = decodeJwt(token);
+      await broker.flows?.linkDelegation(principalOf(req), { iss: String(claims.iss), jti: String(claims.jti), exp });
+    } catch (error) {
+      const denial = new Denial('authorize', 'BASTION_FLOW_UNAVAILABLE', `the sub-agent's flow cannot be linked to its parent's: ${(error as Error).message}`);
+      await audited(req, 'token/delegate', 'denied', {}, denial);
+      res.status(503).json({ error: 'temporarily_unavailable', code: denial.code, error_description: denial.reason });
+      return;
+    }
+    await audited(req, 'token/delegate', 'ok', { child_sub: (req.body as { sub: string }).sub, exp });
+    res.json({ access_token: token, token_type: 'Bearer', expires_at: exp });
   });
 
   /** Refuses (403, audited) unless the caller's token holds `grant` literally. */
@@ -130,6 +150,58 @@ export function adminRoutes({ broker, resource, authenticate }: AdminRouteOption
     broker.registry.invalidate();
     broker.sessions.broadcast((s) => s.server.sendToolListChanged());
     res.json({ approved: tool, hash: approved.seen.hash });
+  });
+
+  const flowOwner = (req: AuthedRequest, res: Response, source: unknown): string | undefined => {
+    const parsed = FlowOwnerSchema.safeParse(source);
+    if (!parsed.success) {
+      res.status(400).json({ error: 'invalid_request', error_description: 'name the flow by its root principal: {"iss": "...", "sub": "..."}' });
+      return undefined;
+    }
+    return flowKey(parsed.data.iss, parsed.data.sub);
+  };
+  const flowsOff = (res: Response): boolean => {
+    if (broker.flows) return false;
+    res.status(404).json({ error: 'not_found', error_description: 'flow control is off on this broker (flows.enabled: false)' });
+    return true;
+  };
+
+  router.get('/admin/flows', authenticate, async (req: AuthedRequest, res) => {
+    if (!(await holds(req, res, FLOWS_GRANT, 'admin/flows/show')) || flowsOff(res)) return;
+    try {
+      if (req.query.sub === undefined && req.query.iss === undefined) {
+        const flows = await broker.flows!.store.list();
+        res.json({ flows: flows.map(({ key, labels, counts, updated }) => ({ key, labels, counts, updated })) });
+        return;
+      }
+      const key = flowOwner(req, res, { iss: req.query.iss, sub: req.query.sub });
+      if (key === undefined) return;
+      res.json({ key, flow: (await broker.flows!.show(key)) ?? null });
+    } catch (error) {
+      res.status(503).json({ error: 'temporarily_unavailable', error_description: `state store unavailable: ${(error as Error).message}` });
+    }
+  });
+
+  router.post('/admin/flows/clear', json, authenticate, async (req: AuthedRequest, res) => {
+    if (!(await holds(req, res, FLOWS_GRANT, 'admin/flows/clear')) || flowsOff(res)) return;
+    const key = flowOwner(req, res, req.body);
+    if (key === undefined) return;
+    let had;
+    try {
+      had = await broker.flows!.clear(key);
+    } catch (error) {
+      const denial = new Denial('authorize', 'BASTION_FLOW_UNAVAILABLE', `state store unavailable: ${(error as Error).message}`);
+      await audited(req, 'admin/flows/clear', 'denied', { flow: key }, denial);
+      res.status(503).json({ error: 'temporarily_unavailable', error_description: denial.reason });
+      return;
+    }
+    // What was forgotten stays on record: the labels, how many sources brought each, and the latest ones.
+    await audited(req, 'admin/flows/clear', 'ok', {
+      flow: key,
+      cleared: had !== undefined,
+      ...(had ? { labels: had.labels, counts: had.counts, sources: had.sources.map(({ id, tool, at, labels }) => ({ id, tool, at, labels })) } : {}),
+    });
+    res.json({ cleared: had !== undefined, flow: key });
   });
 
   return router;

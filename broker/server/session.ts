@@ -135,9 +135,12 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
     try {
       const entry = registry.resolvePrompt(request.params.name);
       pipeline.authorizeItem(principal, call, 'prompt', entry.exposedName, entry.connector.name);
-      return await entry.connector.withOrigin(call.origin, (client) =>
+      const prompt = await entry.connector.withOrigin(call.origin, (client) =>
         client.getPrompt({ ...request.params, name: entry.upstreamName }, { signal: extra.signal }),
       );
+      // What it brings into the agent's flow is recorded before the agent sees it.
+      await pipeline.recordItemFlow(principal, 'prompt', entry.exposedName, entry.connector.config.labels.prompts, prompt);
+      return prompt;
     } catch (error) {
       return protocolError(error);
     }
@@ -175,7 +178,9 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
     const call = callContext(session, extra);
     try {
       const connector = authorizedResource(principal, call, request.params.uri);
-      return await connector.withOrigin(call.origin, (client) => client.readResource(request.params, { signal: extra.signal }));
+      const contents = await connector.withOrigin(call.origin, (client) => client.readResource(request.params, { signal: extra.signal }));
+      await pipeline.recordItemFlow(principal, 'resource', request.params.uri, connector.config.labels.resources, contents);
+      return contents;
     } catch (error) {
       return protocolError(error);
     }

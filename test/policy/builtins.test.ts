@@ -14,7 +14,7 @@ import { readBundle } from '../../broker/policy/bundle.ts';
 import { createPolicyEngine, type PolicyEngine } from '../../broker/policy/engine.ts';
 import { parseRfc3339Ns } from '../../broker/policy/builtins.ts';
 import type { PolicyInput } from '../../broker/policy/schema.ts';
-import { buildBundle, input, POLICIES, tempDir } from './helpers.ts';
+import { buildBundle, DEFAULT_POLICY_FILES, input, POLICIES, tempDir } from './helpers.ts';
 
 const { dir: work, cleanup } = tempDir('bastion-builtins-');
 afterAll(cleanup);
@@ -175,7 +175,7 @@ describe('the time window example in WASM', () => {
   beforeAll(async () => {
     const src = path.join(work, 'time-window');
     mkdirSync(src);
-    execFileSync('cp', [path.join(POLICIES, 'bastion.rego'), path.join(POLICIES, 'examples/time_window.rego'), src]);
+    execFileSync('cp', [...DEFAULT_POLICY_FILES.map((file) => path.join(POLICIES, file)), path.join(POLICIES, 'examples/time_window.rego'), src]);
     const bundle = await readBundle(execFileSync('cat', [buildBundle(src, path.join(work, 'tw.tar.gz'))]));
     windowed = await createPolicyEngine({ wasm: bundle.wasm, source: 'time_window' });
   });

@@ -240,7 +240,7 @@ describe('the tar reader', () => {
   }
 
   it('reads what opa build writes', () => {
-    expect([...readTarGz(signed).keys()].sort()).toEqual(['/.manifest', '/.signatures.json', '/bastion.rego', '/data.json', '/grants.rego', '/policy.wasm']);
+    expect([...readTarGz(signed).keys()].sort()).toEqual(['/.manifest', '/.signatures.json', '/bastion.rego', '/data.json', '/flows.rego', '/grants.rego', '/policy.wasm']);
   });
 
   it.each([

@@ -104,6 +104,31 @@ describe('bastion policy', () => {
     expect(compiled.out).toMatch(/rules that held: not available for a compiled policy/);
   });
 
+  it('eval shows the flow input and the flow rules that held', async () => {
+    const file = path.join(work, 'flow-call.json');
+    const source = { id: 's1', tool: 'mail__read_email', at: '2026-01-05T09:59:00Z', age_s: 60, labels: ['untrusted', 'private'], reason: 'tool labels (config): untrusted, private', call: 'c1' };
+    writeFileSync(
+      file,
+      JSON.stringify({
+        ...input({ tool: 'payments__send_money', cap: [{ tool: 'payments__*' }], args: { iban: 'GB82WEST12345698765432' } }),
+        flow: {
+          labels: { untrusted: ['s1'], private: ['s1'] },
+          sources: [source],
+          tool: { labels: ['external'], egress: [] },
+          arguments: [{ argument: '/iban', kind: 'iban', value: 'GB82WEST12345698765432', sources: ['s1'] }],
+        },
+      }),
+    );
+    const { code, out, err } = await run('eval', '--input', file);
+    expect(code, err).toBe(0);
+    expect(out).toContain('untrusted in context, from: mail__read_email (s1, 2026-01-05T09:59:00Z)');
+    expect(out).toContain(`this call's labels: external`);
+    expect(out).toContain('argument /iban (iban "GB82WEST12345698765432") came from untrusted s1');
+    expect(out).toMatch(/"rule": "trifecta"/);
+    expect(out).toMatch(/^ {2}flow_call_labels = \["external"\]$/m);
+    expect(out).toMatch(/^ {2}flow_untrusted = \["s1"\]$/m);
+  });
+
   it('eval says when the broker would deny for want of a decision', async () => {
     const file = path.join(work, 'bad-call.json');
     writeFileSync(file, JSON.stringify({ version: 2 }));

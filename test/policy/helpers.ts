@@ -44,13 +44,16 @@ export function tempDir(prefix = 'bastion-policy-'): { dir: string; cleanup: () 
   return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-/** A copy of the default policy (decision and grants) and its tests in `dir` (a Rego source directory). */
+/** The decision policy's source files (package bastion), without their tests; grants.rego is the other entrypoint. */
+export const DEFAULT_POLICY_FILES = ['bastion.rego', 'flows.rego'] as const;
+
+/** A copy of the default policy (decision, flow rules and grants) and its tests in `dir` (a Rego source directory). */
 export function copyDefaultPolicy(dir: string): void {
   mkdirSync(dir, { recursive: true });
-  cpSync(path.join(POLICIES, 'bastion.rego'), path.join(dir, 'bastion.rego'));
-  cpSync(path.join(POLICIES, 'bastion_test.rego'), path.join(dir, 'bastion_test.rego'));
-  cpSync(path.join(POLICIES, 'grants.rego'), path.join(dir, 'grants.rego'));
-  cpSync(path.join(POLICIES, 'grants_test.rego'), path.join(dir, 'grants_test.rego'));
+  for (const file of [...DEFAULT_POLICY_FILES, 'grants.rego']) {
+    cpSync(path.join(POLICIES, file), path.join(dir, file));
+    cpSync(path.join(POLICIES, file.replace(/\.rego$/, '_test.rego')), path.join(dir, file.replace(/\.rego$/, '_test.rego')));
+  }
 }
 
 export function opa(args: string[], cwd?: string): string {

@@ -8,6 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { DEFAULT_POLICY_FILES } from './helpers.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -34,12 +35,13 @@ describe('policies/', () => {
       'production_approval',
       'read_only',
       'time_window',
+      'untrusted_payments',
     ]);
   });
 
   it.each(examples)('passes examples/%s on top of the default policy', (testFile) => {
     const example = testFile.replace(/_test\.rego$/, '.rego');
-    const { status, output } = run('opa', ['test', 'policies/bastion.rego', `policies/examples/${example}`, `policies/examples/${testFile}`, '-v']);
+    const { status, output } = run('opa', ['test', ...DEFAULT_POLICY_FILES.map((file) => `policies/${file}`), `policies/examples/${example}`, `policies/examples/${testFile}`, '-v']);
     expect(status, output).toBe(0);
     expect(output).toMatch(/^PASS: (\d+)\/\1$/m);
   });

@@ -28,6 +28,8 @@ export interface ReplicaOptions {
   progressEvery?: string;
   /** Per-tool settings of the `rec` connector, e.g. { slow: { risk: 'high' } }. */
   tools?: Record<string, { risk: 'low' | 'medium' | 'high' }>;
+  /** Config members that replace the defaults above (e.g. other connectors, policy data). */
+  extra?: Record<string, unknown>;
 }
 
 export interface Replica {
@@ -68,6 +70,7 @@ export async function startReplica(options: ReplicaOptions): Promise<Replica> {
       },
     ],
   };
+  Object.assign(config, options.extra);
   const configFile = path.join(stateDir, 'bastion.yaml');
   // JSON is YAML.
   await writeFile(configFile, JSON.stringify(config, null, 2));

@@ -78,6 +78,78 @@ function renderArguments(args, tally) {
   return container;
 }
 
+const LABEL_WORDS = { untrusted: 'untrusted content', private: 'private data', external: 'sends data or acts outside the organisation', destructive: 'destroys data' };
+
+function clockTime(iso) {
+  const date = new Date(iso);
+  return Number.isNaN(date.getTime()) ? iso : date.toLocaleString();
+}
+
+/**
+ * Why a flow rule parked this call: the rules, then the path from the earlier
+ * result that brought untrusted content, through the argument values that came
+ * from it, to this call. Every string is agent- or attacker-supplied: text only.
+ */
+function renderFlow(flow, tally) {
+  const show = (text, multiline = false) => reveal(text, { multiline, tally });
+  const byId = new Map(flow.sources.map((source) => [source.id, source]));
+  const rules = el(
+    'ul',
+    { class: 'flow-rules' },
+    ...flow.rules.map((rule) =>
+      el(
+        'li',
+        { 'data-rule': rule.rule },
+        el('strong', { text: rule.rule }),
+        ` ${rule.effect === 'deny' ? '(refuses)' : `(needs ${rule.quorum} approver${rule.quorum > 1 ? 's' : ''})`}: `,
+        show(rule.reason),
+      ),
+    ),
+  );
+  const steps = [];
+  for (const source of flow.sources) {
+    const step = el(
+      'li',
+      { class: 'flow-source', 'data-source': source.id },
+      el('span', { class: 'when', text: clockTime(source.at) }),
+      ' ',
+      el('code', {}, show(source.tool)),
+      ` brought ${source.labels.map((label) => LABEL_WORDS[label] || label).join(' and ')} into the agent's context`,
+      el('div', { class: 'meta' }, 'why: ', show(source.reason), ` · source ${source.id} · audit detail.flow.call ${source.call}`),
+    );
+    if (source.excerpt) step.append(el('blockquote', { class: 'excerpt' }, show(source.excerpt, true)));
+    steps.push(step);
+  }
+  for (const argument of flow.arguments) {
+    const from = argument.sources.map((id) => (byId.get(id) ? `${byId.get(id).tool} (${id})` : id)).join(', ');
+    steps.push(
+      el(
+        'li',
+        { class: 'flow-argument', 'data-argument': argument.argument },
+        'argument ',
+        el('code', {}, show(argument.argument)),
+        ' = ',
+        el('code', { class: 'value' }, show(JSON.stringify(argument.value))),
+        ` (${argument.kind}) came from `,
+        show(from),
+        ', and from nothing the agent was given or read from a trusted source',
+      ),
+    );
+  }
+  const outside = flow.call.egress.filter(() => flow.call.labels.includes('external')).map((target) => target.host || `(unreadable: ${target.value})`);
+  steps.push(
+    el(
+      'li',
+      { class: 'flow-call' },
+      'this call: ',
+      el('code', {}, show(flow.call.tool)),
+      ` ${flow.call.labels.length ? flow.call.labels.map((label) => LABEL_WORDS[label] || label).join(', ') : 'has no flow labels'}`,
+      outside.length ? el('span', {}, ' (destinations: ', show(outside.join(', ')), ')') : null,
+    ),
+  );
+  return el('section', { class: 'flow', 'aria-label': 'Why a flow rule asks for approval' }, el('h3', { text: "Why: what entered this agent's context earlier" }), rules, el('ol', { class: 'flow-path' }, ...steps));
+}
+
 function timeLeft(iso) {
   const seconds = Math.max(0, Math.round((Date.parse(iso) - Date.now()) / 1000));
   return seconds >= 60 ? `${Math.floor(seconds / 60)} min ${seconds % 60} s left` : `${seconds} s left`;
@@ -159,6 +231,7 @@ function renderCard(call) {
       ` · approvals ${approvals}/${call.quorum}`,
     ),
     el('ul', { class: 'reasons' }, ...[call.approval_reason, ...call.reasons].filter(Boolean).map((r) => el('li', {}, reveal(r, { tally })))),
+    call.flow ? renderFlow(call.flow, tally) : null,
     renderArguments(call.arguments, tally),
     el('div', { class: 'meta', text: `call ${call.call_hash}` }),
     el(
