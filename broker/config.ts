@@ -390,6 +390,12 @@ export const ConfigSchema = z.strictObject({
 
 export type Config = z.infer<typeof ConfigSchema>;
 
+/** The broker's resource identifier: server.resource, or the MCP URL it listens at. */
+export function defaultResource(config: Config): string {
+  const host = config.server.host.includes(':') ? `[${config.server.host}]` : config.server.host;
+  return config.server.resource ?? `http://${host}:${config.server.port}/mcp`;
+}
+
 /** Rules across sections, checked after the schema. */
 function crossSectionProblems(config: Config): string[] {
   return config.approvals.sso.enabled && !config.identity.upstream ? ['  approvals.sso.enabled: approver sign-in needs identity.upstream (the IdP approvers sign in at)'] : [];
