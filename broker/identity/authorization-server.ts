@@ -9,8 +9,9 @@
  * tokens rotated on every use with a reused one revoking its whole family,
  * revocation (RFC 7009), RFC 8414 / OpenID discovery, dynamic registration
  * (RFC 7591, when the operator turns it on) and Client ID Metadata
- * Documents. Everything else (userinfo, implicit and hybrid flows, device
- * flow, PAR, logout, introspection, client credentials) is off.
+ * Documents; client authentication by secret or private_key_jwt. Everything
+ * else (userinfo, implicit and hybrid flows, device flow, PAR, logout,
+ * introspection, the library's own client credentials) is off.
  *
  * Bastion's steps:
  *   checkResourceRequired   no `resource` at the authorization endpoint → invalid_target
@@ -18,6 +19,10 @@
  *   limitRegistration       DCR rate, count and redirect-URI limits → 429 / invalid_client_metadata / invalid_redirect_uri
  *   sign-in and consent     interactions.ts (IdP login, grants policy, consent page)
  *   issue                   grants/authorization-code.ts, grants/refresh-token.ts decide what the token carries
+ *   headless grants         registered on the library's token endpoint, one module each: grants/token-exchange.ts
+ *                           (RFC 8693), grants/client-credentials.ts (private_key_jwt; client-assertion.ts),
+ *                           grants/id-jag.ts (RFC 7523 jwt-bearer with an ID-JAG); headless-token.ts issues
+ *   approver sign-in        approver-sign-in.ts, mounted by the approval page when approvals.sso is on
  *
  * Access tokens are today's capability tokens, made by the library's JWT
  * access-token format: `typ` set to auth.token_type by its customizer,
