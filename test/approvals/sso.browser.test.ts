@@ -15,7 +15,6 @@ import path from 'node:path';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { AuditRecord } from '../../broker/audit/chain.ts';
 import { ROOT, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { launchChromium } from '../helpers/chromium.ts';
 import { signInAtIdp, startTestIdp, type TestIdp } from '../helpers/idp.ts';
@@ -54,12 +53,8 @@ afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-async function lastSeq(): Promise<number> {
-  return (await t.auditRecords()).at(-1)?.seq ?? 0;
-}
-async function recordsSince(since: number, event: string): Promise<AuditRecord[]> {
-  return (await t.auditRecords()).filter((r) => r.seq > since && r.event === event);
-}
+const lastSeq = () => t.auditMark();
+const recordsSince = (since: number, event: string) => t.auditSince(since, event);
 
 /** A high-risk call in flight (parked for approval); await `result` after deciding. */
 async function startWipe(sub: string): Promise<{ result: Promise<CallToolResult> }> {

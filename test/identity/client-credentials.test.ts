@@ -12,7 +12,6 @@ import path from 'node:path';
 import { PrivateKeyJwtProvider } from '@modelcontextprotocol/client';
 import { decodeJwt, exportJWK, generateKeyPair, importJWK, SignJWT, type JWK } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { AuditRecord } from '../../broker/audit/chain.ts';
 import { startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { startMetadataServer, type MetadataServer } from '../helpers/metadata-server.ts';
 import { requireRedisServer, startRedis, type RedisServer } from '../helpers/redis.ts';
@@ -72,12 +71,8 @@ afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-async function lastSeq(): Promise<number> {
-  return (await t.auditRecords()).at(-1)?.seq ?? 0;
-}
-async function tokenRecords(since: number): Promise<AuditRecord[]> {
-  return (await t.auditRecords()).filter((r) => r.seq > since && r.event === 'oauth/token');
-}
+const lastSeq = () => t.auditMark();
+const tokenRecords = (since: number) => t.auditSince(since, 'oauth/token');
 
 interface AssertionOptions {
   clientId?: string;

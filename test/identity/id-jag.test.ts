@@ -14,7 +14,6 @@ import path from 'node:path';
 import { CrossAppAccessProvider, requestJwtAuthorizationGrant } from '@modelcontextprotocol/client';
 import { decodeJwt } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { AuditRecord } from '../../broker/audit/chain.ts';
 import { startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { startTestIdp, type TestIdp } from '../helpers/idp.ts';
 import { tokenRequest } from './flow.ts';
@@ -62,12 +61,8 @@ afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-async function lastSeq(): Promise<number> {
-  return (await t.auditRecords()).at(-1)?.seq ?? 0;
-}
-async function tokenRecords(since: number): Promise<AuditRecord[]> {
-  return (await t.auditRecords()).filter((r) => r.seq > since && r.event === 'oauth/token');
-}
+const lastSeq = () => t.auditMark();
+const tokenRecords = (since: number) => t.auditSince(since, 'oauth/token');
 
 const basic = (id: string, secret: string) => `Basic ${Buffer.from(`${id}:${secret}`).toString('base64')}`;
 

@@ -13,7 +13,6 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { decodeJwt, decodeProtectedHeader } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { AuditRecord } from '../../broker/audit/chain.ts';
 import { revoke } from '../../broker/auth/revocation.ts';
 import { startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { startWorkloadIssuer, type WorkloadIssuer } from '../helpers/workload-issuer.ts';
@@ -69,12 +68,8 @@ afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-async function lastSeq(): Promise<number> {
-  return (await t.auditRecords()).at(-1)?.seq ?? 0;
-}
-async function tokenRecords(since: number): Promise<AuditRecord[]> {
-  return (await t.auditRecords()).filter((r) => r.seq > since && r.event === 'oauth/token');
-}
+const lastSeq = () => t.auditMark();
+const tokenRecords = (since: number) => t.auditSince(since, 'oauth/token');
 
 function exchange(subjectToken: string, more: Record<string, string> = {}) {
   return tokenRequest(origin, { grant_type: TOKEN_EXCHANGE, client_id: 'bastion-cli', subject_token: subjectToken, subject_token_type: JWT, ...more });
