@@ -175,11 +175,11 @@ describe('approval page in Chromium', () => {
     const other = await browser.newPage();
     const key = t.broker.devKey!;
     await other.goto(`${new URL(t.url).origin}/approvals#token=${await approverToken(key.privateJwk, key.issuer, t.door.resource, 'approver:cleanup')}`);
+    // Another approver ends it (the call is still pending: the refused vote changed nothing).
     const pending = other.locator('.card', { hasText: 'approver:browser' }).filter({ hasText: 'rec__wipe' });
-    if (await pending.count()) {
-      await pending.getByLabel('Reason').fill('test cleanup');
-      await pending.getByRole('button', { name: 'Deny' }).click();
-    }
+    await pending.waitFor();
+    await pending.getByLabel('Reason').fill('test cleanup');
+    await pending.getByRole('button', { name: 'Deny' }).click();
     await result;
     await other.close();
   });
