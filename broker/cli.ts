@@ -19,7 +19,7 @@ import { readJwksFile, type Jwks } from './auth/keys.ts';
 import { lockStateDir } from './state/lock.ts';
 import { policyCommand } from './cli/policy.ts';
 import { createBroker } from './broker.ts';
-import { ConfigError, loadConfig, parseDuration, type Config } from './config.ts';
+import { ConfigError, defaultResource, loadConfig, parseDuration, type Config } from './config.ts';
 import { createLogger } from './log.ts';
 import { CapabilitySchema, type Capability } from './policy/schema.ts';
 import { FLOWS_GRANT, REVOKE_GRANT, TOOLS_GRANT } from './server/admin-routes.ts';
@@ -37,6 +37,8 @@ commands:
   token mint     sign a capability token with the dev key
   token delegate ask a running broker for a narrower token for a sub-agent
   token revoke   revoke a token (by jti) or a subject, on a running broker
+  token exchange exchange a workload's JWT (Kubernetes, GitHub Actions, …) for a capability token (RFC 8693)
+  token client-credentials  get a capability token as a configured client, signing with its own key (RFC 7523)
   keys generate  make an Ed25519 or P-256 signing key and its JWKS
   approver token sign an approver sign-in token with the dev key and print the page link
   tools review   list quarantined tools (descriptor changed since pinned, or look-alike name) with the diff
@@ -180,11 +182,6 @@ reports the recovery. A file that ends with a whole record is left as it is.
 function fail(message: string, code = 2): never {
   process.stderr.write(`bastion: ${message}\n`);
   process.exit(code);
-}
-
-function defaultResource(config: Config): string {
-  const host = config.server.host.includes(':') ? `[${config.server.host}]` : config.server.host;
-  return config.server.resource ?? `http://${host}:${config.server.port}/mcp`;
 }
 
 /** Capabilities of the demo token: read under /srv/, delete only under /srv/tmp/ (high risk), the sandboxed text utilities. */
@@ -644,6 +641,11 @@ async function main(argv: string[]): Promise<void> {
   if (first === 'token' && second === 'mint') return tokenMint(rest);
   if (first === 'token' && second === 'delegate') return tokenDelegate(rest);
   if (first === 'token' && second === 'revoke') return tokenRevoke(rest);
+  if (first === 'token' && (second === 'exchange' || second === 'client-credentials')) {
+    const { tokenExchangeCommand, clientCredentialsCommand } = await import('./cli/token-grants.ts');
+    process.exitCode = await (second === 'exchange' ? tokenExchangeCommand : clientCredentialsCommand)(rest);
+    return;
+  }
   if (first === 'keys' && second === 'generate') return keysGenerate(rest);
   if (first === 'approver' && second === 'token') return approverToken(rest);
   if (first === 'plugin' && second === 'pin') return pluginPin(rest);

@@ -334,6 +334,15 @@ export const ConfigSchema = z.strictObject({
       session_ttl: Duration.default(8 * 3_600_000),
       /** POSTed a JSON summary and a link to the page for each new parked call (e.g. a chat webhook). */
       webhook: z.strictObject({ url: z.url(), timeout: Duration.default(5_000) }).optional(),
+      /** Approvers sign in at the organisation's IdP (identity.upstream; code + PKCE, state, nonce). Approver tokens keep working. */
+      sso: z
+        .strictObject({
+          enabled: z.boolean().default(false),
+          /** Approver roles and the IdP groups that hold each, e.g. {approver: [sre], payments: [finance-leads]}; someone in none of them cannot sign in. */
+          roles: z.record(z.string().min(1).max(64), z.array(z.string().min(1).max(256)).min(1).max(64)).default({}),
+        })
+        .prefault({})
+        .refine((sso) => !sso.enabled || Object.keys(sso.roles).length > 0, { message: 'give at least one role and the groups that hold it', path: ['roles'] }),
     })
     .prefault({}),
   /** Where the dev key, audit file and embedded state journal live. */
@@ -381,6 +390,17 @@ export const ConfigSchema = z.strictObject({
 
 export type Config = z.infer<typeof ConfigSchema>;
 
+/** The broker's resource identifier: server.resource, or the MCP URL it listens at. */
+export function defaultResource(config: Config): string {
+  const host = config.server.host.includes(':') ? `[${config.server.host}]` : config.server.host;
+  return config.server.resource ?? `http://${host}:${config.server.port}/mcp`;
+}
+
+/** Rules across sections, checked after the schema. */
+function crossSectionProblems(config: Config): string[] {
+  return config.approvals.sso.enabled && !config.identity.upstream ? ['  approvals.sso.enabled: approver sign-in needs identity.upstream (the IdP approvers sign in at)'] : [];
+}
+
 /** The demo upstream shipped in this repo: one low-risk and one high-risk tool. */
 export function demoConnector(): ConnectorConfig {
   return ConnectorConfigSchema.parse({
@@ -411,6 +431,8 @@ export function parseConfig(document: unknown, source = 'config'): Config {
   ];
   const clashes = refusedClaims(claims).flatMap((refusal, i) => (refusal === undefined ? [] : [`  ${claims[i]!.where}.name: ${refusal}`]));
   if (clashes.length > 0) throw new ConfigError(`invalid ${source}:\n${clashes.join('\n')}`);
+  const problems = crossSectionProblems(result.data);
+  if (problems.length > 0) throw new ConfigError(`invalid ${source}:\n${problems.join('\n')}`);
   return result.data;
 }
 

@@ -488,6 +488,7 @@ export class Pipeline {
         approval_reason: decision.approval.reason,
         quorum: decision.approval.quorum,
         roles: decision.approval.roles ?? [],
+        ...(decision.approval.max_auth_age_s ? { max_auth_age_s: decision.approval.max_auth_age_s } : {}),
         ...(explanation ? { flow: explanation } : {}),
         timeoutMs,
       },

@@ -219,9 +219,48 @@ else := input.tool.risk
 
 default approval := {"required": false, "quorum": 1, "reason": ""}
 
-approval := {"required": true, "quorum": approval_quorum, "reason": concat("; ", approval_reasons)} if {
+approval := object.union_n([{"required": true, "quorum": approval_quorum, "reason": concat("; ", approval_reasons)}, approval_role_demand, approval_freshness]) if {
 	input.context.method == "tools/call"
 	count(approval_reasons) > 0
+}
+
+# data.bastion.approval_roles (role names): only approvers holding one of them
+# may decide (with approvals.sso, roles come from the approver's IdP groups).
+approval_role_demand := {"roles": data.bastion.approval_roles} if {
+	well_formed_roles(data.bastion.approval_roles)
+} else := {}
+
+well_formed_roles(roles) if {
+	is_array(roles)
+	count(roles) > 0
+	every role in roles {
+		is_string(role)
+		role != ""
+	}
+}
+
+site_denials contains concat("", ["data.bastion.approval_roles is malformed (", display(data.bastion.approval_roles), "): a non-empty list of role names"]) if {
+	data.bastion.approval_roles
+	not well_formed_roles(data.bastion.approval_roles)
+}
+
+# data.bastion.approval_max_auth_age_s (a whole number of seconds): approvers
+# must have signed in at most that long ago for their vote to count; an older
+# session is sent to sign in again (the identity provider's max_age).
+approval_freshness := {"max_auth_age_s": data.bastion.approval_max_auth_age_s} if {
+	well_formed_auth_age(data.bastion.approval_max_auth_age_s)
+} else := {}
+
+well_formed_auth_age(age) if {
+	is_number(age)
+	age >= 1
+	age == floor(age)
+}
+
+# A malformed value must not silently drop the demand for a recent sign-in: it vetoes every call.
+site_denials contains concat("", ["data.bastion.approval_max_auth_age_s is malformed (", display(data.bastion.approval_max_auth_age_s), "): a whole number of seconds, at least 1"]) if {
+	data.bastion.approval_max_auth_age_s
+	not well_formed_auth_age(data.bastion.approval_max_auth_age_s)
 }
 
 # An unrecognised risk level is treated as high: fail closed.

@@ -451,3 +451,35 @@ test_malformed_site_approval_vetoes if {
 		d.reasons == [concat("", ["site acme: malformed require_approval entry ", bastion.display(bad)])]
 	}
 }
+
+test_approval_can_demand_a_recent_sign_in if {
+	d := bastion.decision with input as call([{"tool": "*"}], "demo__delete_file", "high", {})
+		with data.bastion.approval_max_auth_age_s as 300
+	d.approval == {"required": true, "quorum": 1, "reason": "demo__delete_file is a high-risk tool", "max_auth_age_s": 300}
+}
+
+test_malformed_sign_in_age_vetoes if {
+	d := bastion.decision with input as call([{"tool": "*"}], "demo__delete_file", "high", {})
+		with data.bastion.approval_max_auth_age_s as 2.5
+	not d.allow
+	d.reasons == ["data.bastion.approval_max_auth_age_s is malformed (2.5): a whole number of seconds, at least 1"]
+}
+
+test_a_call_needing_no_approval_has_no_sign_in_age if {
+	d := bastion.decision with input as call([{"tool": "*"}], "demo__t", "low", {})
+		with data.bastion.approval_max_auth_age_s as 300
+	d.approval == {"required": false, "quorum": 1, "reason": ""}
+}
+
+test_approval_can_demand_a_role if {
+	d := bastion.decision with input as call([{"tool": "*"}], "demo__delete_file", "high", {})
+		with data.bastion.approval_roles as ["payments", "sre"]
+	d.approval == {"required": true, "quorum": 1, "reason": "demo__delete_file is a high-risk tool", "roles": ["payments", "sre"]}
+}
+
+test_malformed_roles_veto if {
+	d := bastion.decision with input as call([{"tool": "*"}], "demo__delete_file", "high", {})
+		with data.bastion.approval_roles as "payments"
+	not d.allow
+	d.reasons == ["data.bastion.approval_roles is malformed (payments): a non-empty list of role names"]
+}

@@ -1,7 +1,8 @@
 /**
  * Approver identity. Approvers sign in with a short-lived, single-use
  * approver token (a JWT from a trusted issuer with its own `typ`, so an agent's
- * capability token can never act as one), exchanged for a session cookie.
+ * capability token can never act as one), exchanged for a session cookie, or
+ * at the organisation's IdP (identity/approver-sign-in.ts opens the session).
  * Bastion stores no passwords: authentication strength (MFA, offboarding)
  * stays with the issuer, and a leaked login link dies after one use.
  *
@@ -88,10 +89,15 @@ export class ApproverDirectory {
     if (exp - iat > MAX_APPROVER_TOKEN_TTL_S) throw new SignInError('approver tokens may live at most 15 minutes');
     const first = await this.options.state.claim('approver-jti', `${issuer.issuer}|${jti}`, (exp - iat + 60) * 1000);
     if (!first) throw new SignInError('this sign-in link was already used (each link works once); ask for a new one');
+    return this.openSession({ sub, roles, authTime: new Date().toISOString() });
+  }
+
+  /** Opens a session for an approver someone else authenticated (the IdP, at single sign-on). */
+  async openSession(approver: Approver): Promise<ApproverSession> {
     const id = randomBytes(32).toString('base64url');
-    const session = { sub, roles, authTime: new Date().toISOString(), csrf: randomBytes(32).toString('base64url') };
+    const session = { ...approver, csrf: randomBytes(32).toString('base64url') };
     await this.options.state.set(SESSIONS, id, JSON.stringify(session), this.options.sessionTtlMs);
-    return { id, csrf: session.csrf, approver: { sub, roles, authTime: session.authTime } };
+    return { id, csrf: session.csrf, approver: { sub: approver.sub, roles: approver.roles, authTime: approver.authTime } };
   }
 
   /** The session for a cookie value, or undefined. */

@@ -91,9 +91,12 @@ export interface ApprovalDeskOptions {
 export class ApprovalActionError extends Error {
   override readonly name = 'ApprovalActionError';
   readonly status: number;
-  constructor(status: number, message: string) {
+  /** Set when the approver must sign in again, at most this many seconds before voting. */
+  readonly reauthenticateWithinS: number | undefined;
+  constructor(status: number, message: string, reauthenticateWithinS?: number) {
     super(message);
     this.status = status;
+    this.reauthenticateWithinS = reauthenticateWithinS;
   }
 }
 
@@ -408,7 +411,19 @@ export class ApprovalDesk {
     const requesters = [call.principal.sub, ...call.principal.act.map((a) => a.sub)];
     if (requesters.includes(approver.sub)) throw new ApprovalActionError(403, 'you cannot decide on a call you (or your delegation chain) requested');
     if (call.roles.length > 0 && !call.roles.some((role) => approver.roles.includes(role))) {
-      throw new ApprovalActionError(403, `this call needs an approver with role ${call.roles.join(' or ')}`);
+      const refusal = new ApprovalActionError(403, `this call needs an approver with role ${call.roles.join(' or ')}`);
+      await this.audit('approval.vote-refused', call, { approver: approver.sub, approver_roles: approver.roles, reason: refusal.message });
+      throw refusal;
+    }
+    const signedInAgoS = Math.floor((this.now() - Date.parse(approver.authTime)) / 1000);
+    if (call.max_auth_age_s !== undefined && !(signedInAgoS <= call.max_auth_age_s)) {
+      const refusal = new ApprovalActionError(
+        401,
+        `this call needs a sign-in within the last ${call.max_auth_age_s} s; yours was ${Number.isNaN(signedInAgoS) ? 'at an unknown time' : `${signedInAgoS} s ago`}: sign in again, then decide`,
+        call.max_auth_age_s,
+      );
+      await this.audit('approval.vote-refused', call, { approver: approver.sub, auth_time: approver.authTime, reason: refusal.message });
+      throw refusal;
     }
     if (call.decisions.some((d) => d.approver === approver.sub)) throw new ApprovalActionError(409, 'you already decided on this request');
 

@@ -57,6 +57,8 @@ export const ParkedCallSchema = z.strictObject({
   quorum: z.number().int().min(1),
   /** Approver roles the policy asked for; empty: any approver. */
   roles: z.array(z.string()),
+  /** The policy asked for a recent sign-in: a vote counts only from an approver who authenticated at most this long ago. */
+  max_auth_age_s: z.number().int().min(1).optional(),
   /** When a flow rule asked for the approval: which earlier results made this call suspect, and how. Attacker-controlled text. */
   flow: FlowExplanationSchema.optional(),
   created_at: z.string(),

@@ -11,6 +11,7 @@ import { z } from 'zod';
 import { Denial } from '../errors.ts';
 import { CapabilitySchema } from '../policy/schema.ts';
 import { parseDuration } from '../config.ts';
+import { nestActChain, type ActClaim } from './act.ts';
 import { attenuationProblem } from './attenuate.ts';
 import { mintToken } from './mint.ts';
 import type { JWK } from 'jose';
@@ -37,10 +38,8 @@ export interface DelegationSigner {
 const refuse = (reason: string) => new Denial('authorize', 'BASTION_DELEGATION_REFUSED', reason);
 
 /** Nests the parent's chain under the parent: `{ sub: parent, act: { sub: grandparent } }`. */
-function chainOf(parent: Principal): { sub: string; act?: unknown } {
-  let act: { sub: string; act?: unknown } | undefined;
-  for (const link of [...parent.act].reverse()) act = act ? { sub: link.sub, act } : { sub: link.sub };
-  return act ? { sub: parent.sub, act } : { sub: parent.sub };
+function chainOf(parent: Principal): ActClaim {
+  return nestActChain([{ sub: parent.sub }, ...parent.act])!;
 }
 
 export async function delegate(parent: Principal, body: unknown, signer: DelegationSigner): Promise<{ token: string; exp: number }> {

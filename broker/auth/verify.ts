@@ -34,6 +34,7 @@ import {
 } from 'jose';
 import { z } from 'zod';
 import { Denial, type DenialCode } from '../errors.ts';
+import { parseActChain, type ActChainError } from './act.ts';
 import { CapabilitySchema, type Capability } from '../policy/schema.ts';
 import type { IssuerKeys } from './keysets.ts';
 
@@ -82,40 +83,23 @@ export interface TokenVerifier {
 
 const deny = (code: DenialCode, reason: string) => new Denial('authenticate', code, reason);
 
-const ActSchema: z.ZodType<{ sub: string; act?: unknown }> = z.looseObject({
-  sub: z.string().min(1).max(256),
-  act: z.lazy(() => ActSchema).optional(),
-});
-
 const ClaimsSchema = z.looseObject({
   sub: z.string().min(1).max(256),
   jti: z.string().min(1).max(256),
   cap: z.array(CapabilitySchema).max(64),
-  act: ActSchema.optional(),
   use: z.literal('once').optional(),
   cnf: z.strictObject({ jkt: z.string().regex(/^[A-Za-z0-9_-]{43}$/, 'a base64url SHA-256 JWK thumbprint') }).optional(),
 });
 
 /** Header parameters that would make a verifier fetch keys or nest tokens. */
-const REFUSED_HEADERS = ['jku', 'x5u', 'jwk', 'x5c'] as const;
-
-function flattenAct(act: { sub: string; act?: unknown } | undefined): { sub: string }[] {
-  const chain: { sub: string }[] = [];
-  let link: unknown = act;
-  while (link && typeof link === 'object' && chain.length < 16) {
-    const { sub, act: next } = link as { sub: string; act?: unknown };
-    chain.push({ sub });
-    link = next;
-  }
-  return chain;
-}
+export const REFUSED_HEADERS = ['jku', 'x5u', 'jwk', 'x5c'] as const;
 
 function isNumericDate(value: unknown): value is number {
   return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
 }
 
 /** Maps a jose error to a stable Bastion code; anything unexpected is a malformed token. */
-function fromJose(error: unknown): Denial {
+export function fromJose(error: unknown): Denial {
   if (error instanceof Denial) return error;
   if (error instanceof errors.JWTExpired) return deny('BASTION_TOKEN_EXPIRED', 'token has expired');
   if (error instanceof errors.JWTClaimValidationFailed) {
@@ -311,10 +295,16 @@ export function createTokenVerifier(options: VerifierOptions): TokenVerifier {
       const issue = claims.error.issues[0];
       throw deny('BASTION_TOKEN_CLAIM_INVALID', `claim ${issue?.path.join('.') ?? '?'}: ${issue?.message ?? 'invalid'}`);
     }
+    let act: { sub: string }[];
+    try {
+      act = parseActChain(payload.act);
+    } catch (error) {
+      throw deny('BASTION_TOKEN_CLAIM_INVALID', `claim act: ${(error as ActChainError).message}`);
+    }
     const principal: Principal = freeze({
       sub: claims.data.sub,
       iss: issuer,
-      act: flattenAct(claims.data.act),
+      act,
       cap: claims.data.cap,
       jti: claims.data.jti,
       exp,

@@ -14,6 +14,7 @@ import { metrics } from '../metrics.ts';
 export type OAuthEvent =
   | 'oauth/authorize'
   | 'oauth/sign-in'
+  | 'oauth/approver-sign-in'
   | 'oauth/consent'
   | 'oauth/token'
   | 'oauth/refresh-reuse'
@@ -22,7 +23,7 @@ export type OAuthEvent =
 
 const outcomes = new Counter({
   name: 'bastion_oauth_events_total',
-  help: 'Authorization-server events by event (authorize, sign-in, consent, token, refresh-reuse, revoke, register), outcome and OAuth error.',
+  help: 'Authorization-server events by event (authorize, sign-in, approver-sign-in, consent, token, refresh-reuse, revoke, register), outcome and OAuth error.',
   labelNames: ['event', 'outcome', 'error'],
   registers: [metrics.registry],
 });

@@ -9,8 +9,9 @@
  * tokens rotated on every use with a reused one revoking its whole family,
  * revocation (RFC 7009), RFC 8414 / OpenID discovery, dynamic registration
  * (RFC 7591, when the operator turns it on) and Client ID Metadata
- * Documents. Everything else (userinfo, implicit and hybrid flows, device
- * flow, PAR, logout, introspection, client credentials) is off.
+ * Documents; client authentication by secret or private_key_jwt. Everything
+ * else (userinfo, implicit and hybrid flows, device flow, PAR, logout,
+ * introspection, the library's own client credentials) is off.
  *
  * Bastion's steps:
  *   checkResourceRequired   no `resource` at the authorization endpoint → invalid_target
@@ -18,6 +19,10 @@
  *   limitRegistration       DCR rate, count and redirect-URI limits → 429 / invalid_client_metadata / invalid_redirect_uri
  *   sign-in and consent     interactions.ts (IdP login, grants policy, consent page)
  *   issue                   grants/authorization-code.ts, grants/refresh-token.ts decide what the token carries
+ *   headless grants         registered on the library's token endpoint, one module each: grants/token-exchange.ts
+ *                           (RFC 8693), grants/client-credentials.ts (private_key_jwt; client-assertion.ts),
+ *                           grants/id-jag.ts (RFC 7523 jwt-bearer with an ID-JAG); headless-token.ts issues
+ *   approver sign-in        approver-sign-in.ts, mounted by the approval page when approvals.sso is on
  *
  * Access tokens are today's capability tokens, made by the library's JWT
  * access-token format: `typ` set to auth.token_type by its customizer,
@@ -32,7 +37,7 @@
 import { randomBytes } from 'node:crypto';
 import express, { type Express, type NextFunction, type Request, type Response } from 'express';
 import { createLocalJWKSet, type JWK } from 'jose';
-import Provider, { errors, interactionPolicy, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
+import Provider, { errors, interactionPolicy, type ClientMetadata, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
 import { readFile } from 'node:fs/promises';
 import { ensureAuthorizationServerKey, readJwksFile } from '../auth/keys.ts';
 import { revoke, subjectRevoked } from '../auth/revocation.ts';
@@ -43,15 +48,24 @@ import { metadataDocumentFetch } from './client-metadata.ts';
 import { GrantRecords } from './grant-records.ts';
 import { issueFromConsent } from './grants/authorization-code.ts';
 import { reissueOnRefresh } from './grants/refresh-token.ts';
-import { issuanceOf } from './issuance.ts';
+import { issuanceIfAny, issuanceOf } from './issuance.ts';
 import { interactionRoutes } from './interactions.ts';
 import { errorPage, sendPage } from './pages.ts';
 import { connectUpstream, type UpstreamIdp } from './upstream.ts';
 import { UpstreamIdpSchema } from './config.ts';
 import { mountDevIdp, type DevIdp } from './dev-idp.ts';
+import { RESOURCE_SCOPE, resourceServerInfo } from './resource-server.ts';
+import { keysOf, lazily, workloadIssuers } from './trusted-issuers.ts';
+import { ID_JAG_TYPE, idJagGrant, JWT_BEARER, JWT_BEARER_PARAMETERS } from './grants/id-jag.ts';
+import type { TrustedIssuer } from './presented-tokens.ts';
+import { CLI_CLIENT_ID, TOKEN_EXCHANGE, TOKEN_EXCHANGE_PARAMETERS, tokenExchangeGrant } from './grants/token-exchange.ts';
+import type { HeadlessDeps } from './headless-token.ts';
+import { CLIENT_CREDENTIALS, CLIENT_CREDENTIALS_PARAMETERS, clientCredentialsGrant } from './grants/client-credentials.ts';
+import { checkClientAssertion } from './client-assertion.ts';
+import { APPROVER_SSO_CALLBACK, type ApproverSignInOptions } from './approver-sign-in.ts';
+import type { StaticClientSchema } from './config.ts';
+import type { z } from 'zod';
 
-/** The scope of the broker's resource; MCP clients may ask for it or for nothing. */
-export const RESOURCE_SCOPE = 'mcp';
 const MOUNT = '/oauth';
 
 export interface IdentityServer {
@@ -60,6 +74,8 @@ export interface IdentityServer {
   provider: Provider;
   /** The embedded default's development IdP (no identity.upstream, no trusted issuers configured). */
   devIdp: DevIdp | undefined;
+  /** Approver sign-in at identity.upstream for the approval page (approvals.sso), when configured. */
+  approverSignIn: Omit<ApproverSignInOptions, 'approvers' | 'setSession' | 'secureCookies'> | undefined;
   close(): Promise<void>;
 }
 
@@ -78,17 +94,6 @@ async function cookieKeys(broker: Broker): Promise<string[]> {
   return [keys];
 }
 
-/** Memoizes a connection attempt; a failed one is retried on the next call. */
-function lazily<T>(connect: () => Promise<T>): () => Promise<T> {
-  let pending: Promise<T> | undefined;
-  return () => {
-    pending ??= connect().catch((error: unknown) => {
-      pending = undefined;
-      throw error;
-    });
-    return pending;
-  };
-}
 
 export async function mountIdentity(app: Express, broker: Broker, options: MountOptions): Promise<IdentityServer | undefined> {
   const { config, log, state } = broker;
@@ -107,7 +112,10 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
   const records = new GrantRecords(state);
   const redirectUri = `${issuer}${MOUNT}/callback`;
   // The development IdP only ever stands in for the embedded default, never beside a real configuration.
-  const devIdp = !options.upstream && !settings.upstream && config.auth.issuers.length === 0 ? await mountDevIdp(app, { origin: issuer, bastionCallback: redirectUri, state }) : undefined;
+  const devIdp =
+    !options.upstream && !settings.upstream && config.auth.issuers.length === 0 && settings.token_exchange.issuers.length === 0
+      ? await mountDevIdp(app, { origin: issuer, bastionCallback: redirectUri, state })
+      : undefined;
   const upstreamConfig =
     settings.upstream ?? (devIdp ? UpstreamIdpSchema.parse({ issuer: devIdp.issuer, client_id: devIdp.clientId, scopes: ['openid', 'email', 'profile', 'groups', 'offline_access'] }) : undefined);
   const upstream =
@@ -117,18 +125,12 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
       return connectUpstream(upstreamConfig, { redirectUri, ...(devIdp ? { clientSecret: devIdp.clientSecret } : {}) });
     });
   const maxTtlMs = config.auth.max_ttl;
-  const staticClients = await Promise.all(
-    settings.clients.map(async (client) => ({
-      client_id: client.client_id,
-      ...(client.client_name ? { client_name: client.client_name } : {}),
-      redirect_uris: client.redirect_uris,
-      grant_types: ['authorization_code', 'refresh_token'],
-      response_types: ['code'],
-      ...(client.client_secret_file
-        ? { token_endpoint_auth_method: 'client_secret_basic', client_secret: (await readFile(client.client_secret_file, 'utf8')).trim() }
-        : { token_endpoint_auth_method: 'none' }),
-    })),
-  );
+  const staticClients: ClientMetadata[] = await Promise.all(settings.clients.map(clientMetadata));
+  const tokenExchange = settings.token_exchange.issuers.length > 0;
+  // Bastion's own public client for token exchange: the subject token is the credential.
+  if (tokenExchange && settings.token_exchange.cli_client) {
+    staticClients.push({ client_id: CLI_CLIENT_ID, client_name: 'Bastion CLI (token exchange)', grant_types: [TOKEN_EXCHANGE], response_types: [], redirect_uris: [], token_endpoint_auth_method: 'none' });
+  }
 
   let provider: Provider;
   /** Ends a token family: the grant, its refresh tokens, and (through the adapter) the access tokens already out. */
@@ -160,7 +162,7 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
     }),
     clients: staticClients,
     clientDefaults: { grant_types: ['authorization_code', 'refresh_token'], response_types: ['code'], token_endpoint_auth_method: 'none', id_token_signed_response_alg: alg },
-    clientAuthMethods: ['none', 'client_secret_basic', 'client_secret_post'],
+    clientAuthMethods: ['none', 'client_secret_basic', 'client_secret_post', 'private_key_jwt'],
     jwks: { keys: [key.privateJwk as JWK & { kty: string }] } as Configuration['jwks'],
     cookies: {
       // Own names: cookies ignore ports, and an IdP on the same host (the development IdP) uses the library's defaults.
@@ -176,7 +178,7 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
     enabledJWA: {
       idTokenSigningAlgValues: [alg],
       dPoPSigningAlgValues: ['EdDSA', 'ES256'],
-      clientAuthSigningAlgValues: ['EdDSA', 'ES256'],
+      clientAuthSigningAlgValues: ['EdDSA', 'ES256', 'PS256', 'RS256'],
     } as Configuration['enabledJWA'],
     features: {
       devInteractions: { enabled: false },
@@ -208,13 +210,7 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
         // checkResourceIsOurs
         getResourceServerInfo: (_ctx: KoaContextWithOIDC, indicator: string) => {
           if (indicator !== resource) throw new errors.InvalidTarget(`this authorization server only issues tokens for ${resource}`);
-          return {
-            scope: RESOURCE_SCOPE,
-            audience: resource,
-            accessTokenFormat: 'jwt',
-            accessTokenTTL: Math.max(1, Math.floor(maxTtlMs / 1000)),
-            jwt: { sign: { alg, kid: key.privateJwk.kid } },
-          };
+          return resourceServerInfo({ resource, maxTtlMs, alg, kid: key.privateJwk.kid });
         },
       },
     } as Configuration['features'],
@@ -235,9 +231,9 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
     expiresWithSession: async () => false,
     extraTokenClaims: async (ctx: KoaContextWithOIDC, token: { kind: string; grantId?: string; jti: string }) => {
       if (token.kind !== 'AccessToken') return undefined;
-      const { cap, ttlMs } = issuanceOf(ctx);
+      const { cap, ttlMs, act } = issuanceOf(ctx);
       if (token.grantId) await records.noteAccessToken(token.grantId, { jti: token.jti, exp: Math.floor((Date.now() + ttlMs) / 1000) }, settings.refresh_max_age);
-      return { cap };
+      return act ? { cap, act } : { cap };
     },
     formats: {
       customizers: {
@@ -288,9 +284,37 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
     }) as never,
     fetchResponseBodyLimits: { 'client_id metadata document': settings.client_id_metadata.max_bytes } as never,
     clockTolerance: Math.floor(config.auth.clock_skew / 1000),
+    assertJwtClientAuthClaimsAndHeader: checkClientAssertion({ state, issuer, tokenEndpoint: `${issuer}${MOUNT}/token`, clockSkewMs: config.auth.clock_skew }),
   } as Configuration;
 
   provider = new Provider(issuer, configuration);
+  // The headless grants, one module each, on the library's token endpoint (client authentication, parameters, errors).
+  const headless: HeadlessDeps = {
+    resource,
+    issuer,
+    policy: () => broker.policy.current(),
+    state,
+    maxTtlMs,
+    configuredClients: new Map(settings.clients.map((client) => [client.client_id, client.grant_types])),
+    resourceServer: () => new provider.ResourceServer(resource, resourceServerInfo({ resource, maxTtlMs, alg, kid: key.privateJwk.kid })),
+  };
+  provider.registerGrantType(CLIENT_CREDENTIALS, clientCredentialsGrant(headless), CLIENT_CREDENTIALS_PARAMETERS);
+  if (settings.id_jag.enabled && settings.upstream) {
+    const idp: TrustedIssuer = {
+      name: 'idp',
+      issuer: settings.upstream.issuer,
+      audience: issuer,
+      algorithms: settings.id_jag.algorithms,
+      typ: ID_JAG_TYPE,
+      maxLifetimeMs: settings.id_jag.max_lifetime,
+      keys: keysOf({ issuer: settings.upstream.issuer, timeout: settings.upstream.timeout }, config.auth.jwks_min_refresh),
+    };
+    provider.registerGrantType(JWT_BEARER, idJagGrant({ ...headless, idp, upstream: settings.upstream, clockSkewMs: config.auth.clock_skew }), JWT_BEARER_PARAMETERS);
+  }
+  if (tokenExchange) {
+    const issuers = workloadIssuers(settings.token_exchange.issuers, { resource, minRefreshMs: config.auth.jwks_min_refresh });
+    provider.registerGrantType(TOKEN_EXCHANGE, tokenExchangeGrant({ ...headless, issuers, clockSkewMs: config.auth.clock_skew }), TOKEN_EXCHANGE_PARAMETERS);
+  }
   // URLs in metadata and redirects come from the configured resource, never from a client's Host header.
   provider.proxy = true;
   const forwarded = (req: Request, _res: Response, next: NextFunction) => {
@@ -343,11 +367,45 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
   app.use(MOUNT, callback);
   app.use(MOUNT, (_req: Request, res: Response) => sendPage(res, 404, errorPage('Not found', 'No such page.')));
   log.info({ issuer, upstream: upstreamConfig?.issuer ?? '(none: sign-in refused)' }, 'authorization server mounted');
+  const approverIdp = config.approvals.sso.enabled ? settings.upstream : undefined;
   return {
     issuer,
     provider,
     devIdp,
+    approverSignIn: approverIdp
+      ? {
+          idp: lazily(() => connectUpstream(approverIdp, { redirectUri: `${issuer}${APPROVER_SSO_CALLBACK}` })),
+          origin: issuer,
+          roles: config.approvals.sso.roles,
+          state,
+          audit,
+          log,
+          ttlMs: settings.interaction_ttl,
+        }
+      : undefined,
     async close() {},
+  };
+}
+
+/** The library's grant type for each grant a configured client may use. */
+const GRANT_TYPE_NAMES = { authorization_code: 'authorization_code', refresh_token: 'refresh_token', token_exchange: TOKEN_EXCHANGE, client_credentials: CLIENT_CREDENTIALS, jwt_bearer: JWT_BEARER } as const;
+
+/** A configured client (identity.clients) as the library's client metadata. */
+async function clientMetadata(client: z.infer<typeof StaticClientSchema>): Promise<ClientMetadata> {
+  const signsIn = client.grant_types.includes('authorization_code');
+  return {
+    client_id: client.client_id,
+    ...(client.client_name ? { client_name: client.client_name } : {}),
+    redirect_uris: client.redirect_uris,
+    grant_types: client.grant_types.map((grant) => GRANT_TYPE_NAMES[grant]),
+    response_types: signsIn ? ['code'] : [],
+    ...(client.client_secret_file
+      ? { token_endpoint_auth_method: 'client_secret_basic', client_secret: (await readFile(client.client_secret_file, 'utf8')).trim() }
+      : client.jwks_file
+        ? { token_endpoint_auth_method: 'private_key_jwt', jwks: await readJwksFile(client.jwks_file) }
+        : client.jwks_uri
+          ? { token_endpoint_auth_method: 'private_key_jwt', jwks_uri: client.jwks_uri }
+          : { token_endpoint_auth_method: 'none' }),
   };
 }
 
@@ -401,11 +459,13 @@ function attachAudit(provider: Provider, audit: OAuthAudit, issuer: string, log:
   provider.on('grant.error', (ctx: KoaContextWithOIDC, error: { error: string; error_description?: string; error_detail?: string }) => {
     // The detail (what exactly was wrong) goes to the audit trail; the client sees the generic description.
     const description = error.error_detail ?? error.error_description ?? error.error;
-    const reuse = /already (used|consumed)/.test(description);
-    record(ctx, reuse ? 'oauth/refresh-reuse' : 'oauth/token', 'denied', { client_id: clientOf(ctx), grant_type: ctx?.oidc?.params?.grant_type, ...(reuse ? { family_revoked: true } : {}) }, { error: error.error, description });
+    const grantType = ctx?.oidc?.params?.grant_type;
+    const reuse = (grantType === 'refresh_token' || grantType === 'authorization_code') && /already (used|consumed)/.test(description);
+    record(ctx, reuse ? 'oauth/refresh-reuse' : 'oauth/token', 'denied', { client_id: clientOf(ctx), grant_type: grantType, ...(reuse ? { family_revoked: true } : {}) }, { error: error.error, description });
   });
   provider.on('grant.success', (ctx: KoaContextWithOIDC) => {
     const at = ctx.oidc.entities.AccessToken as { jti?: string; accountId?: string; grantId?: string; exp?: number; extra?: { cap?: { tool: string }[] } } | undefined;
+    const headless = issuanceIfAny(ctx)?.audit;
     // The principal of the record is the token issued: its subject, this issuer.
     record(ctx, 'oauth/token', 'ok', {
       sub: at?.accountId,
@@ -417,6 +477,7 @@ function attachAudit(provider: Provider, audit: OAuthAudit, issuer: string, log:
       exp: at?.exp,
       tools: at?.extra?.cap?.map((c) => c.tool),
       refresh_token_issued: Boolean(ctx.oidc.entities.RefreshToken),
+      ...headless,
     });
   });
   provider.on('grant.revoked', (ctx: KoaContextWithOIDC, grantId: string) => record(ctx, 'oauth/revoke', 'info', { grant: grantId, family_revoked: true }));

@@ -27,6 +27,8 @@ const Duration = z.union([z.number().nonnegative(), z.string()]).transform((valu
   }
 });
 
+const LOOPBACK_HOSTS = ['127.0.0.1', 'localhost', '[::1]'];
+
 /** The organisation's OpenID provider: Bastion is its relying party. */
 export const UpstreamIdpSchema = z
   .strictObject({
@@ -49,19 +51,76 @@ export const UpstreamIdpSchema = z
     timeout: Duration.default(10_000),
   })
   .refine((idp) => !(idp.client_secret_file && idp.private_key_file), 'give client_secret_file or private_key_file, not both')
-  .refine((idp) => new URL(idp.issuer).protocol === 'https:' || ['127.0.0.1', 'localhost', '[::1]'].includes(new URL(idp.issuer).hostname), {
+  .refine((idp) => new URL(idp.issuer).protocol === 'https:' || LOOPBACK_HOSTS.includes(new URL(idp.issuer).hostname), {
     message: 'the issuer must be https (http only on a loopback host)',
   });
 export type UpstreamIdpConfig = z.infer<typeof UpstreamIdpSchema>;
 
+/** The grants a configured client may use: sign-in (code and refresh) and the headless ones. */
+export const CLIENT_GRANTS = ['authorization_code', 'refresh_token', 'token_exchange', 'client_credentials', 'jwt_bearer'] as const;
+export type ClientGrant = (typeof CLIENT_GRANTS)[number];
+
 /** A client known in advance (no registration needed). */
-export const StaticClientSchema = z.strictObject({
-  client_id: z.string().min(1).max(256),
-  client_name: z.string().max(256).optional(),
-  redirect_uris: z.array(z.url()).min(1).max(16),
-  /** Confidential clients: a file holding the secret; absent: a public client (PKCE only). */
-  client_secret_file: z.string().optional(),
-});
+export const StaticClientSchema = z
+  .strictObject({
+    client_id: z.string().min(1).max(256),
+    client_name: z.string().max(256).optional(),
+    /** Needed for sign-in (authorization_code); headless clients have none. */
+    redirect_uris: z.array(z.url()).max(16).default([]),
+    grant_types: z.array(z.enum(CLIENT_GRANTS)).min(1).default(['authorization_code', 'refresh_token']),
+    /** Confidential clients: a file holding the secret… */
+    client_secret_file: z.string().optional(),
+    /** …or its public keys (private_key_jwt, RFC 7523): a JWKS file… */
+    jwks_file: z.string().optional(),
+    /** …or an https JWKS URL (fetched under client_id_metadata's rules: addresses, ca_file, size). Absent all three: a public client (PKCE only). */
+    jwks_uri: z.url({ protocol: /^https$/ }).optional(),
+  })
+  .refine((c) => [c.client_secret_file, c.jwks_file, c.jwks_uri].filter(Boolean).length <= 1, 'give at most one of client_secret_file, jwks_file and jwks_uri')
+  .refine((c) => !c.grant_types.includes('authorization_code') || c.redirect_uris.length > 0, { message: 'authorization_code needs at least one redirect URI', path: ['redirect_uris'] })
+  .refine((c) => !c.grant_types.includes('client_credentials') || Boolean(c.jwks_file ?? c.jwks_uri), {
+    message: 'client_credentials needs the client\'s public keys (jwks_file or jwks_uri): no shared secrets',
+    path: ['grant_types'],
+  })
+  .refine((c) => !c.grant_types.includes('jwt_bearer') || Boolean(c.client_secret_file ?? c.jwks_file ?? c.jwks_uri), {
+    message: 'jwt_bearer (ID-JAG) is for confidential clients: give jwks_file, jwks_uri or client_secret_file',
+    path: ['grant_types'],
+  });
+
+/** JWS algorithms a presented token may use: asymmetric only (no none, no HMAC: no key confusion). */
+export const PRESENTED_TOKEN_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'] as const;
+
+/**
+ * An issuer whose JWTs may be exchanged (RFC 8693): a Kubernetes service-account issuer, GitHub
+ * Actions, a cloud workload identity. Its keys come from OIDC discovery unless a JWKS is given.
+ */
+export const WorkloadIssuerSchema = z
+  .strictObject({
+    /** Names the issuer in the grants policy (identity.issuer_name) and prefixes the token's subject (<name>:<sub>). */
+    name: z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, 'lowercase letters, digits and "-", starting with a letter, at most 32'),
+    /** Exact `iss` claim value. */
+    issuer: z.url({ protocol: /^https?$/ }),
+    /** Keys from a JWKS URL… */
+    jwks_url: z.url({ protocol: /^https?$/ }).optional(),
+    /** …or a local JWKS file; with neither, from <issuer>/.well-known/openid-configuration. */
+    jwks_file: z.string().optional(),
+    /** The `aud` its tokens must carry (exactly). Default: the broker's resource identifier. */
+    audience: z.string().min(1).optional(),
+    /** Pinned signature algorithms. */
+    algorithms: z.array(z.enum(PRESENTED_TOKEN_ALGORITHMS)).min(1).default(['RS256', 'ES256']),
+    /** The JOSE `typ` its tokens carry, when it sets one (then required); absent: typ is not checked. */
+    typ: z.string().min(1).optional(),
+    /** Longest lifetime (exp − iat) accepted. */
+    max_lifetime: Duration.default(3_600_000),
+    /** Claims handed to the grants policy as identity.claims (e.g. repository, workflow; kubernetes.io). */
+    pass_claims: z.array(z.string().min(1).max(128)).max(32).default([]),
+    /** Upstream requests (discovery, JWKS) that take longer fail. */
+    timeout: Duration.default(5000),
+  })
+  .refine((i) => !(i.jwks_url && i.jwks_file), 'give jwks_url or jwks_file, not both')
+  .refine((i) => new URL(i.issuer).protocol === 'https:' || Boolean(i.jwks_file) || LOOPBACK_HOSTS.includes(new URL(i.issuer).hostname), {
+    message: 'discovery needs an https issuer (http only on a loopback host), or give jwks_file',
+  });
+export type WorkloadIssuerConfig = z.infer<typeof WorkloadIssuerSchema>;
 
 export const IdentityConfigSchema = z.strictObject({
   /** Bastion's authorization server (OAuth 2.1 for its own resource). */
@@ -94,11 +153,35 @@ export const IdentityConfigSchema = z.strictObject({
       timeout: Duration.default(2500),
     })
     .prefault({}),
+  /** RFC 8693 token exchange: the issuers whose JWTs an agent may exchange for a capability token. */
+  token_exchange: z
+    .strictObject({
+      issuers: z.array(WorkloadIssuerSchema).max(32).default([]),
+      /** The public client `bastion-cli` (no secret: the subject token is the credential) for scripts and `bastion token exchange`. */
+      cli_client: z.boolean().default(true),
+    })
+    .prefault({})
+    .refine((x) => new Set(x.issuers.map((i) => i.name)).size === x.issuers.length, 'issuer names must be unique')
+    .refine((x) => new Set(x.issuers.map((i) => i.issuer)).size === x.issuers.length, 'each issuer once'),
+  /**
+   * Enterprise-managed authorization: identity assertion grants (ID-JAG,
+   * draft-ietf-oauth-identity-assertion-authz-grant-06) that identity.upstream issues for this
+   * broker, exchanged with the jwt-bearer grant (RFC 7523) by configured confidential clients.
+   */
+  id_jag: z
+    .strictObject({
+      enabled: z.boolean().default(false),
+      /** Longest lifetime (exp − iat) of an ID-JAG accepted. */
+      max_lifetime: Duration.default(300_000),
+      /** Pinned signature algorithms of the IdP's ID-JAGs. */
+      algorithms: z.array(z.enum(PRESENTED_TOKEN_ALGORITHMS)).min(1).default(['RS256', 'ES256', 'EdDSA']),
+    })
+    .prefault({}),
   /** How long a refresh-token family lives from sign-in; the user signs in again after it. */
   refresh_max_age: Duration.default(8 * 3_600_000),
   /** How long a sign-in (IdP round trip and consent page) may take. */
   interaction_ttl: Duration.default(10 * 60_000),
-});
+}).refine((identity) => !identity.id_jag.enabled || identity.upstream !== undefined, { message: 'id_jag needs identity.upstream (the IdP that issues the grants)', path: ['id_jag'] });
 export type IdentityConfig = z.infer<typeof IdentityConfigSchema>;
 
 /** Makes the section's file paths relative to the config file (loadConfig calls this). */
@@ -107,5 +190,9 @@ export function resolveIdentityPaths(identity: IdentityConfig, resolve: (file: s
   if (upstream?.client_secret_file) upstream.client_secret_file = resolve(upstream.client_secret_file);
   if (upstream?.private_key_file) upstream.private_key_file = resolve(upstream.private_key_file);
   if (cimd.ca_file) cimd.ca_file = resolve(cimd.ca_file);
-  for (const client of identity.clients) if (client.client_secret_file) client.client_secret_file = resolve(client.client_secret_file);
+  for (const client of identity.clients) {
+    if (client.client_secret_file) client.client_secret_file = resolve(client.client_secret_file);
+    if (client.jwks_file) client.jwks_file = resolve(client.jwks_file);
+  }
+  for (const issuer of identity.token_exchange.issuers) if (issuer.jwks_file) issuer.jwks_file = resolve(issuer.jwks_file);
 }

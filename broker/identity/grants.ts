@@ -26,10 +26,25 @@ export const GrantIdentitySchema = z.strictObject({
   name: z.string().max(256).optional(),
   /** Groups or roles, from the configured claim; as they are now (refresh asks the IdP again). */
   groups: z.array(Text(256)).max(512),
-  /** The claims the operator chose to pass on (identity.upstream.pass_claims). */
+  /** The claims the operator chose to pass on (identity.upstream.pass_claims, or the workload issuer's). */
   claims: z.record(z.string().max(128), z.json()).refine((claims) => JSON.stringify(claims).length <= 16_384, 'at most 16384 characters as JSON'),
+  /**
+   * Who vouched: the organisation's IdP (sign-in, refresh, ID-JAG; also when absent), a trusted
+   * workload issuer (token exchange), or the client itself (client credentials).
+   */
+  source: z.enum(['idp', 'workload', 'client']).optional(),
+  /** For a workload: the configured name of its issuer (identity.token_exchange.issuers[].name). */
+  issuer_name: Text(32).optional(),
 });
 export type GrantIdentity = z.infer<typeof GrantIdentitySchema>;
+
+/** The verified actor of a token exchange (its actor_token): who acts for the identity. */
+export const GrantActorSchema = GrantIdentitySchema.pick({ iss: true, sub: true, claims: true, issuer_name: true });
+export type GrantActor = z.infer<typeof GrantActorSchema>;
+
+/** The grant types the policy decides on; the headless ones are issue 22's. */
+export const GRANT_TYPES = ['authorization_code', 'refresh_token', 'token_exchange', 'client_credentials', 'jwt_bearer'] as const;
+export type GrantType = (typeof GRANT_TYPES)[number];
 
 export const GrantsInputSchema = z.strictObject({
   version: z.literal(1),
@@ -38,12 +53,13 @@ export const GrantsInputSchema = z.strictObject({
     id: Text(2048),
     name: z.string().max(256).optional(),
     redirect_uri: z.string().max(2048).optional(),
-    /** How Bastion knows the client: configured, registered by DCR, or a Client ID Metadata Document. */
-    registration: z.enum(['static', 'dynamic', 'metadata_document']),
+    /** How Bastion knows the client: configured, registered by DCR, a Client ID Metadata Document, or Bastion's own CLI client. */
+    registration: z.enum(['static', 'dynamic', 'metadata_document', 'builtin']),
   }),
+  /** token_exchange with an actor_token: the party acting for the identity. */
+  actor: GrantActorSchema.optional(),
   scopes: z.array(Text(256)).max(64),
-  /** Issue 22's grants (token exchange, client credentials, ID-JAG) add their names here. */
-  grant_type: z.enum(['authorization_code', 'refresh_token']),
+  grant_type: z.enum(GRANT_TYPES),
   context: z.strictObject({ time: z.iso.datetime() }),
 });
 export type GrantsInput = z.infer<typeof GrantsInputSchema>;

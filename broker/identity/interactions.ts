@@ -17,7 +17,7 @@
  * @example
  *   app.use(interactionRoutes({ provider, upstream, state, records, ... }));
  */
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import express, { type Request, type Response, type Router } from 'express';
 import type Provider from 'oidc-provider';
 import type { PolicyEngine } from '../policy/engine.ts';
@@ -31,18 +31,10 @@ import { decideGrant, GrantRefusal, type GrantIdentity, type GrantsInput } from 
 import { consentPage, errorPage, formTarget, PAGE_CSS, sendPage, waitingPage } from './pages.ts';
 import { approvalOf, askApprover } from './grant-approval.ts';
 import type { ApprovalDesk } from '../approvals/desk.ts';
-import { UpstreamRefusal, type SignInTransaction, type UpstreamIdp } from './upstream.ts';
+import { UpstreamRefusal, type UpstreamIdp } from './upstream.ts';
+import { BrowserBoundSignIns, sameSecret } from './browser-binding.ts';
 
-const SIGN_INS = 'oauth:sign-in';
 const CONSENTS = 'oauth:consent';
-const BROWSER_COOKIE = 'bastion_sign_in';
-
-interface PendingSignIn {
-  uid: string;
-  transaction: SignInTransaction;
-  /** sha256 of the cookie set in the browser that started the sign-in. */
-  browser: string;
-}
 
 interface PendingConsent {
   identity: GrantIdentity;
@@ -76,17 +68,11 @@ export interface InteractionOptions {
   approvals: ApprovalDesk | undefined;
 }
 
-const sha256 = (value: string) => createHash('sha256').update(value).digest('base64url');
-
-function sameSecret(a: string, b: string): boolean {
-  const left = Buffer.from(a);
-  const right = Buffer.from(b);
-  return left.length === right.length && timingSafeEqual(left, right);
-}
 
 export function interactionRoutes(options: InteractionOptions): Router {
   const { provider, state, audit, log } = options;
   const router = express.Router();
+  const signIns = new BrowserBoundSignIns<{ uid: string }>({ state, namespace: 'oauth:sign-in', cookie: 'bastion_sign_in', path: '/oauth/callback', ttlMs: options.interactionTtlMs, secure: options.secureCookies });
 
   /** The library's interaction this browser holds (its cookie), or undefined after answering with the error page. */
   const pendingInteraction = async (req: Request, res: Response) => {
@@ -129,10 +115,7 @@ export function interactionRoutes(options: InteractionOptions): Router {
       await refuseAuthorization(res, details.uid, 'temporarily_unavailable', 'the organisation identity provider cannot be reached');
       return;
     }
-    const browser = randomBytes(32).toString('base64url');
-    const pending: PendingSignIn = { uid: details.uid, transaction: started.transaction, browser: sha256(browser) };
-    await state.set(SIGN_INS, started.transaction.state, JSON.stringify(pending), options.interactionTtlMs);
-    res.cookie(BROWSER_COOKIE, browser, { httpOnly: true, sameSite: 'lax', secure: options.secureCookies, path: '/oauth/callback', maxAge: options.interactionTtlMs });
+    await signIns.start(res, started.transaction, { uid: details.uid });
     await audit.record('oauth/authorize', 'info', {
       client_id: details.params.client_id,
       redirect_uri: details.params.redirect_uri,
@@ -144,17 +127,13 @@ export function interactionRoutes(options: InteractionOptions): Router {
 
   router.get('/oauth/callback', async (req: Request, res) => {
     // checkCallback: the state names a pending sign-in, started in this browser; used once.
-    const stateParam = typeof req.query.state === 'string' ? req.query.state : '';
-    const stored = stateParam ? await state.get(SIGN_INS, stateParam) : undefined;
-    const pending = stored ? (JSON.parse(stored) as PendingSignIn) : undefined;
-    const browser = new RegExp(`(?:^|;\\s*)${BROWSER_COOKIE}=([^;]+)`).exec(req.headers.cookie ?? '')?.[1];
-    if (!pending || !browser || !sameSecret(sha256(browser), pending.browser)) {
-      await audit.record('oauth/sign-in', 'denied', { state_known: Boolean(pending) }, { error: 'access_denied', description: 'state mismatch: the IdP response does not belong to a sign-in started in this browser' });
+    const found = await signIns.finish(req, res);
+    if ('refused' in found) {
+      await audit.record('oauth/sign-in', 'denied', { state_known: found.stateKnown }, { error: 'access_denied', description: found.refused });
       sendPage(res, 400, errorPage('Sign-in refused', 'The identity provider answered a sign-in this browser did not start, or one that expired (state mismatch). Start again from your MCP client.'));
       return;
     }
-    await state.delete(SIGN_INS, stateParam);
-    res.clearCookie(BROWSER_COOKIE, { path: '/oauth/callback' });
+    const { pending } = found;
     const interaction = await provider.Interaction.find(pending.uid);
     if (!interaction) {
       sendPage(res, 400, errorPage('Sign-in expired', 'This sign-in is no longer pending; start again from your MCP client.'));
@@ -238,7 +217,7 @@ export function interactionRoutes(options: InteractionOptions): Router {
         clientId: consent.client.id,
         clientName: consent.client.name,
         redirectUri: consent.client.redirect_uri ?? '',
-        registration: { static: 'configured on this broker', dynamic: 'registered itself (DCR)', metadata_document: 'metadata document at its client id URL' }[consent.client.registration],
+        registration: { static: 'configured on this broker', dynamic: 'registered itself (DCR)', metadata_document: 'metadata document at its client id URL', builtin: "Bastion's own client" }[consent.client.registration],
         user: consent.identity.email ?? consent.identity.sub,
         cap: consent.cap,
         ttl: consent.ttlMs >= 120_000 ? `${Math.round(consent.ttlMs / 60_000)} minutes` : `${Math.round(consent.ttlMs / 1000)} seconds`,

@@ -24,12 +24,16 @@ export interface SignInTransaction {
   state: string;
   nonce: string;
   codeVerifier: string;
+  /** A sign-in that must be recent: sent as max_age (with prompt=login), and the ID token's auth_time checked against it. */
+  maxAgeS?: number;
 }
 
 export interface SignedIn {
   identity: GrantIdentity;
   /** The IdP's refresh token, when it issued one (offline_access): how refresh learns the current groups. */
   upstreamRefreshToken: string | undefined;
+  /** When the user authenticated at the IdP (the ID token's auth_time, seconds), if it said. */
+  authTime: number | undefined;
 }
 
 export type UpstreamRefusalCode = 'state_mismatch' | 'id_token_invalid' | 'idp_error' | 'idp_unreachable' | 'identity_invalid';
@@ -46,7 +50,8 @@ export class UpstreamRefusal extends Error {
 
 export interface UpstreamIdp {
   issuer: string;
-  startSignIn(): Promise<{ url: string; transaction: SignInTransaction }>;
+  /** `maxAgeS`: the user must have authenticated at most this long ago (the IdP is asked to log them in again). */
+  startSignIn(options?: { maxAgeS?: number }): Promise<{ url: string; transaction: SignInTransaction }>;
   finishSignIn(callbackUrl: URL, transaction: SignInTransaction): Promise<SignedIn>;
   /** The identity as the IdP sees it now; throws UpstreamRefusal when the IdP refuses (user disabled, session revoked). */
   refreshIdentity(refreshToken: string, expectedSub: string): Promise<SignedIn>;
@@ -65,8 +70,11 @@ async function clientAuthentication(config: UpstreamIdpConfig, clientSecret: str
   return oidc.None();
 }
 
-/** The verified claims, reduced to what the grants policy takes. */
-function identityFrom(claims: oidc.IDToken, config: UpstreamIdpConfig): GrantIdentity {
+/**
+ * The verified claims (an ID token's, or an ID-JAG's), reduced to what the grants policy takes.
+ * Throws UpstreamRefusal('identity_invalid') when the groups claim is not strings.
+ */
+export function identityFrom(claims: { iss: string; sub: string; [claim: string]: unknown }, config: Pick<UpstreamIdpConfig, 'groups_claim' | 'pass_claims'>): GrantIdentity {
   // A list of strings; a single string (one role, Google's hd) counts as one group.
   const claim = claims[config.groups_claim];
   const groups = typeof claim === 'string' ? [claim] : claim;
@@ -114,10 +122,11 @@ export async function connectUpstream(config: UpstreamIdpConfig, options: { redi
 
   return {
     issuer: configuration.serverMetadata().issuer,
-    async startSignIn() {
-      const transaction = { state: oidc.randomState(), nonce: oidc.randomNonce(), codeVerifier: oidc.randomPKCECodeVerifier() };
+    async startSignIn(freshness = {}) {
+      const transaction: SignInTransaction = { state: oidc.randomState(), nonce: oidc.randomNonce(), codeVerifier: oidc.randomPKCECodeVerifier(), ...(freshness.maxAgeS ? { maxAgeS: freshness.maxAgeS } : {}) };
       const url = oidc.buildAuthorizationUrl(configuration, {
         ...config.authorization_params,
+        ...(freshness.maxAgeS ? { max_age: String(freshness.maxAgeS), prompt: 'login' } : {}),
         redirect_uri: options.redirectUri,
         scope,
         state: transaction.state,
@@ -134,10 +143,12 @@ export async function connectUpstream(config: UpstreamIdpConfig, options: { redi
           expectedState: transaction.state,
           expectedNonce: transaction.nonce,
           idTokenExpected: true,
+          // openid-client then requires auth_time and refuses one older than max_age.
+          ...(transaction.maxAgeS ? { maxAge: transaction.maxAgeS } : {}),
         });
         const claims = tokens.claims();
         if (!claims) throw new UpstreamRefusal('id_token_invalid', 'the IdP returned no ID token');
-        return { identity: identityFrom(claims, config), upstreamRefreshToken: tokens.refresh_token };
+        return { identity: identityFrom(claims, config), upstreamRefreshToken: tokens.refresh_token, authTime: typeof claims.auth_time === 'number' ? claims.auth_time : undefined };
       } catch (error) {
         throw refusalOf(error);
       }
@@ -148,7 +159,7 @@ export async function connectUpstream(config: UpstreamIdpConfig, options: { redi
         const claims = tokens.claims();
         if (!claims) throw new UpstreamRefusal('id_token_invalid', 'the IdP returned no ID token on refresh; its groups cannot be known');
         if (claims.sub !== expectedSub) throw new UpstreamRefusal('id_token_invalid', 'the IdP refreshed a different subject');
-        return { identity: identityFrom(claims, config), upstreamRefreshToken: tokens.refresh_token ?? refreshToken };
+        return { identity: identityFrom(claims, config), upstreamRefreshToken: tokens.refresh_token ?? refreshToken, authTime: typeof claims.auth_time === 'number' ? claims.auth_time : undefined };
       } catch (error) {
         throw refusalOf(error);
       }

@@ -152,6 +152,8 @@ export const DecisionSchema = z.strictObject({
     roles: z.array(z.string().min(1).max(64)).max(16).optional(),
     /** Optional: how long the call may wait for approvers, capped by config. */
     timeout_s: z.number().int().min(1).optional(),
+    /** Optional: an approver's vote counts only if they signed in at most this many seconds ago (else: sign in again). */
+    max_auth_age_s: z.number().int().min(1).optional(),
   }),
   reasons: z.array(z.string()),
   obligations: z.strictObject({

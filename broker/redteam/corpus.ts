@@ -28,6 +28,7 @@ import { fileURLToPath } from 'node:url';
 import YAML from 'yaml';
 import { z } from 'zod';
 import { CapabilitySchema } from '../policy/schema.ts';
+import { HEADLESS_ATTACKS } from './headless.ts';
 import { OAUTH_ATTACKS } from './oauth.ts';
 
 /** The corpus shipped with Bastion. */
@@ -206,8 +207,8 @@ const InstallPluginStep = z
   });
 const SleepStep = z.strictObject({ ms: Millis });
 
-/** An attack on the authorization server (oauth.ts); a token the attacker obtains is kept under `name`. */
-const OAuthStep = z.strictObject({ attack: z.enum(OAUTH_ATTACKS), name: Name });
+/** An attack on the authorization server (oauth.ts) or on headless and approver identity (headless.ts); a token the attacker obtains is kept under `name`. */
+const OAuthStep = z.strictObject({ attack: z.enum([...OAUTH_ATTACKS, ...HEADLESS_ATTACKS]), name: Name });
 
 /** One step: an object with exactly one step-kind key, plus `setup` for steps that are not the attack itself. */
 function step<K extends string, S extends z.ZodType>(kind: K, schema: S) {

@@ -33,7 +33,7 @@ interface Client {
 }
 
 /** A browser's cookie jar, enough for one sign-in: cookies by host, paths ignored (names differ). */
-class CookieJar {
+export class CookieJar {
   private readonly byHost = new Map<string, Map<string, string>>();
   header(url: URL): string {
     return [...(this.byHost.get(url.host) ?? new Map<string, string>())].map(([k, v]) => `${k}=${v}`).join('; ');
@@ -125,7 +125,7 @@ async function victimCode(target: Target, client: Client): Promise<{ code: strin
 const redeem = (target: Target, client: Client, code: string, verifier: string) =>
   token(target, { grant_type: 'authorization_code', code, code_verifier: verifier, redirect_uri: client.redirect, client_id: client.id, resource: target.resource });
 
-const refused = (body: Record<string, string>): Refusal => ({ stage: 'authorization_server', code: body.error ?? 'refused', reason: body.error_description ?? '' });
+export const refused = (body: Record<string, string>): Refusal => ({ stage: 'authorization_server', code: body.error ?? 'refused', reason: body.error_description ?? '' });
 
 /** Runs one attack against a target broker's authorization server. */
 export async function oauthAttack(target: Target, attack: OAuthAttack): Promise<OAuthOutcome> {

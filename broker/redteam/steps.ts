@@ -21,7 +21,8 @@ import { callThrough, connectAgent, filterEvidence, openRawSession, rawPost, rec
 import type { Step } from './corpus.ts';
 import { forgeToken } from './forge.ts';
 import { VICTIM } from './idp.ts';
-import { oauthAttack } from './oauth.ts';
+import { oauthAttack, type OAuthAttack } from './oauth.ts';
+import { HEADLESS_ATTACKS, headlessAttack, type HeadlessAttack } from './headless.ts';
 import type { Target } from './target.ts';
 
 /** An approval-page session: what an approver's browser holds. */
@@ -209,7 +210,7 @@ export class Attempt {
     const setup = step.setup;
     if ('oauth' in step) {
       const spec = step.oauth;
-      const outcome = await oauthAttack(this.target, spec.attack);
+      const outcome = (HEADLESS_ATTACKS as readonly string[]).includes(spec.attack) ? await headlessAttack(this.target, spec.attack as HeadlessAttack) : await oauthAttack(this.target, spec.attack as OAuthAttack);
       if (outcome.token) {
         this.tokens.set(spec.name, { token: outcome.token, sub: VICTIM });
         this.subjects.add(VICTIM);

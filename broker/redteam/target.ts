@@ -26,7 +26,11 @@ import { parseConfig, PROJECT_ROOT, type Config } from '../config.ts';
 import type { Capability } from '../policy/schema.ts';
 import { pluginHash } from '../../sandboxes/pin.ts';
 import type { AblatableDefense } from './corpus.ts';
-import { VICTIM_GROUP, type RedteamIdp } from './idp.ts';
+import { APPROVER_GROUP, VICTIM_GROUP, WORKLOAD_ISSUER, type RedteamIdp } from './idp.ts';
+
+/** The attacker's workload's namespace (echo only) and the one whose workloads get every tool. */
+export const WORKLOAD_NAMESPACE = 'rt-agents';
+export const PRIVILEGED_NAMESPACE = 'rt-ops';
 
 /** The issuer of every token the red team signs; trusted only by the brokers it starts. */
 export const REDTEAM_ISSUER = 'urn:bastion:redteam';
@@ -73,6 +77,8 @@ export interface Target {
   /** The effective configuration, as the broker parsed it. */
   config: Config;
   issuer: RedteamIssuer;
+  /** The red team's IdP, when the broker signs in there (authorization-server and headless-identity cases). */
+  idp: RedteamIdp | undefined;
   mint(options: { sub: string; cap: Capability[]; ttlMs: number; use?: 'once'; jkt?: string }): Promise<string>;
   approverToken(sub: string): Promise<string>;
   /** Where each upstream's call log stands now. */
@@ -238,10 +244,17 @@ export function targetDocument(
     sandbox: { processes: 1, ...asObject(base.sandbox) },
     defenses_off: options.defensesOff,
     // The authorization server signs the victim in at the red team's IdP; its group gets the rec tools.
+    // It also trusts the IdP as a workload issuer (token exchange), and approvers sign in there (its rt-approvers group approves).
     ...(signIn
       ? {
-          identity: { ...asObject(base.identity), upstream: signIn.upstream, registration: { ...asObject(asObject(base.identity).registration), enabled: true, per_minute: 10_000 } },
+          identity: {
+            ...asObject(base.identity),
+            upstream: signIn.upstream,
+            registration: { ...asObject(asObject(base.identity).registration), enabled: true, per_minute: 10_000 },
+            token_exchange: { issuers: [{ name: WORKLOAD_ISSUER, issuer: String(signIn.upstream.issuer), algorithms: ['ES256'], pass_claims: ['kubernetes.io'] }] },
+          },
           policy: { ...asObject(base.policy), data: signIn.grantsData },
+          approvals: { ...asObject(base.approvals), sso: { enabled: true, roles: { approver: [APPROVER_GROUP] } } },
         }
       : {}),
   };
@@ -253,7 +266,12 @@ async function signInSetup(options: LaunchOptions, dir: string): Promise<{ upstr
   const policy = asObject(base.policy);
   if (!options.idp || asObject(base.identity).upstream || policy.data || policy.dir || policy.bundle || policy.bundle_url) return undefined;
   const grantsData = path.join(dir, 'grants-data.json');
-  await writeFile(grantsData, JSON.stringify({ bastion: { grants_by_group: { [VICTIM_GROUP]: [{ tool: 'rec__*' }] } } }));
+  // A workload in namespace rt-agents may echo; one in rt-ops may do anything (what the token-exchange cases try to become).
+  const grants_by_workload = [
+    { issuer: WORKLOAD_ISSUER, match: { 'kubernetes.io/namespace': WORKLOAD_NAMESPACE }, cap: [{ tool: 'rec__echo' }] },
+    { issuer: WORKLOAD_ISSUER, match: { 'kubernetes.io/namespace': PRIVILEGED_NAMESPACE }, cap: [{ tool: 'rec__*' }] },
+  ];
+  await writeFile(grantsData, JSON.stringify({ bastion: { grants_by_group: { [VICTIM_GROUP]: [{ tool: 'rec__*' }] }, grants_by_workload } }));
   return { upstream: await options.idp.upstreamFor(dir), grantsData };
 }
 
@@ -353,6 +371,7 @@ export async function launchTarget(options: LaunchOptions): Promise<Target> {
   return {
     name: options.name,
     defensesOff: options.defensesOff,
+    idp: options.idp,
     url,
     origin,
     resource: url,

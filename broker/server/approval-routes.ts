@@ -1,8 +1,10 @@
 /**
  * The approval page at /approvals and its JSON API. The page is static
  * (HTML, two script modules, one stylesheet) under a strict Content-Security-Policy;
- * sessions are HttpOnly SameSite=Strict cookies; every state-changing request
- * must come from this origin and echo the session's CSRF token.
+ * sessions are HttpOnly SameSite=Strict cookies, opened with an approver token
+ * or at the organisation's IdP (identity/approver-sign-in.ts); every
+ * state-changing request must come from this origin and echo the session's
+ * CSRF token.
  *
  * @example
  *   app.use(approvalRoutes({ desk, approvers, origin, log }));
@@ -18,6 +20,7 @@ import { ApprovalActionError, type ApprovalDesk } from '../approvals/desk.ts';
 import { hiddenCharactersOf } from '../approvals/hidden-text.ts';
 import type { ParkedCall } from '../approvals/record.ts';
 import type { Logger } from '../log.ts';
+import { APPROVER_SSO_START, approverSignInRoutes, type ApproverSignInOptions } from '../identity/approver-sign-in.ts';
 
 const PAGE_DIR = path.join(path.dirname(fileURLToPath(import.meta.url)), '../approvals/page');
 const COOKIE = 'bastion_approver';
@@ -37,6 +40,8 @@ type SessionRequest = Request & { approverSession?: ApproverSession };
 export interface ApprovalRouteOptions {
   desk: ApprovalDesk;
   approvers: ApproverDirectory;
+  /** Approver sign-in at the organisation's IdP (approvals.sso), when configured. */
+  sso?: Omit<ApproverSignInOptions, 'approvers' | 'setSession' | 'secureCookies'>;
   /** The broker's own origin; state-changing requests must come from it. */
   origins: Set<string>;
   secureCookies: boolean;
@@ -59,7 +64,7 @@ function securityHeaders(res: Response): void {
   res.setHeader('Cache-Control', 'no-store');
 }
 
-export function approvalRoutes({ desk, approvers, origins, secureCookies, log }: ApprovalRouteOptions): Router {
+export function approvalRoutes({ desk, approvers, sso, origins, secureCookies, log }: ApprovalRouteOptions): Router {
   const router = express.Router();
   const assets = {
     html: readFileSync(path.join(PAGE_DIR, 'index.html')),
@@ -117,6 +122,15 @@ export function approvalRoutes({ desk, approvers, origins, secureCookies, log }:
     next();
   };
 
+  const setSession = (res: Response, session: ApproverSession) =>
+    res.setHeader('Set-Cookie', `${COOKIE}=${session.id}; HttpOnly; SameSite=Strict; Path=/approvals${secureCookies ? '; Secure' : ''}`);
+  if (sso) router.use(approverSignInRoutes({ ...sso, approvers, setSession, secureCookies }));
+
+  /** How the page offers sign-in: the IdP (with its start URL) when approvals.sso is on; approver tokens always. */
+  router.get('/approvals/api/sign-in', (_req, res) => {
+    res.json({ sso: sso ? { url: APPROVER_SSO_START } : null, token: true });
+  });
+
   router.post('/approvals/login', sameOrigin, json, async (req, res) => {
     const token = (req.body as { token?: unknown })?.token;
     if (typeof token !== 'string') {
@@ -125,10 +139,7 @@ export function approvalRoutes({ desk, approvers, origins, secureCookies, log }:
     }
     try {
       const session = await approvers.signIn(token);
-      res.setHeader(
-        'Set-Cookie',
-        `${COOKIE}=${session.id}; HttpOnly; SameSite=Strict; Path=/approvals${secureCookies ? '; Secure' : ''}`,
-      );
+      setSession(res, session);
       log.info({ approver: session.approver.sub }, 'approver signed in');
       res.json({ sub: session.approver.sub, roles: session.approver.roles, csrf: session.csrf });
     } catch (error) {
@@ -182,7 +193,9 @@ export function approvalRoutes({ desk, approvers, origins, secureCookies, log }:
       res.json({ status: call.status, outcome: call.outcome ?? null });
     } catch (error) {
       if (error instanceof ApprovalActionError) {
-        res.status(error.status).json({ error: error.message });
+        // A vote that needs a fresher sign-in: where to get one (the IdP with max_age; else a new sign-in link).
+        const within = error.reauthenticateWithinS;
+        res.status(error.status).json({ error: error.message, ...(within ? { reauthenticate: { max_age: within, url: sso ? `${APPROVER_SSO_START}?max_age=${within}` : null } } : {}) });
         return;
       }
       log.error({ err: (error as Error).message }, 'approval decision failed');

@@ -373,6 +373,7 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
       approvalRoutes({
         desk: broker.approvals,
         approvers: broker.approversFor(resource),
+        ...(identity?.approverSignIn ? { sso: identity.approverSignIn } : {}),
         origins: allowedOrigins,
         secureCookies: resourceOrigin.startsWith('https:'),
         log,

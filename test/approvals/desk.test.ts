@@ -103,6 +103,21 @@ describe('quorum', () => {
     await expect(d.decide(person('alice', ['ops']), parked.id, 'approve', '', parked.call_hash)).rejects.toMatchObject({ status: 403 });
     await d.decide(person('bob', ['dba']), parked.id, 'approve', '', parked.call_hash);
     await waiting;
+    expect(audit).toContainEqual(expect.objectContaining({ event: 'approval.vote-refused', detail: expect.objectContaining({ approver: 'alice', approver_roles: ['ops'] }) }));
+    await d.stop();
+  });
+
+  it('a call that asks for a recent sign-in refuses an older one (401, sign in again) and counts a fresh one', async () => {
+    const d = desk();
+    const waiting = d.park({ ...request(1), max_auth_age_s: 300 });
+    const parked = await eventually(async () => (await d.pending())[0], 'parked');
+    const stale = { ...person('alice'), authTime: new Date(Date.now() - 3_600_000).toISOString() };
+    await expect(d.decide(stale, parked.id, 'approve', '', parked.call_hash)).rejects.toMatchObject({ status: 401, reauthenticateWithinS: 300, message: expect.stringMatching(/within the last 300 s/) });
+    await expect(d.decide({ ...person('alice'), authTime: 'not a time' }, parked.id, 'approve', '', parked.call_hash)).rejects.toMatchObject({ status: 401 });
+    expect((await d.get(parked.id))?.decisions).toEqual([]);
+    expect(audit).toContainEqual(expect.objectContaining({ event: 'approval.vote-refused', detail: expect.objectContaining({ approver: 'alice', auth_time: stale.authTime }) }));
+    await d.decide(person('alice'), parked.id, 'approve', '', parked.call_hash);
+    expect((await waiting).decisions.map((decision) => decision.auth_time)).toHaveLength(1);
     await d.stop();
   });
 });

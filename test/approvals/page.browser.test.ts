@@ -163,6 +163,27 @@ describe('approval page in Chromium', () => {
     expect(await line.locator('mark.hidden-char').count()).toBeGreaterThan(0);
   });
 
+  it('keeps the broker’s refusal of a vote on the card, so the approver sees why (self-approval)', async () => {
+    const { result } = await startWipe('approver:browser', {});
+    const card = page.locator('.card', { hasText: 'approver:browser' }).filter({ hasText: 'rec__wipe' }).first();
+    await card.waitFor();
+    await card.evaluate((node) => node.setAttribute('data-before-vote', ''));
+    await card.getByRole('button', { name: 'Approve' }).click();
+    // The refusal is answered and the list re-rendered (the card is a new element), the reason still shown.
+    await expect.poll(() => card.getAttribute('data-before-vote')).toBeNull();
+    expect(await card.locator('[role=alert]').textContent()).toContain('you cannot decide on a call you (or your delegation chain) requested');
+    const other = await browser.newPage();
+    const key = t.broker.devKey!;
+    await other.goto(`${new URL(t.url).origin}/approvals#token=${await approverToken(key.privateJwk, key.issuer, t.door.resource, 'approver:cleanup')}`);
+    // Another approver ends it (the call is still pending: the refused vote changed nothing).
+    const pending = other.locator('.card', { hasText: 'approver:browser' }).filter({ hasText: 'rec__wipe' });
+    await pending.waitFor();
+    await pending.getByLabel('Reason').fill('test cleanup');
+    await pending.getByRole('button', { name: 'Deny' }).click();
+    await result;
+    await other.close();
+  });
+
   it('works by keyboard: j to focus a call, a to approve', async () => {
     const { result } = await startWipe('agent:browser-keys', {});
     await page.locator('.card', { hasText: 'agent:browser-keys' }).waitFor();

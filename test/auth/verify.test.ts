@@ -515,4 +515,19 @@ describe('cap', () => {
   it('an act link without sub', async () => {
     await expectCode(await sign(claims({ act: { sub: 'agent:a', act: { client_id: 'x' } } })), 'BASTION_TOKEN_CLAIM_INVALID');
   });
+
+  it.each([
+    ['a string', 'agent:a'],
+    ['an array', [{ sub: 'agent:a' }]],
+    ['a nested array', { sub: 'agent:a', act: [{ sub: 'agent:b' }] }],
+    ['a numeric sub', { sub: 7 }],
+  ])('an act that is %s', async (_name, act) => {
+    await expectCode(await sign(claims({ act })), 'BASTION_TOKEN_CLAIM_INVALID');
+  });
+
+  it('an act chain deeper than 16 actors, refused whole rather than cut to 16 (actors beyond would escape separation of duties)', async () => {
+    let act: { sub: string; act?: unknown } | undefined;
+    for (let i = 17; i >= 1; i--) act = act ? { sub: `agent:${i}`, act } : { sub: `agent:${i}` };
+    await expectCode(await sign(claims({ act })), 'BASTION_TOKEN_CLAIM_INVALID');
+  });
 });

@@ -34,6 +34,10 @@ export interface TestBroker {
   /** What the upstream actually received. */
   upstreamCalls(): Promise<{ tool: string; args: Record<string, unknown> }[]>;
   auditRecords(): Promise<AuditRecord[]>;
+  /** The seq of the newest audit record now (0 when there is none): where auditSince starts. */
+  auditMark(): Promise<number>;
+  /** The audit records written after `mark` (of `event`, when given). */
+  auditSince(mark: number, event?: string): Promise<AuditRecord[]>;
   close(): Promise<void>;
 }
 
@@ -88,6 +92,8 @@ export async function startTestBroker(overrides: Record<string, unknown> = {}): 
     },
     upstreamCalls: () => readLines(callLog),
     auditRecords: () => readLines<AuditRecord>(path.join(dir, 'audit.jsonl')),
+    auditMark: async () => (await readLines<AuditRecord>(path.join(dir, 'audit.jsonl'))).at(-1)?.seq ?? 0,
+    auditSince: async (mark, event) => (await readLines<AuditRecord>(path.join(dir, 'audit.jsonl'))).filter((r) => r.seq > mark && (event === undefined || r.event === event)),
     async close() {
       await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
       await door.close();

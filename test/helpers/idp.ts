@@ -9,8 +9,9 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { decodeJwt, exportJWK, generateKeyPair, importJWK, SignJWT, type JWK } from 'jose';
-import Provider, { type Configuration } from 'oidc-provider';
+import { randomUUID } from 'node:crypto';
+import { decodeJwt, exportJWK, generateKeyPair, importJWK, jwtVerify, SignJWT, type JWK } from 'jose';
+import Provider, { errors, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
 import type { Page } from 'playwright-core';
 
 export interface IdpUser {
@@ -21,8 +22,23 @@ export interface IdpUser {
 /** Changes the claims of the ID tokens the IdP's token endpoint returns (re-signed with its own key). */
 export type IdTokenTamper = (claims: Record<string, unknown>) => Record<string, unknown>;
 
+/** A client of the IdP that may ask it for ID-JAGs, and the client id it has at Bastion (the draft's client-id mapping). */
+export interface IdJagClient {
+  client_id: string;
+  client_secret: string;
+  /** The client_id claim of the ID-JAGs it gets: its id at the resource authorization server. */
+  resource_client_id: string;
+}
+
+export const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+export const ID_JAG_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:id-jag';
+
 export interface TestIdp {
   issuer: string;
+  /** An ID token for `login` (audience the IdP client `audience`), signed with the IdP's key. */
+  idToken(login: string, audience: string): Promise<string>;
+  /** Signs any claims with the IdP's key (header typ oauth-id-jag+jwt unless given): hand-made ID-JAGs. */
+  signIdJag(claims: Record<string, unknown>, header?: Record<string, unknown>): Promise<string>;
   /** When set, every ID token the IdP issues is rewritten (a hostile or broken IdP). */
   tamper: IdTokenTamper | undefined;
   provider: Provider;
@@ -35,7 +51,7 @@ export interface TestIdp {
 export const BASTION_CLIENT_SECRET = 'bastion-test-secret-0123456789abcdef';
 
 /** Starts the IdP; `bastionCallback` is the redirect URI Bastion will use (<broker origin>/oauth/callback). */
-export async function startTestIdp(options: { bastionCallbacks: () => string[]; configuration?: Partial<Configuration> }): Promise<TestIdp> {
+export async function startTestIdp(options: { bastionCallbacks: () => string[]; configuration?: Partial<Configuration>; idJagClients?: IdJagClient[] }): Promise<TestIdp> {
   const users = new Map<string, IdpUser>([['alice', { email: 'alice@example.com', groups: ['engineering'] }]]);
   const server: Server = createServer();
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -45,6 +61,11 @@ export async function startTestIdp(options: { bastionCallbacks: () => string[]; 
   const { privateKey } = await generateKeyPair('ES256', { extractable: true });
   const signingJwk: JWK = { ...(await exportJWK(privateKey)), kid: 'test-idp', alg: 'ES256', use: 'sig' };
   const signingKey = await importJWK(signingJwk, 'ES256');
+  const { d: _private, ...publicJwk } = signingJwk;
+  const verifyingKey = await importJWK(publicJwk, 'ES256');
+  const idJagClients = options.idJagClients ?? [];
+  const signIdJag: TestIdp['signIdJag'] = (claims, header = {}) =>
+    new SignJWT(claims).setProtectedHeader({ alg: 'ES256', kid: 'test-idp', typ: 'oauth-id-jag+jwt', ...header }).sign(signingKey);
   const configuration: Configuration = {
     jwks: { keys: [signingJwk as never] },
     clientDefaults: { id_token_signed_response_alg: 'ES256' } as Configuration['clientDefaults'],
@@ -79,9 +100,45 @@ export async function startTestIdp(options: { bastionCallbacks: () => string[]; 
           grant_types: ['authorization_code', 'refresh_token'],
           response_types: ['code'],
         },
+        ...idJagClients.map((client) => ({ client_id: client.client_id, client_secret: client.client_secret, token_endpoint_auth_method: 'client_secret_post' as const, grant_types: [TOKEN_EXCHANGE], response_types: [], redirect_uris: [] })),
       ],
     });
+    if (idJagClients.length > 0) provider.registerGrantType(TOKEN_EXCHANGE, issueIdJag, ['subject_token', 'subject_token_type', 'requested_token_type', 'audience', 'resource', 'scope']);
     return provider;
+  };
+  /**
+   * The IdP's side of enterprise-managed authorization (the draft's §4.3): a client exchanges the user's
+   * ID token, issued to it, for an ID-JAG for the resource authorization server named in `audience`.
+   */
+  const issueIdJag = async (ctx: KoaContextWithOIDC) => {
+    const params = ctx.oidc.params as Record<string, string | undefined>;
+    const client = idJagClients.find((c) => c.client_id === ctx.oidc.client!.clientId)!;
+    if (params.requested_token_type !== ID_JAG_TOKEN_TYPE) throw new errors.InvalidRequest('requested_token_type must be an ID-JAG');
+    if (params.subject_token_type !== 'urn:ietf:params:oauth:token-type:id_token') throw new errors.InvalidRequest('subject_token_type must be an ID token');
+    if (!params.audience) throw new errors.InvalidRequest('audience is required');
+    let subject;
+    try {
+      ({ payload: subject } = await jwtVerify(params.subject_token ?? '', verifyingKey, { issuer, audience: client.client_id }));
+    } catch (error) {
+      throw new errors.InvalidGrant(`subject_token refused: ${(error as Error).message}`);
+    }
+    const user = users.get(String(subject.sub));
+    if (!user) throw new errors.InvalidGrant('unknown user');
+    const now = Math.floor(Date.now() / 1000);
+    const jag = await signIdJag({
+      iss: issuer,
+      sub: subject.sub,
+      aud: params.audience,
+      client_id: client.resource_client_id,
+      jti: randomUUID(),
+      iat: now,
+      exp: now + 300,
+      ...(params.resource ? { resource: params.resource } : {}),
+      ...(params.scope ? { scope: params.scope } : {}),
+      email: user.email,
+      groups: [...user.groups],
+    });
+    ctx.body = { issued_token_type: ID_JAG_TOKEN_TYPE, access_token: jag, token_type: 'N_A', expires_in: 300, ...(params.scope ? { scope: params.scope } : {}) };
   };
   const idp = { tamper: undefined as IdTokenTamper | undefined };
   server.on('request', (req, res) => {
@@ -108,6 +165,19 @@ export async function startTestIdp(options: { bastionCallbacks: () => string[]; 
   });
   return {
     issuer,
+    signIdJag,
+    async idToken(login, audience) {
+      const user = users.get(login);
+      const now = Math.floor(Date.now() / 1000);
+      return new SignJWT({ email: user?.email, groups: user?.groups ?? [] })
+        .setProtectedHeader({ alg: 'ES256', kid: 'test-idp' })
+        .setIssuer(issuer)
+        .setSubject(login)
+        .setAudience(audience)
+        .setIssuedAt(now)
+        .setExpirationTime(now + 300)
+        .sign(signingKey);
+    },
     get tamper() {
       return idp.tamper;
     },

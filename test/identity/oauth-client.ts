@@ -79,3 +79,39 @@ export async function finishAndConnect(url: string, provider: OAuthSession['prov
   await client.connect(transport);
   return { provider, client, transport };
 }
+
+/**
+ * A headless OAuthClientProvider (no redirect URL, so the SDK never asks for a browser): the SDK
+ * discovers Bastion from the 401 and asks `grant` for the token request's parameters, as its own
+ * client-credentials and cross-app-access providers do. Tokens are kept in memory.
+ */
+export function headlessProvider(options: { clientId: string; expectedIssuer: string; grant: (scope?: string) => Record<string, string> | Promise<Record<string, string>> }) {
+  const stored: { tokens?: unknown } = {};
+  return {
+    stored,
+    get redirectUrl() {
+      return undefined;
+    },
+    get clientMetadata() {
+      return { client_name: 'Bastion headless test agent', redirect_uris: [], grant_types: [], token_endpoint_auth_method: 'none' };
+    },
+    clientInformation: () => ({ client_id: options.clientId, issuer: options.expectedIssuer }),
+    tokens: () => stored.tokens as never,
+    saveTokens: (tokens: unknown) => void (stored.tokens = tokens),
+    redirectToAuthorization() {
+      throw new Error('a headless agent has no browser');
+    },
+    saveCodeVerifier() {},
+    codeVerifier(): string {
+      throw new Error('a headless agent has no code verifier');
+    },
+    prepareTokenRequest: async (scope?: string) => new URLSearchParams(await options.grant(scope)),
+  } as unknown as OAuthClientProvider & { stored: { tokens?: { access_token: string } } };
+}
+
+/** Connects the official client with `provider`; the SDK gets the token itself on the first 401. */
+export async function connectHeadless(url: string, provider: OAuthClientProvider): Promise<Client> {
+  const client = new Client({ name: 'bastion-headless-test', version: '1.0.0' });
+  await client.connect(new StreamableHTTPClientTransport(new URL(url), { authProvider: provider }));
+  return client;
+}

@@ -158,6 +158,10 @@ describe('bastion redteam --quick against the default configuration', () => {
     expect(stoppers('plugin_sandbox')).toMatch(/^(sandbox_limits \(SANDBOX_[A-Z_]+\) ?)+$/);
     expect(Object.keys(cell('plugin_overreach', 'full')!.stopped_by).sort()).toEqual(['plugin_identity (BASTION_PLUGIN_NAME_TAKEN)', 'sandbox_limits (SANDBOX_CAPABILITY_DENIED)']);
     expect(stoppers('authorization_server')).toMatch(/^(authorization_server \(invalid_[a-z_]+\) ?)+$/);
+    expect(stoppers('headless_identity')).toMatch(/^(authorization_server \((invalid_request|access_denied)\) ?)+$/);
+    // Each forged or leaked workload token was refused for what is wrong with it.
+    const forged = full.attempts.find((a) => a.case === 'exchange-forged-workload')!;
+    expect(JSON.stringify(forged)).toMatch(/alg none\): BASTION_TOKEN_ALG_REFUSED.*public key: BASTION_TOKEN_ALG_REFUSED.*kid: BASTION_TOKEN_SIGNATURE_INVALID.*own issuer: BASTION_TOKEN_ISSUER_UNTRUSTED.*jwk header\): BASTION_TOKEN_HEADER_REFUSED.*another server: BASTION_TOKEN_AUDIENCE_INVALID.*expired: BASTION_TOKEN_EXPIRED.*a day: BASTION_TOKEN_LIFETIME_TOO_LONG.*workload token: BASTION_TOKEN_AUDIENCE_INVALID.*ID-JAG: BASTION_TOKEN_TYPE_REFUSED/);
   });
 
   it('shows each defense stopping the classes it exists for: switch it off and they get through', () => {

@@ -4,7 +4,8 @@
 // shown as marked escapes, so what the approver reads is what will run.
 import { revealSegments } from './reveal.js';
 
-const state = { csrf: '', me: '', pending: [], history: [] };
+// errors: why the broker refused this approver's last action on a call, by call id (kept across re-renders).
+const state = { csrf: '', me: '', pending: [], history: [], errors: new Map() };
 const $ = (id) => document.getElementById(id);
 
 function el(tag, props = {}, ...children) {
@@ -43,7 +44,7 @@ async function api(path, options = {}) {
     headers: { 'content-type': 'application/json', 'x-csrf-token': state.csrf, ...(options.headers || {}) },
   });
   const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw Object.assign(new Error(body.error || response.statusText), { status: response.status });
+  if (!response.ok) throw Object.assign(new Error(body.error || response.statusText), { status: response.status, body });
   return body;
 }
 
@@ -174,7 +175,7 @@ function renderCard(call) {
   const tally = { hidden: 0 };
   const approvals = call.decisions.filter((d) => d.decision === 'approve').length;
   const reason = el('input', { type: 'text', placeholder: 'Reason (required to deny)', 'aria-label': 'Reason', maxlength: '2000' });
-  const status = el('span', { class: 'error', role: 'alert' });
+  const status = el('span', { class: 'error', role: 'alert', text: state.errors.get(call.id) || '' });
   const decide = async (decision) => {
     if (decision === 'deny' && !reason.value.trim()) {
       status.textContent = 'Give a reason to deny.';
@@ -187,10 +188,19 @@ function renderCard(call) {
         method: 'POST',
         body: JSON.stringify({ decision, reason: reason.value, call_hash: call.call_hash }),
       });
+      state.errors.delete(call.id);
       status.textContent = '';
     } catch (error) {
+      state.errors.set(call.id, error.message);
       status.textContent = error.message;
       card.querySelectorAll('button').forEach((b) => (b.disabled = false));
+      // The policy wants a recent sign-in for this call: off to the identity provider, back here to decide.
+      const again = error.body && error.body.reauthenticate;
+      if (again && again.url) {
+        location.assign(again.url);
+        return;
+      }
+      if (again) state.errors.set(call.id, (status.textContent = `${error.message} (open a new approver sign-in link)`));
     }
     await refresh();
   };
@@ -281,6 +291,14 @@ function showSignIn(message = '') {
   $('signin').hidden = false;
   $('queue').hidden = true;
   $('signin-error').textContent = message;
+  // Single sign-on at the organisation's identity provider, when the broker offers it.
+  api('/approvals/api/sign-in')
+    .then((options) => {
+      if (!options.sso) return;
+      $('signin-sso-link').href = options.sso.url;
+      $('signin-sso').hidden = false;
+    })
+    .catch(() => undefined);
 }
 
 /** Exchanges a token for a session; returns why it failed ('' when it worked). */
