@@ -52,7 +52,8 @@ import { issuanceIfAny, issuanceOf } from './issuance.ts';
 import { interactionRoutes } from './interactions.ts';
 import { errorPage, sendPage } from './pages.ts';
 import { connectUpstream, type UpstreamIdp } from './upstream.ts';
-import { UpstreamIdpSchema } from './config.ts';
+import { httpAllowed, UpstreamIdpSchema } from './config.ts';
+import { ConfigError } from '../config.ts';
 import { mountDevIdp, type DevIdp } from './dev-idp.ts';
 import { RESOURCE_SCOPE, resourceServerInfo } from './resource-server.ts';
 import { keysOf, lazily, workloadIssuers } from './trusted-issuers.ts';
@@ -102,6 +103,15 @@ export async function mountIdentity(app: Express, broker: Broker, options: Mount
   const { resource } = options;
   const resourceUrl = new URL(resource);
   const issuer = resourceUrl.origin;
+  if (!httpAllowed(resourceUrl)) {
+    // OAuth 2.1 needs TLS for every endpoint but loopback ones: codes and tokens would cross the network in clear.
+    const why = `the authorization server's issuer would be ${issuer}: OAuth needs https there (plain http only on a loopback host)`;
+    const fix = 'set server.resource to an https URL (server.tls, or a TLS proxy in front of Bastion), or identity.enabled: false';
+    const configured = settings.upstream || settings.clients.length > 0 || settings.token_exchange.issuers.length > 0 || settings.id_jag.enabled;
+    if (configured) throw new ConfigError(`identity: ${why}; ${fix}`);
+    log.warn({ issuer }, `the authorization server and development IdP are off: ${why}; ${fix}. Capability tokens (bastion token mint) keep working.`);
+    return undefined;
+  }
   const key = await ensureAuthorizationServerKey(config.state_dir, issuer);
   // Stage 1 trusts what this server signs, like any configured issuer. First in the list, because the
   // protected-resource metadata names the issuers in this order and clients use the first authorization server.

@@ -27,7 +27,17 @@ const Duration = z.union([z.number().nonnegative(), z.string()]).transform((valu
   }
 });
 
-const LOOPBACK_HOSTS = ['127.0.0.1', 'localhost', '[::1]'];
+const LOOPBACK_HOSTS = new Set(['127.0.0.1', 'localhost', '[::1]']);
+
+/** OAuth needs https; plain http is tolerated only on a loopback host (development). */
+export function httpAllowed(url: URL): boolean {
+  return url.protocol === 'https:' || LOOPBACK_HOSTS.has(url.hostname);
+}
+
+/** An http URL on a loopback host: the one place requests without TLS are allowed. */
+export function insecureLoopback(url: URL): boolean {
+  return url.protocol === 'http:' && LOOPBACK_HOSTS.has(url.hostname);
+}
 
 /** The organisation's OpenID provider: Bastion is its relying party. */
 export const UpstreamIdpSchema = z
@@ -51,7 +61,7 @@ export const UpstreamIdpSchema = z
     timeout: Duration.default(10_000),
   })
   .refine((idp) => !(idp.client_secret_file && idp.private_key_file), 'give client_secret_file or private_key_file, not both')
-  .refine((idp) => new URL(idp.issuer).protocol === 'https:' || LOOPBACK_HOSTS.includes(new URL(idp.issuer).hostname), {
+  .refine((idp) => httpAllowed(new URL(idp.issuer)), {
     message: 'the issuer must be https (http only on a loopback host)',
   });
 export type UpstreamIdpConfig = z.infer<typeof UpstreamIdpSchema>;
@@ -117,7 +127,7 @@ export const WorkloadIssuerSchema = z
     timeout: Duration.default(5000),
   })
   .refine((i) => !(i.jwks_url && i.jwks_file), 'give jwks_url or jwks_file, not both')
-  .refine((i) => new URL(i.issuer).protocol === 'https:' || Boolean(i.jwks_file) || LOOPBACK_HOSTS.includes(new URL(i.issuer).hostname), {
+  .refine((i) => Boolean(i.jwks_file) || httpAllowed(new URL(i.issuer)), {
     message: 'discovery needs an https issuer (http only on a loopback host), or give jwks_file',
   });
 export type WorkloadIssuerConfig = z.infer<typeof WorkloadIssuerSchema>;

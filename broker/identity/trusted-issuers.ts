@@ -14,10 +14,8 @@
  */
 import * as oidc from 'openid-client';
 import { issuerKeys } from '../auth/keysets.ts';
-import type { WorkloadIssuerConfig } from './config.ts';
+import { insecureLoopback, type WorkloadIssuerConfig } from './config.ts';
 import type { TrustedIssuer } from './presented-tokens.ts';
-
-const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]']);
 
 /** Memoizes a connection attempt; a failed one is retried on the next call. */
 export function lazily<T>(connect: () => Promise<T>): () => Promise<T> {
@@ -34,7 +32,7 @@ export function lazily<T>(connect: () => Promise<T>): () => Promise<T> {
 /** The jwks_uri of an issuer's OpenID discovery document. */
 export async function discoverJwksUri(issuer: string, timeoutMs: number): Promise<string> {
   const url = new URL(issuer);
-  const insecure = url.protocol === 'http:' && LOOPBACK.has(url.hostname);
+  const insecure = insecureLoopback(url);
   const timeout: oidc.CustomFetch = (target, init) => fetch(target, { ...init, signal: AbortSignal.timeout(timeoutMs) } as RequestInit);
   // No client: only the server's metadata is wanted. openid-client refuses a document for another issuer.
   const configuration = await oidc.discovery(url, 'bastion', undefined, oidc.None(), {

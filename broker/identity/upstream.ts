@@ -16,7 +16,7 @@ import { readFile } from 'node:fs/promises';
 import * as oidc from 'openid-client';
 import type { JWK } from 'jose';
 import { importJWK } from 'jose';
-import type { UpstreamIdpConfig } from './config.ts';
+import { insecureLoopback, type UpstreamIdpConfig } from './config.ts';
 import type { GrantIdentity } from './grants.ts';
 
 /** What must survive between sending the user to the IdP and their return; kept server-side, never in the browser. */
@@ -56,8 +56,6 @@ export interface UpstreamIdp {
   /** The identity as the IdP sees it now; throws UpstreamRefusal when the IdP refuses (user disabled, session revoked). */
   refreshIdentity(refreshToken: string, expectedSub: string): Promise<SignedIn>;
 }
-
-const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]']);
 
 async function clientAuthentication(config: UpstreamIdpConfig, clientSecret: string | undefined): Promise<oidc.ClientAuth> {
   if (clientSecret) return oidc.ClientSecretBasic(clientSecret);
@@ -111,7 +109,7 @@ function refusalOf(error: unknown): UpstreamRefusal {
  */
 export async function connectUpstream(config: UpstreamIdpConfig, options: { redirectUri: string; clientSecret?: string }): Promise<UpstreamIdp> {
   const issuerUrl = new URL(config.issuer);
-  const insecure = issuerUrl.protocol === 'http:' && LOOPBACK.has(issuerUrl.hostname);
+  const insecure = insecureLoopback(issuerUrl);
   const timeout = (ms: number): oidc.CustomFetch => (url, init) => fetch(url, { ...init, signal: AbortSignal.timeout(ms) } as RequestInit);
   const configuration = await oidc.discovery(issuerUrl, config.client_id, { redirect_uris: [options.redirectUri] } as Partial<oidc.ClientMetadata>, await clientAuthentication(config, options.clientSecret), {
     ...(insecure ? { execute: [oidc.allowInsecureRequests] } : {}),

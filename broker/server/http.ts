@@ -135,7 +135,10 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   const url = `${tls ? 'https' : 'http'}://${hostForUrl}:${port}/mcp`;
   const resource = config.server.resource ?? url;
   // Before the authenticator: the authorization server's key joins the trusted issuers.
-  const identity = await mountIdentity(app, broker, { resource });
+  const identity = await mountIdentity(app, broker, { resource }).catch(async (error: unknown) => {
+    await new Promise((closed) => server.close(closed)); // a refused start leaves no port open
+    throw error;
+  });
   const authenticator = broker.authenticatorFor(resource);
 
   const allowedHosts = new Set([`127.0.0.1:${port}`, `localhost:${port}`, `[::1]:${port}`, new URL(resource).host]);

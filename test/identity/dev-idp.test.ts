@@ -62,4 +62,41 @@ describe('the development IdP', () => {
       await configured.close();
     }
   });
+
+  it('is off, with the authorization server, when the resource is plain http beyond loopback; capability tokens keep working', async () => {
+    const plain = await startTestBroker({ server: { port: 0, resource: 'http://bastion.example.com/mcp' } });
+    try {
+      expect(plain.door.identity).toBeUndefined();
+      const origin = new URL(plain.url).origin;
+      expect((await fetch(`${origin}/.well-known/oauth-authorization-server`, { headers: { host: 'bastion.example.com' } })).status).toBe(404);
+      const client = await plain.connect(await plain.mint());
+      expect(await client.callTool({ name: 'rec__echo', arguments: { text: 'plain' } })).toMatchObject({ content: [{ text: 'echo: plain' }] });
+    } finally {
+      await plain.close();
+    }
+  });
+
+  it('refuses to start, naming the fix, when an IdP is configured and the resource is plain http beyond loopback', async () => {
+    const { mkdtemp } = await import('node:fs/promises');
+    const { tmpdir } = await import('node:os');
+    const { createBroker } = await import('../../broker/broker.ts');
+    const { ConfigError, parseConfig } = await import('../../broker/config.ts');
+    const { createLogger } = await import('../../broker/log.ts');
+    const { startHttp } = await import('../../broker/server/http.ts');
+    const config = parseConfig({
+      state_dir: await mkdtemp(path.join(tmpdir(), 'bastion-plain-')),
+      log_level: 'silent',
+      server: { port: 0, resource: 'http://bastion.example.com/mcp' },
+      identity: { upstream: { issuer: 'https://idp.example', client_id: 'bastion' } },
+      connectors: [],
+    });
+    const broker = await createBroker(config, createLogger('silent'));
+    try {
+      const refused = startHttp(broker);
+      await expect(refused).rejects.toBeInstanceOf(ConfigError);
+      await expect(refused).rejects.toThrow(/issuer would be http:\/\/bastion\.example\.com: OAuth needs https.*server\.resource.*identity\.enabled: false/);
+    } finally {
+      await broker.stop();
+    }
+  });
 });
