@@ -41,6 +41,8 @@ import type { ContextLabel, FlowInput } from './flows/schema.ts';
 export interface CallContext {
   session: string;
   transport: 'http' | 'stdio';
+  /** The MCP revision the request speaks: its `_meta` envelope's (2026-07-28) or its session's. */
+  protocol?: string;
   origin: CallOrigin;
   signal?: AbortSignal;
   /** Present when the agent asked for progress notifications. */
@@ -238,6 +240,7 @@ export class Pipeline {
       event: 'tools/call',
       session: call.session,
       transport: call.transport,
+      ...(call.protocol !== undefined ? { protocol: call.protocol } : {}),
       principal: principalForAudit(principal),
       tool: name,
       args_hash: argsHash,
