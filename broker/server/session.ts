@@ -103,11 +103,11 @@ function callContext(session: SessionBinding, server: Server, extra: Extra, prog
   };
 }
 
-/** Turns a Denial into the protocol error for non-tool requests. */
-function protocolError(error: unknown): never {
+/** Turns a Denial into the protocol error for non-tool requests; `about` joins its data (a missing resource's `uri`, as the spec asks). */
+function protocolError(error: unknown, about: Record<string, unknown> = {}): never {
   if (error instanceof Denial) {
     const code = error.code === 'BASTION_TOOL_UNKNOWN' ? ProtocolErrorCode.InvalidParams : ProtocolErrorCode.InvalidRequest;
-    throw new ProtocolError(code, `Bastion refused this request at the ${error.stage} stage (${error.code}): ${error.reason}`, error.toJSON());
+    throw new ProtocolError(code, `Bastion refused this request at the ${error.stage} stage (${error.code}): ${error.reason}`, { ...about, ...error.toJSON() });
   }
   throw error;
 }
@@ -212,7 +212,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
       await pipeline.recordItemFlow(principal, 'resource', request.params.uri, connector.config.labels.resources, contents);
       return contents;
     } catch (error) {
-      return protocolError(error);
+      return protocolError(error, { uri: request.params.uri });
     }
   });
 

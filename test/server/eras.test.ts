@@ -6,7 +6,7 @@
  * body), each sent raw because no SDK client would send it. Every refusal is
  * audited and reaches no upstream.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
 import type { CallToolResult } from '@modelcontextprotocol/client';
 import { startTestBroker, type TestBroker } from '../helpers/broker.ts';
@@ -262,6 +262,34 @@ describe('refusals that belong to 2026-07-28, before any stage', () => {
       );
     } finally {
       await client.close();
+    }
+  });
+});
+
+describe('list changes reach 2026-07-28 clients on their subscriptions/listen stream', () => {
+  // Last in this file: `mutate` changes a tool upstream (and the broker quarantines it).
+  it('a tool list change upstream reaches a pinned client that holds no session', async () => {
+    let changes = 0;
+    const token = await t.mint({ sub: 'agent:listener', cap: [{ tool: 'rec__echo' }] });
+    const listener = new Client(
+      { name: 'eras-listener', version: '1.0.0' },
+      { versionNegotiation: { mode: { pin: MODERN } }, listChanged: { tools: { autoRefresh: false, debounceMs: 0, onChanged: () => void changes++ } } },
+    );
+    await listener.connect(new StreamableHTTPClientTransport(new URL(t.url), { requestInit: { headers: { Authorization: `Bearer ${token}` } } }));
+    const mutator = await connect(await t.mint({ sub: 'agent:mutator', cap: [{ tool: 'rec__mutate' }] }), 'legacy');
+    try {
+      expect(changes).toBe(0);
+      // The listen stream opens in the background after connect: change the list until a change arrives.
+      await vi.waitFor(
+        async () => {
+          await mutator.callTool({ name: 'rec__mutate', arguments: {} });
+          expect(changes).toBeGreaterThan(0);
+        },
+        { timeout: 60_000, interval: 250 },
+      );
+    } finally {
+      await listener.close();
+      await mutator.close();
     }
   });
 });
