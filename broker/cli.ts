@@ -66,7 +66,11 @@ key made on first run under .bastion/. Prints the MCP URL and a demo token.
 
 Serves one MCP session over stdin/stdout, for clients that spawn their
 servers. The capability token is read from the BASTION_TOKEN environment
-variable and re-verified on every request. Logs go to stderr.`,
+variable and re-verified on every request. Logs go to stderr.
+
+It exits when the client closes its stdin, or on SIGTERM or SIGINT, after
+stopping its upstream stdio processes (stdin closed, then SIGTERM after
+0.4 s, SIGKILL after 0.9 s) and its plugin sandboxes.`,
   'token mint': `usage: bastion token mint --sub SUBJECT [--cap PATTERN]... [--cap-json JSON] [--ttl DURATION] [--aud URL] [--config FILE]
 
 Signs a capability token with the dev key (embedded default only) and prints it.
