@@ -99,7 +99,12 @@ export function denialResult(denial: Denial): CallToolResult {
  */
 function cancelledOr(call: CallContext, denial: Denial): Denial {
   if (!call.signal?.aborted || denial.code === 'BASTION_CANCELLED') return denial;
-  return new Denial(denial.stage, 'BASTION_CANCELLED', `the agent cancelled the call at the ${denial.stage} stage`);
+  // Often not the user: a client that waits without a progress token hears nothing and gives up at its own timeout.
+  const why =
+    denial.stage === 'approve' && call.progressToken === undefined
+      ? `; it sent no progressToken, so it got no progress while it waited and its own request timeout (60 s by default in the TypeScript SDK) may have ended the wait: a client should send a progressToken (with resetTimeoutOnProgress in the TypeScript SDK) or raise its request timeout above the approval timeout`
+      : '';
+  return new Denial(denial.stage, 'BASTION_CANCELLED', `the agent cancelled the call at the ${denial.stage} stage${why}`);
 }
 
 /** Wraps an origin so its notifications go out one after another and can be awaited. */

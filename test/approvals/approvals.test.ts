@@ -197,6 +197,8 @@ describe('time and cancellation', () => {
     // The call's own record says the agent cancelled it while it waited.
     const record = await eventually(async () => (await t.auditRecords()).find((r) => r.event === 'tools/call' && r.principal?.sub === 'agent:quitter'), 'the call record');
     expect(record).toMatchObject({ tool: 'rec__wipe', outcome: 'denied', denial: { stage: 'approve', code: 'BASTION_CANCELLED' } });
+    // It waited without a progress token: the record says what the client should do instead.
+    expect(record.denial?.reason).toContain('sent no progressToken');
   });
 
   it('a token revoked while its call waits stops the call even after approval', async () => {
