@@ -22,6 +22,7 @@ import { getDefaultEnvironment, StdioClientTransport } from '@modelcontextprotoc
 import { Client, StreamableHTTPClientTransport, ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/client';
 import type { Transport, CallToolResult, Notification, Prompt, Request, Resource, ResourceTemplateType, Result, ServerCapabilities, Tool } from '@modelcontextprotocol/client';
 import { fetchWithOwnSignal } from './fetch.ts';
+import { stopProcessTree } from './process-tree.ts';
 import type { ConnectorConfig } from '../broker/config.ts';
 import type { Logger } from '../broker/log.ts';
 import { linearSchemaValidator, toolSchemaProblems } from '../sandboxes/schema-patterns.ts';
@@ -58,6 +59,8 @@ export interface Catalog {
 }
 
 const EMPTY_CATALOG: Catalog = { tools: [], resources: [], resourceTemplates: [], prompts: [] };
+/** Within an MCP client's 2 s grace for `bastion stdio`, with the rest of the broker's shutdown. */
+const STOP_SCHEDULE = { termAfterMs: 400, killAfterMs: 900 };
 const BACKOFF_MIN_MS = 250;
 const BACKOFF_MAX_MS = 30_000;
 
@@ -129,7 +132,12 @@ export class Connector {
     clearTimeout(this.reconnectTimer);
     const client = this.client;
     this.client = undefined;
-    await client?.close().catch(() => undefined);
+    // A stdio upstream (and what it started) is signalled on Bastion's schedule, not the SDK's slower one.
+    const pid = client?.transport instanceof StdioClientTransport ? client.transport.pid : null;
+    const stopping = pid ? stopProcessTree(pid, STOP_SCHEDULE) : undefined;
+    const closing = client?.close().catch(() => undefined);
+    // The SDK's close waits for the pipes to close; once the processes are stopped, not for long.
+    await (stopping ? Promise.race([closing, stopping.then(() => new Promise((resolve) => setTimeout(resolve, 250)))]) : closing);
   }
 
   private setStatus(status: ConnectorStatus): void {

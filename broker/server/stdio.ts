@@ -44,5 +44,11 @@ export async function serveStdio(broker: Broker, token: string | undefined, reso
   // not listen for 'end', so the process lingered (kept alive by its upstream connectors) until the
   // client gave up and sent SIGTERM, skipping broker.stop(). End the connection when stdin ends.
   process.stdin.once('end', () => void handle.close());
+  // SIGTERM and SIGINT end the connection the same way, so the caller's shutdown (broker.stop) stops the
+  // upstream processes; by default they would kill Bastion and leave its upstreams running (parent 1).
+  // The listeners stay: a second signal during the shutdown must not cut it short either.
+  const end = () => void handle.close();
+  process.on('SIGTERM', end);
+  process.on('SIGINT', end);
   await closed;
 }
