@@ -311,6 +311,9 @@ export class Pipeline {
       let mark = performance.now();
       entry = this.parts.registry.resolveTool(name);
       metrics.stageTime('resolve', mark);
+      // Which upstream, and the revision Bastion speaks to it (plugins have none).
+      const upstreamProtocol = 'protocol' in entry.connector ? entry.connector.protocol : undefined;
+      event.detail = { ...event.detail, connector: { name: entry.connector.name, ...(upstreamProtocol ? { protocol: upstreamProtocol } : {}) } };
       mark = performance.now();
       if (argsError) throw new Denial('limit', 'BASTION_ARGUMENTS_TOO_LARGE', `arguments cannot be evaluated: ${argsError.message}`);
       this.parts.limits?.checkArguments(argsBytes, args);

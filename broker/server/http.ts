@@ -496,7 +496,9 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   app.get('/readyz', async (_req, res) => {
     const state = await broker.state.ready().catch(() => false);
     const connectors = Object.fromEntries(broker.connectors.map((c) => [c.name, c.status]));
-    res.status(state ? 200 : 503).json({ status: state ? 'ready' : 'not ready', state: state ? 'ok' : 'unavailable', connectors });
+    // The MCP revision each connector negotiated with its upstream (absent before it first connected).
+    const protocols = Object.fromEntries(broker.connectors.flatMap((c) => (c.protocol ? [[c.name, c.protocol]] : [])));
+    res.status(state ? 200 : 503).json({ status: state ? 'ready' : 'not ready', state: state ? 'ok' : 'unavailable', connectors, protocols });
   });
 
   // Body-parser and handler failures become JSON-RPC errors; nothing here may crash the process.
