@@ -186,7 +186,7 @@ export class Connector {
       {
         capabilities: { sampling: {}, elicitation: { form: {}, url: {} }, roots: { listChanged: true } },
         jsonSchemaValidator: linearSchemaValidator,
-        versionNegotiation: NEGOTIATION[this.config.protocol ?? 'auto'],
+        versionNegotiation: NEGOTIATION[this.config.protocol ?? '2025-11-25'],
       },
     );
     this.installRelays(client);

@@ -1,8 +1,9 @@
 /**
- * Connectors negotiate the MCP revision with each upstream: 2026-07-28 with
- * one that offers it (the SDK's server/discover probe), 2025-11-25 with one
- * that does not, or the revision the connector's config pins. The outcome is
- * per connector, shown by /readyz and in each call's audit record.
+ * Connectors negotiate the MCP revision with each upstream when their config
+ * says `protocol: auto`: 2026-07-28 with one that offers it (the SDK's
+ * server/discover probe), 2025-11-25 with one that does not; without the
+ * setting they speak 2025-11-25 as before. The outcome is per connector,
+ * shown by /readyz and in each call's audit record.
  */
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -16,9 +17,11 @@ let t: TestBroker;
 beforeAll(async () => {
   t = await startTestBroker({
     connectors: [
-      { name: 'rec', transport: 'stdio', command: process.execPath, args: [RECORDING_UPSTREAM], timeout: '20s' },
-      { name: 'modern', transport: 'stdio', command: process.execPath, args: [MODERN_UPSTREAM], timeout: '20s' },
-      { name: 'pinned', transport: 'stdio', command: process.execPath, args: [MODERN_UPSTREAM], timeout: '20s', protocol: '2025-11-25' },
+      // A 2025-only upstream: the probe falls back.
+      { name: 'rec', transport: 'stdio', command: process.execPath, args: [RECORDING_UPSTREAM], timeout: '20s', protocol: 'auto' },
+      { name: 'modern', transport: 'stdio', command: process.execPath, args: [MODERN_UPSTREAM], timeout: '20s', protocol: 'auto' },
+      // The same both-eras upstream without the setting: 2025-11-25, no probe.
+      { name: 'pinned', transport: 'stdio', command: process.execPath, args: [MODERN_UPSTREAM], timeout: '20s' },
     ],
   });
 });
@@ -28,7 +31,7 @@ afterAll(async () => {
 });
 
 describe('connectors negotiate the revision per upstream', () => {
-  it('2026-07-28 with an upstream that offers it, 2025-11-25 with one that does not or is pinned, shown by /readyz', async () => {
+  it('auto: 2026-07-28 with an upstream that offers it, 2025-11-25 with one that does not; the default speaks 2025-11-25; /readyz shows each', async () => {
     const byName = Object.fromEntries(t.broker.connectors.map((c) => [c.name, c.protocol]));
     expect(byName).toEqual({ rec: '2025-11-25', modern: '2026-07-28', pinned: '2025-11-25' });
     const ready = (await (await fetch(new URL('/readyz', t.url))).json()) as { connectors: Record<string, string>; protocols: Record<string, string> };
