@@ -16,6 +16,7 @@ import { createLocalJWKSet, decodeJwt } from 'jose';
 import { CapabilitySchema, type Decision, type PolicyInput } from './policy/schema.ts';
 import { createAuthenticator, type Authenticator } from './auth/authenticate.ts';
 import type { DelegationSigner } from './auth/delegate.ts';
+import { RequestStateSealer } from './server/request-state.ts';
 import { ensureAuditCheckpointKey, ensureDelegationKey, ensureDevKey, readJwksFile, type DevKey } from './auth/keys.ts';
 import { issuerKeys, type IssuerKeys } from './auth/keysets.ts';
 import { createTokenVerifier, type Principal } from './auth/verify.ts';
@@ -390,6 +391,8 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
     log,
     recheck,
     ...(flows ? { flows } : {}),
+    // Multi-round-trip continuations: keyed from the broker key, which replicas share.
+    requestStates: RequestStateSealer.fromPrivateJwk(brokerKey.privateJwk, 'mrtr'),
     filter: createResultFilter(off.has('filters') ? { redaction: { enabled: false }, injection: { enabled: false } } : config.filters.result),
     ...(off.has('quotas') ? {} : { limits: new Limits(config.limits, state) }),
     autoApprove: off.has('approvals'),

@@ -40,6 +40,23 @@ export interface CallOptions {
   origin: CallOrigin;
   signal?: AbortSignal;
   onprogress?: (progress: { progress: number; total?: number; message?: string }) => void;
+  /**
+   * Multi-round-trip, 2026-07-28 upstream to a 2026-07-28 agent: an `input_required`
+   * answer is handed back (not fulfilled here), and a retry carries the agent's
+   * `inputResponses` and the upstream's own `requestState`. Ignored on a 2025 upstream.
+   */
+  inputRequired?: { manual: true; inputResponses?: Record<string, unknown>; requestState?: string };
+}
+
+/** An upstream's `input_required` answer (2026-07-28), handed back in manual mode. */
+export interface UpstreamInputRequired {
+  resultType: 'input_required';
+  inputRequests?: Record<string, unknown>;
+  requestState?: string;
+}
+
+export function isInputRequired(result: unknown): result is UpstreamInputRequired {
+  return !!result && typeof result === 'object' && (result as { resultType?: unknown }).resultType === 'input_required';
 }
 
 export interface ConnectorEvents {
@@ -382,16 +399,25 @@ export class Connector {
   }
 
   /** Calls an upstream tool by its upstream (un-namespaced) name. */
-  callTool(name: string, args: Record<string, unknown>, options: CallOptions): Promise<CallToolResult> {
+  callTool(name: string, args: Record<string, unknown>, options: CallOptions): Promise<CallToolResult | UpstreamInputRequired> {
     return this.withOrigin(options.origin, async (client) => {
       const token = options.onprogress ? `bastion-${this.nextCallId++}` : undefined;
       if (token) this.progress.set(token, options.onprogress!);
+      // Manual multi-round-trip only where both sides speak 2026-07-28; otherwise the SDK fulfils
+      // input_required itself through the relays above (to a 2025 agent's session).
+      const manual = options.inputRequired && client.getProtocolEra() === 'modern' ? options.inputRequired : undefined;
       try {
         const result = await client.callTool(
-          { name, arguments: args, ...(token ? { _meta: { progressToken: token } } : {}) },
-          { timeout: this.config.timeout, ...(options.signal ? { signal: options.signal } : {}) },
+          {
+            name,
+            arguments: args,
+            ...(token ? { _meta: { progressToken: token } } : {}),
+            ...(manual?.inputResponses ? { inputResponses: manual.inputResponses } : {}),
+            ...(manual?.requestState !== undefined ? { requestState: manual.requestState } : {}),
+          },
+          { timeout: this.config.timeout, ...(options.signal ? { signal: options.signal } : {}), ...(manual ? { allowInputRequired: true } : {}) },
         );
-        return result as CallToolResult;
+        return result as CallToolResult | UpstreamInputRequired;
       } finally {
         if (token) this.progress.delete(token);
       }

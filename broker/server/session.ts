@@ -22,6 +22,7 @@ import { denialResult, type CallContext } from '../pipeline.ts';
 import type { Broker } from '../broker.ts';
 import { linearSchemaValidator } from '../../sandboxes/schema-patterns.ts';
 import type { CallOrigin } from '../../connectors/upstream.ts';
+import { MODERN_REVISION } from './eras.ts';
 
 export interface SessionBinding {
   id: string;
@@ -75,12 +76,21 @@ class AgentServer extends Server {
   }
 }
 
-function originOf(session: SessionBinding, extra: Extra): CallOrigin {
+function originOf(session: SessionBinding, extra: Extra, protocol: string | undefined): CallOrigin {
   return {
     sessionId: session.id,
     // Relayed requests are spec methods (sampling, elicitation, roots): the SDK validates each
-    // result against the spec's schema for its method.
-    sendRequest: (request: Request) => extra.mcpReq.send(request as { method: RequestMethod; params?: Record<string, unknown> }),
+    // result against the spec's schema for its method. A 2026-07-28 agent has no channel for
+    // them: a 2025-era upstream asking mid-call is refused, clearly (README "multi-round-trip").
+    sendRequest: (request: Request) =>
+      protocol === MODERN_REVISION
+        ? Promise.reject(
+            new ProtocolError(
+              ProtocolErrorCode.InvalidRequest,
+              `Bastion cannot relay ${request.method}: the calling agent speaks ${MODERN_REVISION}, which has no server-to-client requests, and this upstream asked mid-call (2025-11-25); configure the connector with protocol 2026-07-28 or auto if the upstream supports it`,
+            ),
+          )
+        : extra.mcpReq.send(request as { method: RequestMethod; params?: Record<string, unknown> }),
     sendNotification: (notification) => extra.mcpReq.notify(notification as ServerNotification),
   };
 }
@@ -97,7 +107,7 @@ function callContext(session: SessionBinding, server: Server, extra: Extra, prog
     session: session.id,
     transport: session.transport,
     ...(protocol !== undefined ? { protocol } : {}),
-    origin: originOf(session, extra),
+    origin: originOf(session, extra, protocol),
     signal: extra.mcpReq.signal,
     ...(progressToken !== undefined ? { progressToken } : {}),
   };
@@ -147,7 +157,14 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
       return denialResult(error);
     }
     const progressToken = request.params._meta?.progressToken;
-    return pipeline.callTool(principal, callContext(session, server, ctx, progressToken), request.params.name, request.params.arguments ?? {});
+    const call = callContext(session, server, ctx, progressToken);
+    // A 2026-07-28 retry's multi-round-trip fields (the SDK lifts them off the params); untrusted until the pipeline opens them.
+    const requestState = ctx.mcpReq.requestState();
+    const inputResponses = ctx.mcpReq.inputResponses;
+    if (call.protocol === MODERN_REVISION && (typeof requestState === 'string' || inputResponses)) {
+      call.continuation = { ...(inputResponses ? { inputResponses } : {}), ...(typeof requestState === 'string' ? { requestState } : {}) };
+    }
+    return pipeline.callTool(principal, call, request.params.name, request.params.arguments ?? {});
   });
 
   server.setRequestHandler('prompts/list', async (_request, ctx) => {
