@@ -24,6 +24,7 @@ import {
   McpError,
   ReadResourceRequestSchema,
   ResultSchema,
+  RootsListChangedNotificationSchema,
   SetLevelRequestSchema,
   SubscribeRequestSchema,
   UnsubscribeRequestSchema,
@@ -37,6 +38,7 @@ import { denialResult, type CallContext } from '../pipeline.ts';
 import type { Broker } from '../broker.ts';
 import { linearSchemaValidator } from '../../sandboxes/schema-patterns.ts';
 import type { CallOrigin } from '../../connectors/upstream.ts';
+import { advertisedCapabilities, agentInstructions } from './advertised.ts';
 
 export interface SessionBinding {
   id: string;
@@ -84,17 +86,13 @@ function protocolError(error: unknown): never {
 }
 
 export function createAgentServer(broker: Broker, session: SessionBinding): Server {
+  const capabilities = advertisedCapabilities(broker);
   const server = new Server(
     { name: 'bastion', version: BASTION_VERSION },
     {
-      capabilities: {
-        tools: { listChanged: true },
-        resources: { subscribe: true, listChanged: true },
-        prompts: { listChanged: true },
-        logging: {},
-        completions: {},
-      },
-      instructions: 'Bastion mediates every tool call: each one is checked against your capability token and policy, and audited.',
+      // What the connectors offer, and their instructions (checked, namespaced): see advertised.ts.
+      capabilities,
+      instructions: agentInstructions(broker.registry.instructions()),
       // Schemas relayed from upstreams are not Bastion's: any the SDK evaluates here runs its patterns on RE2.
       jsonSchemaValidator: linearSchemaValidator,
     },
@@ -102,69 +100,53 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
   const { pipeline, registry } = broker;
   const subscriptions = new Set<string>();
 
-  server.setRequestHandler(ListToolsRequestSchema, async (_request, extra) => {
-    const principal = await session.principal(extra).catch(protocolError);
-    return { tools: pipeline.listTools(principal, callContext(session, extra)) };
-  });
+  if (capabilities.tools) {
+    server.setRequestHandler(ListToolsRequestSchema, async (_request, extra) => {
+      const principal = await session.principal(extra).catch(protocolError);
+      return { tools: pipeline.listTools(principal, callContext(session, extra)) };
+    });
 
-  server.setRequestHandler(CallToolRequestSchema, async (request, extra) => {
-    let principal: Principal;
-    try {
-      principal = await session.principal(extra);
-    } catch (error) {
-      if (!(error instanceof Denial)) throw error;
-      await pipeline.recordDenial({ event: 'tools/call', session: session.id, transport: session.transport, tool: request.params.name }, error);
-      return denialResult(error);
-    }
-    const progressToken = request.params._meta?.progressToken;
-    return pipeline.callTool(principal, callContext(session, extra, progressToken), request.params.name, request.params.arguments ?? {});
-  });
+    server.setRequestHandler(CallToolRequestSchema, async (request, extra) => {
+      let principal: Principal;
+      try {
+        principal = await session.principal(extra);
+      } catch (error) {
+        if (!(error instanceof Denial)) throw error;
+        await pipeline.recordDenial({ event: 'tools/call', session: session.id, transport: session.transport, tool: request.params.name }, error);
+        return denialResult(error);
+      }
+      const progressToken = request.params._meta?.progressToken;
+      return pipeline.callTool(principal, callContext(session, extra, progressToken), request.params.name, request.params.arguments ?? {});
+    });
+  }
 
-  server.setRequestHandler(ListPromptsRequestSchema, async (_request, extra) => {
-    const principal = await session.principal(extra).catch(protocolError);
-    const call = callContext(session, extra);
-    const prompts = [...registry.prompts().values()]
-      .filter((p) => pipeline.mayUse(principal, call, 'prompt', p.exposedName, p.connector.name))
-      .map((p) => p.descriptor);
-    return { prompts };
-  });
+  if (capabilities.prompts) {
+    server.setRequestHandler(ListPromptsRequestSchema, async (_request, extra) => {
+      const principal = await session.principal(extra).catch(protocolError);
+      const call = callContext(session, extra);
+      const prompts = [...registry.prompts().values()]
+        .filter((p) => pipeline.mayUse(principal, call, 'prompt', p.exposedName, p.connector.name))
+        .map((p) => p.descriptor);
+      return { prompts };
+    });
 
-  server.setRequestHandler(GetPromptRequestSchema, async (request, extra) => {
-    const principal = await session.principal(extra).catch(protocolError);
-    const call = callContext(session, extra);
-    try {
-      const entry = registry.resolvePrompt(request.params.name);
-      pipeline.authorizeItem(principal, call, 'prompt', entry.exposedName, entry.connector.name);
-      const prompt = await entry.connector.withOrigin(call.origin, (client) =>
-        client.getPrompt({ ...request.params, name: entry.upstreamName }, { signal: extra.signal }),
-      );
-      // What it brings into the agent's flow is recorded before the agent sees it.
-      await pipeline.recordItemFlow(principal, 'prompt', entry.exposedName, entry.connector.config.labels.prompts, prompt);
-      return prompt;
-    } catch (error) {
-      return protocolError(error);
-    }
-  });
-
-  server.setRequestHandler(ListResourcesRequestSchema, async (_request, extra) => {
-    const principal = await session.principal(extra).catch(protocolError);
-    const call = callContext(session, extra);
-    const resources = registry
-      .resources()
-      .filter(({ resource, connector }) => pipeline.mayUse(principal, call, 'resource', resource.uri, connector.name))
-      .map(({ resource }) => resource);
-    return { resources };
-  });
-
-  server.setRequestHandler(ListResourceTemplatesRequestSchema, async (_request, extra) => {
-    const principal = await session.principal(extra).catch(protocolError);
-    const call = callContext(session, extra);
-    const resourceTemplates = registry
-      .resourceTemplates()
-      .filter(({ template, connector }) => pipeline.mayUse(principal, call, 'resource', template.uriTemplate, connector.name))
-      .map(({ template }) => template);
-    return { resourceTemplates };
-  });
+    server.setRequestHandler(GetPromptRequestSchema, async (request, extra) => {
+      const principal = await session.principal(extra).catch(protocolError);
+      const call = callContext(session, extra);
+      try {
+        const entry = registry.resolvePrompt(request.params.name);
+        pipeline.authorizeItem(principal, call, 'prompt', entry.exposedName, entry.connector.name);
+        const prompt = await entry.connector.withOrigin(call.origin, (client) =>
+          client.getPrompt({ ...request.params, name: entry.upstreamName }, { signal: extra.signal }),
+        );
+        // What it brings into the agent's flow is recorded before the agent sees it.
+        await pipeline.recordItemFlow(principal, 'prompt', entry.exposedName, entry.connector.config.labels.prompts, prompt);
+        return prompt;
+      } catch (error) {
+        return protocolError(error);
+      }
+    });
+  }
 
   /** Finds the connector for a URI and checks this principal may use it. */
   const authorizedResource = (principal: Principal, call: CallContext, uri: string) => {
@@ -173,66 +155,106 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
     return connector;
   };
 
-  server.setRequestHandler(ReadResourceRequestSchema, async (request, extra) => {
-    const principal = await session.principal(extra).catch(protocolError);
-    const call = callContext(session, extra);
-    try {
-      const connector = authorizedResource(principal, call, request.params.uri);
-      const contents = await connector.withOrigin(call.origin, (client) => client.readResource(request.params, { signal: extra.signal }));
-      await pipeline.recordItemFlow(principal, 'resource', request.params.uri, connector.config.labels.resources, contents);
-      return contents;
-    } catch (error) {
-      return protocolError(error);
-    }
-  });
+  if (capabilities.resources) {
+    server.setRequestHandler(ListResourcesRequestSchema, async (_request, extra) => {
+      const principal = await session.principal(extra).catch(protocolError);
+      const call = callContext(session, extra);
+      const resources = registry
+        .resources()
+        .filter(({ resource, connector }) => pipeline.mayUse(principal, call, 'resource', resource.uri, connector.name))
+        .map(({ resource }) => resource);
+      return { resources };
+    });
 
-  server.setRequestHandler(SubscribeRequestSchema, async (request, extra) => {
-    const principal = await session.principal(extra).catch(protocolError);
-    const call = callContext(session, extra);
-    try {
-      const connector = authorizedResource(principal, call, request.params.uri);
-      await connector.withOrigin(call.origin, (client) => client.subscribeResource(request.params));
-      subscriptions.add(request.params.uri);
-      return {};
-    } catch (error) {
-      return protocolError(error);
-    }
-  });
+    server.setRequestHandler(ListResourceTemplatesRequestSchema, async (_request, extra) => {
+      const principal = await session.principal(extra).catch(protocolError);
+      const call = callContext(session, extra);
+      const resourceTemplates = registry
+        .resourceTemplates()
+        .filter(({ template, connector }) => pipeline.mayUse(principal, call, 'resource', template.uriTemplate, connector.name))
+        .map(({ template }) => template);
+      return { resourceTemplates };
+    });
 
-  server.setRequestHandler(UnsubscribeRequestSchema, async (request, extra) => {
-    await session.principal(extra).catch(protocolError);
-    subscriptions.delete(request.params.uri);
-    // Other sessions may still be subscribed upstream; the upstream subscription is kept.
-    return {};
-  });
-
-  server.setRequestHandler(CompleteRequestSchema, async (request, extra) => {
-    const principal = await session.principal(extra).catch(protocolError);
-    const call = callContext(session, extra);
-    try {
-      const ref = request.params.ref;
-      if (ref.type === 'ref/prompt') {
-        const entry = registry.resolvePrompt(ref.name);
-        pipeline.authorizeItem(principal, call, 'prompt', entry.exposedName, entry.connector.name);
-        return await entry.connector.withOrigin(call.origin, (client) =>
-          client.complete({ ...request.params, ref: { ...ref, name: entry.upstreamName } }, { signal: extra.signal }),
-        );
+    server.setRequestHandler(ReadResourceRequestSchema, async (request, extra) => {
+      const principal = await session.principal(extra).catch(protocolError);
+      const call = callContext(session, extra);
+      try {
+        const connector = authorizedResource(principal, call, request.params.uri);
+        const contents = await connector.withOrigin(call.origin, (client) => client.readResource(request.params, { signal: extra.signal }));
+        await pipeline.recordItemFlow(principal, 'resource', request.params.uri, connector.config.labels.resources, contents);
+        return contents;
+      } catch (error) {
+        return protocolError(error);
       }
-      const connector = authorizedResource(principal, call, ref.uri);
-      return await connector.withOrigin(call.origin, (client) => client.complete(request.params, { signal: extra.signal }));
-    } catch (error) {
-      return protocolError(error);
-    }
-  });
+    });
 
-  server.setRequestHandler(SetLevelRequestSchema, async (request, extra) => {
-    const principal = await session.principal(extra).catch(protocolError);
-    const call = callContext(session, extra);
-    void principal;
-    for (const connector of registry.connectorsWith('logging')) {
-      await connector.withOrigin(call.origin, (client) => client.setLoggingLevel(request.params.level)).catch(() => undefined);
-    }
-    return {};
+    server.setRequestHandler(SubscribeRequestSchema, async (request, extra) => {
+      const principal = await session.principal(extra).catch(protocolError);
+      const call = callContext(session, extra);
+      try {
+        const connector = authorizedResource(principal, call, request.params.uri);
+        await connector.withOrigin(call.origin, (client) => client.subscribeResource(request.params));
+        subscriptions.add(request.params.uri);
+        return {};
+      } catch (error) {
+        return protocolError(error);
+      }
+    });
+
+    server.setRequestHandler(UnsubscribeRequestSchema, async (request, extra) => {
+      await session.principal(extra).catch(protocolError);
+      subscriptions.delete(request.params.uri);
+      // Other sessions may still be subscribed upstream; the upstream subscription is kept.
+      return {};
+    });
+  }
+
+  if (capabilities.completions) {
+    server.setRequestHandler(CompleteRequestSchema, async (request, extra) => {
+      const principal = await session.principal(extra).catch(protocolError);
+      const call = callContext(session, extra);
+      try {
+        const ref = request.params.ref;
+        if (ref.type === 'ref/prompt') {
+          const entry = registry.resolvePrompt(ref.name);
+          pipeline.authorizeItem(principal, call, 'prompt', entry.exposedName, entry.connector.name);
+          return await entry.connector.withOrigin(call.origin, (client) =>
+            client.complete({ ...request.params, ref: { ...ref, name: entry.upstreamName } }, { signal: extra.signal }),
+          );
+        }
+        const connector = authorizedResource(principal, call, ref.uri);
+        return await connector.withOrigin(call.origin, (client) => client.complete(request.params, { signal: extra.signal }));
+      } catch (error) {
+        return protocolError(error);
+      }
+    });
+  }
+
+  if (capabilities.logging) {
+    server.setRequestHandler(SetLevelRequestSchema, async (request, extra) => {
+      const principal = await session.principal(extra).catch(protocolError);
+      const call = callContext(session, extra);
+      void principal;
+      for (const connector of registry.connectorsWith('logging')) {
+        await connector.withOrigin(call.origin, (client) => client.setLoggingLevel(request.params.level)).catch(() => undefined);
+      }
+      return {};
+    });
+  }
+
+  // The agent's roots changed: every connected upstream hears of it (and may ask this agent for them).
+  const sessionOrigin: CallOrigin = {
+    sessionId: session.id,
+    sendRequest: (request) => server.request(request as ServerRequest, RELAYED_RESULT_SCHEMAS[request.method] ?? ResultSchema),
+    sendNotification: (notification) => server.notification(notification as ServerNotification),
+  };
+  server.setNotificationHandler(RootsListChangedNotificationSchema, async () => {
+    await Promise.all(
+      broker.connectors.map((connector) =>
+        connector.rootsChanged(sessionOrigin).catch((error: Error) => broker.log.debug({ connector: connector.name, err: error.message }, 'forwarding a roots change failed')),
+      ),
+    );
   });
 
   broker.sessions.add(session.id, { server, subscriptions });
