@@ -22,6 +22,7 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { getDefaultEnvironment, StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { fetchWithOwnSignal } from './fetch.ts';
+import { stopProcessTree } from './process-tree.ts';
 import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
 import {
   CallToolResultSchema,
@@ -82,6 +83,8 @@ export interface Catalog {
 }
 
 const EMPTY_CATALOG: Catalog = { tools: [], resources: [], resourceTemplates: [], prompts: [] };
+/** Within an MCP client's 2 s grace for `bastion stdio`, with the rest of the broker's shutdown. */
+const STOP_SCHEDULE = { termAfterMs: 400, killAfterMs: 900 };
 const BACKOFF_MIN_MS = 250;
 /** How long after forwarding a roots change an upstream's roots/list is still attributed to the agent that changed them. */
 const ROOTS_CHANGE_WINDOW_MS = 2_000;
@@ -170,7 +173,12 @@ export class Connector {
     clearTimeout(this.reconnectTimer);
     const client = this.client;
     this.client = undefined;
-    await client?.close().catch(() => undefined);
+    // A stdio upstream (and what it started) is signalled on Bastion's schedule, not the SDK's slower one.
+    const pid = client?.transport instanceof StdioClientTransport ? client.transport.pid : null;
+    const stopping = pid ? stopProcessTree(pid, STOP_SCHEDULE) : undefined;
+    const closing = client?.close().catch(() => undefined);
+    // The SDK's close waits for the pipes to close; once the processes are stopped, not for long.
+    await (stopping ? Promise.race([closing, stopping.then(() => new Promise((resolve) => setTimeout(resolve, 250)))]) : closing);
   }
 
   private setStatus(status: ConnectorStatus): void {
