@@ -63,6 +63,29 @@ describe('instructions and capabilities', () => {
   });
 });
 
+describe('capabilities while a connector has never connected', () => {
+  let broker: TestBroker;
+
+  beforeAll(async () => {
+    broker = await startTestBroker({ connectors: [{ name: 'gone', transport: 'stdio', command: path.join(ROOT, 'no-such-upstream-binary') }] });
+  });
+  afterAll(async () => broker?.close());
+
+  it('advertises everything it could offer once the connector comes up, and lists nothing meanwhile', async () => {
+    const client = await broker.connect(await broker.mint({ cap: [{ tool: '*' }] }));
+    expect(client.getServerCapabilities()).toEqual({
+      tools: { listChanged: true },
+      resources: { listChanged: true, subscribe: true },
+      prompts: { listChanged: true },
+      logging: {},
+      completions: {},
+    });
+    expect((await client.listTools()).tools).toEqual([]);
+    expect((await client.listPrompts()).prompts).toEqual([]);
+    expect(client.getInstructions()).toBe(BASTION_INSTRUCTIONS);
+  });
+});
+
 describe('instructions with the descriptor check set to warn', () => {
   let broker: TestBroker;
 
