@@ -151,6 +151,14 @@ describe.each(['stdio', 'http'] as const)('server-everything over %s: direct and
     expectEquivalent(direct, via, CONNECTOR);
   });
 
+  it('completions: resource template variables', async () => {
+    const [direct, via] = await pair.both((side) =>
+      side.client.complete({ ref: { type: 'ref/resource', uri: 'demo://resource/dynamic/text/{resourceId}' }, argument: { name: 'resourceId', value: '12' } }),
+    );
+    expect(direct.completion.values).toEqual(['12']);
+    expectEquivalent(direct, via, CONNECTOR);
+  });
+
   it('progress: the same notifications, in order, then the same result', async () => {
     const [direct, via] = await pair.both(async (side) => {
       const progress: { progress: number; total?: number }[] = [];
