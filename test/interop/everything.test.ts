@@ -199,6 +199,9 @@ describe.each(['stdio', 'http'] as const)('server-everything over %s: direct and
     });
     expect(direct.outcome).not.toBe('resolved');
     expectEquivalent(direct, via, CONNECTOR);
+    // Bastion's own record of it says what happened.
+    const cancelled = (await pair.broker.auditRecords()).filter((r) => r.tool === `${CONNECTOR}__trigger-long-running-operation` && r.denial?.code === 'BASTION_CANCELLED');
+    expect(cancelled).toHaveLength(1);
   });
 
   it('sampling: the server’s request reaches the agent unchanged and its answer goes back', async () => {
