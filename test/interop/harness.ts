@@ -71,6 +71,9 @@ export async function startEverythingHttp(): Promise<{ upstream: Upstream; close
   };
 }
 
+/** The agent's protocol era: the 2025 session handshake, or pinned to the stateless 2026-07-28 revision. */
+export type Era = 'legacy' | '2026-07-28';
+
 /** What a client was sent besides responses. */
 export interface Observed {
   logs: { level: string; logger?: string; data: unknown }[];
@@ -101,10 +104,13 @@ export class Agent {
   roots: { uri: string; name?: string }[] = [];
   private readonly clients: Client[] = [];
 
-  async open(kind: Side['kind'], transport: Transport, prefix: string): Promise<Side> {
+  async open(kind: Side['kind'], transport: Transport, prefix: string, era: Era = 'legacy'): Promise<Side> {
     const client = new Client(
       { name: 'interop-agent', version: '1.0.0' },
-      { capabilities: { sampling: {}, elicitation: { form: {}, url: {} }, roots: { listChanged: true } } },
+      {
+        capabilities: { sampling: {}, elicitation: { form: {}, url: {} }, roots: { listChanged: true } },
+        ...(era === 'legacy' ? {} : { versionNegotiation: { mode: { pin: era } } }),
+      },
     );
     const observed: Observed = { logs: [], updated: [], sampling: [], elicitations: [], rootsRequests: 0 };
     client.setRequestHandler('sampling/createMessage', async (request) => {
@@ -142,10 +148,10 @@ export class Agent {
     return this.open('direct', transport, '');
   }
 
-  /** Through Bastion's front door with a capability token. */
-  through(url: string, token: string, connector: string): Promise<Side> {
+  /** Through Bastion's front door with a capability token, in the given protocol era. */
+  through(url: string, token: string, connector: string, era: Era = 'legacy'): Promise<Side> {
     const transport = new StreamableHTTPClientTransport(new URL(url), { requestInit: { headers: { Authorization: `Bearer ${token}` } } });
-    return this.open('bastion', transport, `${connector}${SEPARATOR}`);
+    return this.open('bastion', transport, `${connector}${SEPARATOR}`, era);
   }
 
   async close(): Promise<void> {
