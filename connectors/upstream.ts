@@ -18,35 +18,11 @@
  *   await demo.start();
  *   const result = await demo.callTool('read_file', { path: '/srv/a' }, call);
  */
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { getDefaultEnvironment, StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
-import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { getDefaultEnvironment, StdioClientTransport } from '@modelcontextprotocol/client/stdio';
+import { Client, StreamableHTTPClientTransport, ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/client';
+import type { Transport, CallToolResult, Notification, Prompt, Request, Resource, ResourceTemplateType, Result, ServerCapabilities, Tool } from '@modelcontextprotocol/client';
 import { fetchWithOwnSignal } from './fetch.ts';
 import { stopProcessTree } from './process-tree.ts';
-import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
-import {
-  CallToolResultSchema,
-  CreateMessageRequestSchema,
-  ElicitRequestSchema,
-  ListRootsRequestSchema,
-  LoggingMessageNotificationSchema,
-  McpError,
-  ErrorCode,
-  ProgressNotificationSchema,
-  PromptListChangedNotificationSchema,
-  ResourceListChangedNotificationSchema,
-  ResourceUpdatedNotificationSchema,
-  ToolListChangedNotificationSchema,
-  type CallToolResult,
-  type Notification,
-  type Prompt,
-  type Request,
-  type Resource,
-  type ResourceTemplate,
-  type Result,
-  type ServerCapabilities,
-  type Tool,
-} from '@modelcontextprotocol/sdk/types.js';
 import type { ConnectorConfig } from '../broker/config.ts';
 import type { Logger } from '../broker/log.ts';
 import { linearSchemaValidator, toolSchemaProblems } from '../sandboxes/schema-patterns.ts';
@@ -78,7 +54,7 @@ export interface ConnectorEvents {
 export interface Catalog {
   tools: Tool[];
   resources: Resource[];
-  resourceTemplates: ResourceTemplate[];
+  resourceTemplates: ResourceTemplateType[];
   prompts: Prompt[];
 }
 
@@ -333,22 +309,22 @@ export class Connector {
     const relayRequest = async (request: Request): Promise<Result> => {
       const origin = this.currentOrigin();
       if (!origin) {
-        throw new McpError(
-          ErrorCode.InvalidRequest,
+        throw new ProtocolError(
+          ProtocolErrorCode.InvalidRequest,
           `Bastion cannot attribute ${request.method} to exactly one agent call in flight on connector ${this.name}`,
         );
       }
       return origin.sendRequest(request);
     };
-    client.setRequestHandler(CreateMessageRequestSchema, (request) => relayRequest(request) as never);
-    client.setRequestHandler(ElicitRequestSchema, (request) => relayRequest(request) as never);
-    client.setRequestHandler(ListRootsRequestSchema, (request) => {
+    client.setRequestHandler('sampling/createMessage', (request) => relayRequest(request) as never);
+    client.setRequestHandler('elicitation/create', (request) => relayRequest(request) as never);
+    client.setRequestHandler('roots/list', (request) => {
       const relayed = relayRequest(request);
       for (const wake of this.rootsWaiters) wake();
       return relayed as never;
     });
 
-    client.setNotificationHandler(LoggingMessageNotificationSchema, async (notification) => {
+    client.setNotificationHandler('notifications/message', async (notification) => {
       const origin = this.currentOrigin();
       if (origin) await origin.sendNotification(notification).catch(() => undefined);
       else this.events.log.info({ connector: this.name, upstream: notification.params }, 'upstream log message');
@@ -356,11 +332,11 @@ export class Connector {
     // The SDK's own onprogress drops a progress notification that arrives in the
     // same read as the response (its handler runs a microtask after the response
     // unregisters it), so Bastion routes progress by its own tokens.
-    client.setNotificationHandler(ProgressNotificationSchema, async (notification) => {
+    client.setNotificationHandler('notifications/progress', async (notification) => {
       const { progressToken, ...progress } = notification.params;
       this.progress.get(String(progressToken))?.(progress);
     });
-    client.setNotificationHandler(ResourceUpdatedNotificationSchema, async (notification) => {
+    client.setNotificationHandler('notifications/resources/updated', async (notification) => {
       this.events.onResourceUpdated?.(this, notification.params.uri);
     });
     const onListChanged = (kind: 'tools' | 'resources' | 'prompts') => () => {
@@ -372,9 +348,9 @@ export class Connector {
       if (kind === 'tools') this.toolsSettled = settled;
       return settled;
     };
-    client.setNotificationHandler(ToolListChangedNotificationSchema, onListChanged('tools'));
-    client.setNotificationHandler(ResourceListChangedNotificationSchema, onListChanged('resources'));
-    client.setNotificationHandler(PromptListChangedNotificationSchema, onListChanged('prompts'));
+    client.setNotificationHandler('notifications/tools/list_changed', onListChanged('tools'));
+    client.setNotificationHandler('notifications/resources/list_changed', onListChanged('resources'));
+    client.setNotificationHandler('notifications/prompts/list_changed', onListChanged('prompts'));
   }
 
   private requireClient(): Client {
@@ -428,7 +404,6 @@ export class Connector {
       try {
         const result = await client.callTool(
           { name, arguments: args, ...(token ? { _meta: { progressToken: token } } : {}) },
-          CallToolResultSchema,
           { timeout: this.config.timeout, ...(options.signal ? { signal: options.signal } : {}) },
         );
         return result as CallToolResult;

@@ -22,7 +22,7 @@
  * @example
  *   const server = new Server(info, { capabilities: advertisedCapabilities(broker), instructions: agentInstructions(broker.registry) });
  */
-import type { ServerCapabilities } from '@modelcontextprotocol/sdk/types.js';
+import type { ServerCapabilities } from '@modelcontextprotocol/server';
 import type { Connector } from '../../connectors/upstream.ts';
 import { NAMESPACE_SEPARATOR, type ConnectorInstructions } from '../registry.ts';
 

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ROOT, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { openSession, post } from '../helpers/http.ts';
 import { BASTION_INSTRUCTIONS, instructionsHeading } from '../../broker/server/advertised.ts';
 import { EVERYTHING_BIN, MEMORY_BIN } from '../interop/harness.ts';
 
@@ -53,13 +54,23 @@ describe('instructions and capabilities', () => {
     expect(JSON.stringify(flagged[0])).not.toContain('id_rsa');
   });
 
-  it('advertises tools only when the connectors offer tools only, and refuses the rest as unknown methods', async () => {
-    const client = await broker.connect(await broker.mint({ cap: [{ tool: '*' }] }));
+  it('advertises tools only when the connectors offer tools only, and answers the rest as unknown methods', async () => {
+    const token = await broker.mint({ cap: [{ tool: '*' }] });
+    const client = await broker.connect(token);
     expect(client.getServerCapabilities()).toEqual({ tools: { listChanged: true } });
-    await expect(client.listPrompts()).rejects.toThrow(/Method not found/);
-    await expect(client.listResources()).rejects.toThrow(/Method not found/);
-    await expect(client.complete({ ref: { type: 'ref/prompt', name: 'clean__x' }, argument: { name: 'a', value: '' } })).rejects.toThrow(/Method not found/);
     expect((await client.listTools()).tools.map((t) => t.name).sort()).toEqual(['clean__lookup', 'poisoned__lookup', 'silent__lookup']);
+    // The SDK client would not send these to a server without the capability; a raw client does.
+    const sessionId = await openSession(broker.url, token);
+    const headers = { authorization: `Bearer ${token}`, 'mcp-session-id': sessionId };
+    for (const [id, method, params] of [
+      [2, 'prompts/list', {}],
+      [3, 'resources/list', {}],
+      [4, 'completion/complete', { ref: { type: 'ref/prompt', name: 'clean__x' }, argument: { name: 'a', value: '' } }],
+      [5, 'logging/setLevel', { level: 'debug' }],
+    ] as const) {
+      const response = await post(broker.url, { jsonrpc: '2.0', id, method, params }, headers);
+      expect(response.json?.error?.code, method).toBe(-32601);
+    }
   });
 });
 
