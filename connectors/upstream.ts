@@ -64,6 +64,13 @@ const STOP_SCHEDULE = { termAfterMs: 400, killAfterMs: 900 };
 const BACKOFF_MIN_MS = 250;
 /** How long after forwarding a roots change an upstream's roots/list is still attributed to the agent that changed them. */
 const ROOTS_CHANGE_WINDOW_MS = 2_000;
+
+/** The SDK's version negotiation for each `protocol` setting (config.ts). */
+const NEGOTIATION = {
+  auto: { mode: 'auto' },
+  '2025-11-25': { mode: 'legacy' },
+  '2026-07-28': { mode: { pin: '2026-07-28' } },
+} as const;
 const BACKOFF_MAX_MS = 30_000;
 
 /** Pages through a list method until the upstream stops returning a cursor. */
@@ -89,6 +96,7 @@ export class Connector {
   /** Whether the upstream ever completed a handshake: until then its capabilities are unknown, not absent. */
   private handshakeDone = false;
   private instructionsValue: string | undefined;
+  private protocolValue: string | undefined;
   private readonly inflight = new Map<number, CallOrigin>();
   /** Progress listeners by the token Bastion sent upstream. */
   private readonly progress = new Map<string, NonNullable<CallOptions['onprogress']>>();
@@ -136,6 +144,11 @@ export class Connector {
   /** The upstream's `instructions` from its last handshake, as it sent them (unchecked). */
   get instructions(): string | undefined {
     return this.instructionsValue;
+  }
+
+  /** The MCP revision negotiated with the upstream on the current connection (none before the first). */
+  get protocol(): string | undefined {
+    return this.protocolValue;
   }
 
   /** Connects once; resolves when connected or failed (a failure schedules a retry). */
@@ -187,7 +200,11 @@ export class Connector {
     const client = new Client(
       { name: 'bastion', version: '0.1.0' },
       // The SDK validates results against the upstream's output schemas: patterns there run on RE2.
-      { capabilities: { sampling: {}, elicitation: { form: {}, url: {} }, roots: { listChanged: true } }, jsonSchemaValidator: linearSchemaValidator },
+      {
+        capabilities: { sampling: {}, elicitation: { form: {}, url: {} }, roots: { listChanged: true } },
+        jsonSchemaValidator: linearSchemaValidator,
+        versionNegotiation: NEGOTIATION[this.config.protocol ?? '2025-11-25'],
+      },
     );
     this.installRelays(client);
     client.onclose = () => {
@@ -208,13 +225,16 @@ export class Connector {
       this.capabilities = client.getServerCapabilities() ?? {};
       this.instructionsValue = client.getInstructions();
       this.handshakeDone = true;
+      this.protocolValue = client.getNegotiatedProtocolVersion();
+      // 2026-07-28 sends list changes only on a stream asked for; they reach the same handlers as 2025's.
+      if (client.getProtocolEra() === 'modern') await this.listen(client);
       await this.refresh('tools');
       await this.refresh('resources');
       await this.refresh('prompts');
       this.backoffMs = BACKOFF_MIN_MS;
       this.lastError = undefined;
       this.setStatus('ready');
-      this.events.log.info({ connector: this.name, tools: this.catalogValue.tools.length }, 'connector ready');
+      this.events.log.info({ connector: this.name, protocol: this.protocolValue, tools: this.catalogValue.tools.length }, 'connector ready');
     } catch (error) {
       this.lastError = (error as Error).message;
       this.events.log.warn({ connector: this.name, err: this.lastError }, 'connector failed to start');
@@ -222,6 +242,18 @@ export class Connector {
       await client.close().catch(() => undefined);
       this.scheduleReconnect();
     }
+  }
+
+  /** Opens the subscriptions/listen stream for the lists this upstream says can change. */
+  private async listen(client: Client): Promise<void> {
+    const { tools, prompts, resources } = this.capabilities;
+    const filter = {
+      ...(tools?.listChanged ? { toolsListChanged: true } : {}),
+      ...(prompts?.listChanged ? { promptsListChanged: true } : {}),
+      ...(resources?.listChanged ? { resourcesListChanged: true } : {}),
+    };
+    if (Object.keys(filter).length === 0) return;
+    await client.listen(filter, { timeout: this.config.timeout });
   }
 
   private scheduleReconnect(): void {

@@ -1,14 +1,21 @@
 /**
- * One agent session's MCP server: the SDK's low-level Server with Bastion's
+ * One agent's MCP server: the SDK's low-level Server with Bastion's
  * handlers. Every request resolves the caller's Principal first, so a
  * session never outlives the authority of the token that drives it.
+ *
+ * The same server serves both protocol eras: a 2025-11-25 session (one
+ * instance per `initialize`, registered in broker.sessions for list_changed
+ * fan-out) and a single 2026-07-28 request (one instance per request, built
+ * by the SDK's per-request entry, never registered). What a 2026 client sees
+ * of the server itself (`server/discover`) is filtered for its principal, as
+ * `tools/list` is.
  *
  * @example
  *   const server = createAgentServer(broker, { id, transport: 'http', principal });
  *   await server.connect(transport);
  */
-import { Server, ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/server';
-import type { Request, RequestMethod, ServerNotification, ServerContext } from '@modelcontextprotocol/server';
+import { PROTOCOL_VERSION_META_KEY, Server, ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/server';
+import type { CacheHint, Request, RequestMethod, ServerCapabilities, ServerContext, ServerNotification } from '@modelcontextprotocol/server';
 import type { Principal } from '../auth/verify.ts';
 import { Denial } from '../errors.ts';
 import { denialResult, type CallContext } from '../pipeline.ts';
@@ -22,11 +29,44 @@ export interface SessionBinding {
   transport: 'http' | 'stdio';
   /** The caller of this request; throws a Denial when its token no longer holds. */
   principal: (extra: ServerContext) => Promise<Principal>;
+  /**
+   * The principal a 2026-07-28 server answers, known when it is built: its `server/discover`
+   * advertises only what this principal may see; null (no valid token) sees nothing. Absent for
+   * 2025-era sessions, whose `initialize` advertises everything Bastion serves.
+   */
+  viewer?: Principal | null;
+  /** false: a per-request server, not entered in broker.sessions (nothing to fan out to). */
+  register?: boolean;
 }
 
 export const BASTION_VERSION = '0.1.0';
 
 type Extra = ServerContext;
+
+/**
+ * What a 2026-07-28 client may cache (`ttlMs`/`cacheScope` on list and read results, and
+ * `server/discover`): every one of these views depends on the principal (policy filters it),
+ * so none may sit in a shared cache, and none outlives the request (a revoked grant or a
+ * changed policy shows at once).
+ */
+const PRIVATE: CacheHint = { ttlMs: 0, cacheScope: 'private' };
+const CACHE_HINTS = {
+  'tools/list': PRIVATE,
+  'prompts/list': PRIVATE,
+  'resources/list': PRIVATE,
+  'resources/templates/list': PRIVATE,
+  'resources/read': PRIVATE,
+  'server/discover': PRIVATE,
+} as const;
+
+/** The capabilities a per-request server advertises: only the kinds of things its principal may see. */
+class AgentServer extends Server {
+  viewCapabilities: (() => ServerCapabilities) | undefined;
+
+  override getCapabilities(): ServerCapabilities {
+    return this.viewCapabilities ? this.viewCapabilities() : super.getCapabilities();
+  }
+}
 
 function originOf(session: SessionBinding, extra: Extra): CallOrigin {
   return {
@@ -38,28 +78,36 @@ function originOf(session: SessionBinding, extra: Extra): CallOrigin {
   };
 }
 
-function callContext(session: SessionBinding, extra: Extra, progressToken?: string | number): CallContext {
+/** The revision a request speaks: its own envelope's (2026-07-28), or its session's negotiated one. */
+function protocolOf(server: Server, extra: Extra): string | undefined {
+  const claimed = (extra.mcpReq.envelope as Record<string, unknown> | undefined)?.[PROTOCOL_VERSION_META_KEY];
+  return typeof claimed === 'string' ? claimed : server.getNegotiatedProtocolVersion();
+}
+
+function callContext(session: SessionBinding, server: Server, extra: Extra, progressToken?: string | number): CallContext {
+  const protocol = protocolOf(server, extra);
   return {
     session: session.id,
     transport: session.transport,
+    ...(protocol !== undefined ? { protocol } : {}),
     origin: originOf(session, extra),
     signal: extra.mcpReq.signal,
     ...(progressToken !== undefined ? { progressToken } : {}),
   };
 }
 
-/** Turns a Denial into the protocol error for non-tool requests. */
-function protocolError(error: unknown): never {
+/** Turns a Denial into the protocol error for non-tool requests; `about` joins its data (a missing resource's `uri`, as the spec asks). */
+function protocolError(error: unknown, about: Record<string, unknown> = {}): never {
   if (error instanceof Denial) {
     const code = error.code === 'BASTION_TOOL_UNKNOWN' ? ProtocolErrorCode.InvalidParams : ProtocolErrorCode.InvalidRequest;
-    throw new ProtocolError(code, `Bastion refused this request at the ${error.stage} stage (${error.code}): ${error.reason}`, error.toJSON());
+    throw new ProtocolError(code, `Bastion refused this request at the ${error.stage} stage (${error.code}): ${error.reason}`, { ...about, ...error.toJSON() });
   }
   throw error;
 }
 
 export function createAgentServer(broker: Broker, session: SessionBinding): Server {
   const capabilities = advertisedCapabilities(broker);
-  const server = new Server(
+  const server = new AgentServer(
     { name: 'bastion', version: BASTION_VERSION },
     {
       // What the connectors offer, and their instructions (checked, namespaced): see advertised.ts.
@@ -67,15 +115,18 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
       instructions: agentInstructions(broker.registry.instructions()),
       // Schemas relayed from upstreams are not Bastion's: any the SDK evaluates here runs its patterns on RE2.
       jsonSchemaValidator: linearSchemaValidator,
+      cacheHints: CACHE_HINTS,
     },
   );
   const { pipeline, registry } = broker;
   const subscriptions = new Set<string>();
+  const viewer = session.viewer;
+  if (viewer !== undefined) server.viewCapabilities = () => (viewer ? capabilitiesFor(broker, session, viewer, capabilities) : { logging: {} });
 
   if (capabilities.tools) {
     server.setRequestHandler('tools/list', async (_request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      return { tools: pipeline.listTools(principal, callContext(session, ctx)) };
+      return { tools: pipeline.listTools(principal, callContext(session, server, ctx)) };
     });
 
     server.setRequestHandler('tools/call', async (request, ctx) => {
@@ -84,18 +135,22 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
         principal = await session.principal(ctx);
       } catch (error) {
         if (!(error instanceof Denial)) throw error;
-        await pipeline.recordDenial({ event: 'tools/call', session: session.id, transport: session.transport, tool: request.params.name }, error);
+        const protocol = protocolOf(server, ctx);
+        await pipeline.recordDenial(
+          { event: 'tools/call', session: session.id, transport: session.transport, ...(protocol !== undefined ? { protocol } : {}), tool: request.params.name },
+          error,
+        );
         return denialResult(error);
       }
       const progressToken = request.params._meta?.progressToken;
-      return pipeline.callTool(principal, callContext(session, ctx, progressToken), request.params.name, request.params.arguments ?? {});
+      return pipeline.callTool(principal, callContext(session, server, ctx, progressToken), request.params.name, request.params.arguments ?? {});
     });
   }
 
   if (capabilities.prompts) {
     server.setRequestHandler('prompts/list', async (_request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      const call = callContext(session, ctx);
+      const call = callContext(session, server, ctx);
       const prompts = [...registry.prompts().values()]
         .filter((p) => pipeline.mayUse(principal, call, 'prompt', p.exposedName, p.connector.name))
         .map((p) => p.descriptor);
@@ -104,7 +159,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
 
     server.setRequestHandler('prompts/get', async (request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      const call = callContext(session, ctx);
+      const call = callContext(session, server, ctx);
       try {
         const entry = registry.resolvePrompt(request.params.name);
         pipeline.authorizeItem(principal, call, 'prompt', entry.exposedName, entry.connector.name);
@@ -130,7 +185,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
   if (capabilities.resources) {
     server.setRequestHandler('resources/list', async (_request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      const call = callContext(session, ctx);
+      const call = callContext(session, server, ctx);
       const resources = registry
         .resources()
         .filter(({ resource, connector }) => pipeline.mayUse(principal, call, 'resource', resource.uri, connector.name))
@@ -140,7 +195,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
 
     server.setRequestHandler('resources/templates/list', async (_request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      const call = callContext(session, ctx);
+      const call = callContext(session, server, ctx);
       const resourceTemplates = registry
         .resourceTemplates()
         .filter(({ template, connector }) => pipeline.mayUse(principal, call, 'resource', template.uriTemplate, connector.name))
@@ -150,20 +205,20 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
 
     server.setRequestHandler('resources/read', async (request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      const call = callContext(session, ctx);
+      const call = callContext(session, server, ctx);
       try {
         const connector = authorizedResource(principal, call, request.params.uri);
         const contents = await connector.withOrigin(call.origin, (client) => client.readResource(request.params, { signal: ctx.mcpReq.signal }));
         await pipeline.recordItemFlow(principal, 'resource', request.params.uri, connector.config.labels.resources, contents);
         return contents;
       } catch (error) {
-        return protocolError(error);
+        return protocolError(error, { uri: request.params.uri });
       }
     });
 
     server.setRequestHandler('resources/subscribe', async (request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      const call = callContext(session, ctx);
+      const call = callContext(session, server, ctx);
       try {
         const connector = authorizedResource(principal, call, request.params.uri);
         await connector.withOrigin(call.origin, (client) => client.subscribeResource(request.params));
@@ -185,7 +240,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
   if (capabilities.completions) {
     server.setRequestHandler('completion/complete', async (request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      const call = callContext(session, ctx);
+      const call = callContext(session, server, ctx);
       try {
         const ref = request.params.ref;
         if (ref.type === 'ref/prompt') {
@@ -206,7 +261,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
   if (capabilities.logging) {
     server.setRequestHandler('logging/setLevel', async (request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      const call = callContext(session, ctx);
+      const call = callContext(session, server, ctx);
       void principal;
       for (const connector of registry.connectorsWith('logging')) {
         await connector.withOrigin(call.origin, (client) => client.setLoggingLevel(request.params.level)).catch(() => undefined);
@@ -229,7 +284,42 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
     );
   });
 
-  broker.sessions.add(session.id, { server, subscriptions });
-  server.onclose = () => broker.sessions.remove(session.id);
+  if (session.register !== false) {
+    broker.sessions.add(session.id, { server, subscriptions });
+    server.onclose = () => broker.sessions.remove(session.id);
+  }
   return server;
 }
+
+/**
+ * The capabilities one principal's `server/discover` shows: tools, prompts and resources
+ * only when policy lets it see at least one of each (completions with either of the
+ * latter two), so discovery tells an agent no more than `tools/list` would.
+ */
+function capabilitiesFor(broker: Broker, session: SessionBinding, principal: Principal, offered: ServerCapabilities): ServerCapabilities {
+  const { pipeline, registry } = broker;
+  const call: CallContext = { session: session.id, transport: session.transport, origin: REFUSING_ORIGIN };
+  const tools = offered.tools !== undefined && pipeline.listTools(principal, call).length > 0;
+  const prompts = offered.prompts !== undefined && [...registry.prompts().values()].some((p) => pipeline.mayUse(principal, call, 'prompt', p.exposedName, p.connector.name));
+  const resources =
+    offered.resources !== undefined &&
+    (registry.resources().some(({ resource, connector }) => pipeline.mayUse(principal, call, 'resource', resource.uri, connector.name)) ||
+      registry.resourceTemplates().some(({ template, connector }) => pipeline.mayUse(principal, call, 'resource', template.uriTemplate, connector.name)));
+  // Only what the connectors offer (advertised.ts), narrowed to what this principal may see.
+  return {
+    ...(tools ? { tools: offered.tools } : {}),
+    ...(resources ? { resources: offered.resources } : {}),
+    ...(prompts ? { prompts: offered.prompts } : {}),
+    ...((prompts || resources) && offered.completions ? { completions: {} } : {}),
+    ...(offered.logging ? { logging: {} } : {}),
+  };
+}
+
+/** Listing relays nothing to the agent; an origin that refuses keeps it that way. */
+const REFUSING_ORIGIN: CallOrigin = {
+  sessionId: 'discover',
+  sendRequest: async () => {
+    throw new Error('nothing is relayed while listing');
+  },
+  sendNotification: async () => undefined,
+};
