@@ -181,13 +181,13 @@ export interface Pair {
 export async function openPair(
   connector: string,
   upstream: Upstream,
-  options: { directUpstream?: Upstream; connectorExtra?: Record<string, unknown>; agent?: Agent } = {},
+  options: { directUpstream?: Upstream; connectorExtra?: Record<string, unknown>; agent?: Agent; era?: Era } = {},
 ): Promise<Pair> {
   const agent = options.agent ?? new Agent();
   const broker = await startTestBroker({ connectors: [connectorConfig(connector, upstream, options.connectorExtra)] });
   try {
     const direct = await agent.direct(options.directUpstream ?? upstream);
-    const bastion = await agent.through(broker.url, await broker.mint({ sub: 'agent:interop', cap: [{ tool: '*' }] }), connector);
+    const bastion = await agent.through(broker.url, await broker.mint({ sub: 'agent:interop', cap: [{ tool: '*' }] }), connector, options.era);
     return {
       agent,
       broker,
