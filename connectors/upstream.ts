@@ -25,7 +25,7 @@ import { fetchWithOwnSignal } from './fetch.ts';
 import { stopProcessTree } from './process-tree.ts';
 import type { ConnectorConfig } from '../broker/config.ts';
 import type { Logger } from '../broker/log.ts';
-import { linearSchemaValidator, toolSchemaProblems } from '../sandboxes/schema-patterns.ts';
+import { compileSchema, linearSchemaValidator, toolSchemaProblems } from '../sandboxes/schema-patterns.ts';
 
 export type ConnectorStatus = 'starting' | 'ready' | 'down' | 'stopped';
 
@@ -109,6 +109,8 @@ export class Connector {
   private client: Client | undefined;
   private statusValue: ConnectorStatus = 'starting';
   private catalogValue: Catalog = EMPTY_CATALOG;
+  /** Output-schema validators for manual multi-round-trip results, per catalog tool object. */
+  private readonly outputValidators = new WeakMap<Tool, ReturnType<typeof compileSchema>>();
   private capabilities: ServerCapabilities = {};
   /** Whether the upstream ever completed a handshake: until then its capabilities are unknown, not absent. */
   private handshakeDone = false;
@@ -445,6 +447,21 @@ export class Connector {
     });
   }
 
+  /** The rule client.callTool applies: a tool with an output schema answers valid structured content (unless isError). */
+  private checkStructured(name: string, result: CallToolResult): void {
+    const tool = this.catalogValue.tools.find((candidate) => candidate.name === name);
+    if (!tool?.outputSchema || result.isError) return;
+    if (result.structuredContent === undefined) throw new ProtocolError(ProtocolErrorCode.InvalidRequest, `Tool ${name} has an output schema but did not return structured content`);
+    let validate = this.outputValidators.get(tool);
+    if (!validate) {
+      validate = compileSchema(tool.outputSchema as Record<string, unknown>);
+      this.outputValidators.set(tool, validate);
+    }
+    if (!validate(result.structuredContent)) {
+      throw new ProtocolError(ProtocolErrorCode.InvalidParams, `Structured content does not match the tool's output schema: ${validate.errors?.[0]?.message ?? 'invalid'}`);
+    }
+  }
+
   /** Calls an upstream tool by its upstream (un-namespaced) name. */
   callTool(name: string, args: Record<string, unknown>, options: CallOptions): Promise<CallToolResult | UpstreamInputRequired> {
     return this.withOrigin(options.origin, async (client) => {
@@ -454,17 +471,21 @@ export class Connector {
       // input_required itself through the relays above (to a 2025 agent's session).
       const manual = options.inputRequired && client.getProtocolEra() === 'modern' ? options.inputRequired : undefined;
       try {
-        const result = await client.callTool(
-          {
-            name,
-            arguments: args,
-            ...(token ? { _meta: { progressToken: token } } : {}),
-            ...(manual?.inputResponses ? { inputResponses: manual.inputResponses } : {}),
-            ...(manual?.requestState !== undefined ? { requestState: manual.requestState } : {}),
-          },
-          { timeout: this.config.timeout, ...(options.signal ? { signal: options.signal } : {}), ...(manual ? { allowInputRequired: true } : {}) },
-        );
-        return result as CallToolResult | UpstreamInputRequired;
+        const params = {
+          name,
+          arguments: args,
+          ...(token ? { _meta: { progressToken: token } } : {}),
+          ...(manual?.inputResponses ? { inputResponses: manual.inputResponses } : {}),
+          ...(manual?.requestState !== undefined ? { requestState: manual.requestState } : {}),
+        };
+        const requestOptions = { timeout: this.config.timeout, ...(options.signal ? { signal: options.signal } : {}) };
+        if (!manual) return (await client.callTool(params, requestOptions)) as CallToolResult;
+        // client.callTool refuses an input_required answer from a tool with an output schema (it
+        // finds no structured content), so manual rounds go through request() and the final
+        // result is checked against the output schema here, as callTool would.
+        const answer = (await client.request({ method: 'tools/call', params }, { ...requestOptions, allowInputRequired: true })) as CallToolResult | UpstreamInputRequired;
+        if (!isInputRequired(answer)) this.checkStructured(name, answer);
+        return answer;
       } finally {
         if (token) this.progress.delete(token);
       }

@@ -118,6 +118,25 @@ describe('a 2026-07-28 agent behind a 2026-07-28 upstream', () => {
     }
   });
 
+  it('a tool with an output schema: the asking leg passes, and the final structured result is validated and relayed', async () => {
+    const token = await t.mint({ sub: 'agent:typed', cap: [{ tool: 'modern__confirm_typed' }] });
+    const { client, asked } = await agent(token, 'modern');
+    try {
+      const result = (await client.callTool({ name: 'modern__confirm_typed', arguments: {} })) as CallToolResult;
+      expect(result.structuredContent).toEqual({ answer: 'accept' });
+      expect(asked.map((a) => a.method)).toEqual(['elicitation/create']);
+    } finally {
+      await client.close();
+    }
+    // The final result of a retry is still held to the output schema: content that breaks it never reaches the agent.
+    const first = await rawCall(token, 'modern__confirm_typed', {});
+    expect(first.result?.resultType).toBe('input_required');
+    const broken = await rawCall(token, 'modern__confirm_typed', {}, { requestState: first.result!.requestState, inputResponses: { confirm: { action: 'decline' } } });
+    expect(broken.result?.isError).toBe(true);
+    expect(broken.result?.structuredContent).toBeUndefined();
+    expect(text(broken.result)).toMatch(/Output validation error/);
+  });
+
   it("the agent gets Bastion's sealed requestState, never the upstream's", async () => {
     const token = await t.mint({ sub: 'agent:raw', cap: [{ tool: 'modern__*' }] });
     const first = await rawCall(token, 'modern__confirm', { what: 'x' });
