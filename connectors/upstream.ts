@@ -8,10 +8,11 @@
  * Upstream credentials come from config (env for stdio, headers for HTTP);
  * nothing the agent sent is ever forwarded as a credential.
  *
- * Server-to-client requests (sampling, elicitation, roots) and logging are
- * relayed to the agent whose call is in flight on this connector. When calls
- * from several agents are in flight at once, such a request cannot be
- * attributed with certainty and is refused rather than sent to the wrong agent.
+ * The connection opened here is the catalog connection: it lists and keeps
+ * the catalog fresh and serves no agent (it answers roots/list with no roots
+ * and refuses sampling and elicitation). Every agent request goes through the
+ * agent's own upstream connection (agent-sessions.ts), so what the upstream
+ * keeps per client, and sends back, belongs to exactly one agent.
  *
  * @example
  *   const demo = new Connector(config, { log, onListChanged });
@@ -24,40 +25,32 @@ import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/
 import { fetchWithOwnSignal } from './fetch.ts';
 import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
 import {
-  CallToolResultSchema,
   CreateMessageRequestSchema,
   ElicitRequestSchema,
   ListRootsRequestSchema,
   LoggingMessageNotificationSchema,
   McpError,
   ErrorCode,
-  ProgressNotificationSchema,
   PromptListChangedNotificationSchema,
   ResourceListChangedNotificationSchema,
-  ResourceUpdatedNotificationSchema,
   ToolListChangedNotificationSchema,
   type CallToolResult,
-  type Notification,
+  type LoggingLevel,
   type Prompt,
-  type Request,
   type Resource,
   type ResourceTemplate,
-  type Result,
   type ServerCapabilities,
   type Tool,
 } from '@modelcontextprotocol/sdk/types.js';
 import type { ConnectorConfig } from '../broker/config.ts';
 import type { Logger } from '../broker/log.ts';
 import { linearSchemaValidator, toolSchemaProblems } from '../sandboxes/schema-patterns.ts';
+import type { Denial } from '../broker/errors.ts';
+import { AgentSessions, type AgentChannel, type AgentConnectionInfo, type CallOrigin } from './agent-sessions.ts';
+
+export type { AgentChannel, AgentOwner, CallOrigin } from './agent-sessions.ts';
 
 export type ConnectorStatus = 'starting' | 'ready' | 'down' | 'stopped';
-
-/** The agent side of one in-flight call: where relayed traffic must go. */
-export interface CallOrigin {
-  sessionId: string;
-  sendRequest: (request: Request) => Promise<Result>;
-  sendNotification: (notification: Notification) => Promise<void>;
-}
 
 export interface CallOptions {
   origin: CallOrigin;
@@ -69,9 +62,11 @@ export interface ConnectorEvents {
   log: Logger;
   /** A catalog changed (after the connector refreshed it). */
   onListChanged?: (connector: Connector, kind: 'tools' | 'resources' | 'prompts') => void | Promise<void>;
-  /** An upstream resource changed; the front door forwards it to subscribers. */
-  onResourceUpdated?: (connector: Connector, uri: string) => void;
   onStatus?: (connector: Connector, status: ConnectorStatus) => void;
+  /** The live agent session with this id (for what its upstream connection sends outside a request). */
+  agentChannel?: (sessionId: string) => AgentChannel | undefined;
+  /** An agent connection was refused (isolation bounds): for the audit trail. */
+  onAgentRefused?: (connector: Connector, origin: CallOrigin, denial: Denial) => void;
 }
 
 export interface Catalog {
@@ -105,10 +100,8 @@ export class Connector {
   private statusValue: ConnectorStatus = 'starting';
   private catalogValue: Catalog = EMPTY_CATALOG;
   private capabilities: ServerCapabilities = {};
-  private readonly inflight = new Map<number, CallOrigin>();
-  /** Progress listeners by the token Bastion sent upstream. */
-  private readonly progress = new Map<string, NonNullable<CallOptions['onprogress']>>();
-  private nextCallId = 1;
+  /** Every agent's own upstream connection. */
+  private readonly agents: AgentSessions;
   private backoffMs = BACKOFF_MIN_MS;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private startPromise: Promise<void> | undefined;
@@ -119,6 +112,16 @@ export class Connector {
   constructor(config: ConnectorConfig, events: ConnectorEvents) {
     this.config = config;
     this.events = events;
+    this.agents = new AgentSessions({
+      connector: config.name,
+      isolation: config.isolation,
+      timeoutMs: config.timeout,
+      log: events.log,
+      client: () => this.newClient(),
+      transport: () => this.makeTransport(),
+      channel: (sessionId) => events.agentChannel?.(sessionId),
+      refused: (origin, denial) => events.onAgentRefused?.(this, origin, denial),
+    });
   }
 
   get name(): string {
@@ -153,7 +156,7 @@ export class Connector {
     clearTimeout(this.reconnectTimer);
     const client = this.client;
     this.client = undefined;
-    await client?.close().catch(() => undefined);
+    await Promise.all([client?.close().catch(() => undefined), this.agents.stop()]);
   }
 
   private setStatus(status: ConnectorStatus): void {
@@ -180,19 +183,23 @@ export class Connector {
     return new StreamableHTTPClientTransport(new URL(config.url), { requestInit: { headers: config.headers }, fetch: fetchWithOwnSignal });
   }
 
-  private async connect(): Promise<void> {
-    if (this.statusValue === 'stopped') return;
-    this.setStatus('starting');
-    const client = new Client(
+  /** A client as every connection to this upstream is made: the catalog's and each agent's offer the same capabilities. */
+  private newClient(): Client {
+    return new Client(
       { name: 'bastion', version: '0.1.0' },
       // The SDK validates results against the upstream's output schemas: patterns there run on RE2.
       { capabilities: { sampling: {}, elicitation: { form: {}, url: {} }, roots: { listChanged: true } }, jsonSchemaValidator: linearSchemaValidator },
     );
-    this.installRelays(client);
+  }
+
+  private async connect(): Promise<void> {
+    if (this.statusValue === 'stopped') return;
+    this.setStatus('starting');
+    const client = this.newClient();
+    this.installCatalogHandlers(client);
     client.onclose = () => {
       if (this.client !== client) return;
       this.client = undefined;
-      this.failInflight();
       if (this.statusValue !== 'stopped') {
         this.events.log.warn({ connector: this.name }, 'upstream connection closed');
         this.scheduleReconnect();
@@ -229,11 +236,6 @@ export class Connector {
     this.backoffMs = Math.min(this.backoffMs * 2, BACKOFF_MAX_MS);
     this.reconnectTimer = setTimeout(() => void this.connect(), delay);
     this.reconnectTimer.unref();
-  }
-
-  private failInflight(): void {
-    // The SDK rejects pending requests on close; nothing else to release here.
-    this.inflight.clear();
   }
 
   /** Re-reads one catalog list from the upstream. */
@@ -292,45 +294,16 @@ export class Connector {
     });
   }
 
-  /** The single agent with calls in flight here, or undefined when none or ambiguous. */
-  private currentOrigin(): CallOrigin | undefined {
-    let origin: CallOrigin | undefined;
-    for (const candidate of this.inflight.values()) {
-      if (origin && origin.sessionId !== candidate.sessionId) return undefined;
-      origin ??= candidate;
-    }
-    return origin;
-  }
-
-  private installRelays(client: Client): void {
-    const relayRequest = async (request: Request): Promise<Result> => {
-      const origin = this.currentOrigin();
-      if (!origin) {
-        throw new McpError(
-          ErrorCode.InvalidRequest,
-          `Bastion cannot attribute ${request.method} to exactly one agent call in flight on connector ${this.name}`,
-        );
-      }
-      return origin.sendRequest(request);
+  /** The catalog connection serves no agent: it reveals no roots, relays nothing, and logs what it is told. */
+  private installCatalogHandlers(client: Client): void {
+    const noAgent = (method: string) => {
+      throw new McpError(ErrorCode.InvalidRequest, `Bastion's catalog connection to ${this.name} serves no agent; ${method} is relayed only on an agent's own connection`);
     };
-    client.setRequestHandler(CreateMessageRequestSchema, (request) => relayRequest(request) as never);
-    client.setRequestHandler(ElicitRequestSchema, (request) => relayRequest(request) as never);
-    client.setRequestHandler(ListRootsRequestSchema, (request) => relayRequest(request) as never);
-
+    client.setRequestHandler(CreateMessageRequestSchema, () => noAgent('sampling/createMessage'));
+    client.setRequestHandler(ElicitRequestSchema, () => noAgent('elicitation/create'));
+    client.setRequestHandler(ListRootsRequestSchema, () => ({ roots: [] }));
     client.setNotificationHandler(LoggingMessageNotificationSchema, async (notification) => {
-      const origin = this.currentOrigin();
-      if (origin) await origin.sendNotification(notification).catch(() => undefined);
-      else this.events.log.info({ connector: this.name, upstream: notification.params }, 'upstream log message');
-    });
-    // The SDK's own onprogress drops a progress notification that arrives in the
-    // same read as the response (its handler runs a microtask after the response
-    // unregisters it), so Bastion routes progress by its own tokens.
-    client.setNotificationHandler(ProgressNotificationSchema, async (notification) => {
-      const { progressToken, ...progress } = notification.params;
-      this.progress.get(String(progressToken))?.(progress);
-    });
-    client.setNotificationHandler(ResourceUpdatedNotificationSchema, async (notification) => {
-      this.events.onResourceUpdated?.(this, notification.params.uri);
+      this.events.log.info({ connector: this.name, upstream: notification.params }, 'upstream log message');
     });
     const onListChanged = (kind: 'tools' | 'resources' | 'prompts') => () => {
       const settled = this.refresh(kind)
@@ -353,34 +326,52 @@ export class Connector {
     return this.client;
   }
 
-  /** Runs `operation` with `origin` registered as the owner of relayed traffic. */
-  async withOrigin<T>(origin: CallOrigin, operation: (client: Client) => Promise<T>): Promise<T> {
-    const client = this.requireClient();
-    const id = this.nextCallId++;
-    this.inflight.set(id, origin);
-    try {
-      return await operation(client);
-    } finally {
-      this.inflight.delete(id);
-    }
+  /** Runs `operation` on the agent's own upstream connection (opened on first need, within bounds). */
+  withOrigin<T>(origin: CallOrigin, operation: (client: Client) => Promise<T>): Promise<T> {
+    this.requireClient();
+    return this.agents.run(origin, (client) => operation(client));
   }
 
-  /** Calls an upstream tool by its upstream (un-namespaced) name. */
+  /** Calls an upstream tool by its upstream (un-namespaced) name, on the agent's own connection. */
   callTool(name: string, args: Record<string, unknown>, options: CallOptions): Promise<CallToolResult> {
-    return this.withOrigin(options.origin, async (client) => {
-      const token = options.onprogress ? `bastion-${this.nextCallId++}` : undefined;
-      if (token) this.progress.set(token, options.onprogress!);
-      try {
-        const result = await client.callTool(
-          { name, arguments: args, ...(token ? { _meta: { progressToken: token } } : {}) },
-          CallToolResultSchema,
-          { timeout: this.config.timeout, ...(options.signal ? { signal: options.signal } : {}) },
-        );
-        return result as CallToolResult;
-      } finally {
-        if (token) this.progress.delete(token);
-      }
-    });
+    this.requireClient();
+    const { origin, ...rest } = options;
+    return this.agents.callTool(origin, name, args, rest);
+  }
+
+  /** resources/subscribe on the agent's own upstream session. */
+  subscribe(origin: CallOrigin, uri: string): Promise<void> {
+    this.requireClient();
+    return this.agents.subscribe(origin, uri);
+  }
+
+  unsubscribe(origin: CallOrigin, uri: string): Promise<void> {
+    return this.agents.unsubscribe(origin, uri);
+  }
+
+  /** logging/setLevel for the agent's own upstream connection (now, if open; else when it opens). */
+  setLoggingLevel(origin: CallOrigin, level: LoggingLevel): Promise<void> {
+    return this.agents.setLoggingLevel(origin, level);
+  }
+
+  /** notifications/roots/list_changed from an agent session, to its own upstream connection. */
+  rootsChanged(sessionId: string): Promise<void> {
+    return this.agents.rootsChanged(sessionId);
+  }
+
+  /** Whether the agent's own upstream session lists `uri` (a resource made for that session). */
+  listsForAgent(origin: CallOrigin, uri: string): boolean {
+    return this.agents.lists(origin, uri);
+  }
+
+  /** The agent session closed: its upstream connection here closes (and a stdio child stops). */
+  release(sessionId: string): Promise<void> {
+    return this.agents.release(sessionId);
+  }
+
+  /** The agent connections open now. */
+  agentConnections(): AgentConnectionInfo[] {
+    return this.agents.list();
   }
 }
 

@@ -24,6 +24,7 @@ import {
   McpError,
   ReadResourceRequestSchema,
   ResultSchema,
+  RootsListChangedNotificationSchema,
   SetLevelRequestSchema,
   SubscribeRequestSchema,
   UnsubscribeRequestSchema,
@@ -36,7 +37,7 @@ import { Denial } from '../errors.ts';
 import { denialResult, type CallContext } from '../pipeline.ts';
 import type { Broker } from '../broker.ts';
 import { linearSchemaValidator } from '../../sandboxes/schema-patterns.ts';
-import type { CallOrigin } from '../../connectors/upstream.ts';
+import type { AgentChannel, CallOrigin, Connector } from '../../connectors/upstream.ts';
 
 export interface SessionBinding {
   id: string;
@@ -55,20 +56,22 @@ const RELAYED_RESULT_SCHEMAS: Record<string, typeof ResultSchema> = {
 
 type Extra = RequestHandlerExtra<ServerRequest, ServerNotification>;
 
-function originOf(session: SessionBinding, extra: Extra): CallOrigin {
+function originOf(session: SessionBinding, extra: Extra, principal: Principal): CallOrigin {
   return {
     sessionId: session.id,
+    // Upstream connections are keyed by who asks: the session, or (isolation: principal) this.
+    owner: { iss: principal.iss, sub: principal.sub },
     sendRequest: (request: Request) =>
       extra.sendRequest(request as ServerRequest, RELAYED_RESULT_SCHEMAS[request.method] ?? ResultSchema),
     sendNotification: (notification) => extra.sendNotification(notification as ServerNotification),
   };
 }
 
-function callContext(session: SessionBinding, extra: Extra, progressToken?: string | number): CallContext {
+function callContext(session: SessionBinding, extra: Extra, principal: Principal, progressToken?: string | number): CallContext {
   return {
     session: session.id,
     transport: session.transport,
-    origin: originOf(session, extra),
+    origin: originOf(session, extra, principal),
     signal: extra.signal,
     ...(progressToken !== undefined ? { progressToken } : {}),
   };
@@ -104,7 +107,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
 
   server.setRequestHandler(ListToolsRequestSchema, async (_request, extra) => {
     const principal = await session.principal(extra).catch(protocolError);
-    return { tools: pipeline.listTools(principal, callContext(session, extra)) };
+    return { tools: pipeline.listTools(principal, callContext(session, extra, principal)) };
   });
 
   server.setRequestHandler(CallToolRequestSchema, async (request, extra) => {
@@ -117,12 +120,12 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
       return denialResult(error);
     }
     const progressToken = request.params._meta?.progressToken;
-    return pipeline.callTool(principal, callContext(session, extra, progressToken), request.params.name, request.params.arguments ?? {});
+    return pipeline.callTool(principal, callContext(session, extra, principal, progressToken), request.params.name, request.params.arguments ?? {});
   });
 
   server.setRequestHandler(ListPromptsRequestSchema, async (_request, extra) => {
     const principal = await session.principal(extra).catch(protocolError);
-    const call = callContext(session, extra);
+    const call = callContext(session, extra, principal);
     const prompts = [...registry.prompts().values()]
       .filter((p) => pipeline.mayUse(principal, call, 'prompt', p.exposedName, p.connector.name))
       .map((p) => p.descriptor);
@@ -131,7 +134,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
 
   server.setRequestHandler(GetPromptRequestSchema, async (request, extra) => {
     const principal = await session.principal(extra).catch(protocolError);
-    const call = callContext(session, extra);
+    const call = callContext(session, extra, principal);
     try {
       const entry = registry.resolvePrompt(request.params.name);
       pipeline.authorizeItem(principal, call, 'prompt', entry.exposedName, entry.connector.name);
@@ -148,7 +151,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
 
   server.setRequestHandler(ListResourcesRequestSchema, async (_request, extra) => {
     const principal = await session.principal(extra).catch(protocolError);
-    const call = callContext(session, extra);
+    const call = callContext(session, extra, principal);
     const resources = registry
       .resources()
       .filter(({ resource, connector }) => pipeline.mayUse(principal, call, 'resource', resource.uri, connector.name))
@@ -158,7 +161,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
 
   server.setRequestHandler(ListResourceTemplatesRequestSchema, async (_request, extra) => {
     const principal = await session.principal(extra).catch(protocolError);
-    const call = callContext(session, extra);
+    const call = callContext(session, extra, principal);
     const resourceTemplates = registry
       .resourceTemplates()
       .filter(({ template, connector }) => pipeline.mayUse(principal, call, 'resource', template.uriTemplate, connector.name))
@@ -166,16 +169,23 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
     return { resourceTemplates };
   });
 
-  /** Finds the connector for a URI and checks this principal may use it. */
+  /** Finds the connector for a URI (in the catalog, or made for this agent's own upstream session) and checks this principal may use it. */
   const authorizedResource = (principal: Principal, call: CallContext, uri: string) => {
-    const connector = registry.resolveResource(uri);
+    let connector: Connector;
+    try {
+      connector = registry.resolveResource(uri);
+    } catch (error) {
+      const own = broker.connectors.filter((c) => c.listsForAgent(call.origin, uri));
+      if (own.length !== 1) throw error;
+      connector = own[0]!;
+    }
     pipeline.authorizeItem(principal, call, 'resource', uri, connector.name);
     return connector;
   };
 
   server.setRequestHandler(ReadResourceRequestSchema, async (request, extra) => {
     const principal = await session.principal(extra).catch(protocolError);
-    const call = callContext(session, extra);
+    const call = callContext(session, extra, principal);
     try {
       const connector = authorizedResource(principal, call, request.params.uri);
       const contents = await connector.withOrigin(call.origin, (client) => client.readResource(request.params, { signal: extra.signal }));
@@ -188,10 +198,10 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
 
   server.setRequestHandler(SubscribeRequestSchema, async (request, extra) => {
     const principal = await session.principal(extra).catch(protocolError);
-    const call = callContext(session, extra);
+    const call = callContext(session, extra, principal);
     try {
       const connector = authorizedResource(principal, call, request.params.uri);
-      await connector.withOrigin(call.origin, (client) => client.subscribeResource(request.params));
+      await connector.subscribe(call.origin, request.params.uri);
       subscriptions.add(request.params.uri);
       return {};
     } catch (error) {
@@ -200,15 +210,17 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
   });
 
   server.setRequestHandler(UnsubscribeRequestSchema, async (request, extra) => {
-    await session.principal(extra).catch(protocolError);
+    const principal = await session.principal(extra).catch(protocolError);
+    const call = callContext(session, extra, principal);
     subscriptions.delete(request.params.uri);
-    // Other sessions may still be subscribed upstream; the upstream subscription is kept.
+    // Only this agent's own upstream subscriptions are dropped.
+    await Promise.all(broker.connectors.map((c) => c.unsubscribe(call.origin, request.params.uri).catch(() => undefined)));
     return {};
   });
 
   server.setRequestHandler(CompleteRequestSchema, async (request, extra) => {
     const principal = await session.principal(extra).catch(protocolError);
-    const call = callContext(session, extra);
+    const call = callContext(session, extra, principal);
     try {
       const ref = request.params.ref;
       if (ref.type === 'ref/prompt') {
@@ -227,15 +239,24 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
 
   server.setRequestHandler(SetLevelRequestSchema, async (request, extra) => {
     const principal = await session.principal(extra).catch(protocolError);
-    const call = callContext(session, extra);
-    void principal;
+    const call = callContext(session, extra, principal);
+    // This agent's own upstream connections only, now and as they open; never another agent's.
     for (const connector of registry.connectorsWith('logging')) {
-      await connector.withOrigin(call.origin, (client) => client.setLoggingLevel(request.params.level)).catch(() => undefined);
+      await connector.setLoggingLevel(call.origin, request.params.level).catch(() => undefined);
     }
     return {};
   });
 
-  broker.sessions.add(session.id, { server, subscriptions });
+  // The agent's roots changed: its own upstream sessions ask again.
+  server.setNotificationHandler(RootsListChangedNotificationSchema, async () => {
+    await Promise.all(broker.connectors.map((c) => c.rootsChanged(session.id)));
+  });
+
+  const channel: AgentChannel = {
+    sendRequest: (request) => server.request(request as ServerRequest, RELAYED_RESULT_SCHEMAS[request.method] ?? ResultSchema),
+    sendNotification: (notification) => server.notification(notification as ServerNotification),
+  };
+  broker.sessions.add(session.id, { server, subscriptions, channel });
   server.onclose = () => broker.sessions.remove(session.id);
   return server;
 }
