@@ -6,9 +6,12 @@ import path from 'node:path';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import {
+  CreateMessageRequestSchema,
   ListRootsRequestSchema,
   LoggingMessageNotificationSchema,
   ResourceUpdatedNotificationSchema,
+  type CreateMessageRequest,
+  type CreateMessageResult,
   type LoggingMessageNotification,
 } from '@modelcontextprotocol/sdk/types.js';
 import { ROOT } from '../helpers/broker.ts';
@@ -27,11 +30,21 @@ export interface Agent {
   leave(): Promise<void>;
 }
 
-export async function connectAgent(url: string, token: string, roots: string[] = []): Promise<Agent> {
-  const client = new Client({ name: 'isolation-test', version: '1.0.0' }, { capabilities: { roots: { listChanged: true } } });
+export interface AgentOptions {
+  roots?: string[];
+  /** Answers sampling/createMessage (the client then offers sampling). */
+  sampling?: (request: CreateMessageRequest) => Promise<CreateMessageResult>;
+}
+
+export async function connectAgent(url: string, token: string, options: AgentOptions = {}): Promise<Agent> {
+  const client = new Client(
+    { name: 'isolation-test', version: '1.0.0' },
+    { capabilities: { roots: { listChanged: true }, ...(options.sampling ? { sampling: {} } : {}) } },
+  );
+  if (options.sampling) client.setRequestHandler(CreateMessageRequestSchema, options.sampling);
   const logs: Agent['logs'] = [];
   const updates: string[] = [];
-  let current = roots;
+  let current = options.roots ?? [];
   client.setRequestHandler(ListRootsRequestSchema, async () => ({ roots: current.map((uri) => ({ uri, name: path.basename(uri) })) }));
   client.setNotificationHandler(LoggingMessageNotificationSchema, async (notification) => void logs.push(notification.params));
   client.setNotificationHandler(ResourceUpdatedNotificationSchema, async (notification) => void updates.push(notification.params.uri));

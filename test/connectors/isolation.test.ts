@@ -7,9 +7,9 @@
  * A's session resource, and received A's log messages and resource updates.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { McpError } from '@modelcontextprotocol/sdk/types.js';
+import { McpError, type CreateMessageRequest } from '@modelcontextprotocol/sdk/types.js';
 import { startTestBroker, type TestBroker } from '../helpers/broker.ts';
-import { connectAgent, EVERYTHING, eventually, textOf, type Agent } from './helpers.ts';
+import { connectAgent, EVERYTHING, eventually, textOf, type Agent, type AgentOptions } from './helpers.ts';
 
 let t: TestBroker;
 
@@ -23,12 +23,9 @@ afterAll(async () => {
   await t?.close();
 });
 
-async function twoAgents(aRoots: string[] = [], bRoots: string[] = []): Promise<[Agent, Agent]> {
+async function twoAgents(a: AgentOptions = {}, b: AgentOptions = {}): Promise<[Agent, Agent]> {
   const cap = [{ tool: '*' }];
-  return [
-    await connectAgent(t.url, await t.mint({ sub: 'agent:alice', cap }), aRoots),
-    await connectAgent(t.url, await t.mint({ sub: 'agent:bob', cap }), bRoots),
-  ];
+  return [await connectAgent(t.url, await t.mint({ sub: 'agent:alice', cap }), a), await connectAgent(t.url, await t.mint({ sub: 'agent:bob', cap }), b)];
 }
 
 /** Simulated log messages of server-everything (not the ones it sends about roots or subscriptions). */
@@ -36,7 +33,7 @@ const simulated = (agent: Agent) => agent.logs.filter((log) => /level[- ]message
 
 describe('agents on one connector see only their own upstream state', () => {
   it('roots: each agent gets its own roots from get-roots-list, never the other agent\'s', async () => {
-    const [alice, bob] = await twoAgents(['file:///home/alice/project'], ['file:///home/bob/secret']);
+    const [alice, bob] = await twoAgents({ roots: ['file:///home/alice/project'] }, { roots: ['file:///home/bob/secret'] });
     try {
       const a = textOf(await alice.client.callTool({ name: 'every__get-roots-list', arguments: {} }));
       const b = textOf(await bob.client.callTool({ name: 'every__get-roots-list', arguments: {} }));
@@ -138,6 +135,32 @@ describe('agents on one connector see only their own upstream state', () => {
       await bob.client.callTool({ name: 'every__toggle-subscriber-updates', arguments: {} });
       await eventually(() => bob.updates.length >= 2, 'bob\'s own updates once he turned them on');
       expect(alice.updates.length).toBe(seen);
+    } finally {
+      await alice.leave();
+      await bob.leave();
+    }
+  });
+
+  it('sampling: with both agents\' calls in flight at once, each sampling request goes to the agent whose call made it', async () => {
+    // Each answer waits until the other agent's request has arrived too: both calls are surely in flight together.
+    const arrived: Record<string, () => void> = {};
+    const both = { alice: new Promise<void>((resolve) => (arrived.alice = resolve)), bob: new Promise<void>((resolve) => (arrived.bob = resolve)) };
+    const answer = (me: 'alice' | 'bob', other: 'alice' | 'bob') => async (request: CreateMessageRequest) => {
+      arrived[me]!();
+      await both[other];
+      const asked = JSON.stringify(request.params.messages);
+      return { role: 'assistant' as const, model: `${me}-model`, content: { type: 'text' as const, text: `${me} answers ${asked.includes(me) ? 'its own prompt' : 'a stranger'}` } };
+    };
+    const [alice, bob] = await twoAgents({ sampling: answer('alice', 'bob') }, { sampling: answer('bob', 'alice') });
+    try {
+      const [a, b] = await Promise.all([
+        alice.client.callTool({ name: 'every__trigger-sampling-request', arguments: { prompt: 'from alice' } }),
+        bob.client.callTool({ name: 'every__trigger-sampling-request', arguments: { prompt: 'from bob' } }),
+      ]);
+      expect(a.isError).toBeFalsy();
+      expect(b.isError).toBeFalsy();
+      expect(textOf(a)).toContain('alice answers its own prompt');
+      expect(textOf(b)).toContain('bob answers its own prompt');
     } finally {
       await alice.leave();
       await bob.leave();
