@@ -30,6 +30,11 @@ const denial = (r: CallToolResult) => r._meta?.['bastion/denial'] as { stage: st
 describe('rate limits', () => {
   it('a burst over the per-principal bucket is refused with retry-after; the upstream sees no excess call', async () => {
     const client = await t.connect(await t.mint({ sub: 'agent:burst' }));
+    // The session's first call starts its own upstream process, slow enough for the bucket to
+    // refill during it: make it before the burst, then give the bucket (1 token/s) time to be full
+    // again. Waiting longer cannot change the outcome: the bucket holds at most 5.
+    expect(((await client.callTool({ name: 'rec__echo', arguments: { text: 'warm-up' } })) as CallToolResult).isError).toBeFalsy();
+    await new Promise((resolve) => setTimeout(resolve, 2000));
     // Back to back (the concurrency cap of 2 is tested separately); far quicker than the 1/s refill.
     const results: CallToolResult[] = [];
     for (let i = 0; i < 12; i++) results.push((await client.callTool({ name: 'rec__echo', arguments: { text: `burst-${i}` } })) as CallToolResult);
