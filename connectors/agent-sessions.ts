@@ -33,12 +33,15 @@ import {
   ProgressNotificationSchema,
   ResourceListChangedNotificationSchema,
   ResourceUpdatedNotificationSchema,
+  ToolListChangedNotificationSchema,
   type CallToolResult,
   type LoggingLevel,
   type Notification,
   type Request,
   type Result,
+  type Tool,
 } from '@modelcontextprotocol/sdk/types.js';
+import canonicalizeModule from 'canonicalize';
 import type { IsolationConfig } from '../broker/config.ts';
 import { Denial } from '../broker/errors.ts';
 import type { Logger } from '../broker/log.ts';
@@ -77,6 +80,10 @@ export interface AgentSessionsOptions {
   channel: (sessionId: string) => AgentChannel | undefined;
   /** A refusal to open a connection (bounds), for the audit trail. */
   refused: (origin: CallOrigin, denial: Denial) => void;
+  /** The catalog's (pinned, policy-checked) descriptor of a tool. */
+  catalogTool: (name: string) => Tool | undefined;
+  /** An agent's upstream session announced a tools change: the catalog re-lists. */
+  toolsChanged: () => Promise<void>;
 }
 
 export interface ToolCallOptions {
@@ -91,6 +98,14 @@ export interface AgentConnectionInfo {
   sessions: string[];
   /** The upstream child process (stdio), while it runs. */
   pid: number | undefined;
+}
+
+const canonicalize = canonicalizeModule as unknown as (value: unknown) => string | undefined;
+/** Canonical descriptors of catalog tools, computed once per catalog object. */
+const catalogForms = new WeakMap<Tool, string | undefined>();
+function catalogForm(tool: Tool): string | undefined {
+  if (!catalogForms.has(tool)) catalogForms.set(tool, canonicalize(tool));
+  return catalogForms.get(tool);
 }
 
 function ownerKey(owner: AgentOwner): string {
@@ -111,6 +126,10 @@ class AgentConnection {
   readonly subscriptions = new Map<string, Set<string>>();
   /** Resources this connection's upstream session lists (its own session resources included). */
   resources = new Set<string>();
+  /** Canonical descriptors of the tools this connection's upstream session lists, by name ('unknown': listing failed). */
+  tools: Map<string, string | undefined> | 'unknown' = new Map();
+  /** Settles when the latest tools change announced on this connection has been listed. */
+  toolsListed: Promise<void> = Promise.resolve();
   client: Client | undefined;
   transport: Transport | undefined;
   ready: Promise<void> = Promise.resolve();
@@ -228,6 +247,7 @@ export class AgentSessions {
     try {
       await client.connect(transport, { timeout: this.options.timeoutMs });
       connection.client = client;
+      connection.toolsListed = this.listTools(connection);
       const level = this.levels.get(origin.sessionId);
       if (level && client.getServerCapabilities()?.logging) await client.setLoggingLevel(level);
     } catch (error) {
@@ -277,12 +297,40 @@ export class AgentSessions {
       const subscribers = connection.subscriptions.get(notification.params.uri);
       if (subscribers) await toSessions(notification, subscribers);
     });
+    // A descriptor change in this agent's session: the catalog re-lists (a server-wide change is
+    // re-pinned or quarantined there), and this session's own descriptors are read again.
+    client.setNotificationHandler(ToolListChangedNotificationSchema, async () => {
+      connection.toolsListed = Promise.all([this.options.toolsChanged(), this.listTools(connection)]).then(() => undefined);
+      await connection.toolsListed;
+    });
     client.setNotificationHandler(ResourceListChangedNotificationSchema, async () => {
       await this.refreshResources(connection).catch((error: Error) =>
         this.options.log.debug({ connector: this.name, err: error.message }, 'listing agent session resources failed'),
       );
       await toSessions({ method: 'notifications/resources/list_changed' }, connection.sessions);
     });
+  }
+
+  /** Re-reads the tool descriptors this agent's upstream session lists (compared with the catalog's at each call). */
+  private async listTools(connection: AgentConnection): Promise<void> {
+    const client = connection.client;
+    if (!client?.getServerCapabilities()?.tools) return;
+    const tools = new Map<string, string | undefined>();
+    let cursor: string | undefined;
+    try {
+      for (let pages = 0; pages < 100; pages++) {
+        const page = await client.listTools(cursor ? { cursor } : {});
+        for (const tool of page.tools) tools.set(tool.name, canonicalize(tool));
+        if (!page.nextCursor) break;
+        cursor = page.nextCursor;
+      }
+    } catch (error) {
+      // Unknown descriptors: every call on this connection is refused until a listing succeeds.
+      this.options.log.warn({ connector: this.name, err: (error as Error).message }, 'listing an agent session\'s tools failed');
+      connection.tools = 'unknown';
+      return;
+    }
+    connection.tools = tools;
   }
 
   /** Re-reads the resources this agent's upstream session lists (its session resources among them). */
@@ -324,6 +372,8 @@ export class AgentSessions {
   /** Calls an upstream tool by its upstream (un-namespaced) name on the agent's own connection. */
   callTool(origin: CallOrigin, name: string, args: Record<string, unknown>, options: ToolCallOptions): Promise<CallToolResult> {
     return this.run(origin, async (client, connection) => {
+      await connection.toolsListed;
+      this.checkDescriptor(connection, name);
       const token = options.onprogress ? `bastion-${this.nextId++}` : undefined;
       if (token) connection.progress.set(token, options.onprogress!);
       try {
@@ -337,6 +387,25 @@ export class AgentSessions {
         if (token) connection.progress.delete(token);
       }
     });
+  }
+
+  /**
+   * The agent saw (and policy and pins judged) the catalog's descriptor: a tool whose
+   * descriptor in this agent's own upstream session differs is refused for this session.
+   */
+  private checkDescriptor(connection: AgentConnection, name: string): void {
+    if (connection.tools === 'unknown') {
+      throw new Denial('resolve', 'BASTION_TOOL_QUARANTINED', `the tools of ${this.name} in this agent's upstream session could not be listed, so ${name} cannot be checked against its pin`);
+    }
+    const catalog = this.options.catalogTool(name);
+    const own = connection.tools.get(name);
+    // Not listed (yet: a server may add tools once initialized) is the upstream's to answer; a different descriptor is not.
+    if (!connection.tools.has(name) || (catalog && own !== undefined && own === catalogForm(catalog))) return;
+    throw new Denial(
+      'resolve',
+      'BASTION_TOOL_QUARANTINED',
+      `tool ${name} of ${this.name} has a different descriptor in this agent's upstream session than the one pinned; refused for this session`,
+    );
   }
 
   /** Subscribes the agent's own upstream session; updates then reach only the sessions subscribed. */

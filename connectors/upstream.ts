@@ -121,6 +121,9 @@ export class Connector {
       transport: () => this.makeTransport(),
       channel: (sessionId) => events.agentChannel?.(sessionId),
       refused: (origin, denial) => events.onAgentRefused?.(this, origin, denial),
+      catalogTool: (name) => this.catalogValue.tools.find((tool) => tool.name === name),
+      // A change announced on an agent's connection may be the server's: the catalog re-lists (and re-pins).
+      toolsChanged: () => this.catalogChanged('tools'),
     });
   }
 
@@ -305,18 +308,20 @@ export class Connector {
     client.setNotificationHandler(LoggingMessageNotificationSchema, async (notification) => {
       this.events.log.info({ connector: this.name, upstream: notification.params }, 'upstream log message');
     });
-    const onListChanged = (kind: 'tools' | 'resources' | 'prompts') => () => {
-      const settled = this.refresh(kind)
-        .catch((error: Error) => {
-          this.events.log.warn({ connector: this.name, err: error.message }, `refreshing ${kind} failed`);
-        })
-        .then(() => this.events.onListChanged?.(this, kind));
-      if (kind === 'tools') this.toolsSettled = settled;
-      return settled;
-    };
-    client.setNotificationHandler(ToolListChangedNotificationSchema, onListChanged('tools'));
-    client.setNotificationHandler(ResourceListChangedNotificationSchema, onListChanged('resources'));
-    client.setNotificationHandler(PromptListChangedNotificationSchema, onListChanged('prompts'));
+    client.setNotificationHandler(ToolListChangedNotificationSchema, () => this.catalogChanged('tools'));
+    client.setNotificationHandler(ResourceListChangedNotificationSchema, () => this.catalogChanged('resources'));
+    client.setNotificationHandler(PromptListChangedNotificationSchema, () => this.catalogChanged('prompts'));
+  }
+
+  /** Re-lists one catalog list (and, for tools, re-pins); calls wait for a tools change to settle. */
+  private catalogChanged(kind: 'tools' | 'resources' | 'prompts'): Promise<void> {
+    const settled = this.refresh(kind)
+      .catch((error: Error) => {
+        this.events.log.warn({ connector: this.name, err: error.message }, `refreshing ${kind} failed`);
+      })
+      .then(() => this.events.onListChanged?.(this, kind));
+    if (kind === 'tools') this.toolsSettled = settled;
+    return settled;
   }
 
   private requireClient(): Client {

@@ -119,6 +119,29 @@ describe('agent connections: lifetime', () => {
   });
 });
 
+describe("agent connections: descriptors in the agent's own upstream session", () => {
+  it('a tool whose descriptor changed in one session only is refused for that session (audited), and still served to others', async () => {
+    const broker = await brokerWith({});
+    const a = await agent(broker, 'agent:a');
+    const b = await agent(broker, 'agent:b');
+    expect(textOf(await echo(a))).toBe('echo: hi');
+    expect(textOf(await a.client.callTool({ name: 'rec__mutate-here', arguments: {} }))).toBe('mutated here');
+    const mark = await broker.auditMark();
+    await eventually(async () => {
+      const r = (await a.client.callTool({ name: 'rec__mutable', arguments: {} })) as CallToolResult;
+      return r.isError === true && textOf(r).includes('BASTION_TOOL_QUARANTINED');
+    }, "alice's call to the tool changed in her session to be refused");
+    const refused = (await broker.auditSince(mark, 'tools/call')).at(-1);
+    expect(refused).toMatchObject({ outcome: 'denied', tool: 'rec__mutable', denial: { code: 'BASTION_TOOL_QUARANTINED' } });
+    expect(refused!.denial!.reason).toContain("different descriptor in this agent's upstream session");
+    expect((await broker.upstreamCalls()).filter((c) => c.tool === 'mutable')).toEqual([]);
+
+    // The server as a whole did not change: the catalog still lists the pinned tool, and bob calls it.
+    expect((await b.client.listTools()).tools.map((tool) => tool.name)).toContain('rec__mutable');
+    expect(textOf(await b.client.callTool({ name: 'rec__mutable', arguments: {} }))).toBe('invoices: none');
+  });
+});
+
 describe('agent connections: isolation mode principal', () => {
   it("a principal's sessions share one connection, another principal gets its own, and it ends with the principal's last session", async () => {
     const broker = await brokerWith({ mode: 'principal' });

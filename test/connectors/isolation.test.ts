@@ -23,9 +23,15 @@ afterAll(async () => {
   await t?.close();
 });
 
+let pair = 0;
+/** Alice and Bob, new principals for each test: flow state follows a principal across sessions (an earlier test's untrusted content would park a later call for approval). */
 async function twoAgents(a: AgentOptions = {}, b: AgentOptions = {}): Promise<[Agent, Agent]> {
   const cap = [{ tool: '*' }];
-  return [await connectAgent(t.url, await t.mint({ sub: 'agent:alice', cap }), a), await connectAgent(t.url, await t.mint({ sub: 'agent:bob', cap }), b)];
+  pair += 1;
+  return [
+    await connectAgent(t.url, await t.mint({ sub: `agent:alice-${pair}`, cap }), a),
+    await connectAgent(t.url, await t.mint({ sub: `agent:bob-${pair}`, cap }), b),
+  ];
 }
 
 /** Simulated log messages of server-everything (not the ones it sends about roots or subscriptions). */
