@@ -20,6 +20,7 @@ import { lockStateDir } from './state/lock.ts';
 import { policyCommand } from './cli/policy.ts';
 import { createBroker } from './broker.ts';
 import { ConfigError, defaultResource, loadConfig, parseDuration, type Config } from './config.ts';
+import { globRegex } from './limits.ts';
 import { createLogger } from './log.ts';
 import { CapabilitySchema, type Capability } from './policy/schema.ts';
 import { FLOWS_GRANT, REVOKE_GRANT, TOOLS_GRANT } from './server/admin-routes.ts';
@@ -57,7 +58,9 @@ Run "bastion <command> --help" for a command's options.`,
 
 Serves MCP at http://HOST:PORT/mcp. With no --config, runs the embedded
 default: the demo upstream over stdio, the default policy, and a dev signing
-key made on first run under .bastion/. Prints the MCP URL and a demo token.
+key made on first run under .bastion/. Prints the MCP URL and a demo token
+for the demo tools the config has (none: no token), and how to mint others
+(with --config FILE when given, so the token is signed by that config's key).
 
   --config FILE   YAML or JSON config (see README "Configuration")
   --host HOST     bind address (default 127.0.0.1)
@@ -66,7 +69,11 @@ key made on first run under .bastion/. Prints the MCP URL and a demo token.
 
 Serves one MCP session over stdin/stdout, for clients that spawn their
 servers. The capability token is read from the BASTION_TOKEN environment
-variable and re-verified on every request. Logs go to stderr.`,
+variable and re-verified on every request. Logs go to stderr.
+
+It exits when the client closes its stdin, or on SIGTERM or SIGINT, after
+stopping its upstream stdio processes (stdin closed, then SIGTERM after
+0.4 s, SIGKILL after 0.9 s) and its plugin sandboxes.`,
   'token mint': `usage: bastion token mint --sub SUBJECT [--cap PATTERN]... [--cap-json JSON] [--ttl DURATION] [--aud URL] [--config FILE]
 
 Signs a capability token with the dev key (embedded default only) and prints it.
@@ -191,6 +198,18 @@ const DEMO_CAPABILITIES: Capability[] = [
   { tool: 'text-utils__*' },
 ];
 
+/** What a demo grant lets the demo token do, for the start-up text. */
+function describeDemoGrant(cap: Capability): string {
+  if (cap.tool === 'demo__read_file') return 'read files under /srv/';
+  if (cap.tool === 'demo__delete_file') return 'delete under /srv/tmp/ with approval';
+  return cap.tool === 'text-utils__*' ? 'text-utils plugin' : cap.tool;
+}
+
+/** `value` as one shell word (quoted only when it has to be). */
+function shellQuote(value: string): string {
+  return /^[\w@%+=:,./-]+$/.test(value) ? value : `'${value.replaceAll("'", `'\\''`)}'`;
+}
+
 async function start(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv,
@@ -211,24 +230,36 @@ async function start(argv: string[]): Promise<void> {
 
   const lines = [``, `Bastion is listening at ${door.url}`];
   if (broker.devKey) {
-    const token = await mintToken({
-      key: broker.devKey.privateJwk,
-      issuer: broker.devKey.issuer,
-      audience: door.resource,
-      sub: 'agent:demo',
-      cap: DEMO_CAPABILITIES,
-      ttlMs: config.auth.max_ttl,
-    });
-    lines.push(
-      ``,
-      `Demo token (agent:demo, valid ${Math.round(config.auth.max_ttl / 60_000)} min; read files under /srv/, delete under /srv/tmp/ with approval, text-utils plugin):`,
-      ``,
-      token,
-      ``,
-      `Connect any MCP client to ${door.url} with the header`,
-      `  Authorization: Bearer <token>`,
-      `Mint another: npm run bastion -- token mint --sub agent:me --cap 'demo__read_file' --aud ${door.resource}`,
-    );
+    // The hints must reach this broker's dev key: with --config, the state folder is that config's.
+    const configArg = values.config ? ` --config ${shellQuote(values.config)}` : '';
+    const tools = [...broker.registry.tools().values()].sort((a, b) => a.exposedName.localeCompare(b.exposedName));
+    const toolNames = tools.map((tool) => tool.exposedName);
+    // Only the demo grants that name a tool this config serves (a custom config may have none of them).
+    const demoCap = DEMO_CAPABILITIES.filter((cap) => toolNames.some((name) => globRegex(cap.tool).test(name)));
+    if (demoCap.length > 0) {
+      const token = await mintToken({
+        key: broker.devKey.privateJwk,
+        issuer: broker.devKey.issuer,
+        audience: door.resource,
+        sub: 'agent:demo',
+        cap: demoCap,
+        ttlMs: config.auth.max_ttl,
+      });
+      lines.push(
+        ``,
+        `Demo token (agent:demo, valid ${Math.round(config.auth.max_ttl / 60_000)} min; ${demoCap.map(describeDemoGrant).join(', ')}):`,
+        ``,
+        token,
+        ``,
+        `Connect any MCP client to ${door.url} with the header`,
+        `  Authorization: Bearer <token>`,
+      );
+    } else {
+      lines.push(``, `No demo token: this config has none of the demo tools (${toolNames.length} tools${toolNames.length ? `, e.g. ${toolNames.slice(0, 3).join(', ')}` : ''}).`);
+    }
+    // A tool of this config for the example grant: the demo read tool when it is there, else a low-risk one.
+    const example = toolNames.includes('demo__read_file') ? 'demo__read_file' : ((tools.find((tool) => tool.risk === 'low') ?? tools[0])?.exposedName ?? '<connector>__<tool>');
+    lines.push(`${demoCap.length > 0 ? 'Mint another' : 'Mint one'}: npm run bastion -- token mint${configArg} --sub agent:me --cap ${shellQuote(example)} --aud ${door.resource}`);
     if (broker.approvalPageUrl) {
       lines.push(
         ``,
@@ -236,7 +267,7 @@ async function start(argv: string[]): Promise<void> {
         ``,
         await approverLink(config, broker.approvalPageUrl, door.resource, 'approver:demo', [], 15 * 60_000),
         ``,
-        `Another approver: npm run bastion -- approver token --sub approver:you`,
+        `Another approver: npm run bastion -- approver token${configArg} --sub approver:you`,
       );
     }
   }

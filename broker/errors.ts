@@ -83,7 +83,9 @@ export type DenialCode =
   | 'BASTION_RESULT_TOO_LARGE'
   | 'BASTION_OBLIGATION_UNSUPPORTED'
   // audit
-  | 'BASTION_AUDIT_UNAVAILABLE';
+  | 'BASTION_AUDIT_UNAVAILABLE'
+  // any stage from approve on: the agent cancelled the call (notifications/cancelled, or its transport closed)
+  | 'BASTION_CANCELLED';
 
 export class Denial extends Error {
   override readonly name = 'Denial';

@@ -53,7 +53,8 @@ export function jsonDepth(value: unknown, stopAt = Number.POSITIVE_INFINITY): nu
   return deepest;
 }
 
-function globRegex(glob: string): RegExp {
+/** A capability's tool glob (`*` matches any run of characters) as an anchored RegExp. */
+export function globRegex(glob: string): RegExp {
   return new RegExp(`^${glob.split('*').map((part) => part.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*')}$`);
 }
 

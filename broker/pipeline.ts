@@ -26,7 +26,7 @@ import type { ToolEntry, ToolRegistry, Risk } from './registry.ts';
 import { ConnectorUnavailable, type CallOrigin } from '../connectors/upstream.ts';
 import { SandboxError } from '../sandboxes/errors.ts';
 import { summarizeUses } from '../sandboxes/capabilities/uses.ts';
-import { capabilityUsesOf, PluginHost } from '../sandboxes/host.ts';
+import { capabilityUsesOf, PluginHost, SANDBOX_META } from '../sandboxes/host.ts';
 import type { ApprovalDesk } from './approvals/desk.ts';
 import { callHash } from './approvals/record.ts';
 import type { ResultFilter } from './filters/result.ts';
@@ -89,6 +89,22 @@ export function denialResult(denial: Denial): CallToolResult {
     ],
     _meta: { 'bastion/denial': denial.toJSON() },
   };
+}
+
+/**
+ * The denial to record for a call that ended with `denial`: when the agent had
+ * cancelled it by then, the call was cancelled (at the stage it had reached),
+ * whatever the stage that noticed said (a withdrawn approval, the SDK's abort
+ * reported as a request timeout, a sandbox stopped mid-call).
+ */
+function cancelledOr(call: CallContext, denial: Denial): Denial {
+  if (!call.signal?.aborted || denial.code === 'BASTION_CANCELLED') return denial;
+  // Often not the user: a client that waits without a progress token hears nothing and gives up at its own timeout.
+  const why =
+    denial.stage === 'approve' && call.progressToken === undefined
+      ? `; it sent no progressToken, so it got no progress while it waited and its own request timeout (60 s by default in the TypeScript SDK) may have ended the wait: a client should send a progressToken (with resetTimeoutOnProgress in the TypeScript SDK) or raise its request timeout above the approval timeout`
+      : '';
+  return new Denial(denial.stage, 'BASTION_CANCELLED', `the agent cancelled the call at the ${denial.stage} stage${why}`);
 }
 
 /** Wraps an origin so its notifications go out one after another and can be awaited. */
@@ -357,10 +373,12 @@ export class Pipeline {
           throw new Denial('resolve', 'BASTION_TOOL_QUARANTINED', 'the tool descriptor changed while the call was being decided');
         }
       }
+      // A call the agent cancelled while it was being decided is not handed to the executor at all.
+      if (call.signal?.aborted) throw new Denial('execute', 'BASTION_CANCELLED', 'the agent cancelled the call before it ran');
       // Consumed only now, as the call is handed to the executor: the record says dispatched, not executed.
       if (approval) await this.parts.approvals!.desk.claimForExecution(approval.id, approval.hash);
     } catch (error) {
-      const denial = asDenial('authorize', 'BASTION_POLICY_ERROR', error);
+      const denial = cancelledOr(call, asDenial('authorize', 'BASTION_POLICY_ERROR', error));
       if (approval) {
         const { id } = approval;
         await this.parts.approvals!.desk.abandon(id, denial.reason).catch((e: Error) => this.parts.log.warn({ err: e.message, approval_id: id }, 'could not mark the approval abandoned; the sweeper will'));
@@ -393,6 +411,14 @@ export class Pipeline {
       metrics.stageTime('execute', executing);
     } catch (error) {
       metrics.stageTime('execute', executing);
+      // The SDK rejects an aborted request as a timeout; the agent's own signal tells the two apart.
+      // (The upstream was told: the SDK sent it notifications/cancelled; a sandbox call is stopped.)
+      if (call.signal?.aborted) {
+        const denial = new Denial('execute', 'BASTION_CANCELLED', `the agent cancelled the call while ${entry.connector.name} ran it`);
+        if (approval) await this.settleApproval(approval.id, 'failed', denial.reason);
+        await this.recordAndLog(finish, denial, 'error');
+        return denialResult(denial);
+      }
       if (approval) await this.settleApproval(approval.id, 'failed', `the executor failed: ${(error as Error).message}`);
       if (error instanceof McpError && error.code !== ErrorCode.RequestTimeout && error.code !== ErrorCode.ConnectionClosed) {
         // The upstream answered with a protocol error (e.g. invalid params): pass it on as is.
@@ -412,6 +438,13 @@ export class Pipeline {
       return denialResult(denial);
     }
 
+    // A sandbox answers a call it stopped for the agent with a tool error; the record says cancelled.
+    if (call.signal?.aborted && entry.connector instanceof PluginHost && (result._meta?.[SANDBOX_META] as { code?: string } | undefined)?.code === 'SANDBOX_CANCELLED') {
+      const denial = new Denial('execute', 'BASTION_CANCELLED', `the agent cancelled the call while plugin ${entry.connector.name} ran it`);
+      if (approval) await this.settleApproval(approval.id, 'failed', denial.reason);
+      await this.recordAndLog(finish, denial, 'error');
+      return denialResult(denial);
+    }
     if (approval) await this.settleApproval(approval.id, 'executed', result.isError ? 'the upstream answered with a tool error' : 'the upstream answered');
 
     // Stage 7. A result that cannot be scanned or measured (too big, too deep) is withheld, never passed through.

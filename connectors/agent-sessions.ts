@@ -20,7 +20,7 @@
  *   sessions.release(sessionId);   // the agent session closed
  */
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import type { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
 import {
   CallToolResultSchema,
@@ -45,6 +45,7 @@ import canonicalizeModule from 'canonicalize';
 import type { IsolationConfig } from '../broker/config.ts';
 import { Denial } from '../broker/errors.ts';
 import type { Logger } from '../broker/log.ts';
+import { stopProcessTree } from './process-tree.ts';
 
 /** Who a request comes from: the key of its upstream connection. */
 export interface AgentOwner {
@@ -108,6 +109,21 @@ function catalogForm(tool: Tool): string | undefined {
   return catalogForms.get(tool);
 }
 
+/** Within an MCP client's 2 s grace for `bastion stdio`, with the rest of the broker's shutdown. */
+const STOP_SCHEDULE = { termAfterMs: 400, killAfterMs: 900 };
+
+/**
+ * Closes an upstream client; a stdio upstream (and what it started) is signalled on
+ * Bastion's schedule (process-tree.ts), not the SDK's slower one.
+ */
+export async function closeUpstreamClient(client: Client | undefined): Promise<void> {
+  const pid = client?.transport instanceof StdioClientTransport ? client.transport.pid : null;
+  const stopping = pid ? stopProcessTree(pid, STOP_SCHEDULE) : undefined;
+  const closing = client?.close().catch(() => undefined);
+  // The SDK's close waits for the pipes to close; once the processes are stopped, not for long.
+  await (stopping ? Promise.race([closing, stopping.then(() => new Promise((resolve) => setTimeout(resolve, 250)))]) : closing);
+}
+
 function ownerKey(owner: AgentOwner): string {
   return JSON.stringify([owner.iss, owner.sub]);
 }
@@ -169,6 +185,8 @@ export class AgentSessions {
   private readonly levels = new Map<string, LoggingLevel>();
   private nextId = 1;
   private stopped = false;
+  /** Closings under way (a released session's): stop() waits for them too. */
+  private readonly closings = new Set<Promise<void>>();
 
   constructor(options: AgentSessionsOptions) {
     this.options = options;
@@ -251,7 +269,7 @@ export class AgentSessions {
       const level = this.levels.get(origin.sessionId);
       if (level && client.getServerCapabilities()?.logging) await client.setLoggingLevel(level);
     } catch (error) {
-      await client.close().catch(() => undefined);
+      await closeUpstreamClient(client);
       throw error;
     } finally {
       connection.inflight.delete(id);
@@ -468,6 +486,7 @@ export class AgentSessions {
   async stop(): Promise<void> {
     this.stopped = true;
     await Promise.all([...this.connections.values()].map((c) => this.close(c, 'connector stopped')));
+    await Promise.all([...this.closings]);
   }
 
   private armIdle(connection: AgentConnection): void {
@@ -485,13 +504,14 @@ export class AgentSessions {
     if (this.connections.get(connection.key) === connection) this.connections.delete(connection.key);
   }
 
-  private async close(connection: AgentConnection, why: string): Promise<void> {
-    if (connection.closed) return;
+  private close(connection: AgentConnection, why: string): Promise<void> {
+    if (connection.closed) return Promise.resolve();
     this.forget(connection);
     this.options.log.debug({ connector: this.name, connection: connection.key, why }, 'agent upstream connection closing');
     // A connection still opening is closed once it is open (or failed).
-    await connection.ready.catch(() => undefined);
-    // For stdio the SDK ends the child's stdin, then SIGTERM, then SIGKILL.
-    await connection.client?.close().catch(() => undefined);
+    const closing = connection.ready.catch(() => undefined).then(() => closeUpstreamClient(connection.client));
+    this.closings.add(closing);
+    void closing.finally(() => this.closings.delete(closing));
+    return closing;
   }
 }

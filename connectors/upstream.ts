@@ -46,7 +46,7 @@ import type { ConnectorConfig } from '../broker/config.ts';
 import type { Logger } from '../broker/log.ts';
 import { linearSchemaValidator, toolSchemaProblems } from '../sandboxes/schema-patterns.ts';
 import type { Denial } from '../broker/errors.ts';
-import { AgentSessions, type AgentChannel, type AgentConnectionInfo, type CallOrigin } from './agent-sessions.ts';
+import { AgentSessions, closeUpstreamClient, type AgentChannel, type AgentConnectionInfo, type CallOrigin } from './agent-sessions.ts';
 
 export type { AgentChannel, AgentOwner, CallOrigin } from './agent-sessions.ts';
 
@@ -159,7 +159,7 @@ export class Connector {
     clearTimeout(this.reconnectTimer);
     const client = this.client;
     this.client = undefined;
-    await Promise.all([client?.close().catch(() => undefined), this.agents.stop()]);
+    await Promise.all([closeUpstreamClient(client), this.agents.stop()]);
   }
 
   private setStatus(status: ConnectorStatus): void {

@@ -33,5 +33,11 @@ export async function serveStdio(broker: Broker, token: string | undefined, reso
   // not listen for 'end', so the process lingered (kept alive by its upstream connectors) until the
   // client gave up and sent SIGTERM, skipping broker.stop(). End the session when stdin ends.
   process.stdin.once('end', () => void server.close());
+  // SIGTERM and SIGINT end the session the same way, so the caller's shutdown (broker.stop) stops the
+  // upstream processes; by default they would kill Bastion and leave its upstreams running (parent 1).
+  // The listeners stay: a second signal during the shutdown must not cut it short either.
+  const end = () => void server.close();
+  process.on('SIGTERM', end);
+  process.on('SIGINT', end);
   await closed;
 }

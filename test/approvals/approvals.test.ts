@@ -194,6 +194,11 @@ describe('time and cancellation', () => {
     const withdrawn = await eventually(async () => (await alice.history()).find((c) => c.id === parked.id && c.status === 'withdrawn'), 'withdrawal');
     expect(withdrawn.outcome).toContain('cancelled');
     expect((await alice.decide(parked.id, 'approve', '', parked.call_hash)).status).toBe(409);
+    // The call's own record says the agent cancelled it while it waited.
+    const record = await eventually(async () => (await t.auditRecords()).find((r) => r.event === 'tools/call' && r.principal?.sub === 'agent:quitter'), 'the call record');
+    expect(record).toMatchObject({ tool: 'rec__wipe', outcome: 'denied', denial: { stage: 'approve', code: 'BASTION_CANCELLED' } });
+    // It waited without a progress token: the record says what the client should do instead.
+    expect(record.denial?.reason).toContain('sent no progressToken');
   });
 
   it('a token revoked while its call waits stops the call even after approval', async () => {

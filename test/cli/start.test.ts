@@ -184,13 +184,13 @@ describe('bastion start on the embedded default', () => {
       controller.abort(); // the agent gives up; the parked call must not run later
       await outcome;
       expect(settled?.error).toBeDefined();
-      // The withdrawn call is audited as refused at the approve stage.
+      // The withdrawn call is audited as cancelled at the approve stage.
       let withdrawn: AuditLine | undefined;
       for (let i = 0; i < 400 && !withdrawn; i++) {
         withdrawn = (await auditLines()).find((r) => r.event === 'tools/call' && r.tool === 'demo__delete_file');
         if (!withdrawn) await new Promise((r) => setTimeout(r, 25));
       }
-      expect(withdrawn).toMatchObject({ outcome: 'denied', denial: { stage: 'approve', code: 'BASTION_APPROVAL_WITHDRAWN' } });
+      expect(withdrawn).toMatchObject({ outcome: 'denied', denial: { stage: 'approve', code: 'BASTION_CANCELLED' } });
     }
     const read = (await client.callTool({ name: 'demo__read_file', arguments: { path: '/srv/tmp/scratch.txt' } })) as CallToolResult;
     expect(read.content).toEqual([{ type: 'text', text: 'temporary notes\n' }]);
