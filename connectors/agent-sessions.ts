@@ -21,6 +21,7 @@
  */
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
 import {
   CallToolResultSchema,
@@ -113,10 +114,12 @@ function catalogForm(tool: Tool): string | undefined {
 const STOP_SCHEDULE = { termAfterMs: 400, killAfterMs: 900 };
 
 /**
- * Closes an upstream client; a stdio upstream (and what it started) is signalled on
+ * Closes an upstream client; an HTTP upstream session is terminated; a stdio upstream (and what it started) is signalled on
  * Bastion's schedule (process-tree.ts), not the SDK's slower one.
  */
 export async function closeUpstreamClient(client: Client | undefined): Promise<void> {
+  // An HTTP upstream is told the session ended (DELETE), so it can drop what it kept for it.
+  if (client?.transport instanceof StreamableHTTPClientTransport) await client.transport.terminateSession().catch(() => undefined);
   const pid = client?.transport instanceof StdioClientTransport ? client.transport.pid : null;
   const stopping = pid ? stopProcessTree(pid, STOP_SCHEDULE) : undefined;
   const closing = client?.close().catch(() => undefined);

@@ -6,6 +6,8 @@
  * upstream connection every test here failed: agent B got agent A's roots, read
  * A's session resource, and received A's log messages and resource updates.
  */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer, type AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { McpError, type CreateMessageRequest } from '@modelcontextprotocol/sdk/types.js';
 import { startTestBroker, type TestBroker } from '../helpers/broker.ts';
@@ -173,3 +175,44 @@ describe('agents on one connector see only their own upstream state', () => {
     }
   });
 });
+
+describe('the same over Streamable HTTP: each agent holds its own upstream MCP session', () => {
+  let upstream: ChildProcess | undefined;
+  let h: TestBroker | undefined;
+
+  afterAll(async () => {
+    await h?.close();
+    upstream?.kill('SIGTERM');
+  });
+
+  it("roots: over one HTTP connector, each agent's upstream session asks that agent for its roots", async () => {
+    const port = await freePort();
+    upstream = spawn(process.execPath, [EVERYTHING, 'streamableHttp'], { env: { ...process.env, PORT: String(port) }, stdio: ['ignore', 'ignore', 'pipe'] });
+    let said = '';
+    upstream.stderr!.on('data', (chunk: Buffer) => void (said += chunk.toString('utf8')));
+    await eventually(() => said.includes('listening on port'), 'server-everything listening over HTTP');
+    h = await startTestBroker({ connectors: [{ name: 'every', transport: 'http', url: `http://127.0.0.1:${port}/mcp`, timeout: '30s' }] });
+    const cap = [{ tool: '*' }];
+    const alice = await connectAgent(h.url, await h.mint({ sub: 'agent:alice-http', cap }), { roots: ['file:///home/alice/http'] });
+    const bob = await connectAgent(h.url, await h.mint({ sub: 'agent:bob-http', cap }), { roots: ['file:///home/bob/http'] });
+    const a = textOf(await alice.client.callTool({ name: 'every__get-roots-list', arguments: {} }));
+    const b = textOf(await bob.client.callTool({ name: 'every__get-roots-list', arguments: {} }));
+    expect(a).toContain('file:///home/alice/http');
+    expect(a).not.toContain('bob');
+    expect(b).toContain('file:///home/bob/http');
+    expect(b).not.toContain('alice');
+    expect(h.broker.connectors[0]!.agentConnections()).toHaveLength(2);
+    await alice.leave();
+    await eventually(() => h!.broker.connectors[0]!.agentConnections().length === 1, "alice's upstream session to end with hers");
+    await bob.leave();
+  });
+});
+
+/** A port nobody listens on now (the upstream binds it right after). */
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
