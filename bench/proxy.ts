@@ -11,10 +11,9 @@
  *       prints `listening http://127.0.0.1:P/mcp`
  */
 import { parseArgs } from 'node:util';
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import { Server } from '@modelcontextprotocol/sdk/server/index.js';
-import { CallToolRequestSchema, CallToolResultSchema, ListToolsRequestSchema, type CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { Server } from '@modelcontextprotocol/server';
+import type { CallToolResult } from '@modelcontextprotocol/server';
+import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
 import { cohortGate } from '../broker/server/cohort.ts';
 import { fetchWithOwnSignal } from '../connectors/fetch.ts';
 import { runAsChild, serveSessions, type Served } from './lib/serve.ts';
@@ -28,9 +27,9 @@ export async function serveProxy(upstream: string, port = 0): Promise<Served & {
 
   const served = await serveSessions(() => {
     const server = new Server({ name: 'bench-proxy', version: '1.0.0' }, { capabilities: { tools: {} } });
-    server.setRequestHandler(ListToolsRequestSchema, async () => ({ tools }));
-    server.setRequestHandler(CallToolRequestSchema, async (request, extra) =>
-      (await client.callTool(request.params, CallToolResultSchema, { signal: extra.signal })) as CallToolResult,
+    server.setRequestHandler('tools/list', async () => ({ tools }));
+    server.setRequestHandler('tools/call', async (request, ctx) =>
+      (await client.callTool(request.params, { signal: ctx.mcpReq.signal })) as CallToolResult,
     );
     return server;
   }, port, { admit: cohortGate() });

@@ -7,8 +7,8 @@
  *   node bench/upstream.ts [--port N]    prints `listening http://127.0.0.1:N/mcp`
  */
 import { parseArgs } from 'node:util';
-import { Server } from '@modelcontextprotocol/sdk/server/index.js';
-import { CallToolRequestSchema, ErrorCode, ListToolsRequestSchema, McpError, type Tool } from '@modelcontextprotocol/sdk/types.js';
+import { Server, ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/server';
+import type { Tool } from '@modelcontextprotocol/server';
 import { runAsChild, serveSessions, type Served } from './lib/serve.ts';
 
 export const ECHO_TOOL: Tool = {
@@ -20,9 +20,9 @@ export const ECHO_TOOL: Tool = {
 
 function echoServer(): Server {
   const server = new Server({ name: 'bench-upstream', version: '1.0.0' }, { capabilities: { tools: {} } });
-  server.setRequestHandler(ListToolsRequestSchema, async () => ({ tools: [ECHO_TOOL] }));
-  server.setRequestHandler(CallToolRequestSchema, async (request) => {
-    if (request.params.name !== 'echo') throw new McpError(ErrorCode.InvalidParams, `Unknown tool: ${request.params.name}`);
+  server.setRequestHandler('tools/list', async () => ({ tools: [ECHO_TOOL] }));
+  server.setRequestHandler('tools/call', async (request) => {
+    if (request.params.name !== 'echo') throw new ProtocolError(ProtocolErrorCode.InvalidParams, `Unknown tool: ${request.params.name}`);
     return { content: [{ type: 'text', text: String(request.params.arguments?.text ?? '') }] };
   });
   return server;

@@ -10,7 +10,7 @@
 import { readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import type { Server } from '@modelcontextprotocol/sdk/server/index.js';
+import type { Server } from '@modelcontextprotocol/server';
 import type { JWK } from 'jose';
 import { createLocalJWKSet, decodeJwt } from 'jose';
 import { CapabilitySchema, type Decision, type PolicyInput } from './policy/schema.ts';

@@ -22,7 +22,7 @@
  *   pins.status('demo', tool, hash);               // 'pinned' | 'new' | 'quarantined'
  *   await pins.approve('demo__read_file');         // operator re-pins after review
  */
-import type { Tool } from '@modelcontextprotocol/sdk/types.js';
+import type { Tool } from '@modelcontextprotocol/server';
 import { canonicalJson, type AuditEvent } from './audit/chain.ts';
 import { nameFindings } from './filters/names.ts';
 import type { Logger } from './log.ts';

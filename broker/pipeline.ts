@@ -13,7 +13,8 @@
  * @example
  *   const result = await pipeline.callTool(principal, call, 'demo__read_file', { path: '/srv/a' });
  */
-import { McpError, ErrorCode, type CallToolResult, type Tool } from '@modelcontextprotocol/sdk/types.js';
+import { ProtocolError, ProtocolErrorCode, SdkErrorCode, SdkError } from '@modelcontextprotocol/server';
+import type { CallToolResult, Tool } from '@modelcontextprotocol/server';
 import type { Principal } from './auth/verify.ts';
 import { canonicalJson, sha256, type AuditEvent } from './audit/chain.ts';
 import type { AuditLog } from './audit/log.ts';
@@ -385,7 +386,7 @@ export class Pipeline {
       }
       await this.recordAndLog(finish, denial);
       if (denial.code === 'BASTION_TOOL_UNKNOWN') {
-        throw new McpError(ErrorCode.InvalidParams, `Unknown tool: ${name}`, denial.toJSON());
+        throw new ProtocolError(ProtocolErrorCode.InvalidParams, `Unknown tool: ${name}`, denial.toJSON());
       }
       return denialResult(denial);
     }
@@ -420,7 +421,8 @@ export class Pipeline {
         return denialResult(denial);
       }
       if (approval) await this.settleApproval(approval.id, 'failed', `the executor failed: ${(error as Error).message}`);
-      if (error instanceof McpError && error.code !== ErrorCode.RequestTimeout && error.code !== ErrorCode.ConnectionClosed) {
+      // v2 splits errors: ProtocolError is what the upstream answered, SdkError what went wrong locally (timeout, closed).
+      if (error instanceof ProtocolError) {
         // The upstream answered with a protocol error (e.g. invalid params): pass it on as is.
         await finish('error', { denial: { stage: 'execute', code: 'BASTION_UPSTREAM_ERROR', reason: error.message } });
         throw error;
@@ -431,7 +433,7 @@ export class Pipeline {
           ? error
           : error instanceof ConnectorUnavailable || error instanceof SandboxError
           ? new Denial('execute', 'BASTION_CONNECTOR_UNAVAILABLE', error.message)
-          : error instanceof McpError && error.code === ErrorCode.RequestTimeout
+          : error instanceof SdkError && error.code === SdkErrorCode.RequestTimeout
             ? new Denial('execute', 'BASTION_UPSTREAM_TIMEOUT', `upstream ${entry.connector.name} did not answer in time`)
             : new Denial('execute', 'BASTION_UPSTREAM_ERROR', `upstream ${entry.connector.name} failed: ${(error as Error).message}`);
       await this.recordAndLog(finish, denial, error instanceof Denial ? 'denied' : 'error');

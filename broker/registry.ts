@@ -7,14 +7,13 @@
  * @example
  *   const entry = registry.resolveTool('demo__read_file'); // or throws Denial
  */
-import type { Prompt, Resource, ResourceTemplate, Tool } from '@modelcontextprotocol/sdk/types.js';
-import { UriTemplate } from '@modelcontextprotocol/sdk/shared/uriTemplate.js';
+import { UriTemplate } from '@modelcontextprotocol/server';
+import type { Prompt, Resource, ResourceTemplateType, Tool, CallToolResult } from '@modelcontextprotocol/server';
 import { SUBSCHEMA, SUBSCHEMA_LIST, SUBSCHEMA_MAP } from '../sandboxes/schema-patterns.ts';
 import { canonicalJson, sha256 } from './audit/chain.ts';
 import { lookalikesOf } from './filters/names.ts';
 import { Denial, type DenialCode } from './errors.ts';
 import type { Logger } from './log.ts';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import type { CallOptions, Connector } from '../connectors/upstream.ts';
 
 /**
@@ -344,7 +343,7 @@ export class ToolRegistry {
     return this.ready().flatMap((connector) => connector.catalog.resources.map((resource) => ({ resource, connector })));
   }
 
-  resourceTemplates(): { template: ResourceTemplate; connector: Connector }[] {
+  resourceTemplates(): { template: ResourceTemplateType; connector: Connector }[] {
     return this.ready().flatMap((connector) =>
       connector.catalog.resourceTemplates.map((template) => ({ template, connector })),
     );

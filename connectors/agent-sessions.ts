@@ -19,29 +19,9 @@
  *   const result = await sessions.callTool(origin, 'read_file', { path: '/srv/a' }, {});
  *   sessions.release(sessionId);   // the agent session closed
  */
-import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
-import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
-import {
-  CallToolResultSchema,
-  CreateMessageRequestSchema,
-  ElicitRequestSchema,
-  ErrorCode,
-  ListRootsRequestSchema,
-  LoggingMessageNotificationSchema,
-  McpError,
-  ProgressNotificationSchema,
-  ResourceListChangedNotificationSchema,
-  ResourceUpdatedNotificationSchema,
-  ToolListChangedNotificationSchema,
-  type CallToolResult,
-  type LoggingLevel,
-  type Notification,
-  type Request,
-  type Result,
-  type Tool,
-} from '@modelcontextprotocol/sdk/types.js';
+import { StdioClientTransport } from '@modelcontextprotocol/client/stdio';
+import { ProtocolError, ProtocolErrorCode, SdkError, SdkErrorCode, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
+import type { CallToolResult, Client, LoggingLevel, Notification, Request, Result, Tool, Transport } from '@modelcontextprotocol/client';
 import canonicalizeModule from 'canonicalize';
 import type { IsolationConfig } from '../broker/config.ts';
 import { Denial } from '../broker/errors.ts';
@@ -211,7 +191,7 @@ export class AgentSessions {
 
   /** The connection for `origin`, opened (within bounds) when it has none. */
   private async acquire(origin: CallOrigin): Promise<AgentConnection> {
-    if (this.stopped) throw new McpError(ErrorCode.ConnectionClosed, `connector ${this.name} is stopped`);
+    if (this.stopped) throw new SdkError(SdkErrorCode.ConnectionClosed, `connector ${this.name} is stopped`);
     const key = this.keyOf(origin);
     const existing = this.connections.get(key);
     if (existing) {
@@ -292,17 +272,17 @@ export class AgentSessions {
     };
     const relayRequest = async (request: Request): Promise<Result> => {
       const target = connection.latestCall() ?? liveChannel();
-      if (!target) throw new McpError(ErrorCode.InvalidRequest, `the agent session of this connection to ${this.name} has closed`);
+      if (!target) throw new ProtocolError(ProtocolErrorCode.InvalidRequest, `the agent session of this connection to ${this.name} has closed`);
       return target.sendRequest(request);
     };
-    client.setRequestHandler(CreateMessageRequestSchema, (request) => relayRequest(request) as never);
-    client.setRequestHandler(ElicitRequestSchema, (request) => relayRequest(request) as never);
-    client.setRequestHandler(ListRootsRequestSchema, (request) => relayRequest(request) as never);
+    client.setRequestHandler('sampling/createMessage', (request) => relayRequest(request) as never);
+    client.setRequestHandler('elicitation/create', (request) => relayRequest(request) as never);
+    client.setRequestHandler('roots/list', (request) => relayRequest(request) as never);
 
     const toSessions = async (notification: Notification, sessionIds: Iterable<string>) => {
       for (const sessionId of sessionIds) await this.options.channel(sessionId)?.sendNotification(notification).catch(() => undefined);
     };
-    client.setNotificationHandler(LoggingMessageNotificationSchema, async (notification) => {
+    client.setNotificationHandler('notifications/message', async (notification) => {
       // During a call: on that call's stream, before its result. Otherwise: to the owner's sessions.
       const call = connection.latestCall();
       if (call) await call.sendNotification(notification).catch(() => undefined);
@@ -310,21 +290,21 @@ export class AgentSessions {
     });
     // The SDK's own onprogress drops a progress notification that arrives in the
     // same read as the response, so progress is routed by Bastion's own tokens.
-    client.setNotificationHandler(ProgressNotificationSchema, async (notification) => {
+    client.setNotificationHandler('notifications/progress', async (notification) => {
       const { progressToken, ...progress } = notification.params;
       connection.progress.get(String(progressToken))?.(progress);
     });
-    client.setNotificationHandler(ResourceUpdatedNotificationSchema, async (notification) => {
+    client.setNotificationHandler('notifications/resources/updated', async (notification) => {
       const subscribers = connection.subscriptions.get(notification.params.uri);
       if (subscribers) await toSessions(notification, subscribers);
     });
     // A descriptor change in this agent's session: the catalog re-lists (a server-wide change is
     // re-pinned or quarantined there), and this session's own descriptors are read again.
-    client.setNotificationHandler(ToolListChangedNotificationSchema, async () => {
+    client.setNotificationHandler('notifications/tools/list_changed', async () => {
       connection.toolsListed = Promise.all([this.options.toolsChanged(), this.listTools(connection)]).then(() => undefined);
       await connection.toolsListed;
     });
-    client.setNotificationHandler(ResourceListChangedNotificationSchema, async () => {
+    client.setNotificationHandler('notifications/resources/list_changed', async () => {
       await this.refreshResources(connection).catch((error: Error) =>
         this.options.log.debug({ connector: this.name, err: error.message }, 'listing agent session resources failed'),
       );
@@ -378,7 +358,7 @@ export class AgentSessions {
   async run<T>(origin: CallOrigin, operation: (client: Client, connection: AgentConnection) => Promise<T>): Promise<T> {
     const connection = await this.acquire(origin);
     const client = connection.client;
-    if (!client || connection.closed) throw new McpError(ErrorCode.ConnectionClosed, `the connection to ${this.name} closed`);
+    if (!client || connection.closed) throw new SdkError(SdkErrorCode.ConnectionClosed, `the connection to ${this.name} closed`);
     const id = this.nextId++;
     connection.inflight.set(id, origin);
     clearTimeout(connection.idleTimer);
@@ -400,7 +380,6 @@ export class AgentSessions {
       try {
         const result = await client.callTool(
           { name, arguments: args, ...(token ? { _meta: { progressToken: token } } : {}) },
-          CallToolResultSchema,
           { timeout: this.options.timeoutMs, ...(options.signal ? { signal: options.signal } : {}) },
         );
         return result as CallToolResult;

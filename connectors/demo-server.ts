@@ -4,8 +4,8 @@
  * tool (delete_file), enough to see capability constraints and approvals.
  * It stands in for a real upstream and knows nothing about Bastion.
  */
-import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
-import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js';
+import { StdioServerTransport } from '@modelcontextprotocol/server/stdio';
+import { McpServer } from '@modelcontextprotocol/server';
 import { z } from 'zod';
 
 const files = new Map<string, string>([
@@ -22,7 +22,7 @@ server.registerTool(
   {
     title: 'Read a file',
     description: 'Returns the content of a file in the demo store.',
-    inputSchema: { path: z.string().describe('absolute path, e.g. /srv/app/README.md') },
+    inputSchema: z.object({ path: z.string().describe('absolute path, e.g. /srv/app/README.md') }),
     annotations: { readOnlyHint: true },
   },
   async ({ path }) => {
@@ -37,7 +37,7 @@ server.registerTool(
   {
     title: 'Delete a file',
     description: 'Deletes a file from the demo store. Irreversible.',
-    inputSchema: { path: z.string() },
+    inputSchema: z.object({ path: z.string() }),
     annotations: { destructiveHint: true },
   },
   async ({ path }) => {

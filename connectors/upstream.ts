@@ -19,29 +19,10 @@
  *   await demo.start();
  *   const result = await demo.callTool('read_file', { path: '/srv/a' }, call);
  */
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { getDefaultEnvironment, StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
-import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { getDefaultEnvironment, StdioClientTransport } from '@modelcontextprotocol/client/stdio';
+import { Client, StreamableHTTPClientTransport, ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/client';
+import type { Transport, CallToolResult, LoggingLevel, Prompt, Resource, ResourceTemplateType, ServerCapabilities, Tool } from '@modelcontextprotocol/client';
 import { fetchWithOwnSignal } from './fetch.ts';
-import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
-import {
-  CreateMessageRequestSchema,
-  ElicitRequestSchema,
-  ListRootsRequestSchema,
-  LoggingMessageNotificationSchema,
-  McpError,
-  ErrorCode,
-  PromptListChangedNotificationSchema,
-  ResourceListChangedNotificationSchema,
-  ToolListChangedNotificationSchema,
-  type CallToolResult,
-  type LoggingLevel,
-  type Prompt,
-  type Resource,
-  type ResourceTemplate,
-  type ServerCapabilities,
-  type Tool,
-} from '@modelcontextprotocol/sdk/types.js';
 import type { ConnectorConfig } from '../broker/config.ts';
 import type { Logger } from '../broker/log.ts';
 import { linearSchemaValidator, toolSchemaProblems } from '../sandboxes/schema-patterns.ts';
@@ -72,7 +53,7 @@ export interface ConnectorEvents {
 export interface Catalog {
   tools: Tool[];
   resources: Resource[];
-  resourceTemplates: ResourceTemplate[];
+  resourceTemplates: ResourceTemplateType[];
   prompts: Prompt[];
 }
 
@@ -300,17 +281,17 @@ export class Connector {
   /** The catalog connection serves no agent: it reveals no roots, relays nothing, and logs what it is told. */
   private installCatalogHandlers(client: Client): void {
     const noAgent = (method: string) => {
-      throw new McpError(ErrorCode.InvalidRequest, `Bastion's catalog connection to ${this.name} serves no agent; ${method} is relayed only on an agent's own connection`);
+      throw new ProtocolError(ProtocolErrorCode.InvalidRequest, `Bastion's catalog connection to ${this.name} serves no agent; ${method} is relayed only on an agent's own connection`);
     };
-    client.setRequestHandler(CreateMessageRequestSchema, () => noAgent('sampling/createMessage'));
-    client.setRequestHandler(ElicitRequestSchema, () => noAgent('elicitation/create'));
-    client.setRequestHandler(ListRootsRequestSchema, () => ({ roots: [] }));
-    client.setNotificationHandler(LoggingMessageNotificationSchema, async (notification) => {
+    client.setRequestHandler('sampling/createMessage', () => noAgent('sampling/createMessage'));
+    client.setRequestHandler('elicitation/create', () => noAgent('elicitation/create'));
+    client.setRequestHandler('roots/list', () => ({ roots: [] }));
+    client.setNotificationHandler('notifications/message', async (notification) => {
       this.events.log.info({ connector: this.name, upstream: notification.params }, 'upstream log message');
     });
-    client.setNotificationHandler(ToolListChangedNotificationSchema, () => this.catalogChanged('tools'));
-    client.setNotificationHandler(ResourceListChangedNotificationSchema, () => this.catalogChanged('resources'));
-    client.setNotificationHandler(PromptListChangedNotificationSchema, () => this.catalogChanged('prompts'));
+    client.setNotificationHandler('notifications/tools/list_changed', () => this.catalogChanged('tools'));
+    client.setNotificationHandler('notifications/resources/list_changed', () => this.catalogChanged('resources'));
+    client.setNotificationHandler('notifications/prompts/list_changed', () => this.catalogChanged('prompts'));
   }
 
   /** Re-lists one catalog list (and, for tools, re-pins); calls wait for a tools change to settle. */

@@ -23,7 +23,7 @@
  */
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import type { CallToolResult, Prompt, Resource, ResourceTemplate, Tool } from '@modelcontextprotocol/sdk/types.js';
+import type { CallToolResult, Prompt, Resource, ResourceTemplateType, Tool } from '@modelcontextprotocol/server';
 import type { DenialCode } from '../broker/errors.ts';
 import type { Logger } from '../broker/log.ts';
 import { CallCapabilities, resolveGrants, type EffectiveGrants, type HostGrants } from './capabilities/grants.ts';
@@ -76,7 +76,7 @@ export interface PluginHostOptions {
 export interface PluginCatalog {
   tools: Tool[];
   resources: Resource[];
-  resourceTemplates: ResourceTemplate[];
+  resourceTemplates: ResourceTemplateType[];
   prompts: Prompt[];
 }
 

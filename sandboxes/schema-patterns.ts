@@ -17,7 +17,7 @@
  *   // [{ where: '/properties/a/pattern', message: 'pattern "(x)\\1" ... backreference ...' }]
  *   const validate = compileSchema({ type: 'string', pattern: '^(a+)+$' }); // linear, whatever the input
  */
-import type { JsonSchemaType, JsonSchemaValidator, jsonSchemaValidator } from '@modelcontextprotocol/sdk/validation/types.js';
+import type { JsonSchemaType, JsonSchemaValidator, jsonSchemaValidator } from '@modelcontextprotocol/server';
 import { Ajv, type Options, type ValidateFunction } from 'ajv';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import { RE2JS } from 're2js';

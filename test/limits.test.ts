@@ -4,7 +4,7 @@
  * no excess call; concurrency caps; argument, body, depth and session caps.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type { CallToolResult } from '@modelcontextprotocol/server';
 import { jsonDepth } from '../broker/limits.ts';
 import { startTestBroker, type TestBroker } from './helpers/broker.ts';
 import { openSession, post, toolCall } from './helpers/http.ts';

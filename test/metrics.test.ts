@@ -6,7 +6,7 @@
  */
 import { request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type { CallToolResult } from '@modelcontextprotocol/server';
 import { BrokerMetrics, MAX_TOOL_LABELS, TOOL_OTHER_LABEL } from '../broker/metrics.ts';
 import { startTestBroker, type TestBroker } from './helpers/broker.ts';
 import { INITIALIZE, openSession, post, toolCall } from './helpers/http.ts';

@@ -7,7 +7,7 @@ import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { CallToolResult, Tool } from '@modelcontextprotocol/sdk/types.js';
+import type { CallToolResult, Tool } from '@modelcontextprotocol/server';
 import type { AuditEvent } from '../broker/audit/chain.ts';
 import { ROOT, startTestBroker, type TestBroker } from './helpers/broker.ts';
 import { eventually } from './helpers/approver.ts';

@@ -8,9 +8,8 @@
  *   const run = await drive(agents, target.tool, { durationMs: 30_000 });
  *   await disconnect(agents);
  */
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
+import type { CallToolResult } from '@modelcontextprotocol/client';
 
 export interface Target {
   /** direct | proxy | bastion */

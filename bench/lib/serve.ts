@@ -9,10 +9,10 @@
 import { randomUUID } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import type { Request, Response } from 'express';
-import type { Server } from '@modelcontextprotocol/sdk/server/index.js';
-import { createMcpExpressApp } from '@modelcontextprotocol/sdk/server/express.js';
-import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
-import { isInitializeRequest } from '@modelcontextprotocol/sdk/types.js';
+import { NodeStreamableHTTPServerTransport } from '@modelcontextprotocol/node';
+import { createMcpExpressApp } from '@modelcontextprotocol/express';
+import { isInitializeRequest } from '@modelcontextprotocol/server';
+import type { Server } from '@modelcontextprotocol/server';
 
 export interface Served {
   url: string;
@@ -30,7 +30,7 @@ export interface ServeOptions {
 
 export async function serveSessions(makeServer: () => Server, port: number, options: ServeOptions = {}): Promise<Served> {
   const app = createMcpExpressApp({ host: '127.0.0.1' });
-  const sessions = new Map<string, StreamableHTTPServerTransport>();
+  const sessions = new Map<string, NodeStreamableHTTPServerTransport>();
   const { admit } = options;
 
   app.all('/mcp', async (req: Request, res: Response) => {
@@ -44,7 +44,7 @@ export async function serveSessions(makeServer: () => Server, port: number, opti
     }
     if (req.method !== 'POST' || !isInitializeRequest(req.body)) return jsonRpcError(res, 400, -32000, 'Bad Request: no session');
     const server = makeServer();
-    const transport: StreamableHTTPServerTransport = new StreamableHTTPServerTransport({
+    const transport: NodeStreamableHTTPServerTransport = new NodeStreamableHTTPServerTransport({
       sessionIdGenerator: () => randomUUID(),
       onsessioninitialized: (sessionId) => void sessions.set(sessionId, transport),
     });

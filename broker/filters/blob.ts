@@ -21,7 +21,7 @@
  *   const inside = blobText(Buffer.from('token=AKIA…').toString('base64'), 'text/plain');
  *   // { text: 'token=AKIA…', encode: (text) => base64 of text in the same encoding }
  */
-import { mediaTypeEssence } from '@modelcontextprotocol/sdk/shared/mediaType.js';
+import { mediaTypeEssence } from './media-type.ts';
 
 /** application/* types that are text without a structured-syntax suffix. */
 export const TEXT_LIKE: ReadonlySet<string> = new Set([

@@ -30,7 +30,7 @@
  *   const verdict = check(tool);
  *   if (verdict.flagged) console.log(verdict.action, verdict.findings);
  */
-import type { Tool } from '@modelcontextprotocol/sdk/types.js';
+import type { Tool } from '@modelcontextprotocol/server';
 import { z } from 'zod';
 import { createInjectionScanner, RESULT_ONLY_RULE_KINDS, RESULT_PHRASE_RULES, type PhraseRule } from './injection.ts';
 import { pointer } from './text.ts';

@@ -39,7 +39,7 @@
  *   const { result, report } = filter.filter(upstreamResult, { redact: ['result.content[*].text:secrets'], max_result_bytes: 65536 });
  *   // report = { redactions: { aws_access_key: 1 }, flags: [], bytes: 123 }
  */
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type { CallToolResult } from '@modelcontextprotocol/server';
 import { z } from 'zod';
 import { canonicalJson } from '../audit/chain.ts';
 import { ObligationUnsupported, ResultTooLarge } from './errors.ts';

@@ -18,7 +18,7 @@
  *   toolFlow({ name: 'fetch', inputSchema: { type: 'object' }, annotations: { readOnlyHint: true, openWorldHint: true } }, undefined);
  *   // { labels: ['untrusted'], egress: {}, origin: 'annotations' }
  */
-import type { Tool } from '@modelcontextprotocol/sdk/types.js';
+import type { Tool } from '@modelcontextprotocol/server';
 import type { EgressKind, FlowLabel, ToolFlowSettings } from './schema.ts';
 import { FLOW_LABELS } from './schema.ts';
 

@@ -10,9 +10,8 @@
  *   if (agent.client) { const result = await agent.client.callTool({ name: 'rec__echo', arguments: { text: 'hi' } }); }
  *   else console.log(agent.refusal); // { stage: 'authenticate', code: 'BASTION_TOKEN_EXPIRED', ... }
  */
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import { ToolListChangedNotificationSchema, type CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
+import type { CallToolResult } from '@modelcontextprotocol/client';
 import { linearSchemaValidator } from '../../sandboxes/schema-patterns.ts';
 import { dpopFetch, type DpopKey } from '../auth/dpop-client.ts';
 
@@ -138,7 +137,7 @@ export async function connectAgent(url: string, token: string, options: { dpopKe
       await client.close().catch(() => undefined);
     },
   };
-  client.setNotificationHandler(ToolListChangedNotificationSchema, () => {
+  client.setNotificationHandler('notifications/tools/list_changed', () => {
     agent.toolListChanges++;
   });
   try {
@@ -163,7 +162,7 @@ export interface CallOutcome {
 export async function callThrough(agent: ConnectedAgent, tool: string, args: Record<string, unknown>, options: { signal?: AbortSignal } = {}): Promise<CallOutcome> {
   if (!agent.client) return { ok: false, ...(agent.refusal ? { refusal: agent.refusal } : {}), ...(agent.error ? { error: agent.error } : {}) };
   try {
-    const result = (await agent.client.callTool({ name: tool, arguments: args }, undefined, {
+    const result = (await agent.client.callTool({ name: tool, arguments: args }, {
       timeout: 120_000,
       ...(options.signal ? { signal: options.signal } : {}),
     })) as CallToolResult;

@@ -27,7 +27,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type { CallToolResult } from '@modelcontextprotocol/server';
 import type { AuditRecord } from '../audit/chain.ts';
 import type { FlowExplanation } from '../flows/explain.ts';
 import { callThrough, connectAgent, receivedText, type CallOutcome, type ConnectedAgent } from './agent.ts';

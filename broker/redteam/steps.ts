@@ -13,7 +13,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type { CallToolResult } from '@modelcontextprotocol/server';
 import { generateDpopKey, type DpopKey } from '../auth/dpop-client.ts';
 import { parseDuration } from '../config.ts';
 import type { Capability } from '../policy/schema.ts';

@@ -16,10 +16,9 @@ import helmet from 'helmet';
 import { jsonDepth } from '../limits.ts';
 import type { AddressInfo } from 'node:net';
 import express, { type NextFunction, type Request, type Response } from 'express';
-import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
-import type { AuthInfo } from '@modelcontextprotocol/sdk/server/auth/types.js';
-import { isInitializeRequest, ErrorCode } from '@modelcontextprotocol/sdk/types.js';
-import { isJsonContentType } from '@modelcontextprotocol/sdk/shared/mediaType.js';
+import { isInitializeRequest, isJsonContentType, ProtocolErrorCode } from '@modelcontextprotocol/server';
+import type { AuthInfo } from '@modelcontextprotocol/server';
+import { NodeStreamableHTTPServerTransport } from '@modelcontextprotocol/node';
 import type { Principal } from '../auth/verify.ts';
 import type { Broker } from '../broker.ts';
 import { Denial } from '../errors.ts';
@@ -46,7 +45,7 @@ export interface HttpFrontDoor {
 }
 
 interface HttpSession {
-  transport: StreamableHTTPServerTransport;
+  transport: NodeStreamableHTTPServerTransport;
   /** Last request, for closing idle sessions. */
   seen: number;
   /** iss + sub of the principal that opened the session; only it may use the session. */
@@ -169,12 +168,12 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   // DNS rebinding: a browser page on another origin must not reach a local broker.
   const guardOrigin = async (req: Request, res: Response, next: NextFunction) => {
     if (checkHost && !allowedHosts.has(req.headers.host ?? '')) {
-      await refuseRequest(req, res, 403, ErrorCode.InvalidRequest, 'BASTION_ORIGIN_REFUSED', `Host ${(req.headers.host ?? '(none)').slice(0, 200)} is not allowed`);
+      await refuseRequest(req, res, 403, ProtocolErrorCode.InvalidRequest, 'BASTION_ORIGIN_REFUSED', `Host ${(req.headers.host ?? '(none)').slice(0, 200)} is not allowed`);
       return;
     }
     const origin = req.headers.origin;
     if (origin !== undefined && !allowedOrigins.has(origin)) {
-      await refuseRequest(req, res, 403, ErrorCode.InvalidRequest, 'BASTION_ORIGIN_REFUSED', `Origin ${origin.slice(0, 200)} is not allowed`);
+      await refuseRequest(req, res, 403, ProtocolErrorCode.InvalidRequest, 'BASTION_ORIGIN_REFUSED', `Origin ${origin.slice(0, 200)} is not allowed`);
       return;
     }
     next();
@@ -243,7 +242,7 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
     const principal = req.auth?.extra?.principal as Principal;
     session.seen = Date.now();
     if (session.owner !== ownerOf(principal)) {
-      await refuseRequest(req, res, 403, ErrorCode.InvalidRequest, 'BASTION_SESSION_INVALID', 'this session belongs to another principal');
+      await refuseRequest(req, res, 403, ProtocolErrorCode.InvalidRequest, 'BASTION_SESSION_INVALID', 'this session belongs to another principal');
       return undefined;
     }
     return session;
@@ -262,17 +261,17 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
     const opening = sessions.open(owner);
     if (!opening) {
       const limit = config.limits.sessions_per_principal;
-      await refuseRequest(req, res, 429, ErrorCode.InvalidRequest, 'BASTION_SESSIONS_EXCEEDED', `this principal already holds ${sessions.heldBy(owner)} sessions (limit ${limit}); close one (DELETE /mcp) first`);
+      await refuseRequest(req, res, 429, ProtocolErrorCode.InvalidRequest, 'BASTION_SESSIONS_EXCEEDED', `this principal already holds ${sessions.heldBy(owner)} sessions (limit ${limit}); close one (DELETE /mcp) first`);
       return;
     }
     // One id names the session everywhere: the Mcp-Session-Id header, logs and audit records.
     const sessionId = randomUUID();
-    const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: () => sessionId });
+    const transport = new NodeStreamableHTTPServerTransport({ sessionIdGenerator: () => sessionId });
     const agentServer = createAgentServer(broker, {
       id: sessionId,
       transport: 'http',
       principal: async (extra) => {
-        const current = extra.authInfo?.extra?.principal as Principal | undefined;
+        const current = extra.http?.authInfo?.extra?.principal as Principal | undefined;
         if (!current) throw new Denial('authenticate', 'BASTION_TOKEN_MISSING', 'request carried no verified principal');
         return current;
       },
@@ -315,7 +314,7 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   // Deep nesting is refused before the MCP machinery walks the body recursively.
   mcp.use(async (req, res, next) => {
     if (req.body !== undefined && jsonDepth(req.body, config.limits.max_json_depth) > config.limits.max_json_depth) {
-      await refuseRequest(req, res, 400, ErrorCode.InvalidRequest, 'BASTION_REQUEST_INVALID', `JSON nested deeper than ${config.limits.max_json_depth} levels`);
+      await refuseRequest(req, res, 400, ProtocolErrorCode.InvalidRequest, 'BASTION_REQUEST_INVALID', `JSON nested deeper than ${config.limits.max_json_depth} levels`);
       return;
     }
     next();
@@ -324,17 +323,17 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   // session work: an agent server is only ever built for a request that can open a session.
   mcp.post('/', async (req, res, next) => {
     if (Array.isArray(req.body)) {
-      await refuseRequest(req, res, 400, ErrorCode.InvalidRequest, 'BASTION_REQUEST_INVALID', 'JSON-RPC batches are not supported (MCP 2025-11-25 has none): send one message per request');
+      await refuseRequest(req, res, 400, ProtocolErrorCode.InvalidRequest, 'BASTION_REQUEST_INVALID', 'JSON-RPC batches are not supported (MCP 2025-11-25 has none): send one message per request');
       return;
     }
     // The transport's own rules: Accept lists both types (a substring check, as the SDK does); Content-Type is parsed.
     const accept = req.headers.accept ?? '';
     if (!accept.includes('application/json') || !accept.includes('text/event-stream')) {
-      await refuseRequest(req, res, 406, ErrorCode.InvalidRequest, 'BASTION_REQUEST_INVALID', 'Not Acceptable: Accept must list both application/json and text/event-stream');
+      await refuseRequest(req, res, 406, ProtocolErrorCode.InvalidRequest, 'BASTION_REQUEST_INVALID', 'Not Acceptable: Accept must list both application/json and text/event-stream');
       return;
     }
     if (!isJsonContentType(req.headers['content-type'])) {
-      await refuseRequest(req, res, 415, ErrorCode.InvalidRequest, 'BASTION_REQUEST_INVALID', 'Unsupported Media Type: Content-Type must be application/json');
+      await refuseRequest(req, res, 415, ProtocolErrorCode.InvalidRequest, 'BASTION_REQUEST_INVALID', 'Unsupported Media Type: Content-Type must be application/json');
       return;
     }
     next();
@@ -342,7 +341,7 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   mcp.post('/', async (req: AuthedRequest, res) => {
     if (req.headers['mcp-session-id'] === undefined) {
       if (!isInitializeRequest(req.body)) {
-        await refuseRequest(req, res, 400, ErrorCode.InvalidRequest, 'BASTION_SESSION_INVALID', 'Bad Request: no session; send initialize first');
+        await refuseRequest(req, res, 400, ProtocolErrorCode.InvalidRequest, 'BASTION_SESSION_INVALID', 'Bad Request: no session; send initialize first');
         return;
       }
       await openSession(req, res);
@@ -359,7 +358,7 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   mcp.delete('/', existing);
   mcp.all('/', (_req, res) => {
     res.setHeader('Allow', 'GET, POST, DELETE');
-    jsonRpcError(res, 405, ErrorCode.InvalidRequest, 'Method not allowed');
+    jsonRpcError(res, 405, ProtocolErrorCode.InvalidRequest, 'Method not allowed');
   });
   app.use('/mcp', mcp);
 
@@ -417,14 +416,14 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   // Body-parser and handler failures become JSON-RPC errors; nothing here may crash the process.
   app.use(async (error: Error & { type?: string; status?: number }, req: Request, res: Response, _next: NextFunction) => {
     if (error.type === 'entity.too.large') {
-      await refuseRequest(req, res, 413, ErrorCode.InvalidRequest, 'BASTION_REQUEST_TOO_LARGE', `Request body exceeds ${config.server.max_body_bytes} bytes`);
+      await refuseRequest(req, res, 413, ProtocolErrorCode.InvalidRequest, 'BASTION_REQUEST_TOO_LARGE', `Request body exceeds ${config.server.max_body_bytes} bytes`);
     } else if (error.type === 'entity.parse.failed') {
-      await refuseRequest(req, res, 400, ErrorCode.ParseError, 'BASTION_REQUEST_INVALID', 'Parse error: body is not valid JSON');
+      await refuseRequest(req, res, 400, ProtocolErrorCode.ParseError, 'BASTION_REQUEST_INVALID', 'Parse error: body is not valid JSON');
     } else if (error.status && error.status >= 400 && error.status < 500) {
-      jsonRpcError(res, error.status, ErrorCode.InvalidRequest, error.message);
+      jsonRpcError(res, error.status, ProtocolErrorCode.InvalidRequest, error.message);
     } else {
       log.error({ err: error.message }, 'request failed');
-      jsonRpcError(res, 500, ErrorCode.InternalError, 'Internal error');
+      jsonRpcError(res, 500, ProtocolErrorCode.InternalError, 'Internal error');
     }
   });
 

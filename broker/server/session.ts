@@ -7,31 +7,8 @@
  *   const server = createAgentServer(broker, { id, transport: 'http', principal });
  *   await server.connect(transport);
  */
-import { Server } from '@modelcontextprotocol/sdk/server/index.js';
-import type { RequestHandlerExtra } from '@modelcontextprotocol/sdk/shared/protocol.js';
-import {
-  CallToolRequestSchema,
-  CompleteRequestSchema,
-  CreateMessageResultSchema,
-  ElicitResultSchema,
-  ErrorCode,
-  GetPromptRequestSchema,
-  ListPromptsRequestSchema,
-  ListResourcesRequestSchema,
-  ListResourceTemplatesRequestSchema,
-  ListRootsResultSchema,
-  ListToolsRequestSchema,
-  McpError,
-  ReadResourceRequestSchema,
-  ResultSchema,
-  RootsListChangedNotificationSchema,
-  SetLevelRequestSchema,
-  SubscribeRequestSchema,
-  UnsubscribeRequestSchema,
-  type Request,
-  type ServerNotification,
-  type ServerRequest,
-} from '@modelcontextprotocol/sdk/types.js';
+import { Server, ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/server';
+import type { Request, RequestMethod, ServerNotification, ServerContext } from '@modelcontextprotocol/server';
 import type { Principal } from '../auth/verify.ts';
 import { Denial } from '../errors.ts';
 import { denialResult, type CallContext } from '../pipeline.ts';
@@ -43,27 +20,22 @@ export interface SessionBinding {
   id: string;
   transport: 'http' | 'stdio';
   /** The caller of this request; throws a Denial when its token no longer holds. */
-  principal: (extra: RequestHandlerExtra<ServerRequest, ServerNotification>) => Promise<Principal>;
+  principal: (extra: ServerContext) => Promise<Principal>;
 }
 
 export const BASTION_VERSION = '0.1.0';
 
-const RELAYED_RESULT_SCHEMAS: Record<string, typeof ResultSchema> = {
-  'sampling/createMessage': CreateMessageResultSchema as unknown as typeof ResultSchema,
-  'elicitation/create': ElicitResultSchema as unknown as typeof ResultSchema,
-  'roots/list': ListRootsResultSchema as unknown as typeof ResultSchema,
-};
-
-type Extra = RequestHandlerExtra<ServerRequest, ServerNotification>;
+type Extra = ServerContext;
 
 function originOf(session: SessionBinding, extra: Extra, principal: Principal): CallOrigin {
   return {
     sessionId: session.id,
     // Upstream connections are keyed by who asks: the session, or (isolation: principal) this.
     owner: { iss: principal.iss, sub: principal.sub },
-    sendRequest: (request: Request) =>
-      extra.sendRequest(request as ServerRequest, RELAYED_RESULT_SCHEMAS[request.method] ?? ResultSchema),
-    sendNotification: (notification) => extra.sendNotification(notification as ServerNotification),
+    // Relayed requests are spec methods (sampling, elicitation, roots): the SDK validates each
+    // result against the spec's schema for its method.
+    sendRequest: (request: Request) => extra.mcpReq.send(request as { method: RequestMethod; params?: Record<string, unknown> }),
+    sendNotification: (notification) => extra.mcpReq.notify(notification as ServerNotification),
   };
 }
 
@@ -72,7 +44,7 @@ function callContext(session: SessionBinding, extra: Extra, principal: Principal
     session: session.id,
     transport: session.transport,
     origin: originOf(session, extra, principal),
-    signal: extra.signal,
+    signal: extra.mcpReq.signal,
     ...(progressToken !== undefined ? { progressToken } : {}),
   };
 }
@@ -80,8 +52,8 @@ function callContext(session: SessionBinding, extra: Extra, principal: Principal
 /** Turns a Denial into the protocol error for non-tool requests. */
 function protocolError(error: unknown): never {
   if (error instanceof Denial) {
-    const code = error.code === 'BASTION_TOOL_UNKNOWN' ? ErrorCode.InvalidParams : ErrorCode.InvalidRequest;
-    throw new McpError(code, `Bastion refused this request at the ${error.stage} stage (${error.code}): ${error.reason}`, error.toJSON());
+    const code = error.code === 'BASTION_TOOL_UNKNOWN' ? ProtocolErrorCode.InvalidParams : ProtocolErrorCode.InvalidRequest;
+    throw new ProtocolError(code, `Bastion refused this request at the ${error.stage} stage (${error.code}): ${error.reason}`, error.toJSON());
   }
   throw error;
 }
@@ -105,41 +77,41 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
   const { pipeline, registry } = broker;
   const subscriptions = new Set<string>();
 
-  server.setRequestHandler(ListToolsRequestSchema, async (_request, extra) => {
-    const principal = await session.principal(extra).catch(protocolError);
-    return { tools: pipeline.listTools(principal, callContext(session, extra, principal)) };
+  server.setRequestHandler('tools/list', async (_request, ctx) => {
+    const principal = await session.principal(ctx).catch(protocolError);
+    return { tools: pipeline.listTools(principal, callContext(session, ctx, principal)) };
   });
 
-  server.setRequestHandler(CallToolRequestSchema, async (request, extra) => {
+  server.setRequestHandler('tools/call', async (request, ctx) => {
     let principal: Principal;
     try {
-      principal = await session.principal(extra);
+      principal = await session.principal(ctx);
     } catch (error) {
       if (!(error instanceof Denial)) throw error;
       await pipeline.recordDenial({ event: 'tools/call', session: session.id, transport: session.transport, tool: request.params.name }, error);
       return denialResult(error);
     }
     const progressToken = request.params._meta?.progressToken;
-    return pipeline.callTool(principal, callContext(session, extra, principal, progressToken), request.params.name, request.params.arguments ?? {});
+    return pipeline.callTool(principal, callContext(session, ctx, principal, progressToken), request.params.name, request.params.arguments ?? {});
   });
 
-  server.setRequestHandler(ListPromptsRequestSchema, async (_request, extra) => {
-    const principal = await session.principal(extra).catch(protocolError);
-    const call = callContext(session, extra, principal);
+  server.setRequestHandler('prompts/list', async (_request, ctx) => {
+    const principal = await session.principal(ctx).catch(protocolError);
+    const call = callContext(session, ctx, principal);
     const prompts = [...registry.prompts().values()]
       .filter((p) => pipeline.mayUse(principal, call, 'prompt', p.exposedName, p.connector.name))
       .map((p) => p.descriptor);
     return { prompts };
   });
 
-  server.setRequestHandler(GetPromptRequestSchema, async (request, extra) => {
-    const principal = await session.principal(extra).catch(protocolError);
-    const call = callContext(session, extra, principal);
+  server.setRequestHandler('prompts/get', async (request, ctx) => {
+    const principal = await session.principal(ctx).catch(protocolError);
+    const call = callContext(session, ctx, principal);
     try {
       const entry = registry.resolvePrompt(request.params.name);
       pipeline.authorizeItem(principal, call, 'prompt', entry.exposedName, entry.connector.name);
       const prompt = await entry.connector.withOrigin(call.origin, (client) =>
-        client.getPrompt({ ...request.params, name: entry.upstreamName }, { signal: extra.signal }),
+        client.getPrompt({ ...request.params, name: entry.upstreamName }, { signal: ctx.mcpReq.signal }),
       );
       // What it brings into the agent's flow is recorded before the agent sees it.
       await pipeline.recordItemFlow(principal, 'prompt', entry.exposedName, entry.connector.config.labels.prompts, prompt);
@@ -149,9 +121,9 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
     }
   });
 
-  server.setRequestHandler(ListResourcesRequestSchema, async (_request, extra) => {
-    const principal = await session.principal(extra).catch(protocolError);
-    const call = callContext(session, extra, principal);
+  server.setRequestHandler('resources/list', async (_request, ctx) => {
+    const principal = await session.principal(ctx).catch(protocolError);
+    const call = callContext(session, ctx, principal);
     const resources = registry
       .resources()
       .filter(({ resource, connector }) => pipeline.mayUse(principal, call, 'resource', resource.uri, connector.name))
@@ -159,9 +131,9 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
     return { resources };
   });
 
-  server.setRequestHandler(ListResourceTemplatesRequestSchema, async (_request, extra) => {
-    const principal = await session.principal(extra).catch(protocolError);
-    const call = callContext(session, extra, principal);
+  server.setRequestHandler('resources/templates/list', async (_request, ctx) => {
+    const principal = await session.principal(ctx).catch(protocolError);
+    const call = callContext(session, ctx, principal);
     const resourceTemplates = registry
       .resourceTemplates()
       .filter(({ template, connector }) => pipeline.mayUse(principal, call, 'resource', template.uriTemplate, connector.name))
@@ -183,12 +155,12 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
     return connector;
   };
 
-  server.setRequestHandler(ReadResourceRequestSchema, async (request, extra) => {
-    const principal = await session.principal(extra).catch(protocolError);
-    const call = callContext(session, extra, principal);
+  server.setRequestHandler('resources/read', async (request, ctx) => {
+    const principal = await session.principal(ctx).catch(protocolError);
+    const call = callContext(session, ctx, principal);
     try {
       const connector = authorizedResource(principal, call, request.params.uri);
-      const contents = await connector.withOrigin(call.origin, (client) => client.readResource(request.params, { signal: extra.signal }));
+      const contents = await connector.withOrigin(call.origin, (client) => client.readResource(request.params, { signal: ctx.mcpReq.signal }));
       await pipeline.recordItemFlow(principal, 'resource', request.params.uri, connector.config.labels.resources, contents);
       return contents;
     } catch (error) {
@@ -196,9 +168,9 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
     }
   });
 
-  server.setRequestHandler(SubscribeRequestSchema, async (request, extra) => {
-    const principal = await session.principal(extra).catch(protocolError);
-    const call = callContext(session, extra, principal);
+  server.setRequestHandler('resources/subscribe', async (request, ctx) => {
+    const principal = await session.principal(ctx).catch(protocolError);
+    const call = callContext(session, ctx, principal);
     try {
       const connector = authorizedResource(principal, call, request.params.uri);
       await connector.subscribe(call.origin, request.params.uri);
@@ -209,37 +181,37 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
     }
   });
 
-  server.setRequestHandler(UnsubscribeRequestSchema, async (request, extra) => {
-    const principal = await session.principal(extra).catch(protocolError);
-    const call = callContext(session, extra, principal);
+  server.setRequestHandler('resources/unsubscribe', async (request, ctx) => {
+    const principal = await session.principal(ctx).catch(protocolError);
+    const call = callContext(session, ctx, principal);
     subscriptions.delete(request.params.uri);
     // Only this agent's own upstream subscriptions are dropped.
     await Promise.all(broker.connectors.map((c) => c.unsubscribe(call.origin, request.params.uri).catch(() => undefined)));
     return {};
   });
 
-  server.setRequestHandler(CompleteRequestSchema, async (request, extra) => {
-    const principal = await session.principal(extra).catch(protocolError);
-    const call = callContext(session, extra, principal);
+  server.setRequestHandler('completion/complete', async (request, ctx) => {
+    const principal = await session.principal(ctx).catch(protocolError);
+    const call = callContext(session, ctx, principal);
     try {
       const ref = request.params.ref;
       if (ref.type === 'ref/prompt') {
         const entry = registry.resolvePrompt(ref.name);
         pipeline.authorizeItem(principal, call, 'prompt', entry.exposedName, entry.connector.name);
         return await entry.connector.withOrigin(call.origin, (client) =>
-          client.complete({ ...request.params, ref: { ...ref, name: entry.upstreamName } }, { signal: extra.signal }),
+          client.complete({ ...request.params, ref: { ...ref, name: entry.upstreamName } }, { signal: ctx.mcpReq.signal }),
         );
       }
       const connector = authorizedResource(principal, call, ref.uri);
-      return await connector.withOrigin(call.origin, (client) => client.complete(request.params, { signal: extra.signal }));
+      return await connector.withOrigin(call.origin, (client) => client.complete(request.params, { signal: ctx.mcpReq.signal }));
     } catch (error) {
       return protocolError(error);
     }
   });
 
-  server.setRequestHandler(SetLevelRequestSchema, async (request, extra) => {
-    const principal = await session.principal(extra).catch(protocolError);
-    const call = callContext(session, extra, principal);
+  server.setRequestHandler('logging/setLevel', async (request, ctx) => {
+    const principal = await session.principal(ctx).catch(protocolError);
+    const call = callContext(session, ctx, principal);
     // This agent's own upstream connections only, now and as they open; never another agent's.
     for (const connector of registry.connectorsWith('logging')) {
       await connector.setLoggingLevel(call.origin, request.params.level).catch(() => undefined);
@@ -248,12 +220,12 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
   });
 
   // The agent's roots changed: its own upstream sessions ask again.
-  server.setNotificationHandler(RootsListChangedNotificationSchema, async () => {
+  server.setNotificationHandler('notifications/roots/list_changed', async () => {
     await Promise.all(broker.connectors.map((c) => c.rootsChanged(session.id)));
   });
 
   const channel: AgentChannel = {
-    sendRequest: (request) => server.request(request as ServerRequest, RELAYED_RESULT_SCHEMAS[request.method] ?? ResultSchema),
+    sendRequest: (request) => server.request(request as { method: RequestMethod; params?: Record<string, unknown> }),
     sendNotification: (notification) => server.notification(notification as ServerNotification),
   };
   broker.sessions.add(session.id, { server, subscriptions, channel });

@@ -8,7 +8,7 @@
  *   BASTION_TOKEN=$(bastion token mint --sub agent:x --cap 'demo__*') bastion stdio
  */
 import { randomUUID } from 'node:crypto';
-import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js';
+import { StdioServerTransport } from '@modelcontextprotocol/server/stdio';
 import type { Broker } from '../broker.ts';
 import { createAgentServer } from './session.ts';
 

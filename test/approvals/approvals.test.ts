@@ -4,7 +4,7 @@
  * or never. Every abuse the threat model names is tried here.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type { CallToolResult } from '@modelcontextprotocol/server';
 import { startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { approverToken, eventually, signInApprover, type ApproverClient } from '../helpers/approver.ts';
 import { MCP_HEADERS } from '../helpers/http.ts';
@@ -30,7 +30,7 @@ afterAll(async () => {
 /** Starts a wipe call for `sub` and returns its pending promise and its parked record. */
 async function parkWipe(sub: string, token?: string, options: { signal?: AbortSignal; onprogress?: (p: { progress: number; message?: string }) => void } = {}) {
   const client = await t.connect(token ?? (await t.mint({ sub, cap: [{ tool: 'rec__wipe' }] })));
-  const result = client.callTool({ name: 'rec__wipe', arguments: {} }, undefined, {
+  const result = client.callTool({ name: 'rec__wipe', arguments: {} }, {
     ...(options.signal ? { signal: options.signal } : {}),
     ...(options.onprogress ? { onprogress: options.onprogress, resetTimeoutOnProgress: true } : {}),
   }) as Promise<CallToolResult>;

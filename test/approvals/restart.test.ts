@@ -13,8 +13,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
 import type { JWK } from 'jose';
 import type { AuditRecord } from '../../broker/audit/chain.ts';
 import { verifyAuditFile } from '../../broker/audit/verify.ts';
@@ -69,7 +68,7 @@ describe('kill -9 and an immediate restart on the same state folder', () => {
     const first = await start();
     const agent = await connect(first, await mintToken({ key, issuer: ISSUER, audience: RESOURCE, sub: 'agent:orphan', cap: [{ tool: 'rec__wipe' }, { tool: 'rec__slow' }], ttlMs: 600_000 }));
     const wipe = agent.callTool({ name: 'rec__wipe', arguments: {} });
-    const slow = agent.callTool({ name: 'rec__slow', arguments: { ms: 600_000 } }, undefined, { timeout: 600_000 });
+    const slow = agent.callTool({ name: 'rec__slow', arguments: { ms: 600_000 } }, { timeout: 600_000 });
     wipe.catch(() => undefined);
     slow.catch(() => undefined);
 

@@ -12,7 +12,7 @@
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type { CallToolResult } from '@modelcontextprotocol/server';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ROOT, startTestBroker, type TestBroker } from '../helpers/broker.ts';
@@ -59,7 +59,7 @@ const recordsSince = (since: number, event: string) => t.auditSince(since, event
 /** A high-risk call in flight (parked for approval); await `result` after deciding. */
 async function startWipe(sub: string): Promise<{ result: Promise<CallToolResult> }> {
   const client = await t.connect(await t.mint({ sub, cap: [{ tool: 'rec__wipe' }] }));
-  const result = client.callTool({ name: 'rec__wipe', arguments: {} }, undefined, { timeout: 120_000 }) as Promise<CallToolResult>;
+  const result = client.callTool({ name: 'rec__wipe', arguments: {} }, { timeout: 120_000 }) as Promise<CallToolResult>;
   result.catch(() => undefined);
   return { result };
 }

@@ -7,7 +7,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type { CallToolResult } from '@modelcontextprotocol/server';
 import { startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { approverToken, eventually, signInApprover } from '../helpers/approver.ts';
 
@@ -61,7 +61,7 @@ describe('approval webhook', () => {
   it('a plain request carries no warning', async () => {
     const client = await t.connect(await t.mint({ sub: 'agent:plain', cap: [{ tool: 'rec__wipe' }] }));
     const controller = new AbortController();
-    const result = client.callTool({ name: 'rec__wipe', arguments: {} }, undefined, { signal: controller.signal });
+    const result = client.callTool({ name: 'rec__wipe', arguments: {} }, { signal: controller.signal });
     result.catch(() => undefined);
     const body = JSON.parse(await eventually(async () => received.find((b) => b.includes('agent:plain')), 'the webhook POST')) as { text: string; hidden_characters: unknown[] };
     expect(body.text).toBe('Bastion: agent:plain wants to call rec__wipe (high risk); approval needed.');

@@ -8,7 +8,7 @@ import { mkdtemp, readdir, readFile, readlink, rm, writeFile } from 'node:fs/pro
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type { CallToolResult } from '@modelcontextprotocol/server';
 import fc from 'fast-check';
 import { canonicalJson, GENESIS_HASH, recordHash, seal, type AuditEvent, type AuditRecord } from '../../broker/audit/chain.ts';
 import { openAuditLog } from '../../broker/audit/log.ts';

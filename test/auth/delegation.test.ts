@@ -7,7 +7,7 @@ import path from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decodeJwt } from 'jose';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type { CallToolResult } from '@modelcontextprotocol/server';
 import { attenuationProblem, globCovers } from '../../broker/auth/attenuate.ts';
 import { loadPolicy, type PolicyEngine } from '../../broker/policy/engine.ts';
 import type { Capability, Constraint, PolicyInput } from '../../broker/policy/schema.ts';

@@ -10,9 +10,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
+import type { CallToolResult } from '@modelcontextprotocol/client';
 import { verifyAuditFile } from '../../broker/audit/verify.ts';
 import { ROOT } from '../helpers/broker.ts';
 import { post, toolCall } from '../helpers/http.ts';
@@ -166,7 +165,7 @@ describe('bastion start on the embedded default', () => {
     const controller = new AbortController();
     let settled: { result?: CallToolResult; error?: Error } | undefined;
     const outcome = client
-      .callTool({ name: 'demo__delete_file', arguments: { path: '/srv/tmp/scratch.txt' } }, undefined, { signal: controller.signal, timeout: 600_000 })
+      .callTool({ name: 'demo__delete_file', arguments: { path: '/srv/tmp/scratch.txt' } }, { signal: controller.signal, timeout: 600_000 })
       .then(
         (result) => (settled = { result: result as CallToolResult }),
         (error: Error) => (settled = { error }),

@@ -7,7 +7,7 @@
  * mode `principal` shares one connection among a principal's sessions only.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type { CallToolResult } from '@modelcontextprotocol/client';
 import { RECORDING_UPSTREAM, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { alive, connectAgent, EVERYTHING, eventually, textOf, type Agent } from './helpers.ts';
 

@@ -3,17 +3,8 @@
  * offer roots and record every notification Bastion sends them.
  */
 import path from 'node:path';
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import {
-  CreateMessageRequestSchema,
-  ListRootsRequestSchema,
-  LoggingMessageNotificationSchema,
-  ResourceUpdatedNotificationSchema,
-  type CreateMessageRequest,
-  type CreateMessageResult,
-  type LoggingMessageNotification,
-} from '@modelcontextprotocol/sdk/types.js';
+import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
+import type { CreateMessageRequest, CreateMessageResult, LoggingMessageNotification } from '@modelcontextprotocol/client';
 import { ROOT } from '../helpers/broker.ts';
 
 /** `@modelcontextprotocol/server-everything` (a pinned devDependency), started over stdio. */
@@ -41,13 +32,13 @@ export async function connectAgent(url: string, token: string, options: AgentOpt
     { name: 'isolation-test', version: '1.0.0' },
     { capabilities: { roots: { listChanged: true }, ...(options.sampling ? { sampling: {} } : {}) } },
   );
-  if (options.sampling) client.setRequestHandler(CreateMessageRequestSchema, options.sampling);
+  if (options.sampling) client.setRequestHandler('sampling/createMessage', options.sampling);
   const logs: Agent['logs'] = [];
   const updates: string[] = [];
   let current = options.roots ?? [];
-  client.setRequestHandler(ListRootsRequestSchema, async () => ({ roots: current.map((uri) => ({ uri, name: path.basename(uri) })) }));
-  client.setNotificationHandler(LoggingMessageNotificationSchema, async (notification) => void logs.push(notification.params));
-  client.setNotificationHandler(ResourceUpdatedNotificationSchema, async (notification) => void updates.push(notification.params.uri));
+  client.setRequestHandler('roots/list', async () => ({ roots: current.map((uri) => ({ uri, name: path.basename(uri) })) }));
+  client.setNotificationHandler('notifications/message', async (notification) => void logs.push(notification.params));
+  client.setNotificationHandler('notifications/resources/updated', async (notification) => void updates.push(notification.params.uri));
   const transport = new StreamableHTTPClientTransport(new URL(url), { requestInit: { headers: { Authorization: `Bearer ${token}` } } });
   await client.connect(transport);
   return {

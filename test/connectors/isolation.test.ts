@@ -9,7 +9,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer, type AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { McpError, type CreateMessageRequest } from '@modelcontextprotocol/sdk/types.js';
+import { ProtocolError, type CreateMessageRequest } from '@modelcontextprotocol/client';
 import { startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { connectAgent, EVERYTHING, eventually, textOf, type Agent, type AgentOptions } from './helpers.ts';
 
@@ -85,8 +85,8 @@ describe('agents on one connector see only their own upstream state', () => {
         () => 'read',
         (error: unknown) => error,
       );
-      expect(theirs).toBeInstanceOf(McpError);
-      expect((theirs as McpError).message).toMatch(/unknown or ambiguous resource/);
+      expect(theirs).toBeInstanceOf(ProtocolError);
+      expect((theirs as ProtocolError).message).toMatch(/unknown or ambiguous resource/);
     } finally {
       await alice.leave();
       await bob.leave();

@@ -5,10 +5,9 @@
  * well-known clean ones are not. Pure unit tests: the clean descriptors are
  * produced by the SDK in memory, as an upstream would list them.
  */
-import type { Tool } from '@modelcontextprotocol/sdk/types.js';
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { InMemoryTransport } from '@modelcontextprotocol/sdk/inMemory.js';
-import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import { Client } from '@modelcontextprotocol/client';
+import { InMemoryTransport, McpServer } from '@modelcontextprotocol/server';
+import type { Tool } from '@modelcontextprotocol/server';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { createDescriptorCheck, DescriptorCheckConfigSchema } from '../../broker/filters/descriptor.ts';
@@ -192,7 +191,7 @@ describe('clean descriptors are not flagged', () => {
         {
           title: 'Read a file',
           description: 'Returns the content of a file in the demo store.',
-          inputSchema: { path: z.string().describe('absolute path, e.g. /srv/app/README.md') },
+          inputSchema: z.object({ path: z.string().describe('absolute path, e.g. /srv/app/README.md') }),
           annotations: { readOnlyHint: true },
         },
         noop,
@@ -202,7 +201,7 @@ describe('clean descriptors are not flagged', () => {
         {
           title: 'Delete a file',
           description: 'Deletes a file from the demo store. Irreversible.',
-          inputSchema: { path: z.string() },
+          inputSchema: z.object({ path: z.string() }),
           annotations: { destructiveHint: true },
         },
         noop,
@@ -210,13 +209,13 @@ describe('clean descriptors are not flagged', () => {
     });
     // Registered as in test/fixtures/recording-upstream.ts.
     recording = await listed((server) => {
-      server.registerTool('echo', { description: 'Echoes its text.', inputSchema: { text: z.string() }, annotations: { readOnlyHint: true } }, noop);
-      server.registerTool('transfer', { description: 'Moves money.', inputSchema: { amount: z.number(), to: z.string() } }, noop);
-      server.registerTool('wipe', { description: 'Erases everything.', inputSchema: {}, annotations: { destructiveHint: true } }, noop);
-      server.registerTool('crash', { description: 'Dies mid-call.', inputSchema: {} }, noop);
-      server.registerTool('slow', { description: 'Answers late.', inputSchema: { ms: z.number() } }, noop);
-      server.registerTool('big', { description: 'Returns a large text.', inputSchema: { bytes: z.number() } }, noop);
-      server.registerTool('progress', { description: 'Reports progress.', inputSchema: { steps: z.number() } }, noop);
+      server.registerTool('echo', { description: 'Echoes its text.', inputSchema: z.object({ text: z.string() }), annotations: { readOnlyHint: true } }, noop);
+      server.registerTool('transfer', { description: 'Moves money.', inputSchema: z.object({ amount: z.number(), to: z.string() }) }, noop);
+      server.registerTool('wipe', { description: 'Erases everything.', inputSchema: z.object({}), annotations: { destructiveHint: true } }, noop);
+      server.registerTool('crash', { description: 'Dies mid-call.', inputSchema: z.object({}) }, noop);
+      server.registerTool('slow', { description: 'Answers late.', inputSchema: z.object({ ms: z.number() }) }, noop);
+      server.registerTool('big', { description: 'Returns a large text.', inputSchema: z.object({ bytes: z.number() }) }, noop);
+      server.registerTool('progress', { description: 'Reports progress.', inputSchema: z.object({ steps: z.number() }) }, noop);
     });
   });
 

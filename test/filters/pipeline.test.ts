@@ -8,7 +8,7 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type { CallToolResult } from '@modelcontextprotocol/server';
 import { RECORDING_UPSTREAM, ROOT, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 
 const poisonedConnector = (dir: string, extra: Record<string, unknown> = {}) => ({
@@ -63,7 +63,7 @@ describe('tool description poisoning', () => {
     try {
       const client = await poisoned.connect(await poisoned.mint({ sub: 'agent:poison', cap: [{ tool: 'rec__add_numbers' }] }));
       const controller = new AbortController();
-      const pending = client.callTool({ name: 'rec__add_numbers', arguments: { a: 1, b: 2 } }, undefined, { signal: controller.signal });
+      const pending = client.callTool({ name: 'rec__add_numbers', arguments: { a: 1, b: 2 } }, { signal: controller.signal });
       pending.catch(() => undefined);
       let parked: { approval_reason: string } | undefined;
       for (let i = 0; i < 100 && !parked; i++) {

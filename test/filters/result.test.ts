@@ -4,7 +4,7 @@
  * their refusal), the size cap on the filtered result, binary content left
  * alone, and the input never mutated. Pure unit tests.
  */
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type { CallToolResult } from '@modelcontextprotocol/server';
 import { describe, expect, it } from 'vitest';
 import { Denial } from '../../broker/errors.ts';
 import {

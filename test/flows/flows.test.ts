@@ -7,7 +7,7 @@
  * audited; a flow that cannot be read refuses the call.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type { CallToolResult } from '@modelcontextprotocol/server';
 import { flowKey } from '../../broker/flows/control.ts';
 import { FLOWS } from '../../broker/flows/store.ts';
 import { approverToken, eventually, signInApprover, type ApproverClient } from '../helpers/approver.ts';

@@ -6,8 +6,7 @@
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type { Client, CallToolResult } from '@modelcontextprotocol/client';
 import { workspaceConnectors, workspacePolicyData, type WorkspaceSuite } from '../../broker/redteam/workspace.ts';
 import type { World } from '../fixtures/workspace-upstream.ts';
 import { startTestBroker, type TestBroker } from '../helpers/broker.ts';

@@ -13,9 +13,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
+import type { CallToolResult } from '@modelcontextprotocol/client';
 import type { JWK } from 'jose';
 import type { AuditRecord } from '../../broker/audit/chain.ts';
 import { verifyAuditFile } from '../../broker/audit/verify.ts';
@@ -219,7 +218,7 @@ describe('two replicas, one Redis', () => {
     // A third replica that re-reads parked calls every 200 ms, with a call parked on it.
     const c = await startReplica({ dir, redisUrl: redis.url, resource: RESOURCE, issuer: ISSUER, jwksFile: path.join(dir, 'issuer-jwks.json'), callLog, name: 'replica-c', progressEvery: '200ms' });
     extras.push(c);
-    const parkedOnC = (await connect(c, await mint('agent:parked-on-c', [{ tool: 'rec__wipe' }]))).callTool({ name: 'rec__wipe', arguments: {} }, undefined, {
+    const parkedOnC = (await connect(c, await mint('agent:parked-on-c', [{ tool: 'rec__wipe' }]))).callTool({ name: 'rec__wipe', arguments: {} }, {
       onprogress: () => undefined,
       resetTimeoutOnProgress: true,
     }) as Promise<CallToolResult>;

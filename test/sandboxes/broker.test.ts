@@ -10,7 +10,7 @@ import { cp, mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type { CallToolResult } from '@modelcontextprotocol/server';
 import { DEMO_PLUGIN_DIR, DEMO_PLUGIN_HASH } from '../../broker/config.ts';
 import { pluginHash } from '../../sandboxes/pin.ts';
 import { ROOT, RECORDING_UPSTREAM, startTestBroker, type TestBroker } from '../helpers/broker.ts';

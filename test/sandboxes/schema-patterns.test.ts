@@ -7,7 +7,7 @@
  */
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type { CallToolResult } from '@modelcontextprotocol/server';
 import { compileLinear, compileSchema, linearSchemaValidator, schemaPatternProblems, UnsafePattern } from '../../sandboxes/schema-patterns.ts';
 import { ROOT, RECORDING_UPSTREAM, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 

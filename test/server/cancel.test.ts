@@ -12,8 +12,8 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type { StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
+import type { CallToolResult } from '@modelcontextprotocol/client';
 import { pluginHash } from '../../sandboxes/pin.ts';
 import type { AuditRecord } from '../../broker/audit/chain.ts';
 import { eventually } from '../helpers/approver.ts';
@@ -66,7 +66,7 @@ describe('a call the agent cancels', () => {
   it('while the upstream runs it: audited as BASTION_CANCELLED at the execute stage, and the upstream gets notifications/cancelled', async () => {
     const client = await t.connect(await t.mint({ sub: 'agent:canceller', cap: [{ tool: 'rec__slow' }] }));
     const controller = new AbortController();
-    const pending = client.callTool({ name: 'rec__slow', arguments: { ms: 600_001 } }, undefined, { signal: controller.signal });
+    const pending = client.callTool({ name: 'rec__slow', arguments: { ms: 600_001 } }, { signal: controller.signal });
     pending.catch(() => undefined);
     await upstreamSaw('slow', 600_001);
     controller.abort('the user pressed stop');
@@ -94,7 +94,7 @@ describe('a call the agent cancels', () => {
     const client = await t.connect(await t.mint({ sub: 'agent:plugin-canceller', cap: [{ tool: 'waiter__*' }] }));
     const controller = new AbortController();
     const url = `${waiterOrigin}/never`;
-    const pending = client.callTool({ name: 'waiter__wait', arguments: { url } }, undefined, { signal: controller.signal });
+    const pending = client.callTool({ name: 'waiter__wait', arguments: { url } }, { signal: controller.signal });
     pending.catch(() => undefined);
     const seen = await eventually(async () => fetched.find((f) => f.url === '/never'), 'the plugin fetch');
     controller.abort();

@@ -7,7 +7,7 @@
  * readOnlyHint); approvals off, so high risk shows as a refusal.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type { CallToolResult } from '@modelcontextprotocol/client';
 import { parseConfig } from '../../broker/config.ts';
 import { RECORDING_UPSTREAM, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 

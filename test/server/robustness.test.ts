@@ -11,7 +11,7 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type { CallToolResult } from '@modelcontextprotocol/server';
 import { RECORDING_UPSTREAM, ROOT, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { MCP_HEADERS, openSession, post, toolCall } from '../helpers/http.ts';
 

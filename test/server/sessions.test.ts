@@ -9,9 +9,9 @@
 import { connect } from 'node:net';
 import { getHeapSpaceStatistics, queryObjects } from 'node:v8';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Server } from '@modelcontextprotocol/sdk/server/index.js';
-import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { NodeStreamableHTTPServerTransport } from '@modelcontextprotocol/node';
+import { Server } from '@modelcontextprotocol/server';
+import type { CallToolResult } from '@modelcontextprotocol/server';
 import { startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { INITIALIZE, MCP_HEADERS, post } from '../helpers/http.ts';
 
@@ -22,7 +22,7 @@ import { INITIALIZE, MCP_HEADERS, post } from '../helpers/http.ts';
  */
 function liveSessionObjects(): { servers: number; transports: number; heapBytes: number } {
   const servers = queryObjects(Server, { format: 'count' }) as number;
-  const transports = queryObjects(StreamableHTTPServerTransport, { format: 'count' }) as number;
+  const transports = queryObjects(NodeStreamableHTTPServerTransport, { format: 'count' }) as number;
   // queryObjects collected garbage first: the heap in use now is the live set. Code spaces are left
   // out: the JIT compiling something meanwhile is not a leak.
   const heapBytes = getHeapSpaceStatistics()

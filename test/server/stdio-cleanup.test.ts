@@ -14,9 +14,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import YAML from 'yaml';
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { getDefaultEnvironment, StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { Client } from '@modelcontextprotocol/client';
+import { getDefaultEnvironment, StdioClientTransport } from '@modelcontextprotocol/client/stdio';
+import type { CallToolResult } from '@modelcontextprotocol/client';
 import { ensureDevKey, type DevKey } from '../../broker/auth/keys.ts';
 import { mintToken } from '../../broker/auth/mint.ts';
 import type { AuditRecord } from '../../broker/audit/chain.ts';
@@ -120,7 +120,7 @@ async function running(sub: string): Promise<{ client: Client; pid: number; reco
   const words = (await client.callTool({ name: 'text-utils__word_count', arguments: { text: 'a b' } })) as CallToolResult;
   expect(words.structuredContent).toMatchObject({ words: 2 });
   // A call in flight: the upstream then has work pending and does not exit merely because its stdin closed.
-  const slow = client.callTool({ name: 'rec__slow', arguments: { ms: 600_000 } }, undefined, { timeout: 600_000 });
+  const slow = client.callTool({ name: 'rec__slow', arguments: { ms: 600_000 } }, { timeout: 600_000 });
   slow.catch(() => undefined);
   await eventually(async () => ((await upstreamSlowCalls()) > slowBefore ? true : undefined), 'the slow call at the upstream');
   const pid = transport.pid!;

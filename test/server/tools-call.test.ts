@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { base64url, generateKeyPair, importJWK, SignJWT } from 'jose';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type { CallToolResult } from '@modelcontextprotocol/server';
 import { mintToken } from '../../broker/auth/mint.ts';
 import { readJwksFile } from '../../broker/auth/keys.ts';
 import { startTestBroker, type TestBroker } from '../helpers/broker.ts';
@@ -48,7 +48,7 @@ describe('allowed calls', () => {
   it('relays progress notifications from the upstream', async () => {
     const client = await t.connect(await t.mint());
     const seen: number[] = [];
-    const result = await client.callTool({ name: 'rec__progress', arguments: { steps: 3 } }, undefined, {
+    const result = await client.callTool({ name: 'rec__progress', arguments: { steps: 3 } }, {
       onprogress: (p) => seen.push(p.progress),
     });
     expect(result.isError).toBeFalsy();
