@@ -56,15 +56,21 @@ interface LiveSession {
   channel: AgentChannel;
 }
 
+/** A catalog kind whose list changed. */
+export type ListChange = 'tools' | 'prompts' | 'resources';
+
 /**
  * Every agent session's MCP server, from the moment a front door builds it
  * until it closes: for notifications that fan out, and the
  * bastion_sessions_open gauge. A front door closes every server it builds
  * (a failed initialize included), so nothing stays here past its session.
+ * 2026-07-28 clients hold no session: their front door listens for list
+ * changes here (`onChange`) and hands them to its `subscriptions/listen` streams.
  */
 export class SessionHub {
   private readonly sessions = new Map<string, LiveSession>();
   private readonly closedListeners: ((id: string) => void)[] = [];
+  private readonly listeners = new Set<(change: ListChange) => void>();
 
   add(id: string, session: LiveSession): void {
     this.sessions.set(id, session);
@@ -91,6 +97,24 @@ export class SessionHub {
   /** Sends to every session; a session that cannot receive is skipped, never fatal. */
   broadcast(send: (session: LiveSession) => Promise<void>): void {
     for (const session of this.sessions.values()) void send(session).catch(() => undefined);
+  }
+
+  /** Tells every session, and every listener, that a list changed. */
+  listChanged(change: ListChange): void {
+    this.broadcast((s) => (change === 'tools' ? s.server.sendToolListChanged() : change === 'prompts' ? s.server.sendPromptListChanged() : s.server.sendResourceListChanged()));
+    for (const listener of this.listeners) {
+      try {
+        listener(change);
+      } catch {
+        // A listener that cannot take the change is skipped, like a session that cannot.
+      }
+    }
+  }
+
+  /** Calls `listener` on every list change until the returned function is called. */
+  onChange(listener: (change: ListChange) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
   }
 }
 
@@ -306,7 +330,7 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
       .catch((error: Error) => log.error({ connector: connector.name, err: error.message }, 'descriptor pinning failed'))
       .finally(() => {
         registry.invalidate();
-        sessions.broadcast((s) => s.server.sendToolListChanged());
+        sessions.listChanged('tools');
       });
   for (const connectorConfig of config.connectors ?? [demoConnector()]) {
     connectors.push(
@@ -314,14 +338,12 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
         log,
         onStatus: (connector, status) => {
           registry.invalidate();
-          sessions.broadcast((s) => s.server.sendToolListChanged());
+          sessions.listChanged('tools');
           if (status === 'ready') void reconcile(connector);
         },
         onListChanged: async (connector, kind) => {
           registry.invalidate();
-          sessions.broadcast((s) =>
-            kind === 'tools' ? s.server.sendToolListChanged() : kind === 'prompts' ? s.server.sendPromptListChanged() : s.server.sendResourceListChanged(),
-          );
+          sessions.listChanged(kind);
           // Returned, so the connector's catalogSettled() covers re-pinning too.
           if (kind === 'tools') await reconcile(connector);
         },

@@ -96,6 +96,12 @@ const ConnectorCommon = {
   labels: ItemFlowSettingsSchema.prefault({}),
   /** Upstream call deadline. */
   timeout: Duration.default(60_000),
+  /**
+   * The MCP revision spoken to the upstream: `auto` asks with server/discover and speaks 2026-07-28
+   * to a server that offers it, 2025-11-25 (initialize) to any other; or one revision, pinned. The
+   * default stays 2025-11-25: `auto` on stdio starts a second copy of the upstream for the probe.
+   */
+  protocol: z.enum(['auto', '2025-11-25', '2026-07-28']).default('2025-11-25'),
 };
 
 const StdioConnector = z.strictObject({

@@ -41,6 +41,8 @@ import type { ContextLabel, FlowInput } from './flows/schema.ts';
 export interface CallContext {
   session: string;
   transport: 'http' | 'stdio';
+  /** The MCP revision the request speaks: its `_meta` envelope's (2026-07-28) or its session's. */
+  protocol?: string;
   origin: CallOrigin;
   signal?: AbortSignal;
   /** Present when the agent asked for progress notifications. */
@@ -254,6 +256,7 @@ export class Pipeline {
       event: 'tools/call',
       session: call.session,
       transport: call.transport,
+      ...(call.protocol !== undefined ? { protocol: call.protocol } : {}),
       principal: principalForAudit(principal),
       tool: name,
       args_hash: argsHash,
@@ -308,6 +311,9 @@ export class Pipeline {
       let mark = performance.now();
       entry = this.parts.registry.resolveTool(name);
       metrics.stageTime('resolve', mark);
+      // Which upstream, and the revision Bastion speaks to it (plugins have none).
+      const upstreamProtocol = 'protocol' in entry.connector ? entry.connector.protocol : undefined;
+      event.detail = { ...event.detail, connector: { name: entry.connector.name, ...(upstreamProtocol ? { protocol: upstreamProtocol } : {}) } };
       mark = performance.now();
       if (argsError) throw new Denial('limit', 'BASTION_ARGUMENTS_TOO_LARGE', `arguments cannot be evaluated: ${argsError.message}`);
       this.parts.limits?.checkArguments(argsBytes, args);

@@ -38,6 +38,11 @@ export interface AgentOwner {
 export interface CallOrigin {
   sessionId: string;
   owner: AgentOwner;
+  /**
+   * A request without a session (protocol 2026-07-28): it uses its principal's connection
+   * whatever the isolation mode, and leaves nothing keyed by its one-off id behind.
+   */
+  stateless?: boolean;
   sendRequest: (request: Request) => Promise<Result>;
   sendNotification: (notification: Notification) => Promise<void>;
 }
@@ -181,7 +186,7 @@ export class AgentSessions {
 
   /** The connection key: the agent session, or the principal, by isolation mode. */
   private keyOf(origin: CallOrigin): string {
-    return this.options.isolation.mode === 'session' ? `session:${origin.sessionId}` : `principal:${ownerKey(origin.owner)}`;
+    return this.options.isolation.mode === 'session' && !origin.stateless ? `session:${origin.sessionId}` : `principal:${ownerKey(origin.owner)}`;
   }
 
   /** Open agent connections. */
@@ -195,13 +200,13 @@ export class AgentSessions {
     const key = this.keyOf(origin);
     const existing = this.connections.get(key);
     if (existing) {
-      existing.touch(origin.sessionId);
+      if (!origin.stateless) existing.touch(origin.sessionId);
       await existing.ready;
       return existing;
     }
     this.checkBounds(origin);
     const connection = new AgentConnection(key, origin.owner);
-    connection.touch(origin.sessionId);
+    if (!origin.stateless) connection.touch(origin.sessionId);
     this.connections.set(key, connection);
     connection.ready = this.connect(connection, origin);
     try {
@@ -411,6 +416,8 @@ export class AgentSessions {
   /** Subscribes the agent's own upstream session; updates then reach only the sessions subscribed. */
   async subscribe(origin: CallOrigin, uri: string): Promise<void> {
     await this.run(origin, async (client, connection) => {
+      // Updates go to sessions; a request without one has nowhere to receive them.
+      if (origin.stateless) throw new ProtocolError(ProtocolErrorCode.InvalidRequest, 'resources/subscribe needs a session (protocol 2025-11-25)');
       const subscribers = connection.subscriptions.get(uri);
       if (!subscribers) await client.subscribeResource({ uri });
       connection.subscriptions.set(uri, (subscribers ?? new Set()).add(origin.sessionId));
@@ -437,10 +444,10 @@ export class AgentSessions {
    * connection opened later starts at it. Opens nothing by itself.
    */
   async setLoggingLevel(origin: CallOrigin, level: LoggingLevel): Promise<void> {
-    this.levels.set(origin.sessionId, level);
+    if (!origin.stateless) this.levels.set(origin.sessionId, level);
     const connection = this.connections.get(this.keyOf(origin));
     if (!connection?.client?.getServerCapabilities()?.logging) return;
-    connection.touch(origin.sessionId);
+    if (!origin.stateless) connection.touch(origin.sessionId);
     await connection.client.setLoggingLevel(level);
   }
 

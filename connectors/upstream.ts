@@ -59,6 +59,13 @@ export interface Catalog {
 
 const EMPTY_CATALOG: Catalog = { tools: [], resources: [], resourceTemplates: [], prompts: [] };
 const BACKOFF_MIN_MS = 250;
+
+/** The SDK's version negotiation for each `protocol` setting (config.ts). */
+const NEGOTIATION = {
+  auto: { mode: 'auto' },
+  '2025-11-25': { mode: 'legacy' },
+  '2026-07-28': { mode: { pin: '2026-07-28' } },
+} as const;
 const BACKOFF_MAX_MS = 30_000;
 
 /** Pages through a list method until the upstream stops returning a cursor. */
@@ -83,6 +90,7 @@ export class Connector {
   private capabilities: ServerCapabilities = {};
   /** Every agent's own upstream connection. */
   private readonly agents: AgentSessions;
+  private protocolValue: string | undefined;
   private backoffMs = BACKOFF_MIN_MS;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private startPromise: Promise<void> | undefined;
@@ -129,6 +137,11 @@ export class Connector {
     return this.capabilities;
   }
 
+  /** The MCP revision negotiated with the upstream on the current connection (none before the first). */
+  get protocol(): string | undefined {
+    return this.protocolValue;
+  }
+
   /** Connects once; resolves when connected or failed (a failure schedules a retry). */
   start(): Promise<void> {
     this.startPromise ??= this.connect();
@@ -172,7 +185,11 @@ export class Connector {
     return new Client(
       { name: 'bastion', version: '0.1.0' },
       // The SDK validates results against the upstream's output schemas: patterns there run on RE2.
-      { capabilities: { sampling: {}, elicitation: { form: {}, url: {} }, roots: { listChanged: true } }, jsonSchemaValidator: linearSchemaValidator },
+      {
+        capabilities: { sampling: {}, elicitation: { form: {}, url: {} }, roots: { listChanged: true } },
+        jsonSchemaValidator: linearSchemaValidator,
+        versionNegotiation: NEGOTIATION[this.config.protocol ?? '2025-11-25'],
+      },
     );
   }
 
@@ -196,13 +213,16 @@ export class Connector {
       await client.connect(this.makeTransport(), { timeout: this.config.timeout });
       this.client = client;
       this.capabilities = client.getServerCapabilities() ?? {};
+      this.protocolValue = client.getNegotiatedProtocolVersion();
+      // 2026-07-28 sends list changes only on a stream asked for; they reach the same handlers as 2025's.
+      if (client.getProtocolEra() === 'modern') await this.listen(client);
       await this.refresh('tools');
       await this.refresh('resources');
       await this.refresh('prompts');
       this.backoffMs = BACKOFF_MIN_MS;
       this.lastError = undefined;
       this.setStatus('ready');
-      this.events.log.info({ connector: this.name, tools: this.catalogValue.tools.length }, 'connector ready');
+      this.events.log.info({ connector: this.name, protocol: this.protocolValue, tools: this.catalogValue.tools.length }, 'connector ready');
     } catch (error) {
       this.lastError = (error as Error).message;
       this.events.log.warn({ connector: this.name, err: this.lastError }, 'connector failed to start');
@@ -210,6 +230,18 @@ export class Connector {
       await client.close().catch(() => undefined);
       this.scheduleReconnect();
     }
+  }
+
+  /** Opens the subscriptions/listen stream for the lists this upstream says can change. */
+  private async listen(client: Client): Promise<void> {
+    const { tools, prompts, resources } = this.capabilities;
+    const filter = {
+      ...(tools?.listChanged ? { toolsListChanged: true } : {}),
+      ...(prompts?.listChanged ? { promptsListChanged: true } : {}),
+      ...(resources?.listChanged ? { resourcesListChanged: true } : {}),
+    };
+    if (Object.keys(filter).length === 0) return;
+    await client.listen(filter, { timeout: this.config.timeout });
   }
 
   private scheduleReconnect(): void {

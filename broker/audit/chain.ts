@@ -19,6 +19,8 @@ export interface AuditEvent {
   replica?: string | undefined;
   session?: string | undefined;
   transport?: 'http' | 'stdio' | undefined;
+  /** The MCP revision the request spoke (2025-11-25 sessions, 2026-07-28 requests), when known. */
+  protocol?: string | undefined;
   principal?: { sub: string; iss: string; jti?: string; token_hash?: string; anonymous?: boolean } | undefined;
   tool?: string | undefined;
   /** sha256 of the canonical arguments: proves what was asked without storing it. */

@@ -148,7 +148,7 @@ export function adminRoutes({ broker, resource, authenticate }: AdminRouteOption
       return;
     }
     broker.registry.invalidate();
-    broker.sessions.broadcast((s) => s.server.sendToolListChanged());
+    broker.sessions.listChanged('tools');
     res.json({ approved: tool, hash: approved.seen.hash });
   });
 

@@ -1,8 +1,11 @@
 /**
  * The HTTP front door: MCP Streamable HTTP at POST/GET/DELETE /mcp on
  * express. Before any MCP machinery runs, a request must pass the Host and
- * Origin checks (DNS rebinding), the body cap and bearer-token
- * authentication; a session is bound to the principal that opened it.
+ * Origin checks (DNS rebinding), the body cap, the era check (eras.ts: a
+ * valid `_meta` envelope, a served revision, headers that agree with the
+ * body) and bearer-token authentication. A 2025-11-25 session is bound to
+ * the principal that opened it; a 2026-07-28 request is served on its own by
+ * the SDK's per-request handler, for the principal its own token names.
  *
  * @example
  *   const door = await startHttp(broker);
@@ -16,9 +19,9 @@ import helmet from 'helmet';
 import { jsonDepth } from '../limits.ts';
 import type { AddressInfo } from 'node:net';
 import express, { type NextFunction, type Request, type Response } from 'express';
-import { isInitializeRequest, isJsonContentType, ProtocolErrorCode } from '@modelcontextprotocol/server';
-import type { AuthInfo } from '@modelcontextprotocol/server';
-import { NodeStreamableHTTPServerTransport } from '@modelcontextprotocol/node';
+import { createMcpHandler, isInitializeRequest, isJsonContentType, ProtocolErrorCode } from '@modelcontextprotocol/server';
+import type { AuthInfo, ServerContext } from '@modelcontextprotocol/server';
+import { NodeStreamableHTTPServerTransport, toNodeHandler } from '@modelcontextprotocol/node';
 import type { Principal } from '../auth/verify.ts';
 import type { Broker } from '../broker.ts';
 import { Denial } from '../errors.ts';
@@ -27,6 +30,7 @@ import { principalForAudit } from '../pipeline.ts';
 import { cohortGate } from './cohort.ts';
 import { loadScrapeToken, presentsScrapeToken } from './scrape-token.ts';
 import { createAgentServer } from './session.ts';
+import { claimedRevision, classifyEra, type EraRoute } from './eras.ts';
 import { SessionTable } from './session-table.ts';
 import { adminRoutes } from './admin-routes.ts';
 import { approvalRoutes } from './approval-routes.ts';
@@ -52,16 +56,30 @@ interface HttpSession {
   owner: string;
 }
 
-export type AuthedRequest = Request & { auth?: AuthInfo };
+export type AuthedRequest = Request & { auth?: AuthInfo; era?: EraRoute };
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
 
-function jsonRpcError(res: Response, status: number, code: number, message: string, data?: unknown): void {
+function jsonRpcError(res: Response, status: number, code: number, message: string, data?: unknown, id: string | number | null = null): void {
   if (res.headersSent) return;
-  res.status(status).json({ jsonrpc: '2.0', error: { code, message, ...(data ? { data } : {}) }, id: null });
+  res.status(status).json({ jsonrpc: '2.0', error: { code, message, ...(data ? { data } : {}) }, id });
 }
 
-type AdmitCode = 'BASTION_ORIGIN_REFUSED' | 'BASTION_REQUEST_INVALID' | 'BASTION_REQUEST_TOO_LARGE' | 'BASTION_SESSION_INVALID' | 'BASTION_SESSIONS_EXCEEDED';
+/** The id of a JSON-RPC request body, echoed in its refusal so a client can match it. */
+function requestIdOf(body: unknown): string | number | null {
+  const id = body && typeof body === 'object' && !Array.isArray(body) ? (body as { id?: unknown }).id : undefined;
+  return typeof id === 'string' || typeof id === 'number' ? id : null;
+}
+
+type AdmitCode =
+  | 'BASTION_ORIGIN_REFUSED'
+  | 'BASTION_REQUEST_INVALID'
+  | 'BASTION_REQUEST_TOO_LARGE'
+  | 'BASTION_SESSION_INVALID'
+  | 'BASTION_SESSIONS_EXCEEDED'
+  | 'BASTION_HEADER_MISMATCH'
+  | 'BASTION_ENVELOPE_INVALID'
+  | 'BASTION_PROTOCOL_UNSUPPORTED';
 
 function ownerOf(principal: Principal): string {
   return `${principal.iss} ${principal.sub}`;
@@ -152,17 +170,36 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
 
   const sessions = new SessionTable<HttpSession>(config.limits.sessions_per_principal);
 
-  /** Answers a request refused at the front door, with an audit record like every other refusal. */
-  const refuseRequest = async (req: Request, res: Response, status: number, rpcCode: number, code: AdmitCode, reason: string) => {
+  /**
+   * Answers a request refused at the front door, with an audit record like every other refusal.
+   * `spec` carries the spec's error data where it defines some (an unsupported version's
+   * `supported`), and whether to echo the request's id (the 2026 refusals, which a client matches).
+   */
+  const refuseRequest = async (
+    req: Request,
+    res: Response,
+    status: number,
+    rpcCode: number,
+    code: AdmitCode,
+    reason: string,
+    spec: { data?: Record<string, unknown>; echoId?: boolean } = {},
+  ) => {
     const denial = new Denial('admit', code, reason);
     const principal = (req as AuthedRequest).auth?.extra?.principal as Principal | undefined;
+    const protocol = claimedRevision(req.body);
     await pipeline
       .recordDenial(
-        { event: `http ${req.method} ${req.baseUrl || req.path}`, transport: 'http', tool: toolOf(req.body), ...(principal ? { principal: principalForAudit(principal) } : {}) },
+        {
+          event: `http ${req.method} ${req.baseUrl || req.path}`,
+          transport: 'http',
+          ...(protocol !== undefined ? { protocol } : {}),
+          tool: toolOf(req.body),
+          ...(principal ? { principal: principalForAudit(principal) } : {}),
+        },
         denial,
       )
       .catch((error: Error) => log.error({ err: error.message }, 'audit append failed'));
-    jsonRpcError(res, status, rpcCode, reason, denial.toJSON());
+    jsonRpcError(res, status, rpcCode, reason, { ...spec.data, ...denial.toJSON() }, spec.echoId ? requestIdOf(req.body) : null);
   };
 
   // DNS rebinding: a browser page on another origin must not reach a local broker.
@@ -184,8 +221,9 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
 
   /** Sends the 401 (503 for state failures) a refused authentication gets, after auditing it; `realmChallenge` replaces the MCP resource's Bearer challenge (/metrics). */
   const refuseAuthentication = async (req: Request, res: Response, denial: Denial, realmChallenge?: string) => {
+    const protocol = claimedRevision(req.body);
     await pipeline
-      .recordDenial({ event: `http ${req.method} ${req.baseUrl || req.path}`, transport: 'http', tool: toolOf(req.body) }, denial)
+      .recordDenial({ event: `http ${req.method} ${req.baseUrl || req.path}`, transport: 'http', ...(protocol !== undefined ? { protocol } : {}), tool: toolOf(req.body) }, denial)
       .catch((auditError: Error) => log.error({ err: auditError.message }, 'audit append failed'));
     const description = denial.reason.replace(/["\\]/g, "'");
     const challenge =
@@ -231,6 +269,40 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
     next();
   };
 
+  /** The principal authenticate() verified for the request a handler is serving (either era). */
+  const principalOfRequest = async (extra: ServerContext): Promise<Principal> => {
+    const current = extra.http?.authInfo?.extra?.principal as Principal | undefined;
+    if (!current) throw new Denial('authenticate', 'BASTION_TOKEN_MISSING', 'request carried no verified principal');
+    return current;
+  };
+
+  /**
+   * 2026-07-28: the SDK's per-request entry. Each request gets its own agent server, built for the
+   * principal its token names (its server/discover shows what that principal may see) and never
+   * entered in broker.sessions. 2025-era traffic never reaches it (routed by eras.ts; `reject` is
+   * the entry's answer should any arrive).
+   */
+  const modern = createMcpHandler(
+    (context) => {
+      const viewer = (context.authInfo?.extra?.principal as Principal | undefined) ?? null;
+      return createAgentServer(broker, { id: `request-${randomUUID()}`, transport: 'http', register: false, viewer, principal: principalOfRequest });
+    },
+    {
+      legacy: 'reject',
+      maxRequestBodySize: config.server.max_body_bytes,
+      onerror: (error) => log.debug({ err: error.message }, '2026-07-28 request not served'),
+    },
+  );
+  const serveModern = toNodeHandler(modern, {
+    maxRequestBodySize: config.server.max_body_bytes,
+    onerror: (error) => log.error({ err: error.message }, '2026-07-28 request failed'),
+  });
+  const unlisten = broker.sessions.onChange((change) => {
+    if (change === 'tools') void modern.notify.toolsChanged();
+    else if (change === 'prompts') void modern.notify.promptsChanged();
+    else void modern.notify.resourcesChanged();
+  });
+
   /** The session named by the request, if it exists and belongs to this principal. */
   const sessionFor = async (req: AuthedRequest, res: Response): Promise<HttpSession | undefined> => {
     const id = req.headers['mcp-session-id'];
@@ -267,15 +339,7 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
     // One id names the session everywhere: the Mcp-Session-Id header, logs and audit records.
     const sessionId = randomUUID();
     const transport = new NodeStreamableHTTPServerTransport({ sessionIdGenerator: () => sessionId });
-    const agentServer = createAgentServer(broker, {
-      id: sessionId,
-      transport: 'http',
-      principal: async (extra) => {
-        const current = extra.http?.authInfo?.extra?.principal as Principal | undefined;
-        if (!current) throw new Denial('authenticate', 'BASTION_TOKEN_MISSING', 'request carried no verified principal');
-        return current;
-      },
-    });
+    const agentServer = createAgentServer(broker, { id: sessionId, transport: 'http', principal: principalOfRequest });
     let closed = false;
     // Set before connect: the SDK chains the agent server's own cleanup (broker.sessions) after it.
     transport.onclose = () => {
@@ -310,6 +374,24 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
     await admit();
     next();
   });
+  // Which era a POST speaks, and whether its headers agree with its body: decided before any stage
+  // runs (eras.ts), so a request whose headers say one thing and body another never reaches one.
+  mcp.use(async (req: AuthedRequest, res, next) => {
+    // Batches, non-objects and too-deep bodies keep their own refusals further on.
+    const body: unknown = req.body;
+    if (req.method !== 'POST' || !body || typeof body !== 'object' || Array.isArray(body) || jsonDepth(body, config.limits.max_json_depth) > config.limits.max_json_depth) {
+      next();
+      return;
+    }
+    const verdict = classifyEra({ httpMethod: req.method, headers: req.headers, body });
+    if ('refusal' in verdict) {
+      const { status, rpcCode, code, message, data } = verdict.refusal;
+      await refuseRequest(req, res, status, rpcCode, code as AdmitCode, message, { ...(data ? { data } : {}), echoId: true });
+      return;
+    }
+    req.era = verdict;
+    next();
+  });
   mcp.use(authenticate);
   // Deep nesting is refused before the MCP machinery walks the body recursively.
   mcp.use(async (req, res, next) => {
@@ -339,6 +421,10 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
     next();
   });
   mcp.post('/', async (req: AuthedRequest, res) => {
+    if (req.era?.era === 'modern') {
+      await serveModern(req as Parameters<typeof serveModern>[0], res, req.body);
+      return;
+    }
     if (req.headers['mcp-session-id'] === undefined) {
       if (!isInitializeRequest(req.body)) {
         await refuseRequest(req, res, 400, ProtocolErrorCode.InvalidRequest, 'BASTION_SESSION_INVALID', 'Bad Request: no session; send initialize first');
@@ -410,7 +496,9 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   app.get('/readyz', async (_req, res) => {
     const state = await broker.state.ready().catch(() => false);
     const connectors = Object.fromEntries(broker.connectors.map((c) => [c.name, c.status]));
-    res.status(state ? 200 : 503).json({ status: state ? 'ready' : 'not ready', state: state ? 'ok' : 'unavailable', connectors });
+    // The MCP revision each connector negotiated with its upstream (absent before it first connected).
+    const protocols = Object.fromEntries(broker.connectors.flatMap((c) => (c.protocol ? [[c.name, c.protocol]] : [])));
+    res.status(state ? 200 : 503).json({ status: state ? 'ready' : 'not ready', state: state ? 'ok' : 'unavailable', connectors, protocols });
   });
 
   // Body-parser and handler failures become JSON-RPC errors; nothing here may crash the process.
@@ -445,6 +533,8 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
     async close() {
       await identity?.close();
       unwatch();
+      unlisten();
+      await modern.close();
       clearInterval(sweeper);
       for (const session of [...sessions.values()]) await session.transport.close().catch(() => undefined);
       server.closeAllConnections();

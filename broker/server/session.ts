@@ -1,14 +1,21 @@
 /**
- * One agent session's MCP server: the SDK's low-level Server with Bastion's
+ * One agent's MCP server: the SDK's low-level Server with Bastion's
  * handlers. Every request resolves the caller's Principal first, so a
  * session never outlives the authority of the token that drives it.
+ *
+ * The same server serves both protocol eras: a 2025-11-25 session (one
+ * instance per `initialize`, registered in broker.sessions for list_changed
+ * fan-out) and a single 2026-07-28 request (one instance per request, built
+ * by the SDK's per-request entry, never registered). What a 2026 client sees
+ * of the server itself (`server/discover`) is filtered for its principal, as
+ * `tools/list` is.
  *
  * @example
  *   const server = createAgentServer(broker, { id, transport: 'http', principal });
  *   await server.connect(transport);
  */
-import { Server, ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/server';
-import type { Request, RequestMethod, ServerNotification, ServerContext } from '@modelcontextprotocol/server';
+import { PROTOCOL_VERSION_META_KEY, Server, ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/server';
+import type { CacheHint, Request, RequestMethod, ServerCapabilities, ServerContext, ServerNotification } from '@modelcontextprotocol/server';
 import type { Principal } from '../auth/verify.ts';
 import { Denial } from '../errors.ts';
 import { denialResult, type CallContext } from '../pipeline.ts';
@@ -21,17 +28,60 @@ export interface SessionBinding {
   transport: 'http' | 'stdio';
   /** The caller of this request; throws a Denial when its token no longer holds. */
   principal: (extra: ServerContext) => Promise<Principal>;
+  /**
+   * The principal a 2026-07-28 server answers, known when it is built: its `server/discover`
+   * advertises only what this principal may see; null (no valid token) sees nothing. Absent for
+   * 2025-era sessions, whose `initialize` advertises everything Bastion serves.
+   */
+  viewer?: Principal | null;
+  /** false: a per-request server, not entered in broker.sessions (nothing to fan out to). */
+  register?: boolean;
 }
 
 export const BASTION_VERSION = '0.1.0';
 
 type Extra = ServerContext;
 
+const CAPABILITIES: ServerCapabilities = {
+  tools: { listChanged: true },
+  resources: { subscribe: true, listChanged: true },
+  prompts: { listChanged: true },
+  logging: {},
+  completions: {},
+};
+
+/**
+ * What a 2026-07-28 client may cache (`ttlMs`/`cacheScope` on list and read results, and
+ * `server/discover`): every one of these views depends on the principal (policy filters it),
+ * so none may sit in a shared cache, and none outlives the request (a revoked grant or a
+ * changed policy shows at once).
+ */
+const PRIVATE: CacheHint = { ttlMs: 0, cacheScope: 'private' };
+const CACHE_HINTS = {
+  'tools/list': PRIVATE,
+  'prompts/list': PRIVATE,
+  'resources/list': PRIVATE,
+  'resources/templates/list': PRIVATE,
+  'resources/read': PRIVATE,
+  'server/discover': PRIVATE,
+} as const;
+
+/** The capabilities a per-request server advertises: only the kinds of things its principal may see. */
+class AgentServer extends Server {
+  viewCapabilities: (() => ServerCapabilities) | undefined;
+
+  override getCapabilities(): ServerCapabilities {
+    return this.viewCapabilities ? this.viewCapabilities() : super.getCapabilities();
+  }
+}
+
 function originOf(session: SessionBinding, extra: Extra, principal: Principal): CallOrigin {
   return {
     sessionId: session.id,
     // Upstream connections are keyed by who asks: the session, or (isolation: principal) this.
     owner: { iss: principal.iss, sub: principal.sub },
+    // A 2026-07-28 request has no session to own an upstream connection: its principal does.
+    ...(session.register === false ? { stateless: true } : {}),
     // Relayed requests are spec methods (sampling, elicitation, roots): the SDK validates each
     // result against the spec's schema for its method.
     sendRequest: (request: Request) => extra.mcpReq.send(request as { method: RequestMethod; params?: Record<string, unknown> }),
@@ -39,47 +89,52 @@ function originOf(session: SessionBinding, extra: Extra, principal: Principal): 
   };
 }
 
-function callContext(session: SessionBinding, extra: Extra, principal: Principal, progressToken?: string | number): CallContext {
+/** The revision a request speaks: its own envelope's (2026-07-28), or its session's negotiated one. */
+function protocolOf(server: Server, extra: Extra): string | undefined {
+  const claimed = (extra.mcpReq.envelope as Record<string, unknown> | undefined)?.[PROTOCOL_VERSION_META_KEY];
+  return typeof claimed === 'string' ? claimed : server.getNegotiatedProtocolVersion();
+}
+
+function callContext(session: SessionBinding, server: Server, extra: Extra, principal: Principal, progressToken?: string | number): CallContext {
+  const protocol = protocolOf(server, extra);
   return {
     session: session.id,
     transport: session.transport,
+    ...(protocol !== undefined ? { protocol } : {}),
     origin: originOf(session, extra, principal),
     signal: extra.mcpReq.signal,
     ...(progressToken !== undefined ? { progressToken } : {}),
   };
 }
 
-/** Turns a Denial into the protocol error for non-tool requests. */
-function protocolError(error: unknown): never {
+/** Turns a Denial into the protocol error for non-tool requests; `about` joins its data (a missing resource's `uri`, as the spec asks). */
+function protocolError(error: unknown, about: Record<string, unknown> = {}): never {
   if (error instanceof Denial) {
     const code = error.code === 'BASTION_TOOL_UNKNOWN' ? ProtocolErrorCode.InvalidParams : ProtocolErrorCode.InvalidRequest;
-    throw new ProtocolError(code, `Bastion refused this request at the ${error.stage} stage (${error.code}): ${error.reason}`, error.toJSON());
+    throw new ProtocolError(code, `Bastion refused this request at the ${error.stage} stage (${error.code}): ${error.reason}`, { ...about, ...error.toJSON() });
   }
   throw error;
 }
 
 export function createAgentServer(broker: Broker, session: SessionBinding): Server {
-  const server = new Server(
+  const server = new AgentServer(
     { name: 'bastion', version: BASTION_VERSION },
     {
-      capabilities: {
-        tools: { listChanged: true },
-        resources: { subscribe: true, listChanged: true },
-        prompts: { listChanged: true },
-        logging: {},
-        completions: {},
-      },
+      capabilities: CAPABILITIES,
       instructions: 'Bastion mediates every tool call: each one is checked against your capability token and policy, and audited.',
       // Schemas relayed from upstreams are not Bastion's: any the SDK evaluates here runs its patterns on RE2.
       jsonSchemaValidator: linearSchemaValidator,
+      cacheHints: CACHE_HINTS,
     },
   );
   const { pipeline, registry } = broker;
   const subscriptions = new Set<string>();
+  const viewer = session.viewer;
+  if (viewer !== undefined) server.viewCapabilities = () => (viewer ? capabilitiesFor(broker, session, viewer) : { logging: {} });
 
   server.setRequestHandler('tools/list', async (_request, ctx) => {
     const principal = await session.principal(ctx).catch(protocolError);
-    return { tools: pipeline.listTools(principal, callContext(session, ctx, principal)) };
+    return { tools: pipeline.listTools(principal, callContext(session, server, ctx, principal)) };
   });
 
   server.setRequestHandler('tools/call', async (request, ctx) => {
@@ -88,16 +143,20 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
       principal = await session.principal(ctx);
     } catch (error) {
       if (!(error instanceof Denial)) throw error;
-      await pipeline.recordDenial({ event: 'tools/call', session: session.id, transport: session.transport, tool: request.params.name }, error);
+      const protocol = protocolOf(server, ctx);
+      await pipeline.recordDenial(
+        { event: 'tools/call', session: session.id, transport: session.transport, ...(protocol !== undefined ? { protocol } : {}), tool: request.params.name },
+        error,
+      );
       return denialResult(error);
     }
     const progressToken = request.params._meta?.progressToken;
-    return pipeline.callTool(principal, callContext(session, ctx, principal, progressToken), request.params.name, request.params.arguments ?? {});
+    return pipeline.callTool(principal, callContext(session, server, ctx, principal, progressToken), request.params.name, request.params.arguments ?? {});
   });
 
   server.setRequestHandler('prompts/list', async (_request, ctx) => {
     const principal = await session.principal(ctx).catch(protocolError);
-    const call = callContext(session, ctx, principal);
+    const call = callContext(session, server, ctx, principal);
     const prompts = [...registry.prompts().values()]
       .filter((p) => pipeline.mayUse(principal, call, 'prompt', p.exposedName, p.connector.name))
       .map((p) => p.descriptor);
@@ -106,7 +165,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
 
   server.setRequestHandler('prompts/get', async (request, ctx) => {
     const principal = await session.principal(ctx).catch(protocolError);
-    const call = callContext(session, ctx, principal);
+    const call = callContext(session, server, ctx, principal);
     try {
       const entry = registry.resolvePrompt(request.params.name);
       pipeline.authorizeItem(principal, call, 'prompt', entry.exposedName, entry.connector.name);
@@ -123,7 +182,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
 
   server.setRequestHandler('resources/list', async (_request, ctx) => {
     const principal = await session.principal(ctx).catch(protocolError);
-    const call = callContext(session, ctx, principal);
+    const call = callContext(session, server, ctx, principal);
     const resources = registry
       .resources()
       .filter(({ resource, connector }) => pipeline.mayUse(principal, call, 'resource', resource.uri, connector.name))
@@ -133,7 +192,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
 
   server.setRequestHandler('resources/templates/list', async (_request, ctx) => {
     const principal = await session.principal(ctx).catch(protocolError);
-    const call = callContext(session, ctx, principal);
+    const call = callContext(session, server, ctx, principal);
     const resourceTemplates = registry
       .resourceTemplates()
       .filter(({ template, connector }) => pipeline.mayUse(principal, call, 'resource', template.uriTemplate, connector.name))
@@ -157,20 +216,20 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
 
   server.setRequestHandler('resources/read', async (request, ctx) => {
     const principal = await session.principal(ctx).catch(protocolError);
-    const call = callContext(session, ctx, principal);
+    const call = callContext(session, server, ctx, principal);
     try {
       const connector = authorizedResource(principal, call, request.params.uri);
       const contents = await connector.withOrigin(call.origin, (client) => client.readResource(request.params, { signal: ctx.mcpReq.signal }));
       await pipeline.recordItemFlow(principal, 'resource', request.params.uri, connector.config.labels.resources, contents);
       return contents;
     } catch (error) {
-      return protocolError(error);
+      return protocolError(error, { uri: request.params.uri });
     }
   });
 
   server.setRequestHandler('resources/subscribe', async (request, ctx) => {
     const principal = await session.principal(ctx).catch(protocolError);
-    const call = callContext(session, ctx, principal);
+    const call = callContext(session, server, ctx, principal);
     try {
       const connector = authorizedResource(principal, call, request.params.uri);
       await connector.subscribe(call.origin, request.params.uri);
@@ -183,7 +242,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
 
   server.setRequestHandler('resources/unsubscribe', async (request, ctx) => {
     const principal = await session.principal(ctx).catch(protocolError);
-    const call = callContext(session, ctx, principal);
+    const call = callContext(session, server, ctx, principal);
     subscriptions.delete(request.params.uri);
     // Only this agent's own upstream subscriptions are dropped.
     await Promise.all(broker.connectors.map((c) => c.unsubscribe(call.origin, request.params.uri).catch(() => undefined)));
@@ -192,7 +251,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
 
   server.setRequestHandler('completion/complete', async (request, ctx) => {
     const principal = await session.principal(ctx).catch(protocolError);
-    const call = callContext(session, ctx, principal);
+    const call = callContext(session, server, ctx, principal);
     try {
       const ref = request.params.ref;
       if (ref.type === 'ref/prompt') {
@@ -211,7 +270,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
 
   server.setRequestHandler('logging/setLevel', async (request, ctx) => {
     const principal = await session.principal(ctx).catch(protocolError);
-    const call = callContext(session, ctx, principal);
+    const call = callContext(session, server, ctx, principal);
     // This agent's own upstream connections only, now and as they open; never another agent's.
     for (const connector of registry.connectorsWith('logging')) {
       await connector.setLoggingLevel(call.origin, request.params.level).catch(() => undefined);
@@ -224,11 +283,47 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
     await Promise.all(broker.connectors.map((c) => c.rootsChanged(session.id)));
   });
 
-  const channel: AgentChannel = {
-    sendRequest: (request) => server.request(request as { method: RequestMethod; params?: Record<string, unknown> }),
-    sendNotification: (notification) => server.notification(notification as ServerNotification),
-  };
-  broker.sessions.add(session.id, { server, subscriptions, channel });
-  server.onclose = () => broker.sessions.remove(session.id);
+  if (session.register !== false) {
+    const channel: AgentChannel = {
+      sendRequest: (request) => server.request(request as { method: RequestMethod; params?: Record<string, unknown> }),
+      sendNotification: (notification) => server.notification(notification as ServerNotification),
+    };
+    broker.sessions.add(session.id, { server, subscriptions, channel });
+    server.onclose = () => broker.sessions.remove(session.id);
+  }
   return server;
 }
+
+/**
+ * The capabilities one principal's `server/discover` shows: tools, prompts and resources
+ * only when policy lets it see at least one of each (completions with either of the
+ * latter two), so discovery tells an agent no more than `tools/list` would.
+ */
+function capabilitiesFor(broker: Broker, session: SessionBinding, principal: Principal): ServerCapabilities {
+  const { pipeline, registry } = broker;
+  const call: CallContext = { session: session.id, transport: session.transport, origin: REFUSING_ORIGIN };
+  const tools = pipeline.listTools(principal, call).length > 0;
+  const prompts = [...registry.prompts().values()].some((p) => pipeline.mayUse(principal, call, 'prompt', p.exposedName, p.connector.name));
+  const resources =
+    registry.resources().some(({ resource, connector }) => pipeline.mayUse(principal, call, 'resource', resource.uri, connector.name)) ||
+    registry.resourceTemplates().some(({ template, connector }) => pipeline.mayUse(principal, call, 'resource', template.uriTemplate, connector.name));
+  return {
+    ...(tools ? { tools: CAPABILITIES.tools } : {}),
+    ...(resources ? { resources: CAPABILITIES.resources } : {}),
+    ...(prompts ? { prompts: CAPABILITIES.prompts } : {}),
+    ...(prompts || resources ? { completions: {} } : {}),
+    logging: {},
+  };
+}
+
+/** Listing relays nothing to the agent; an origin that refuses keeps it that way. */
+const REFUSING_ORIGIN: CallOrigin = {
+  sessionId: 'discover',
+  // Never used to open an upstream connection: listing reads the catalog only.
+  owner: { iss: '', sub: '' },
+  stateless: true,
+  sendRequest: async () => {
+    throw new Error('nothing is relayed while listing');
+  },
+  sendNotification: async () => undefined,
+};

@@ -60,11 +60,12 @@ afterAll(async () => {
 const mint = (sub: string, cap: Capability[], audience = RESOURCE) =>
   mintToken({ key: devKey.privateJwk, issuer: devKey.issuer, audience, sub, cap, ttlMs: 300_000 });
 
-async function connect(token: string | undefined): Promise<Client> {
+/** A real SDK client spawning `bastion stdio`; `era: 'modern'` pins it to 2026-07-28 (no fallback). */
+async function connect(token: string | undefined, era: 'legacy' | 'modern' = 'legacy'): Promise<Client> {
   const env: Record<string, string> = { ...getDefaultEnvironment() };
   if (token !== undefined) env.BASTION_TOKEN = token;
   const transport = new StdioClientTransport({ command: process.execPath, args: [CLI, 'stdio', '--config', configFile], env, cwd: dir, stderr: 'pipe' });
-  const client = new Client({ name: 'bastion-stdio-test', version: '1.0.0' });
+  const client = new Client({ name: 'bastion-stdio-test', version: '1.0.0' }, era === 'modern' ? { versionNegotiation: { mode: { pin: '2026-07-28' } } } : {});
   await client.connect(transport);
   clients.push(client);
   return client;
@@ -186,6 +187,44 @@ describe('bastion stdio', () => {
 
     // The MCP stdio shutdown: the client closes stdin and the server exits on its own.
     expect(exit).toEqual({ code: 0, signal: null });
+  });
+
+  it('a client pinned to 2026-07-28 lists only granted tools, calls them, and each call is audited with its revision', async () => {
+    const client = await connect(await mint('agent:stdio-modern', [{ tool: 'rec__echo' }]), 'modern');
+    expect(client.getProtocolEra()).toBe('modern');
+    expect(client.getNegotiatedProtocolVersion()).toBe('2026-07-28');
+    expect(client.getDiscoverResult()?.capabilities.tools).toBeDefined();
+    expect((await client.listTools()).tools.map((tool) => tool.name)).toEqual(['rec__echo']);
+
+    const result = (await client.callTool({ name: 'rec__echo', arguments: { text: 'stdio 2026' } })) as CallToolResult;
+    expect(result.content).toEqual([{ type: 'text', text: 'echo: stdio 2026' }]);
+    expect((await upstreamCalls()).filter((c) => c.args.text === 'stdio 2026')).toHaveLength(1);
+    const denied = (await client.callTool({ name: 'rec__transfer', arguments: { amount: 1, to: 'x' } })) as CallToolResult;
+    expect(denialOf(denied)).toMatchObject({ stage: 'authorize', code: 'BASTION_POLICY_DENIED' });
+
+    const records = (await auditRecords()).filter((r) => r.principal?.sub === 'agent:stdio-modern');
+    expect(records).toEqual([
+      expect.objectContaining({ transport: 'stdio', protocol: '2026-07-28', tool: 'rec__echo', outcome: 'ok' }),
+      expect.objectContaining({ transport: 'stdio', protocol: '2026-07-28', tool: 'rec__transfer', outcome: 'denied' }),
+    ]);
+  });
+
+  it('a 2026-07-28 connection without a token discovers no tools and its calls are refused at authenticate', async () => {
+    const client = await connect(undefined, 'modern');
+    expect(client.getDiscoverResult()?.capabilities.tools).toBeUndefined();
+    const before = (await upstreamCalls()).length;
+    const result = (await client.callTool({ name: 'rec__echo', arguments: { text: 'anonymous 2026' } })) as CallToolResult;
+    expect(denialOf(result)).toMatchObject({ stage: 'authenticate', code: 'BASTION_TOKEN_MISSING' });
+    expect((await upstreamCalls()).length).toBe(before);
+    expect((await auditRecords()).at(-1)).toMatchObject({ transport: 'stdio', protocol: '2026-07-28', outcome: 'denied', denial: { code: 'BASTION_TOKEN_MISSING' } });
+  });
+
+  it('a 2025-11-25 connection is audited with its negotiated revision', async () => {
+    const client = await connect(await mint('agent:stdio-legacy', [{ tool: 'rec__echo' }]));
+    expect(client.getProtocolEra()).toBe('legacy');
+    await client.callTool({ name: 'rec__echo', arguments: { text: 'stdio 2025' } });
+    const record = (await auditRecords()).find((r) => r.principal?.sub === 'agent:stdio-legacy');
+    expect(record).toMatchObject({ transport: 'stdio', protocol: '2025-11-25', outcome: 'ok' });
   });
 
   it('brokers started one after another continue one audit chain', async () => {
