@@ -118,7 +118,8 @@ export async function startProcesses(options: Pick<CallsOptions, 'root' | 'profi
         audit: { durability: options.auditDurability ?? 'disk' },
         log_level: 'warn',
         limits: { principal: { requests_per_minute: 0, burst: 1, concurrency: 0 }, sessions_per_principal: 1000 },
-        connectors: [{ name: 'bench', transport: 'http', url: upstream.url, timeout: '30s' }],
+        // Every agent of a level (one principal with --shared-token) holds its own upstream session.
+        connectors: [{ name: 'bench', transport: 'http', url: upstream.url, timeout: '30s', isolation: { max: 4096, max_per_principal: 4096 } }],
         ...(options.plugins ? { plugins: [{ dir: DEMO_PLUGIN_DIR, hash: DEMO_PLUGIN_HASH }] } : {}),
       }),
     );

@@ -47,11 +47,13 @@ import { Pipeline } from './pipeline.ts';
 import { descriptorHash, exposed, legacyDescriptorHash, ToolRegistry } from './registry.ts';
 import { DescriptorPins } from './pins.ts';
 import { FlowControl } from './flows/control.ts';
-import { Connector } from '../connectors/upstream.ts';
+import { Connector, type AgentChannel } from '../connectors/upstream.ts';
 
 interface LiveSession {
   server: Server;
   subscriptions: Set<string>;
+  /** The session as a whole, for what its own upstream connections send outside a request. */
+  channel: AgentChannel;
 }
 
 /** A catalog kind whose list changed. */
@@ -67,14 +69,25 @@ export type ListChange = 'tools' | 'prompts' | 'resources';
  */
 export class SessionHub {
   private readonly sessions = new Map<string, LiveSession>();
+  private readonly closedListeners: ((id: string) => void)[] = [];
   private readonly listeners = new Set<(change: ListChange) => void>();
 
   add(id: string, session: LiveSession): void {
     this.sessions.set(id, session);
   }
 
+  /** The session left: listeners tear down what it held (its upstream connections). */
   remove(id: string): void {
-    this.sessions.delete(id);
+    if (!this.sessions.delete(id)) return;
+    for (const listener of this.closedListeners) listener(id);
+  }
+
+  get(id: string): LiveSession | undefined {
+    return this.sessions.get(id);
+  }
+
+  onClosed(listener: (id: string) => void): void {
+    this.closedListeners.push(listener);
   }
 
   get size(): number {
@@ -342,14 +355,27 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
           // Returned, so the connector's catalogSettled() covers re-pinning too.
           if (kind === 'tools') await reconcile(connector);
         },
-        onResourceUpdated: (_connector, uri) => {
-          sessions.broadcast(async (s) => {
-            if (s.subscriptions.has(uri)) await s.server.sendResourceUpdated({ uri });
-          });
+        agentChannel: (sessionId) => sessions.get(sessionId)?.channel,
+        onAgentRefused: (connector, origin, denial) => {
+          log.warn({ connector: connector.name, session: origin.sessionId, sub: origin.owner.sub, code: denial.code }, denial.reason);
+          void audit
+            .append({
+              event: 'upstream/connect',
+              session: origin.sessionId,
+              principal: { iss: origin.owner.iss, sub: origin.owner.sub },
+              outcome: 'denied',
+              denial: denial.toJSON(),
+              detail: { connector: connector.name },
+            })
+            .catch((error: Error) => log.error({ err: error.message }, 'could not audit a refused upstream connection'));
         },
       }),
     );
   }
+  // An agent session's upstream connections end with it (a stdio child process stops).
+  sessions.onClosed((id) => {
+    for (const connector of connectors) void connector.release(id);
+  });
   await Promise.all(connectors.map((c) => c.start()));
   // Pin (or quarantine) before the first agent sees a tool list.
   await Promise.all(connectors.map((c) => reconcile(c)));

@@ -64,6 +64,8 @@ export type DenialCode =
   | 'BASTION_RATE_LIMITED'
   | 'BASTION_ARGUMENTS_TOO_LARGE'
   | 'BASTION_SESSIONS_EXCEEDED'
+  /** A connector holds as many agent connections as its isolation bounds allow. */
+  | 'BASTION_UPSTREAM_SESSIONS_FULL'
   // authorize
   | 'BASTION_POLICY_DENIED'
   | 'BASTION_POLICY_ERROR'

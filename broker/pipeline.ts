@@ -434,12 +434,15 @@ export class Pipeline {
         throw error;
       }
       const denial =
-        error instanceof ConnectorUnavailable || error instanceof SandboxError
+        // The agent's own upstream connection could not be opened within the connector's bounds.
+        error instanceof Denial
+          ? error
+          : error instanceof ConnectorUnavailable || error instanceof SandboxError
           ? new Denial('execute', 'BASTION_CONNECTOR_UNAVAILABLE', error.message)
           : error instanceof SdkError && error.code === SdkErrorCode.RequestTimeout
             ? new Denial('execute', 'BASTION_UPSTREAM_TIMEOUT', `upstream ${entry.connector.name} did not answer in time`)
             : new Denial('execute', 'BASTION_UPSTREAM_ERROR', `upstream ${entry.connector.name} failed: ${(error as Error).message}`);
-      await this.recordAndLog(finish, denial, 'error');
+      await this.recordAndLog(finish, denial, error instanceof Denial ? 'denied' : 'error');
       return denialResult(denial);
     }
 

@@ -21,7 +21,7 @@ import { Denial } from '../errors.ts';
 import { denialResult, type CallContext } from '../pipeline.ts';
 import type { Broker } from '../broker.ts';
 import { linearSchemaValidator } from '../../sandboxes/schema-patterns.ts';
-import type { CallOrigin } from '../../connectors/upstream.ts';
+import type { AgentChannel, CallOrigin, Connector } from '../../connectors/upstream.ts';
 import { advertisedCapabilities, agentInstructions } from './advertised.ts';
 
 export interface SessionBinding {
@@ -68,9 +68,13 @@ class AgentServer extends Server {
   }
 }
 
-function originOf(session: SessionBinding, extra: Extra): CallOrigin {
+function originOf(session: SessionBinding, extra: Extra, principal: Principal): CallOrigin {
   return {
     sessionId: session.id,
+    // Upstream connections are keyed by who asks: the session, or (isolation: principal) this.
+    owner: { iss: principal.iss, sub: principal.sub },
+    // A 2026-07-28 request has no session to own an upstream connection: its principal does.
+    ...(session.register === false ? { stateless: true } : {}),
     // Relayed requests are spec methods (sampling, elicitation, roots): the SDK validates each
     // result against the spec's schema for its method.
     sendRequest: (request: Request) => extra.mcpReq.send(request as { method: RequestMethod; params?: Record<string, unknown> }),
@@ -84,13 +88,13 @@ function protocolOf(server: Server, extra: Extra): string | undefined {
   return typeof claimed === 'string' ? claimed : server.getNegotiatedProtocolVersion();
 }
 
-function callContext(session: SessionBinding, server: Server, extra: Extra, progressToken?: string | number): CallContext {
+function callContext(session: SessionBinding, server: Server, extra: Extra, principal: Principal, progressToken?: string | number): CallContext {
   const protocol = protocolOf(server, extra);
   return {
     session: session.id,
     transport: session.transport,
     ...(protocol !== undefined ? { protocol } : {}),
-    origin: originOf(session, extra),
+    origin: originOf(session, extra, principal),
     signal: extra.mcpReq.signal,
     ...(progressToken !== undefined ? { progressToken } : {}),
   };
@@ -126,7 +130,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
   if (capabilities.tools) {
     server.setRequestHandler('tools/list', async (_request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      return { tools: pipeline.listTools(principal, callContext(session, server, ctx)) };
+      return { tools: pipeline.listTools(principal, callContext(session, server, ctx, principal)) };
     });
 
     server.setRequestHandler('tools/call', async (request, ctx) => {
@@ -143,14 +147,14 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
         return denialResult(error);
       }
       const progressToken = request.params._meta?.progressToken;
-      return pipeline.callTool(principal, callContext(session, server, ctx, progressToken), request.params.name, request.params.arguments ?? {});
+      return pipeline.callTool(principal, callContext(session, server, ctx, principal, progressToken), request.params.name, request.params.arguments ?? {});
     });
   }
 
   if (capabilities.prompts) {
     server.setRequestHandler('prompts/list', async (_request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      const call = callContext(session, server, ctx);
+      const call = callContext(session, server, ctx, principal);
       const prompts = [...registry.prompts().values()]
         .filter((p) => pipeline.mayUse(principal, call, 'prompt', p.exposedName, p.connector.name))
         .map((p) => p.descriptor);
@@ -159,7 +163,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
 
     server.setRequestHandler('prompts/get', async (request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      const call = callContext(session, server, ctx);
+      const call = callContext(session, server, ctx, principal);
       try {
         const entry = registry.resolvePrompt(request.params.name);
         pipeline.authorizeItem(principal, call, 'prompt', entry.exposedName, entry.connector.name);
@@ -175,17 +179,26 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
     });
   }
 
-  /** Finds the connector for a URI and checks this principal may use it. */
+
+  /** Finds the connector for a URI (in the catalog, or made for this agent's own upstream session) and checks this principal may use it. */
   const authorizedResource = (principal: Principal, call: CallContext, uri: string) => {
-    const connector = registry.resolveResource(uri);
+    let connector: Connector;
+    try {
+      connector = registry.resolveResource(uri);
+    } catch (error) {
+      const own = broker.connectors.filter((c) => c.listsForAgent(call.origin, uri));
+      if (own.length !== 1) throw error;
+      connector = own[0]!;
+    }
     pipeline.authorizeItem(principal, call, 'resource', uri, connector.name);
     return connector;
   };
 
+
   if (capabilities.resources) {
     server.setRequestHandler('resources/list', async (_request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      const call = callContext(session, server, ctx);
+      const call = callContext(session, server, ctx, principal);
       const resources = registry
         .resources()
         .filter(({ resource, connector }) => pipeline.mayUse(principal, call, 'resource', resource.uri, connector.name))
@@ -195,7 +208,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
 
     server.setRequestHandler('resources/templates/list', async (_request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      const call = callContext(session, server, ctx);
+      const call = callContext(session, server, ctx, principal);
       const resourceTemplates = registry
         .resourceTemplates()
         .filter(({ template, connector }) => pipeline.mayUse(principal, call, 'resource', template.uriTemplate, connector.name))
@@ -205,7 +218,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
 
     server.setRequestHandler('resources/read', async (request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      const call = callContext(session, server, ctx);
+      const call = callContext(session, server, ctx, principal);
       try {
         const connector = authorizedResource(principal, call, request.params.uri);
         const contents = await connector.withOrigin(call.origin, (client) => client.readResource(request.params, { signal: ctx.mcpReq.signal }));
@@ -218,10 +231,10 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
 
     server.setRequestHandler('resources/subscribe', async (request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      const call = callContext(session, server, ctx);
+      const call = callContext(session, server, ctx, principal);
       try {
         const connector = authorizedResource(principal, call, request.params.uri);
-        await connector.withOrigin(call.origin, (client) => client.subscribeResource(request.params));
+        await connector.subscribe(call.origin, request.params.uri);
         subscriptions.add(request.params.uri);
         return {};
       } catch (error) {
@@ -230,9 +243,11 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
     });
 
     server.setRequestHandler('resources/unsubscribe', async (request, ctx) => {
-      await session.principal(ctx).catch(protocolError);
+      const principal = await session.principal(ctx).catch(protocolError);
+      const call = callContext(session, server, ctx, principal);
       subscriptions.delete(request.params.uri);
-      // Other sessions may still be subscribed upstream; the upstream subscription is kept.
+      // Only this agent's own upstream subscriptions are dropped.
+      await Promise.all(broker.connectors.map((c) => c.unsubscribe(call.origin, request.params.uri).catch(() => undefined)));
       return {};
     });
   }
@@ -240,7 +255,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
   if (capabilities.completions) {
     server.setRequestHandler('completion/complete', async (request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      const call = callContext(session, server, ctx);
+      const call = callContext(session, server, ctx, principal);
       try {
         const ref = request.params.ref;
         if (ref.type === 'ref/prompt') {
@@ -261,31 +276,26 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
   if (capabilities.logging) {
     server.setRequestHandler('logging/setLevel', async (request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      const call = callContext(session, server, ctx);
-      void principal;
+      const call = callContext(session, server, ctx, principal);
+      // This agent's own upstream connections only, now and as they open; never another agent's.
       for (const connector of registry.connectorsWith('logging')) {
-        await connector.withOrigin(call.origin, (client) => client.setLoggingLevel(request.params.level)).catch(() => undefined);
+        await connector.setLoggingLevel(call.origin, request.params.level).catch(() => undefined);
       }
       return {};
     });
   }
 
-  // The agent's roots changed: every connected upstream hears of it (and may ask this agent for them).
-  const sessionOrigin: CallOrigin = {
-    sessionId: session.id,
-    sendRequest: (request) => server.request(request as { method: RequestMethod; params?: Record<string, unknown> }),
-    sendNotification: (notification) => server.notification(notification as ServerNotification),
-  };
+  // The agent's roots changed: its own upstream sessions ask again.
   server.setNotificationHandler('notifications/roots/list_changed', async () => {
-    await Promise.all(
-      broker.connectors.map((connector) =>
-        connector.rootsChanged(sessionOrigin).catch((error: Error) => broker.log.debug({ connector: connector.name, err: error.message }, 'forwarding a roots change failed')),
-      ),
-    );
+    await Promise.all(broker.connectors.map((c) => c.rootsChanged(session.id)));
   });
 
   if (session.register !== false) {
-    broker.sessions.add(session.id, { server, subscriptions });
+    const channel: AgentChannel = {
+      sendRequest: (request) => server.request(request as { method: RequestMethod; params?: Record<string, unknown> }),
+      sendNotification: (notification) => server.notification(notification as ServerNotification),
+    };
+    broker.sessions.add(session.id, { server, subscriptions, channel });
     server.onclose = () => broker.sessions.remove(session.id);
   }
   return server;
@@ -318,6 +328,9 @@ function capabilitiesFor(broker: Broker, session: SessionBinding, principal: Pri
 /** Listing relays nothing to the agent; an origin that refuses keeps it that way. */
 const REFUSING_ORIGIN: CallOrigin = {
   sessionId: 'discover',
+  // Never used to open an upstream connection: listing reads the catalog only.
+  owner: { iss: '', sub: '' },
+  stateless: true,
   sendRequest: async () => {
     throw new Error('nothing is relayed while listing');
   },

@@ -71,7 +71,8 @@ async function main(): Promise<number> {
         auth: { anonymous: { enabled: true, sub: 'conformance-suite', cap: [{ tool: '*' }] } },
         // The suite opens a session per scenario and never closes one; all are the same anonymous principal.
         limits: { sessions_per_principal: 1000, principal: { requests_per_minute: 0, burst: 1 } },
-        connectors: [{ name: 'conformance', transport: 'http', url: upstream, namespace: false }],
+        // One upstream session per scenario's session, as many as the sessions it leaves open.
+        connectors: [{ name: 'conformance', transport: 'http', url: upstream, namespace: false, isolation: { max: 1000, max_per_principal: 1000 } }],
       }),
     );
     const bastion = await startAndWait(

@@ -50,7 +50,8 @@ async function readLines<T>(file: string): Promise<T[]> {
   }
 }
 
-export async function startTestBroker(overrides: Record<string, unknown> = {}): Promise<TestBroker> {
+/** `rec` adds settings to the recording connector (e.g. its isolation), unless `overrides` replaces the connectors. */
+export async function startTestBroker(overrides: Record<string, unknown> = {}, rec: Record<string, unknown> = {}): Promise<TestBroker> {
   const dir = await mkdtemp(path.join(tmpdir(), 'bastion-test-'));
   const callLog = path.join(dir, 'upstream-calls.jsonl');
   const config = parseConfig({
@@ -65,6 +66,7 @@ export async function startTestBroker(overrides: Record<string, unknown> = {}): 
         args: [RECORDING_UPSTREAM],
         env: { CALL_LOG: callLog },
         timeout: '20s',
+        ...rec,
       },
     ],
     ...overrides,
