@@ -72,6 +72,38 @@ describe('2026-07-28 agents come back for their approval', () => {
     }
   });
 
+  it('a client that declares the tasks extension gets the pickup too: the installed SDK has no 2026 tasks extension, and Bastion advertises none', async () => {
+    const token = await t.mint({ sub: 'agent:pickup-tasks', cap: [{ tool: 'rec__wipe' }] });
+    const answer = await modernCall(t.url, token, { name: 'rec__wipe', capabilities: { extensions: { 'io.modelcontextprotocol/tasks': {} } } });
+    expect(answer.message.result).toMatchObject({ resultType: 'input_required', requestState: expect.any(String) });
+    const client = new Client({ name: 'pickup-discover', version: '1.0.0' }, { versionNegotiation: { mode: { pin: MODERN } } });
+    await client.connect(new StreamableHTTPClientTransport(new URL(t.url), { requestInit: { headers: { Authorization: `Bearer ${token}` } } }));
+    try {
+      const capabilities = client.getServerCapabilities() as Record<string, unknown> | undefined;
+      expect(capabilities).toHaveProperty('tools');
+      expect(capabilities).not.toHaveProperty('tasks');
+      expect((capabilities?.extensions as Record<string, unknown> | undefined)?.['io.modelcontextprotocol/tasks']).toBeUndefined();
+    } finally {
+      await client.close();
+    }
+  });
+
+  it('a 2025-era session on the same broker keeps the held response: no input_required, the result arrives on the request that parked it', async () => {
+    const before = await wipes();
+    const client = await t.connect(await t.mint({ sub: 'agent:pickup-legacy', cap: [{ tool: 'rec__wipe' }] }));
+    expect(client.getProtocolEra()).toBe('legacy');
+    const mark = await t.auditMark();
+    const result = client.callTool({ name: 'rec__wipe', arguments: {} }) as Promise<CallToolResult>;
+    result.catch(() => undefined);
+    const parked = await pendingFor('agent:pickup-legacy');
+    expect(parked.owner).not.toBe('pickup');
+    await alice.decide(parked.id, 'approve', 'held', parked.call_hash);
+    expect((await result).content).toEqual([{ type: 'text', text: 'wiped' }]);
+    expect(await wipes()).toBe(before + 1);
+    const records = (await t.auditSince(mark, 'tools/call')).filter((r) => r.principal?.sub === 'agent:pickup-legacy');
+    expect(records.map((r) => r.outcome)).toEqual(['ok']);
+  });
+
   it('two retries with the same ticket at once: one runs the tool, the other is told the approval was used; a replay after that too', async () => {
     const before = await wipes();
     const { token, requestState, parked } = await park('agent:pickup-twice');

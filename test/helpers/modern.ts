@@ -6,11 +6,11 @@
 export const MODERN = '2026-07-28';
 
 /** The per-request `_meta` envelope a 2026-07-28 request carries. */
-export function envelope(): Record<string, unknown> {
+export function envelope(capabilities: Record<string, unknown> = {}): Record<string, unknown> {
   return {
     'io.modelcontextprotocol/protocolVersion': MODERN,
     'io.modelcontextprotocol/clientInfo': { name: 'raw', version: '1.0.0' },
-    'io.modelcontextprotocol/clientCapabilities': {},
+    'io.modelcontextprotocol/clientCapabilities': capabilities,
   };
 }
 
@@ -24,7 +24,7 @@ export interface ModernAnswer {
 export async function modernCall(
   url: string,
   token: string,
-  call: { id?: number; name: string; arguments?: Record<string, unknown>; requestState?: string },
+  call: { id?: number; name: string; arguments?: Record<string, unknown>; requestState?: string; capabilities?: Record<string, unknown> },
 ): Promise<ModernAnswer> {
   const id = call.id ?? Math.floor(Math.random() * 1e9);
   const response = await fetch(url, {
@@ -41,7 +41,7 @@ export async function modernCall(
       jsonrpc: '2.0',
       id,
       method: 'tools/call',
-      params: { name: call.name, arguments: call.arguments ?? {}, _meta: envelope(), ...(call.requestState !== undefined ? { requestState: call.requestState } : {}) },
+      params: { name: call.name, arguments: call.arguments ?? {}, _meta: envelope(call.capabilities), ...(call.requestState !== undefined ? { requestState: call.requestState } : {}) },
     }),
   });
   const text = await response.text();
