@@ -48,6 +48,16 @@ export class PickupTickets {
     return this.sealer.seal(ticket, binding, Math.max(1, expiresAt + PICKUP_GRACE_MS - this.now()));
   }
 
+  /**
+   * Whether `state` is an approval pickup at all (sealed under this purpose's key), whoever it is
+   * bound to: a requestState slot shared with other continuations (an upstream's relayed
+   * input_required) is routed here when true, and every refusal then comes from redeem().
+   */
+  async recognizes(state: unknown, binding: StateBinding): Promise<boolean> {
+    const opened = await this.sealer.open(state, binding);
+    return opened.ok || (opened.refusal.code !== 'BASTION_STATE_TAMPERED' && opened.refusal.code !== 'BASTION_STATE_MALFORMED');
+  }
+
   /** Opens a ticket the agent brought back for `binding`; a refusal is the approve-stage Denial, its reason saying what to do. */
   async redeem(state: unknown, binding: StateBinding): Promise<PickupTicket> {
     const opened = await this.sealer.open<PickupTicket>(state, binding);
