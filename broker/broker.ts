@@ -22,6 +22,9 @@ import { createTokenVerifier, type Principal } from './auth/verify.ts';
 import { ApproverDirectory } from './approvals/approvers.ts';
 import { ApprovalDesk, stateBus } from './approvals/desk.ts';
 import { webhookNotifier } from './approvals/webhook.ts';
+import { PickupTickets } from './approvals/pickup.ts';
+import { RequestStateSealer } from './server/request-state.ts';
+import { sharedSecret } from './state/shared-secret.ts';
 import { revocationOf } from './auth/revocation.ts';
 import { Denial } from './errors.ts';
 import { openEmbeddedState, STATE_DATABASE } from './state/embedded.ts';
@@ -256,7 +259,12 @@ async function openState(config: Config): Promise<StateStore> {
   return openEmbeddedState(path.join(config.state_dir, STATE_DATABASE));
 }
 
-export async function createBroker(config: Config, log: Logger): Promise<Broker> {
+/** Test seams: a clock for the approval desk and pickup tickets (never wall-clock sleeps in tests). */
+export interface BrokerOptions {
+  now?: () => number;
+}
+
+export async function createBroker(config: Config, log: Logger, options: BrokerOptions = {}): Promise<Broker> {
   const unlock = await lockStateDir(config.state_dir);
   const devKey = config.auth.issuers.length === 0 ? await ensureDevKey(config.state_dir) : undefined;
   const sources = devKey ? [{ issuer: devKey.issuer, jwks_file: devKey.jwksFile }] : config.auth.issuers;
@@ -402,10 +410,15 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
         // The embedded store is this process's alone (the state folder's lock): every other owner is dead.
         soleState: config.state.backend === 'embedded',
         progressEveryMs: config.approvals.progress_every,
+        ...(options.now ? { now: options.now } : {}),
         ...(config.approvals.webhook ? { onParked: webhookNotifier(config.approvals.webhook, () => approvalPageUrl, log) } : {}),
       })
     : undefined;
   await approvals?.start();
+  // 2026-07-28 pickups: sealed under a secret every replica shares (state store), so any replica opens what another issued.
+  const tickets = approvals
+    ? new PickupTickets(RequestStateSealer.fromSecret(await sharedSecret(state, 'request-state'), 'approval', options.now ? { now: options.now } : {}), options.now)
+    : undefined;
 
   const recheck = async (principal: Principal) => {
     const revoked = await revocationOf(state, principal);
@@ -427,7 +440,7 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
     filter: createResultFilter(off.has('filters') ? { redaction: { enabled: false }, injection: { enabled: false } } : config.filters.result),
     ...(off.has('quotas') ? {} : { limits: new Limits(config.limits, state) }),
     autoApprove: off.has('approvals'),
-    ...(approvals ? { approvals: { desk: approvals, defaultTimeoutMs: config.approvals.timeout, maxTimeoutMs: config.approvals.max_timeout } } : {}),
+    ...(approvals ? { approvals: { desk: approvals, defaultTimeoutMs: config.approvals.timeout, maxTimeoutMs: config.approvals.max_timeout, ...(tickets ? { tickets } : {}) } } : {}),
   });
   const broker: Broker = {
     config,

@@ -362,6 +362,11 @@ export const ConfigSchema = z.strictObject({
       max_timeout: Duration.default(60 * 60_000),
       /** Interval of MCP progress notifications to a waiting agent. */
       progress_every: Duration.default(5_000),
+      /**
+       * 2026-07-28 agents over HTTP: how long one request watches a parked call before answering
+       * input_required with a pickup requestState to come back with (below clients' request timeouts).
+       */
+      pickup_hold: Duration.default(20_000),
       /** Approver session lifetime. */
       session_ttl: Duration.default(8 * 3_600_000),
       /** POSTed a JSON summary and a link to the page for each new parked call (e.g. a chat webhook). */

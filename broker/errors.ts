@@ -79,6 +79,8 @@ export type DenialCode =
   | 'BASTION_APPROVAL_TIMEOUT'
   | 'BASTION_APPROVAL_WITHDRAWN'
   | 'BASTION_APPROVAL_INVALID'
+  // a 2026-07-28 retry's approval pickup (requestState) is not Bastion's, another principal's, or for another call
+  | 'BASTION_APPROVAL_STATE_INVALID'
   | 'BASTION_APPROVAL_UNAVAILABLE'
   // execute
   | 'BASTION_UPSTREAM_ERROR'

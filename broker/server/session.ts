@@ -22,6 +22,7 @@ import { denialResult, type CallContext } from '../pipeline.ts';
 import type { Broker } from '../broker.ts';
 import { linearSchemaValidator } from '../../sandboxes/schema-patterns.ts';
 import type { AgentChannel, CallOrigin, Connector } from '../../connectors/upstream.ts';
+import { MODERN_REVISION } from './eras.ts';
 import { advertisedCapabilities, agentInstructions } from './advertised.ts';
 
 export interface SessionBinding {
@@ -147,7 +148,14 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
         return denialResult(error);
       }
       const progressToken = request.params._meta?.progressToken;
-      return pipeline.callTool(principal, callContext(session, server, ctx, principal, progressToken), request.params.name, request.params.arguments ?? {});
+      const call = callContext(session, server, ctx, principal, progressToken);
+      // A 2026-07-28 request over HTTP holds no connection Bastion could wait on: an approval wait
+      // answers input_required with a pickup ticket, and the retry echoes it (SDK-lifted requestState).
+      if (session.register === false && session.transport === 'http' && protocolOf(server, ctx) === MODERN_REVISION) {
+        const state = ctx.mcpReq.requestState();
+        call.pickup = { holdMs: broker.config.approvals.pickup_hold, ...(state !== undefined ? { state } : {}) };
+      }
+      return pipeline.callTool(principal, call, request.params.name, request.params.arguments ?? {});
     });
   }
 
