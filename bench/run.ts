@@ -8,7 +8,8 @@
  * Sections, in order:
  *   micro    each per-call check alone (bench/micro.ts)
  *   calls    allowed tools/call through Bastion against the direct call and the
- *            bare proxy, at 1, 16, 32 and 64 concurrent agents (with
+ *            bare proxy, each in both protocol eras (2025-11-25 sessions and
+ *            2026-07-28 per request), at 1, 16, 32 and 64 concurrent agents (with
  *            --shared-token also with every agent on one token), then Bastion's
  *            memory over many calls (bench/calls.ts)
  *   sandbox  plugin calls in the isolated-vm sandbox (warm, cold) vs the same function in-process
