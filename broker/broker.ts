@@ -310,6 +310,14 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
   });
   await pins.load();
   registry.pinStatus = (connector, tool, hash, descriptor) => pins.status(connector, tool, hash, descriptor);
+  registry.onInstructionsFlagged = ({ connector, hash, withheld, verdict }) =>
+    void audit
+      .append({
+        event: 'instructions.flagged',
+        outcome: 'info',
+        detail: { connector, hash, withheld, action: verdict.action, findings: verdict.findings.map(({ kind, where }) => ({ kind, where })) },
+      })
+      .catch((error: Error) => log.error({ connector, err: error.message }, 'auditing flagged instructions failed'));
   /** Re-pins or quarantines after a catalog change, then tells every session the list changed. */
   const reconcile = (connector: Connector) =>
     pins

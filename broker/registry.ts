@@ -3,6 +3,10 @@
  * them. Tools and prompts are exposed as `<connector>__<name>` unless a
  * connector opts out of namespacing; a name offered by two connectors is
  * hidden from both (and logged) rather than letting one shadow the other.
+ * Resource URIs are not renamed (they are the upstream's own identifiers and
+ * appear inside results): a URI that two connectors could serve, by listing
+ * it or by a matching template, is hidden the same way and reading it is
+ * refused with BASTION_RESOURCE_AMBIGUOUS naming both.
  *
  * @example
  *   const entry = registry.resolveTool('demo__read_file'); // or throws Denial
@@ -70,6 +74,31 @@ export interface PromptEntry {
 }
 
 export const NAMESPACE_SEPARATOR = '__';
+
+/** One connector's `instructions` as agents get them: the text, or the finding kinds it was withheld for. */
+export interface ConnectorInstructions {
+  connector: Connector;
+  text: string;
+  /** Set when the poisoning check flagged the text and its action withholds (require_approval, block). */
+  withheld?: string[] | undefined;
+}
+
+/** What is reported once when a connector's instructions are flagged. */
+export interface InstructionsFlag {
+  connector: string;
+  hash: string;
+  withheld: boolean;
+  verdict: DescriptorVerdict;
+}
+
+/** Whether an RFC 6570 template matches a URI; a template the SDK cannot parse matches nothing. */
+function templateMatches(template: string, uri: string): boolean {
+  try {
+    return new UriTemplate(template).match(uri) !== null;
+  } catch {
+    return false;
+  }
+}
 
 /** Upstream annotations are hints from an untrusted party; config overrides them. */
 function riskOf(tool: Tool, override: Risk | undefined): Risk {
@@ -176,6 +205,10 @@ export class ToolRegistry {
   private blocked = new Map<string, DescriptorVerdict>();
   private readonly warned = new Set<string>();
   private promptIndex: Map<string, PromptEntry> | undefined;
+  /** Verdicts on connectors' instructions, by connector name and text hash. */
+  private readonly instructionVerdicts = new Map<string, DescriptorVerdict>();
+  /** Told once per connector and text when instructions are flagged (the broker audits it). */
+  onInstructionsFlagged: (flag: InstructionsFlag) => void = () => undefined;
 
   constructor(connectors: Connector[], log: Logger, check: DescriptorCheck = () => CLEAN, plugins: ToolSource[] = []) {
     this.connectors = connectors;
@@ -300,6 +333,37 @@ export class ToolRegistry {
     return this.promptIndex;
   }
 
+  /**
+   * Each ready connector's instructions, checked like a tool description:
+   * the same poisoning check runs over the text (as an `instructions` field,
+   * so the description length limit does not apply; the descriptor size
+   * limit does). A flagged text is logged and reported once, and withheld
+   * unless the configured action is `warn`.
+   */
+  instructions(): ConnectorInstructions[] {
+    return this.ready().flatMap((connector): ConnectorInstructions[] => {
+      const text = connector.instructions;
+      if (!text) return [];
+      const hash = sha256(text);
+      const key = `${connector.name}|${hash}`;
+      let verdict = this.instructionVerdicts.get(key);
+      if (!verdict) {
+        verdict = this.check({ name: connector.name, instructions: text, inputSchema: { type: 'object' } } as Tool);
+        this.instructionVerdicts.set(key, verdict);
+        if (verdict.flagged) {
+          const withheld = verdict.action !== 'warn';
+          this.log.warn(
+            { connector: connector.name, action: verdict.action, findings: verdict.findings },
+            `instructions of connector ${connector.name} flagged as possibly poisoned${withheld ? ': withheld from agents' : ''}`,
+          );
+          this.onInstructionsFlagged({ connector: connector.name, hash, withheld, verdict });
+        }
+      }
+      const withheld = verdict.flagged && verdict.action !== 'warn';
+      return [{ connector, text, ...(withheld ? { withheld: [...new Set(verdict.findings.map((f) => f.kind))] } : {}) }];
+    });
+  }
+
   /** Names a connector that is configured but not ready, so the error can say so. */
   private unavailableOwner(name: string): ToolSource | undefined {
     return [...this.connectors, ...this.plugins].find(
@@ -339,26 +403,67 @@ export class ToolRegistry {
     return entry;
   }
 
-  resources(): { resource: Resource; connector: Connector }[] {
-    return this.ready().flatMap((connector) => connector.catalog.resources.map((resource) => ({ resource, connector })));
+  /**
+   * Every connector that could serve `uri`: those listing it and those with a
+   * template matching it. More than one is a clash: no connector may shadow
+   * another's resources, so a clashing URI is neither listed nor served.
+   */
+  private resourceOwners(uri: string): Connector[] {
+    const owners = new Set<Connector>();
+    for (const connector of this.ready()) {
+      const { resources, resourceTemplates } = connector.catalog;
+      if (resources.some((r) => r.uri === uri) || resourceTemplates.some((t) => templateMatches(t.uriTemplate, uri))) owners.add(connector);
+    }
+    return [...owners];
   }
 
-  resourceTemplates(): { template: ResourceTemplateType; connector: Connector }[] {
+  /** Logs a resource clash once per URI (or template) and set of connectors. */
+  private warnClash(kind: 'resource' | 'resource template', what: string, owners: Connector[]): void {
+    const names = owners.map((c) => c.name).sort();
+    const key = `clash|${kind}|${what}|${names.join(',')}`;
+    if (this.warned.has(key)) return;
+    this.warned.add(key);
+    this.log.warn({ [kind === 'resource' ? 'resource' : 'resourceTemplate']: what, connectors: names }, `${kind} offered by more than one connector; hidden to prevent shadowing`);
+  }
+
+  /** Listed resources no other connector also offers (by listing the URI or by a matching template). */
+  resources(): { resource: Resource; connector: Connector }[] {
     return this.ready().flatMap((connector) =>
-      connector.catalog.resourceTemplates.map((template) => ({ template, connector })),
+      connector.catalog.resources.flatMap((resource) => {
+        const owners = this.resourceOwners(resource.uri);
+        if (owners.length > 1) {
+          this.warnClash('resource', resource.uri, owners);
+          return [];
+        }
+        return [{ resource, connector }];
+      }),
     );
   }
 
-  /** The connector serving a URI: a listed resource first, then a matching template. */
+  /** Resource templates whose exact template text no other connector also offers. */
+  resourceTemplates(): { template: ResourceTemplateType; connector: Connector }[] {
+    const all = this.ready().flatMap((connector) => connector.catalog.resourceTemplates.map((template) => ({ template, connector })));
+    return all.filter(({ template }) => {
+      const owners = [...new Set(all.filter((t) => t.template.uriTemplate === template.uriTemplate).map((t) => t.connector))];
+      if (owners.length === 1) return true;
+      this.warnClash('resource template', template.uriTemplate, owners);
+      return false;
+    });
+  }
+
+  /** The one connector serving a URI (listing it or matching it with a template); a clash is refused by name. */
   resolveResource(uri: string): Connector {
-    const listed = this.resources().filter((r) => r.resource.uri === uri);
-    if (listed.length === 1) return listed[0]!.connector;
-    if (listed.length === 0) {
-      const matching = this.resourceTemplates().filter((t) => new UriTemplate(t.template.uriTemplate).match(uri) !== null);
-      const owners = new Set(matching.map((t) => t.connector));
-      if (owners.size === 1) return [...owners][0]!;
+    const owners = this.resourceOwners(uri);
+    if (owners.length === 1) return owners[0]!;
+    if (owners.length > 1) {
+      this.warnClash('resource', uri, owners);
+      throw new Denial(
+        'resolve',
+        'BASTION_RESOURCE_AMBIGUOUS',
+        `resource ${uri} is offered by more than one connector (${owners.map((c) => c.name).sort().join(', ')}); Bastion serves it from none of them rather than let one shadow another`,
+      );
     }
-    throw new Denial('resolve', 'BASTION_TOOL_UNKNOWN', `unknown or ambiguous resource: ${uri}`);
+    throw new Denial('resolve', 'BASTION_TOOL_UNKNOWN', `unknown resource: ${uri}`);
   }
 
   connectorsWith(capability: 'completions' | 'logging' | 'resources'): Connector[] {

@@ -62,6 +62,8 @@ const EMPTY_CATALOG: Catalog = { tools: [], resources: [], resourceTemplates: []
 /** Within an MCP client's 2 s grace for `bastion stdio`, with the rest of the broker's shutdown. */
 const STOP_SCHEDULE = { termAfterMs: 400, killAfterMs: 900 };
 const BACKOFF_MIN_MS = 250;
+/** How long after forwarding a roots change an upstream's roots/list is still attributed to the agent that changed them. */
+const ROOTS_CHANGE_WINDOW_MS = 2_000;
 
 /** The SDK's version negotiation for each `protocol` setting (config.ts). */
 const NEGOTIATION = {
@@ -91,10 +93,15 @@ export class Connector {
   private statusValue: ConnectorStatus = 'starting';
   private catalogValue: Catalog = EMPTY_CATALOG;
   private capabilities: ServerCapabilities = {};
+  /** Whether the upstream ever completed a handshake: until then its capabilities are unknown, not absent. */
+  private handshakeDone = false;
+  private instructionsValue: string | undefined;
   private protocolValue: string | undefined;
   private readonly inflight = new Map<number, CallOrigin>();
   /** Progress listeners by the token Bastion sent upstream. */
   private readonly progress = new Map<string, NonNullable<CallOptions['onprogress']>>();
+  /** Forwarded roots changes waiting for the upstream to ask for the new roots. */
+  private readonly rootsWaiters = new Set<() => void>();
   private nextCallId = 1;
   private backoffMs = BACKOFF_MIN_MS;
   private reconnectTimer: NodeJS.Timeout | undefined;
@@ -127,6 +134,16 @@ export class Connector {
 
   get serverCapabilities(): ServerCapabilities {
     return this.capabilities;
+  }
+
+  /** What the upstream said in its last handshake; undefined before the first. */
+  get knownCapabilities(): ServerCapabilities | undefined {
+    return this.handshakeDone ? this.capabilities : undefined;
+  }
+
+  /** The upstream's `instructions` from its last handshake, as it sent them (unchecked). */
+  get instructions(): string | undefined {
+    return this.instructionsValue;
   }
 
   /** The MCP revision negotiated with the upstream on the current connection (none before the first). */
@@ -206,6 +223,8 @@ export class Connector {
       await client.connect(this.makeTransport(), { timeout: this.config.timeout });
       this.client = client;
       this.capabilities = client.getServerCapabilities() ?? {};
+      this.instructionsValue = client.getInstructions();
+      this.handshakeDone = true;
       this.protocolValue = client.getNegotiatedProtocolVersion();
       // 2026-07-28 sends list changes only on a stream asked for; they reach the same handlers as 2025's.
       if (client.getProtocolEra() === 'modern') await this.listen(client);
@@ -331,7 +350,11 @@ export class Connector {
     };
     client.setRequestHandler('sampling/createMessage', (request) => relayRequest(request) as never);
     client.setRequestHandler('elicitation/create', (request) => relayRequest(request) as never);
-    client.setRequestHandler('roots/list', (request) => relayRequest(request) as never);
+    client.setRequestHandler('roots/list', (request) => {
+      const relayed = relayRequest(request);
+      for (const wake of this.rootsWaiters) wake();
+      return relayed as never;
+    });
 
     client.setNotificationHandler('notifications/message', async (notification) => {
       const origin = this.currentOrigin();
@@ -379,6 +402,30 @@ export class Connector {
     } finally {
       this.inflight.delete(id);
     }
+  }
+
+  /**
+   * Passes an agent's `notifications/roots/list_changed` upstream. An
+   * upstream answers it by asking for the roots (roots/list), outside any
+   * call: for a short window, or until it asks, that request is attributed
+   * to this agent as if one of its calls were in flight. A connector that is
+   * not connected has no roots to refresh.
+   */
+  async rootsChanged(origin: CallOrigin): Promise<void> {
+    if (!this.client || this.statusValue !== 'ready') return;
+    await this.withOrigin(origin, async (client) => {
+      let wake = () => {};
+      const asked = new Promise<void>((resolve) => (wake = resolve));
+      this.rootsWaiters.add(wake);
+      const timer = setTimeout(wake, ROOTS_CHANGE_WINDOW_MS);
+      try {
+        await client.sendRootsListChanged();
+        await asked;
+      } finally {
+        clearTimeout(timer);
+        this.rootsWaiters.delete(wake);
+      }
+    });
   }
 
   /** Calls an upstream tool by its upstream (un-namespaced) name. */

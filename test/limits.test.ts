@@ -13,7 +13,8 @@ let t: TestBroker;
 beforeAll(async () => {
   t = await startTestBroker({
     limits: {
-      principal: { requests_per_minute: 60, burst: 5, concurrency: 2 },
+      // A slow refill (one token per 10 s), so a burst on a loaded machine still outpaces it.
+      principal: { requests_per_minute: 6, burst: 5, concurrency: 2 },
       tools: [{ tool: 'rec__transfer', requests_per_minute: 6, burst: 2 }],
       max_argument_bytes: 4096,
       max_json_depth: 32,
@@ -30,7 +31,7 @@ const denial = (r: CallToolResult) => r._meta?.['bastion/denial'] as { stage: st
 describe('rate limits', () => {
   it('a burst over the per-principal bucket is refused with retry-after; the upstream sees no excess call', async () => {
     const client = await t.connect(await t.mint({ sub: 'agent:burst' }));
-    // Back to back (the concurrency cap of 2 is tested separately); far quicker than the 1/s refill.
+    // Back to back (the concurrency cap of 2 is tested separately); far quicker than the 10 s refill.
     const results: CallToolResult[] = [];
     for (let i = 0; i < 12; i++) results.push((await client.callTool({ name: 'rec__echo', arguments: { text: `burst-${i}` } })) as CallToolResult);
     const ok = results.filter((r) => !r.isError);

@@ -137,7 +137,8 @@ export const RESULT_PHRASE_RULES: readonly PhraseRule[] = [
     label: 'addressed to an AI assistant or agent',
     source:
       // Spoken to ("Assistant, …", "AI agents: …"), not written about ("The assistant: a guide").
-      `(?<!\\bthe[ \\t]{1,3})\\b(?:(?:ai|llm)${G}(?:assistants?|agents?)|assistants?)\\b(?:${G}(?:reading|processing|summari[sz]ing|handling)\\b[^.:\\n]{0,60})?${G0}[:,]${G}` +
+      // A word that is a whole quoted string (JSON's "role": "assistant") is data, not an address.
+      `(?<!\\bthe[ \\t]{1,3})\\b(?!(?<=")(?:(?:ai|llm)${G})?(?:assistants?|agents?)")(?:(?:ai|llm)${G}(?:assistants?|agents?)|assistants?)\\b(?:${G}(?:reading|processing|summari[sz]ing|handling)\\b[^.:\\n]{0,60})?${G0}[:,]${G}` +
       `|\\b(?:ai${G})?assistants?${G}(?:must|should|need${G}to|are${G}(?:required|instructed)${G}to)\\b` +
       `|\\bthis${G}is${G}an?${G}(?:important|urgent)${G}message${G}from\\b` +
       `|\\bbefore${G}you${G}(?:can${G})?(?:solve|complete|continue|finish|do)${G}(?:the|your)${G}task\\b`,

@@ -22,6 +22,7 @@ import { denialResult, type CallContext } from '../pipeline.ts';
 import type { Broker } from '../broker.ts';
 import { linearSchemaValidator } from '../../sandboxes/schema-patterns.ts';
 import type { CallOrigin } from '../../connectors/upstream.ts';
+import { advertisedCapabilities, agentInstructions } from './advertised.ts';
 
 export interface SessionBinding {
   id: string;
@@ -41,14 +42,6 @@ export interface SessionBinding {
 export const BASTION_VERSION = '0.1.0';
 
 type Extra = ServerContext;
-
-const CAPABILITIES: ServerCapabilities = {
-  tools: { listChanged: true },
-  resources: { subscribe: true, listChanged: true },
-  prompts: { listChanged: true },
-  logging: {},
-  completions: {},
-};
 
 /**
  * What a 2026-07-28 client may cache (`ttlMs`/`cacheScope` on list and read results, and
@@ -113,11 +106,13 @@ function protocolError(error: unknown, about: Record<string, unknown> = {}): nev
 }
 
 export function createAgentServer(broker: Broker, session: SessionBinding): Server {
+  const capabilities = advertisedCapabilities(broker);
   const server = new AgentServer(
     { name: 'bastion', version: BASTION_VERSION },
     {
-      capabilities: CAPABILITIES,
-      instructions: 'Bastion mediates every tool call: each one is checked against your capability token and policy, and audited.',
+      // What the connectors offer, and their instructions (checked, namespaced): see advertised.ts.
+      capabilities,
+      instructions: agentInstructions(broker.registry.instructions()),
       // Schemas relayed from upstreams are not Bastion's: any the SDK evaluates here runs its patterns on RE2.
       jsonSchemaValidator: linearSchemaValidator,
       cacheHints: CACHE_HINTS,
@@ -126,75 +121,59 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
   const { pipeline, registry } = broker;
   const subscriptions = new Set<string>();
   const viewer = session.viewer;
-  if (viewer !== undefined) server.viewCapabilities = () => (viewer ? capabilitiesFor(broker, session, viewer) : { logging: {} });
+  if (viewer !== undefined) server.viewCapabilities = () => (viewer ? capabilitiesFor(broker, session, viewer, capabilities) : { logging: {} });
 
-  server.setRequestHandler('tools/list', async (_request, ctx) => {
-    const principal = await session.principal(ctx).catch(protocolError);
-    return { tools: pipeline.listTools(principal, callContext(session, server, ctx)) };
-  });
+  if (capabilities.tools) {
+    server.setRequestHandler('tools/list', async (_request, ctx) => {
+      const principal = await session.principal(ctx).catch(protocolError);
+      return { tools: pipeline.listTools(principal, callContext(session, server, ctx)) };
+    });
 
-  server.setRequestHandler('tools/call', async (request, ctx) => {
-    let principal: Principal;
-    try {
-      principal = await session.principal(ctx);
-    } catch (error) {
-      if (!(error instanceof Denial)) throw error;
-      const protocol = protocolOf(server, ctx);
-      await pipeline.recordDenial(
-        { event: 'tools/call', session: session.id, transport: session.transport, ...(protocol !== undefined ? { protocol } : {}), tool: request.params.name },
-        error,
-      );
-      return denialResult(error);
-    }
-    const progressToken = request.params._meta?.progressToken;
-    return pipeline.callTool(principal, callContext(session, server, ctx, progressToken), request.params.name, request.params.arguments ?? {});
-  });
+    server.setRequestHandler('tools/call', async (request, ctx) => {
+      let principal: Principal;
+      try {
+        principal = await session.principal(ctx);
+      } catch (error) {
+        if (!(error instanceof Denial)) throw error;
+        const protocol = protocolOf(server, ctx);
+        await pipeline.recordDenial(
+          { event: 'tools/call', session: session.id, transport: session.transport, ...(protocol !== undefined ? { protocol } : {}), tool: request.params.name },
+          error,
+        );
+        return denialResult(error);
+      }
+      const progressToken = request.params._meta?.progressToken;
+      return pipeline.callTool(principal, callContext(session, server, ctx, progressToken), request.params.name, request.params.arguments ?? {});
+    });
+  }
 
-  server.setRequestHandler('prompts/list', async (_request, ctx) => {
-    const principal = await session.principal(ctx).catch(protocolError);
-    const call = callContext(session, server, ctx);
-    const prompts = [...registry.prompts().values()]
-      .filter((p) => pipeline.mayUse(principal, call, 'prompt', p.exposedName, p.connector.name))
-      .map((p) => p.descriptor);
-    return { prompts };
-  });
+  if (capabilities.prompts) {
+    server.setRequestHandler('prompts/list', async (_request, ctx) => {
+      const principal = await session.principal(ctx).catch(protocolError);
+      const call = callContext(session, server, ctx);
+      const prompts = [...registry.prompts().values()]
+        .filter((p) => pipeline.mayUse(principal, call, 'prompt', p.exposedName, p.connector.name))
+        .map((p) => p.descriptor);
+      return { prompts };
+    });
 
-  server.setRequestHandler('prompts/get', async (request, ctx) => {
-    const principal = await session.principal(ctx).catch(protocolError);
-    const call = callContext(session, server, ctx);
-    try {
-      const entry = registry.resolvePrompt(request.params.name);
-      pipeline.authorizeItem(principal, call, 'prompt', entry.exposedName, entry.connector.name);
-      const prompt = await entry.connector.withOrigin(call.origin, (client) =>
-        client.getPrompt({ ...request.params, name: entry.upstreamName }, { signal: ctx.mcpReq.signal }),
-      );
-      // What it brings into the agent's flow is recorded before the agent sees it.
-      await pipeline.recordItemFlow(principal, 'prompt', entry.exposedName, entry.connector.config.labels.prompts, prompt);
-      return prompt;
-    } catch (error) {
-      return protocolError(error);
-    }
-  });
-
-  server.setRequestHandler('resources/list', async (_request, ctx) => {
-    const principal = await session.principal(ctx).catch(protocolError);
-    const call = callContext(session, server, ctx);
-    const resources = registry
-      .resources()
-      .filter(({ resource, connector }) => pipeline.mayUse(principal, call, 'resource', resource.uri, connector.name))
-      .map(({ resource }) => resource);
-    return { resources };
-  });
-
-  server.setRequestHandler('resources/templates/list', async (_request, ctx) => {
-    const principal = await session.principal(ctx).catch(protocolError);
-    const call = callContext(session, server, ctx);
-    const resourceTemplates = registry
-      .resourceTemplates()
-      .filter(({ template, connector }) => pipeline.mayUse(principal, call, 'resource', template.uriTemplate, connector.name))
-      .map(({ template }) => template);
-    return { resourceTemplates };
-  });
+    server.setRequestHandler('prompts/get', async (request, ctx) => {
+      const principal = await session.principal(ctx).catch(protocolError);
+      const call = callContext(session, server, ctx);
+      try {
+        const entry = registry.resolvePrompt(request.params.name);
+        pipeline.authorizeItem(principal, call, 'prompt', entry.exposedName, entry.connector.name);
+        const prompt = await entry.connector.withOrigin(call.origin, (client) =>
+          client.getPrompt({ ...request.params, name: entry.upstreamName }, { signal: ctx.mcpReq.signal }),
+        );
+        // What it brings into the agent's flow is recorded before the agent sees it.
+        await pipeline.recordItemFlow(principal, 'prompt', entry.exposedName, entry.connector.config.labels.prompts, prompt);
+        return prompt;
+      } catch (error) {
+        return protocolError(error);
+      }
+    });
+  }
 
   /** Finds the connector for a URI and checks this principal may use it. */
   const authorizedResource = (principal: Principal, call: CallContext, uri: string) => {
@@ -203,66 +182,106 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
     return connector;
   };
 
-  server.setRequestHandler('resources/read', async (request, ctx) => {
-    const principal = await session.principal(ctx).catch(protocolError);
-    const call = callContext(session, server, ctx);
-    try {
-      const connector = authorizedResource(principal, call, request.params.uri);
-      const contents = await connector.withOrigin(call.origin, (client) => client.readResource(request.params, { signal: ctx.mcpReq.signal }));
-      await pipeline.recordItemFlow(principal, 'resource', request.params.uri, connector.config.labels.resources, contents);
-      return contents;
-    } catch (error) {
-      return protocolError(error, { uri: request.params.uri });
-    }
-  });
+  if (capabilities.resources) {
+    server.setRequestHandler('resources/list', async (_request, ctx) => {
+      const principal = await session.principal(ctx).catch(protocolError);
+      const call = callContext(session, server, ctx);
+      const resources = registry
+        .resources()
+        .filter(({ resource, connector }) => pipeline.mayUse(principal, call, 'resource', resource.uri, connector.name))
+        .map(({ resource }) => resource);
+      return { resources };
+    });
 
-  server.setRequestHandler('resources/subscribe', async (request, ctx) => {
-    const principal = await session.principal(ctx).catch(protocolError);
-    const call = callContext(session, server, ctx);
-    try {
-      const connector = authorizedResource(principal, call, request.params.uri);
-      await connector.withOrigin(call.origin, (client) => client.subscribeResource(request.params));
-      subscriptions.add(request.params.uri);
-      return {};
-    } catch (error) {
-      return protocolError(error);
-    }
-  });
+    server.setRequestHandler('resources/templates/list', async (_request, ctx) => {
+      const principal = await session.principal(ctx).catch(protocolError);
+      const call = callContext(session, server, ctx);
+      const resourceTemplates = registry
+        .resourceTemplates()
+        .filter(({ template, connector }) => pipeline.mayUse(principal, call, 'resource', template.uriTemplate, connector.name))
+        .map(({ template }) => template);
+      return { resourceTemplates };
+    });
 
-  server.setRequestHandler('resources/unsubscribe', async (request, ctx) => {
-    await session.principal(ctx).catch(protocolError);
-    subscriptions.delete(request.params.uri);
-    // Other sessions may still be subscribed upstream; the upstream subscription is kept.
-    return {};
-  });
-
-  server.setRequestHandler('completion/complete', async (request, ctx) => {
-    const principal = await session.principal(ctx).catch(protocolError);
-    const call = callContext(session, server, ctx);
-    try {
-      const ref = request.params.ref;
-      if (ref.type === 'ref/prompt') {
-        const entry = registry.resolvePrompt(ref.name);
-        pipeline.authorizeItem(principal, call, 'prompt', entry.exposedName, entry.connector.name);
-        return await entry.connector.withOrigin(call.origin, (client) =>
-          client.complete({ ...request.params, ref: { ...ref, name: entry.upstreamName } }, { signal: ctx.mcpReq.signal }),
-        );
+    server.setRequestHandler('resources/read', async (request, ctx) => {
+      const principal = await session.principal(ctx).catch(protocolError);
+      const call = callContext(session, server, ctx);
+      try {
+        const connector = authorizedResource(principal, call, request.params.uri);
+        const contents = await connector.withOrigin(call.origin, (client) => client.readResource(request.params, { signal: ctx.mcpReq.signal }));
+        await pipeline.recordItemFlow(principal, 'resource', request.params.uri, connector.config.labels.resources, contents);
+        return contents;
+      } catch (error) {
+        return protocolError(error, { uri: request.params.uri });
       }
-      const connector = authorizedResource(principal, call, ref.uri);
-      return await connector.withOrigin(call.origin, (client) => client.complete(request.params, { signal: ctx.mcpReq.signal }));
-    } catch (error) {
-      return protocolError(error);
-    }
-  });
+    });
 
-  server.setRequestHandler('logging/setLevel', async (request, ctx) => {
-    const principal = await session.principal(ctx).catch(protocolError);
-    const call = callContext(session, server, ctx);
-    void principal;
-    for (const connector of registry.connectorsWith('logging')) {
-      await connector.withOrigin(call.origin, (client) => client.setLoggingLevel(request.params.level)).catch(() => undefined);
-    }
-    return {};
+    server.setRequestHandler('resources/subscribe', async (request, ctx) => {
+      const principal = await session.principal(ctx).catch(protocolError);
+      const call = callContext(session, server, ctx);
+      try {
+        const connector = authorizedResource(principal, call, request.params.uri);
+        await connector.withOrigin(call.origin, (client) => client.subscribeResource(request.params));
+        subscriptions.add(request.params.uri);
+        return {};
+      } catch (error) {
+        return protocolError(error);
+      }
+    });
+
+    server.setRequestHandler('resources/unsubscribe', async (request, ctx) => {
+      await session.principal(ctx).catch(protocolError);
+      subscriptions.delete(request.params.uri);
+      // Other sessions may still be subscribed upstream; the upstream subscription is kept.
+      return {};
+    });
+  }
+
+  if (capabilities.completions) {
+    server.setRequestHandler('completion/complete', async (request, ctx) => {
+      const principal = await session.principal(ctx).catch(protocolError);
+      const call = callContext(session, server, ctx);
+      try {
+        const ref = request.params.ref;
+        if (ref.type === 'ref/prompt') {
+          const entry = registry.resolvePrompt(ref.name);
+          pipeline.authorizeItem(principal, call, 'prompt', entry.exposedName, entry.connector.name);
+          return await entry.connector.withOrigin(call.origin, (client) =>
+            client.complete({ ...request.params, ref: { ...ref, name: entry.upstreamName } }, { signal: ctx.mcpReq.signal }),
+          );
+        }
+        const connector = authorizedResource(principal, call, ref.uri);
+        return await connector.withOrigin(call.origin, (client) => client.complete(request.params, { signal: ctx.mcpReq.signal }));
+      } catch (error) {
+        return protocolError(error);
+      }
+    });
+  }
+
+  if (capabilities.logging) {
+    server.setRequestHandler('logging/setLevel', async (request, ctx) => {
+      const principal = await session.principal(ctx).catch(protocolError);
+      const call = callContext(session, server, ctx);
+      void principal;
+      for (const connector of registry.connectorsWith('logging')) {
+        await connector.withOrigin(call.origin, (client) => client.setLoggingLevel(request.params.level)).catch(() => undefined);
+      }
+      return {};
+    });
+  }
+
+  // The agent's roots changed: every connected upstream hears of it (and may ask this agent for them).
+  const sessionOrigin: CallOrigin = {
+    sessionId: session.id,
+    sendRequest: (request) => server.request(request as { method: RequestMethod; params?: Record<string, unknown> }),
+    sendNotification: (notification) => server.notification(notification as ServerNotification),
+  };
+  server.setNotificationHandler('notifications/roots/list_changed', async () => {
+    await Promise.all(
+      broker.connectors.map((connector) =>
+        connector.rootsChanged(sessionOrigin).catch((error: Error) => broker.log.debug({ connector: connector.name, err: error.message }, 'forwarding a roots change failed')),
+      ),
+    );
   });
 
   if (session.register !== false) {
@@ -277,20 +296,22 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
  * only when policy lets it see at least one of each (completions with either of the
  * latter two), so discovery tells an agent no more than `tools/list` would.
  */
-function capabilitiesFor(broker: Broker, session: SessionBinding, principal: Principal): ServerCapabilities {
+function capabilitiesFor(broker: Broker, session: SessionBinding, principal: Principal, offered: ServerCapabilities): ServerCapabilities {
   const { pipeline, registry } = broker;
   const call: CallContext = { session: session.id, transport: session.transport, origin: REFUSING_ORIGIN };
-  const tools = pipeline.listTools(principal, call).length > 0;
-  const prompts = [...registry.prompts().values()].some((p) => pipeline.mayUse(principal, call, 'prompt', p.exposedName, p.connector.name));
+  const tools = offered.tools !== undefined && pipeline.listTools(principal, call).length > 0;
+  const prompts = offered.prompts !== undefined && [...registry.prompts().values()].some((p) => pipeline.mayUse(principal, call, 'prompt', p.exposedName, p.connector.name));
   const resources =
-    registry.resources().some(({ resource, connector }) => pipeline.mayUse(principal, call, 'resource', resource.uri, connector.name)) ||
-    registry.resourceTemplates().some(({ template, connector }) => pipeline.mayUse(principal, call, 'resource', template.uriTemplate, connector.name));
+    offered.resources !== undefined &&
+    (registry.resources().some(({ resource, connector }) => pipeline.mayUse(principal, call, 'resource', resource.uri, connector.name)) ||
+      registry.resourceTemplates().some(({ template, connector }) => pipeline.mayUse(principal, call, 'resource', template.uriTemplate, connector.name)));
+  // Only what the connectors offer (advertised.ts), narrowed to what this principal may see.
   return {
-    ...(tools ? { tools: CAPABILITIES.tools } : {}),
-    ...(resources ? { resources: CAPABILITIES.resources } : {}),
-    ...(prompts ? { prompts: CAPABILITIES.prompts } : {}),
-    ...(prompts || resources ? { completions: {} } : {}),
-    logging: {},
+    ...(tools ? { tools: offered.tools } : {}),
+    ...(resources ? { resources: offered.resources } : {}),
+    ...(prompts ? { prompts: offered.prompts } : {}),
+    ...((prompts || resources) && offered.completions ? { completions: {} } : {}),
+    ...(offered.logging ? { logging: {} } : {}),
   };
 }
 

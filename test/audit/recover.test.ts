@@ -116,7 +116,7 @@ describe('a torn audit tail, from a writer killed mid-record', () => {
 
   it('the broker then starts and continues the chain after the recovery record', async () => {
     const started = spawnCollecting(process.execPath, [CLI, 'start', '--port', '0'], { cwd });
-    expect(await started.waitFor((out) => /Bastion is listening at/.test(out), 30_000), started.stderr()).toBe(true);
+    expect(await started.waitFor((out) => /Bastion is listening at/.test(out), 120_000), started.stderr()).toBe(true);
     started.child.kill('SIGTERM');
     expect((await started.exited).code).toBe(0);
     const report = await verifyAuditFile(file);

@@ -35,7 +35,7 @@ async function startCli(cwd: string): Promise<Running> {
   const started = spawnCollecting(process.execPath, [CLI, 'start', '--port', '0'], { cwd });
   const { child, stdout, stderr, exited } = started;
   const tokenPattern = /^(eyJ[\w-]+\.[\w-]+\.[\w-]+)$/m;
-  await started.waitFor((out) => tokenPattern.test(out), 30_000);
+  await started.waitFor((out) => tokenPattern.test(out), 120_000);
   const url = /Bastion is listening at (\S+)/.exec(stdout())?.[1];
   const token = tokenPattern.exec(stdout())?.[1];
   if (!url || !token) {

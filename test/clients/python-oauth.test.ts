@@ -53,10 +53,13 @@ describe('the official Python MCP SDK signs in through Bastion', () => {
     expect(result!.tools).toEqual(['rec__echo']);
     expect(result!.first.content[0]!.text).toBe('echo: from python');
     expect(result!.second.content[0]!.text).toBe('echo: from python');
-    // A second access token came from the refresh, with the same grants.
-    expect(result!.tokens).toHaveLength(2);
-    expect(decodeJwt(result!.tokens[1]!)).toMatchObject({ sub: 'alice', cap: [{ tool: 'rec__echo' }], aud: t.door.resource });
+    // Later access tokens came from refreshes, with the same grants. (On a loaded machine the 2 s token
+    // can also expire before the first call, and the SDK then refreshes once more: at least one refresh.)
+    const tokens = result!.tokens;
+    expect(tokens.length).toBeGreaterThanOrEqual(2);
+    expect(new Set(tokens).size).toBe(tokens.length);
+    for (const token of tokens.slice(1)) expect(decodeJwt(token)).toMatchObject({ sub: 'alice', cap: [{ tool: 'rec__echo' }], aud: t.door.resource });
     const events = (await t.auditRecords()).map((r) => `${r.event} ${r.outcome}`);
-    expect(events.filter((e) => e === 'oauth/token ok')).toHaveLength(2);
+    expect(events.filter((e) => e === 'oauth/token ok')).toHaveLength(tokens.length);
   }, 120_000);
 });

@@ -16,10 +16,15 @@ export interface RawResponse {
   text: string;
 }
 
+/**
+ * One POST, on a connection of its own (`connection: close`): a test that pauses (a
+ * forced GC, a settle) must not race the server closing an idle pooled socket and
+ * read ECONNRESET, which says nothing about the request under test.
+ */
 export async function post(url: string, body: unknown, headers: Record<string, string> = {}): Promise<RawResponse> {
   const response = await fetch(url, {
     method: 'POST',
-    headers: { ...MCP_HEADERS, ...headers },
+    headers: { ...MCP_HEADERS, connection: 'close', ...headers },
     body: typeof body === 'string' ? body : JSON.stringify(body),
   });
   const text = await response.text();

@@ -50,7 +50,7 @@ async function launch(port: number, extra: string[]): Promise<ChildProcess> {
   process.once('exit', killOnExit);
   child.once('exit', () => process.off('exit', killOnExit));
   const ready = (out: string, err: string) => `${out}${err}`.includes('Ready to accept connections');
-  if (!(await started.waitFor(ready, 5_000))) {
+  if (!(await started.waitFor(ready, 30_000))) {
     child.kill('SIGKILL');
     throw new Error(`redis-server did not start on port ${port}:\n${started.stdout()}${started.stderr()}`);
   }

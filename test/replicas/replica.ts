@@ -80,7 +80,7 @@ export async function startReplica(options: ReplicaOptions): Promise<Replica> {
   const killOnExit = () => child.kill('SIGKILL');
   process.once('exit', killOnExit);
 
-  await started.waitFor((out) => /Bastion is listening at \S+/.test(out), 30_000);
+  await started.waitFor((out) => /Bastion is listening at \S+/.test(out), 120_000);
   const url = /Bastion is listening at (\S+)/.exec(stdout())?.[1];
   if (!url) {
     child.kill('SIGKILL');

@@ -152,7 +152,7 @@ describe('bastion stdio', () => {
       env: { ...getDefaultEnvironment(), BASTION_TOKEN: token },
     });
     const { child, exited } = raw;
-    const responses = (count: number) => raw.waitFor((out) => out.split('\n').filter(Boolean).length >= count, 10_000);
+    const responses = (count: number) => raw.waitFor((out) => out.split('\n').filter(Boolean).length >= count, 60_000);
     const send = (message: unknown) => child.stdin.write(`${JSON.stringify(message)}\n`);
 
     send({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'raw', version: '1' } } });
