@@ -12,6 +12,14 @@
  *            session opened with one token, as one agent service with many
  *            sessions on one credential runs.
  *
+ * Each of direct, proxy and Bastion in both protocol eras, in the same
+ * interleaved rounds: 2025-11-25 (initialize, then a session) and, as
+ * `<name>, 2026-07-28`, agents pinned to 2026-07-28 (no session, every
+ * request served on its own). Upstream, proxy and Bastion each serve both
+ * eras on one endpoint; the proxy and Bastion both reach the upstream over
+ * one 2025-11-25 session (Bastion's connector default), so the rows of one
+ * era differ from the other's only at the front door.
+ *
  * Each runs in its own process; the load generator (this process) runs N
  * agents in closed loops. Then Bastion's resident memory over many calls.
  */
@@ -23,7 +31,7 @@ import { generateSigningKey } from '../broker/auth/keys.ts';
 import { mintToken } from '../broker/auth/mint.ts';
 import { DEMO_PLUGIN_DIR, DEMO_PLUGIN_HASH } from '../broker/config.ts';
 import { cpuSecondsOf, spawnListening, type Child } from './lib/children.ts';
-import { connectAgents, disconnect, drive, type Agent, type Run, type Target } from './lib/load.ts';
+import { connectAgents, disconnect, drive, type Agent, type Era, type Run, type Target } from './lib/load.ts';
 import { bytes, count, printTable, ratio, summarize, time, type Summary } from './lib/stats.ts';
 
 export interface CallsOptions {
@@ -45,6 +53,8 @@ export interface CallsOptions {
 
 export interface TargetResult extends Omit<Summary, 'n'> {
   target: string;
+  /** The protocol revision the agents spoke. */
+  protocol: Era;
   agents: number;
   calls: number;
   errors: number;
@@ -88,6 +98,10 @@ export interface CallsResult {
 const BENCH_ISSUER = 'urn:bastion:bench';
 /** The target whose agents all present one token (`sharedToken`). */
 export const SHARED_TOKEN_TARGET = 'bastion, one token';
+/** The stateless revision; its targets are named `<name>, 2026-07-28`. */
+export const MODERN: Era = '2026-07-28';
+/** A target's name in an era: `bastion` (2025-11-25) or `bastion, 2026-07-28`. */
+export const inEra = (name: string, era: Era): string => (era === MODERN ? `${name}, ${MODERN}` : name);
 
 /**
  * Starts upstream, proxy and Bastion; returns them with the three targets.
@@ -118,7 +132,8 @@ export async function startProcesses(options: Pick<CallsOptions, 'root' | 'profi
         audit: { durability: options.auditDurability ?? 'disk' },
         log_level: 'warn',
         limits: { principal: { requests_per_minute: 0, burst: 1, concurrency: 0 }, sessions_per_principal: 1000 },
-        connectors: [{ name: 'bench', transport: 'http', url: upstream.url, timeout: '30s' }],
+        // Every agent of a level (one principal with --shared-token) holds its own upstream session.
+        connectors: [{ name: 'bench', transport: 'http', url: upstream.url, timeout: '30s', isolation: { max: 4096, max_per_principal: 4096 } }],
         ...(options.plugins ? { plugins: [{ dir: DEMO_PLUGIN_DIR, hash: DEMO_PLUGIN_HASH }] } : {}),
       }),
     );
@@ -144,6 +159,9 @@ export async function startProcesses(options: Pick<CallsOptions, 'root' | 'profi
       { name: 'proxy', url: proxy.url, tool: 'echo', middle: proxy, upstream },
       { name: 'bastion', url: bastion.url, tool: 'bench__echo', token, middle: bastion, upstream, metrics: true },
       ...(options.sharedToken ? [{ name: SHARED_TOKEN_TARGET, url: bastion.url, tool: 'bench__echo', token: () => token(0), middle: bastion, upstream, metrics: true }] : []),
+      { name: inEra('direct', MODERN), protocol: MODERN, url: upstream.url, tool: 'echo', upstream },
+      { name: inEra('proxy', MODERN), protocol: MODERN, url: proxy.url, tool: 'echo', middle: proxy, upstream },
+      { name: inEra('bastion', MODERN), protocol: MODERN, url: bastion.url, tool: 'bench__echo', token, middle: bastion, upstream, metrics: true },
     ];
     return { upstream, proxy, bastion, targets, children };
   } catch (error) {
@@ -209,6 +227,7 @@ async function measureLevel(targets: Measured[], agents: number, seconds: number
       const perCall = (cpuSeconds: number) => (total.calls === 0 ? undefined : (cpuSeconds / total.calls) * 1e6);
       return {
         target: target.name,
+        protocol: target.protocol ?? '2025-11-25',
         agents,
         calls: total.calls,
         errors: total.errors,
@@ -309,6 +328,18 @@ async function stageMeans(bastionUrl: string): Promise<CallsResult['stages']> {
   return stages;
 }
 
+/** Each of direct, proxy and Bastion in 2026-07-28 against itself in 2025-11-25: p50 ratio (round spread) and throughput ratio. */
+function eraComparison(rows: TargetResult[]): string {
+  const parts: string[] = [];
+  for (const name of ['direct', 'proxy', 'bastion']) {
+    const legacy = rows.find((r) => r.target === name);
+    const modern = rows.find((r) => r.target === inEra(name, MODERN));
+    if (!legacy || !modern) continue;
+    parts.push(`${name} ${withSpread(ratio(modern.p50, legacy.p50), modern.round_p50, legacy.round_p50)}; ${ratio(modern.perSecond, legacy.perSecond)}`);
+  }
+  return parts.join(' | ');
+}
+
 /** A ratio, with the lowest and highest of the same ratio taken round by round (each pair ran in the same round, seconds apart). */
 function withSpread(overall: string, rounds: number[], baselineRounds: number[]): string {
   const ratios = rounds.map((value, i) => value / baselineRounds[i]!).filter(Number.isFinite);
@@ -325,27 +356,32 @@ export async function runCalls(options: CallsOptions): Promise<CallsResult> {
     for (const level of options.levels) {
       const rows = await measureLevel(targets, level.agents, level.seconds, options.warmupSeconds, level.rounds);
       sweep.push(...rows);
-      const direct = rows.find((r) => r.target === 'direct')!;
-      const proxy = rows.find((r) => r.target === 'proxy')!;
-      console.log(`${level.agents} concurrent agent${level.agents === 1 ? '' : 's'}, ${level.seconds} s each in ${level.rounds} interleaved rounds (allowed tools/call, Streamable HTTP)`);
+      // Each row against the direct call and the proxy of its own era.
+      const baseline = (r: TargetResult, name: string) => rows.find((b) => b.target === inEra(name, r.protocol))!;
+      console.log(`${level.agents} concurrent agent${level.agents === 1 ? '' : 's'}, ${level.seconds} s each in ${level.rounds} interleaved rounds (allowed tools/call, Streamable HTTP; ratios against the proxy of the same era)`);
       printTable(
         ['target', 'p50', 'p99', 'calls/s', 'p50 vs proxy', 'calls/s vs proxy', 'p50 − direct', 'p99 − direct', 'CPU/call (middle)', 'of it JS thread', 'CPU/call (upstream)', 'CPU/call (agents)', 'cohort (mean)'],
-        rows.map((r) => [
+        rows.map((r) => {
+          const direct = baseline(r, 'direct');
+          const proxy = baseline(r, 'proxy');
+          return [
           r.target,
           time(r.p50),
           time(r.p99),
           count(r.perSecond),
           withSpread(ratio(r.p50, proxy.p50), r.round_p50, proxy.round_p50),
           withSpread(ratio(r.perSecond, proxy.perSecond), r.round_per_second, proxy.round_per_second),
-          r.target === 'direct' ? '' : time(r.p50 - direct.p50),
-          r.target === 'direct' ? '' : time(r.p99 - direct.p99),
+          r === direct ? '' : time(r.p50 - direct.p50),
+          r === direct ? '' : time(r.p99 - direct.p99),
           r.middle_cpu_us_per_call === undefined ? '' : time(r.middle_cpu_us_per_call / 1000),
           r.middle_main_thread_cpu_us_per_call === undefined ? '' : time(r.middle_main_thread_cpu_us_per_call / 1000),
           r.upstream_cpu_us_per_call === undefined ? '' : time(r.upstream_cpu_us_per_call / 1000),
           time(r.client_cpu_us_per_call / 1000),
           r.mean_cohort_size === undefined ? '' : r.mean_cohort_size.toFixed(1),
-        ]),
+          ];
+        }),
       );
+      console.log(`${MODERN} against 2025-11-25, same rounds (p50; calls/s): ${eraComparison(rows)}\n`);
     }
 
     const bastionTarget = targets.find((t) => t.name === 'bastion')!;

@@ -8,7 +8,8 @@
  * Sections, in order:
  *   micro    each per-call check alone (bench/micro.ts)
  *   calls    allowed tools/call through Bastion against the direct call and the
- *            bare proxy, at 1, 16, 32 and 64 concurrent agents (with
+ *            bare proxy, each in both protocol eras (2025-11-25 sessions and
+ *            2026-07-28 per request), at 1, 16, 32 and 64 concurrent agents (with
  *            --shared-token also with every agent on one token), then Bastion's
  *            memory over many calls (bench/calls.ts)
  *   sandbox  plugin calls in the isolated-vm sandbox (warm, cold) vs the same function in-process
@@ -29,8 +30,8 @@ import { evaluateTargets, type TargetCheck } from './targets.ts';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 const USAGE = `Usage:
-  node bench/run.ts            full run: 30 s per throughput level, 100,000 calls for memory (several minutes)
-  node bench/run.ts --quick    CI: 2 s per level, 5,000 calls for memory (about a minute)
+  node bench/run.ts            full run: 30 s per throughput level, 100,000 calls for memory (about 13 minutes)
+  node bench/run.ts --quick    CI: 2 s per level, 5,000 calls for memory (about a minute and a half)
   node bench/run.ts --only micro|calls|sandbox|flows
   node bench/run.ts --agents 1,16  only these concurrency levels in the calls section
   node bench/run.ts --seconds 8    seconds per level and target (default: 30, --quick 2)
@@ -95,7 +96,7 @@ export interface BenchSection {
  * benchmark goes here): write bench/<name>.ts exporting a function that
  * prints its own table and returns JSON-able results, and add
  * `{ name: '<name>', run: (ctx) => run<Name>(ctx) }` below. Keep its
- * --quick mode to a few seconds: the whole quick run must stay well under 60 s.
+ * --quick mode to a few seconds: the whole quick run must stay short (CI runs it on every push).
  */
 const SECTIONS: BenchSection[] = [
   { name: 'micro', run: (ctx) => runMicro(ctx) },

@@ -23,6 +23,8 @@ import { createTokenVerifier, type Principal } from './auth/verify.ts';
 import { ApproverDirectory } from './approvals/approvers.ts';
 import { ApprovalDesk, stateBus } from './approvals/desk.ts';
 import { webhookNotifier } from './approvals/webhook.ts';
+import { PickupTickets } from './approvals/pickup.ts';
+import { sharedSecret } from './state/shared-secret.ts';
 import { revocationOf } from './auth/revocation.ts';
 import { Denial } from './errors.ts';
 import { openEmbeddedState, STATE_DATABASE } from './state/embedded.ts';
@@ -48,11 +50,13 @@ import { Pipeline } from './pipeline.ts';
 import { descriptorHash, exposed, legacyDescriptorHash, ToolRegistry } from './registry.ts';
 import { DescriptorPins } from './pins.ts';
 import { FlowControl } from './flows/control.ts';
-import { Connector } from '../connectors/upstream.ts';
+import { Connector, type AgentChannel } from '../connectors/upstream.ts';
 
 interface LiveSession {
   server: Server;
   subscriptions: Set<string>;
+  /** The session as a whole, for what its own upstream connections send outside a request. */
+  channel: AgentChannel;
 }
 
 /** A catalog kind whose list changed. */
@@ -68,14 +72,25 @@ export type ListChange = 'tools' | 'prompts' | 'resources';
  */
 export class SessionHub {
   private readonly sessions = new Map<string, LiveSession>();
+  private readonly closedListeners: ((id: string) => void)[] = [];
   private readonly listeners = new Set<(change: ListChange) => void>();
 
   add(id: string, session: LiveSession): void {
     this.sessions.set(id, session);
   }
 
+  /** The session left: listeners tear down what it held (its upstream connections). */
   remove(id: string): void {
-    this.sessions.delete(id);
+    if (!this.sessions.delete(id)) return;
+    for (const listener of this.closedListeners) listener(id);
+  }
+
+  get(id: string): LiveSession | undefined {
+    return this.sessions.get(id);
+  }
+
+  onClosed(listener: (id: string) => void): void {
+    this.closedListeners.push(listener);
   }
 
   get size(): number {
@@ -244,7 +259,12 @@ async function openState(config: Config): Promise<StateStore> {
   return openEmbeddedState(path.join(config.state_dir, STATE_DATABASE));
 }
 
-export async function createBroker(config: Config, log: Logger): Promise<Broker> {
+/** Test seams: a clock for the approval desk and pickup tickets (never wall-clock sleeps in tests). */
+export interface BrokerOptions {
+  now?: () => number;
+}
+
+export async function createBroker(config: Config, log: Logger, options: BrokerOptions = {}): Promise<Broker> {
   const unlock = await lockStateDir(config.state_dir);
   const devKey = config.auth.issuers.length === 0 ? await ensureDevKey(config.state_dir) : undefined;
   const sources = devKey ? [{ issuer: devKey.issuer, jwks_file: devKey.jwksFile }] : config.auth.issuers;
@@ -343,14 +363,27 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
           // Returned, so the connector's catalogSettled() covers re-pinning too.
           if (kind === 'tools') await reconcile(connector);
         },
-        onResourceUpdated: (_connector, uri) => {
-          sessions.broadcast(async (s) => {
-            if (s.subscriptions.has(uri)) await s.server.sendResourceUpdated({ uri });
-          });
+        agentChannel: (sessionId) => sessions.get(sessionId)?.channel,
+        onAgentRefused: (connector, origin, denial) => {
+          log.warn({ connector: connector.name, session: origin.sessionId, sub: origin.owner.sub, code: denial.code }, denial.reason);
+          void audit
+            .append({
+              event: 'upstream/connect',
+              session: origin.sessionId,
+              principal: { iss: origin.owner.iss, sub: origin.owner.sub },
+              outcome: 'denied',
+              denial: denial.toJSON(),
+              detail: { connector: connector.name },
+            })
+            .catch((error: Error) => log.error({ err: error.message }, 'could not audit a refused upstream connection'));
         },
       }),
     );
   }
+  // An agent session's upstream connections end with it (a stdio child process stops).
+  sessions.onClosed((id) => {
+    for (const connector of connectors) void connector.release(id);
+  });
   await Promise.all(connectors.map((c) => c.start()));
   // Pin (or quarantine) before the first agent sees a tool list.
   await Promise.all(connectors.map((c) => reconcile(c)));
@@ -377,10 +410,15 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
         // The embedded store is this process's alone (the state folder's lock): every other owner is dead.
         soleState: config.state.backend === 'embedded',
         progressEveryMs: config.approvals.progress_every,
+        ...(options.now ? { now: options.now } : {}),
         ...(config.approvals.webhook ? { onParked: webhookNotifier(config.approvals.webhook, () => approvalPageUrl, log) } : {}),
       })
     : undefined;
   await approvals?.start();
+  // 2026-07-28 pickups: sealed under a secret every replica shares (state store), so any replica opens what another issued.
+  const tickets = approvals
+    ? new PickupTickets(RequestStateSealer.fromSecret(await sharedSecret(state, 'request-state'), 'approval', options.now ? { now: options.now } : {}), options.now)
+    : undefined;
 
   const recheck = async (principal: Principal) => {
     const revoked = await revocationOf(state, principal);
@@ -399,12 +437,12 @@ export async function createBroker(config: Config, log: Logger): Promise<Broker>
     log,
     recheck,
     ...(flows ? { flows } : {}),
-    // Multi-round-trip continuations: keyed from the broker key, which replicas share.
-    requestStates: RequestStateSealer.fromPrivateJwk(brokerKey.privateJwk, 'mrtr'),
+    // Multi-round-trip continuations: sealed under the secret every replica shares (state store), as pickups are.
+    requestStates: RequestStateSealer.fromSecret(await sharedSecret(state, 'request-state'), 'mrtr', options.now ? { now: options.now } : {}),
     filter: createResultFilter(off.has('filters') ? { redaction: { enabled: false }, injection: { enabled: false } } : config.filters.result),
     ...(off.has('quotas') ? {} : { limits: new Limits(config.limits, state) }),
     autoApprove: off.has('approvals'),
-    ...(approvals ? { approvals: { desk: approvals, defaultTimeoutMs: config.approvals.timeout, maxTimeoutMs: config.approvals.max_timeout } } : {}),
+    ...(approvals ? { approvals: { desk: approvals, defaultTimeoutMs: config.approvals.timeout, maxTimeoutMs: config.approvals.max_timeout, ...(tickets ? { tickets } : {}) } } : {}),
   });
   const broker: Broker = {
     config,

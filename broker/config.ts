@@ -60,8 +60,34 @@ const ToolOverrides = z.record(
   z.strictObject({ risk: z.enum(['low', 'medium', 'high']).optional(), ...ToolFlowSettingsSchema.shape }),
 );
 
+/**
+ * Who owns an upstream connection that carries per-client state (roots, log
+ * level, subscriptions, sampling and elicitation, session resources):
+ * `session` (the default) opens one per agent session, `principal` one per
+ * principal, shared by its sessions (for upstreams the operator declares keep
+ * nothing per client that one session of a principal must not see from another).
+ * Bounded per connector and per principal; idle ones are closed.
+ */
+export const IsolationSchema = z
+  .strictObject({
+    mode: z.enum(['session', 'principal']).default('session'),
+    /** Agent connections open at once on this connector (stdio: child processes). */
+    max: z.int().min(1).max(10_000).default(32),
+    /** Agent connections one principal may hold at once on this connector. */
+    max_per_principal: z.int().min(1).max(10_000).default(8),
+    /** An agent connection with no call in flight and no subscription is closed after this long. */
+    idle: Duration.default(300_000).refine((ms) => ms >= 100, 'at least 100ms'),
+  })
+  .refine((isolation) => isolation.max_per_principal <= isolation.max, {
+    message: 'max_per_principal must not exceed max',
+    path: ['max_per_principal'],
+  });
+export type IsolationConfig = z.infer<typeof IsolationSchema>;
+
 const ConnectorCommon = {
   name: ConnectorName,
+  /** Upstream connections per agent session (default) or per principal, bounded. */
+  isolation: IsolationSchema.prefault({}),
   /** Expose tools as `<name>__<tool>` (the default). Off only for a single-upstream setup; clashes are then hidden, never shadowed. */
   namespace: z.boolean().default(true),
   /** Per-tool settings; risk and flow labels otherwise come from the tool's annotations. */
@@ -336,6 +362,11 @@ export const ConfigSchema = z.strictObject({
       max_timeout: Duration.default(60 * 60_000),
       /** Interval of MCP progress notifications to a waiting agent. */
       progress_every: Duration.default(5_000),
+      /**
+       * 2026-07-28 agents over HTTP: how long one request watches a parked call before answering
+       * input_required with a pickup requestState to come back with (below clients' request timeouts).
+       */
+      pickup_hold: Duration.default(20_000),
       /** Approver session lifetime. */
       session_ttl: Duration.default(8 * 3_600_000),
       /** POSTed a JSON summary and a link to the page for each new parked call (e.g. a chat webhook). */

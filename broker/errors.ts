@@ -64,6 +64,8 @@ export type DenialCode =
   | 'BASTION_RATE_LIMITED'
   | 'BASTION_ARGUMENTS_TOO_LARGE'
   | 'BASTION_SESSIONS_EXCEEDED'
+  /** A connector holds as many agent connections as its isolation bounds allow. */
+  | 'BASTION_UPSTREAM_SESSIONS_FULL'
   // authorize
   | 'BASTION_POLICY_DENIED'
   | 'BASTION_POLICY_ERROR'
@@ -85,6 +87,8 @@ export type DenialCode =
   | 'BASTION_APPROVAL_TIMEOUT'
   | 'BASTION_APPROVAL_WITHDRAWN'
   | 'BASTION_APPROVAL_INVALID'
+  // a 2026-07-28 retry's approval pickup (requestState) is not Bastion's, another principal's, or for another call
+  | 'BASTION_APPROVAL_STATE_INVALID'
   | 'BASTION_APPROVAL_UNAVAILABLE'
   // execute
   | 'BASTION_UPSTREAM_ERROR'

@@ -14,7 +14,7 @@
  *   const result = await pipeline.callTool(principal, call, 'demo__read_file', { path: '/srv/a' });
  */
 import { ProtocolError, ProtocolErrorCode, SdkErrorCode, SdkError } from '@modelcontextprotocol/server';
-import type { CallToolResult, Tool } from '@modelcontextprotocol/server';
+import type { CallToolResult, InputRequiredResult, Tool } from '@modelcontextprotocol/server';
 import type { Principal } from './auth/verify.ts';
 import { canonicalJson, sha256, type AuditEvent } from './audit/chain.ts';
 import type { AuditLog } from './audit/log.ts';
@@ -29,7 +29,8 @@ import { SandboxError } from '../sandboxes/errors.ts';
 import { summarizeUses } from '../sandboxes/capabilities/uses.ts';
 import { capabilityUsesOf, PluginHost, SANDBOX_META } from '../sandboxes/host.ts';
 import type { ApprovalDesk } from './approvals/desk.ts';
-import { callHash } from './approvals/record.ts';
+import { callHash, type ParkedCall } from './approvals/record.ts';
+import type { PickupTickets } from './approvals/pickup.ts';
 import type { ResultFilter } from './filters/result.ts';
 import type { Limits } from './limits.ts';
 import { metrics, TOOL_UNAUTHENTICATED_LABEL } from './metrics.ts';
@@ -49,6 +50,13 @@ export interface CallContext {
   signal?: AbortSignal;
   /** Present when the agent asked for progress notifications. */
   progressToken?: string | number;
+  /**
+   * A 2026-07-28 request over HTTP: a call that waits for approval is watched for at most `holdMs`,
+   * then answered `input_required` with a pickup ticket the agent's retry presents (`state`, its
+   * echoed requestState), on any replica (approvals/pickup.ts). Absent: the response is held until
+   * approvers decide (2025-era sessions, stdio).
+   */
+  pickup?: { state?: unknown; holdMs: number };
   /** A 2026-07-28 retry's multi-round-trip fields, lifted off the request by the SDK (untrusted). */
   continuation?: { inputResponses?: Record<string, unknown>; requestState?: string };
 }
@@ -66,6 +74,9 @@ interface ContinuationState {
 /** How long an agent has to answer an upstream's input_required (its retry must come within it). */
 export const CONTINUATION_TTL_MS = 10 * 60_000;
 
+/** What a call that is still waiting answers a 2026-07-28 agent: come back with this requestState. */
+export type PickupResult = InputRequiredResult & { resultType: 'input_required'; requestState: string };
+
 export interface PipelineParts {
   registry: ToolRegistry;
   /** The policy in force (PolicyHolder.current); asked once per call, and that engine decides the whole call. */
@@ -79,6 +90,8 @@ export interface PipelineParts {
     desk: ApprovalDesk;
     defaultTimeoutMs: number;
     maxTimeoutMs: number;
+    /** Seals and opens approval pickups for 2026-07-28 agents; absent: their calls are held like 2025 ones. */
+    tickets?: PickupTickets;
   };
   /** Stage 7: redaction, injection flags, size cap. */
   filter: ResultFilter;
@@ -142,6 +155,21 @@ function orderedRelay(origin: CallOrigin): { origin: CallOrigin; drained: () => 
     },
     drained: () => tail,
   };
+}
+
+/** The approve-stage Denial for a pickup whose record was decided otherwise (or already used). */
+function pickupRefusal(record: ParkedCall): Denial {
+  switch (record.status) {
+    case 'denied':
+      return new Denial('approve', 'BASTION_APPROVAL_DENIED', record.outcome ?? 'denied by an approver');
+    case 'expired':
+      return new Denial('approve', 'BASTION_APPROVAL_TIMEOUT', 'no approver decided before the approval request expired');
+    case 'withdrawn':
+      return new Denial('approve', 'BASTION_APPROVAL_WITHDRAWN', record.outcome ?? 'the request was withdrawn');
+    default:
+      // dispatched, executed, failed, interrupted, abandoned: the approval was used (or can no longer be); it runs once.
+      return new Denial('approve', 'BASTION_APPROVAL_INVALID', `the approval is ${record.status}, not approved: an approval runs its call once; retry without requestState to ask again`);
+  }
 }
 
 export class Pipeline {
@@ -256,7 +284,7 @@ export class Pipeline {
    * or a tool error naming the stage that refused. Throws McpError only for
    * protocol-level problems: an unknown tool, or an upstream protocol error.
    */
-  async callTool(principal: Principal, call: CallContext, name: string, args: Record<string, unknown>): Promise<CallToolResult> {
+  async callTool(principal: Principal, call: CallContext, name: string, args: Record<string, unknown>): Promise<CallToolResult | PickupResult> {
     const started = performance.now();
     // Arguments nested too deeply to canonicalize (stack overflow) used to throw here, before any
     // stage: the agent got a bare -32603 and no audit record was written. Keep the error and refuse
@@ -318,7 +346,7 @@ export class Pipeline {
       argsError: Error | undefined;
       slots: { release?: () => Promise<void> };
     },
-  ): Promise<CallToolResult> {
+  ): Promise<CallToolResult | PickupResult> {
     const { event, finish, argsBytes, argsError, slots } = ctx;
     let entry: ToolEntry;
     let decision: Decision | undefined;
@@ -388,10 +416,19 @@ export class Pipeline {
             }
           : decision;
         mark = performance.now();
-        approval = await this.approve(principal, call, entry, args, needs, explanation).catch((error: unknown) => {
-          throw asDenial('approve', 'BASTION_APPROVAL_UNAVAILABLE', error);
-        });
+        const pickup = call.pickup && this.parts.approvals?.tickets ? call.pickup : undefined;
+        const outcome = await (pickup ? this.approveForPickup(principal, call, pickup, entry, args, needs, explanation) : this.approve(principal, call, entry, args, needs, explanation)).catch(
+          (error: unknown) => {
+            throw asDenial('approve', 'BASTION_APPROVAL_UNAVAILABLE', error);
+          },
+        );
         metrics.stageTime('approve', mark);
+        if ('requestState' in outcome) {
+          // Still waiting: this response ends here, the call stays parked for the agent's retry.
+          await this.parts.audit.append({ ...event, outcome: 'info', detail: { ...event.detail, approval_id: outcome.id, pickup: 'input_required' } });
+          return { resultType: 'input_required', requestState: outcome.requestState };
+        }
+        approval = outcome;
         event.detail = { ...event.detail, approval_id: approval.id };
         await this.recheckAfterApproval(principal, call, entry, args);
       }
@@ -406,7 +443,13 @@ export class Pipeline {
       // A call the agent cancelled while it was being decided is not handed to the executor at all.
       if (call.signal?.aborted) throw new Denial('execute', 'BASTION_CANCELLED', 'the agent cancelled the call before it ran');
       // Consumed only now, as the call is handed to the executor: the record says dispatched, not executed.
-      if (approval) await this.parts.approvals!.desk.claimForExecution(approval.id, approval.hash);
+      if (approval) {
+        // A claim lost to another retry of the same call (it runs there) is not this call's to abandon.
+        const held = approval;
+        approval = undefined;
+        await this.parts.approvals!.desk.claimForExecution(held.id, held.hash);
+        approval = held;
+      }
     } catch (error) {
       const denial = cancelledOr(call, asDenial('authorize', 'BASTION_POLICY_ERROR', error));
       if (approval) {
@@ -467,12 +510,15 @@ export class Pipeline {
         throw error;
       }
       const denial =
-        error instanceof ConnectorUnavailable || error instanceof SandboxError
+        // The agent's own upstream connection could not be opened within the connector's bounds.
+        error instanceof Denial
+          ? error
+          : error instanceof ConnectorUnavailable || error instanceof SandboxError
           ? new Denial('execute', 'BASTION_CONNECTOR_UNAVAILABLE', error.message)
           : error instanceof SdkError && error.code === SdkErrorCode.RequestTimeout
             ? new Denial('execute', 'BASTION_UPSTREAM_TIMEOUT', `upstream ${entry.connector.name} did not answer in time`)
             : new Denial('execute', 'BASTION_UPSTREAM_ERROR', `upstream ${entry.connector.name} failed: ${(error as Error).message}`);
-      await this.recordAndLog(finish, denial, 'error');
+      await this.recordAndLog(finish, denial, error instanceof Denial ? 'denied' : 'error');
       return denialResult(denial);
     }
 
@@ -545,7 +591,15 @@ export class Pipeline {
     }
     if (!this.parts.requestStates) throw new Denial('authorize', 'BASTION_STATE_MALFORMED', 'this Bastion issues no requestState; retry the call without it');
     const opened = await this.parts.requestStates.open<ContinuationState>(requestState, binding(principal, entry.exposedName, args));
-    if (!opened.ok) throw new Denial('authorize', opened.refusal.code, opened.refusal.message);
+    if (!opened.ok) {
+      // Not a continuation Bastion sealed: with no inputResponses it may be an approval pickup ticket,
+      // which the approve stage redeems (or refuses) itself.
+      const notOurs = opened.refusal.code === 'BASTION_STATE_TAMPERED' || opened.refusal.code === 'BASTION_STATE_MALFORMED';
+      if (notOurs && answered.length === 0 && call.pickup?.state !== undefined) return undefined;
+      throw new Denial('authorize', opened.refusal.code, opened.refusal.message);
+    }
+    // A continuation, not a pickup ticket: an approval this leg needs starts afresh.
+    if (call.pickup) call.pickup = { holdMs: call.pickup.holdMs };
     const state = opened.payload;
     if (state.c !== entry.connector.name) throw new Denial('authorize', 'BASTION_STATE_OTHER_CALL', 'requestState belongs to a call to another upstream; retry without it');
     const unexpected = answered.filter((key) => !state.k.includes(key));
@@ -603,38 +657,84 @@ export class Pipeline {
       );
     }
     const hash = callHash(principal, entry.exposedName, args, entry.descriptorHash);
-    const timeoutMs = Math.min(decision.approval.timeout_s ? decision.approval.timeout_s * 1000 : approvals.defaultTimeoutMs, approvals.maxTimeoutMs);
-    const parked = await approvals.desk.park(
-      {
-        call_hash: hash,
-        principal: { sub: principal.sub, iss: principal.iss, act: principal.act },
-        tool: entry.exposedName,
-        connector: entry.connector.name,
-        risk: entry.risk,
-        descriptor_hash: entry.descriptorHash,
-        arguments: args,
-        reasons: decision.reasons,
-        approval_reason: decision.approval.reason,
-        quorum: decision.approval.quorum,
-        roles: decision.approval.roles ?? [],
-        ...(decision.approval.max_auth_age_s ? { max_auth_age_s: decision.approval.max_auth_age_s } : {}),
-        ...(explanation ? { flow: explanation } : {}),
-        timeoutMs,
-      },
-      {
-        ...(call.signal ? { signal: call.signal } : {}),
-        onWaiting: ({ approvals: given, quorum, secondsLeft }) => {
-          if (call.progressToken === undefined) return;
-          void call.origin
-            .sendNotification({
-              method: 'notifications/progress',
-              params: { progressToken: call.progressToken, progress: given, total: quorum, message: `waiting for human approval: ${given}/${quorum}, ${secondsLeft}s left` },
-            })
-            .catch(() => undefined);
-        },
-      },
-    );
+    const parked = await approvals.desk.park(this.parkRequest(principal, entry, args, decision, explanation, hash), {
+      ...(call.signal ? { signal: call.signal } : {}),
+      onWaiting: this.progressTo(call),
+    });
     return { id: parked.id, hash };
+  }
+
+  /**
+   * Stage 5 for a 2026-07-28 agent over HTTP (approvals/pickup.ts): the first request parks the
+   * call for pickup; a retry presents its ticket (bound to this principal, tool and arguments;
+   * its call hash must still match, descriptor included). Either way the record is watched for
+   * a bounded hold: approved → the call goes on (claimForExecution then lets one retry run it);
+   * still pending → a ticket to come back with; decided otherwise → the approve-stage Denial.
+   */
+  private async approveForPickup(
+    principal: Principal,
+    call: CallContext,
+    pickup: NonNullable<CallContext['pickup']>,
+    entry: ToolEntry,
+    args: Record<string, unknown>,
+    decision: Decision,
+    explanation: FlowExplanation | undefined,
+  ): Promise<{ id: string; hash: string } | { id: string; requestState: string }> {
+    const approvals = this.parts.approvals!;
+    const tickets = approvals.tickets!;
+    const hash = callHash(principal, entry.exposedName, args, entry.descriptorHash);
+    const binding = { iss: principal.iss, sub: principal.sub, tool: entry.exposedName, arguments: args };
+    let id: string;
+    if (pickup.state === undefined) {
+      id = (await approvals.desk.submit(this.parkRequest(principal, entry, args, decision, explanation, hash), { pickup: true })).id;
+    } else {
+      const ticket = await tickets.redeem(pickup.state, binding);
+      if (ticket.call_hash !== hash) {
+        throw new Denial('approve', 'BASTION_APPROVAL_INVALID', 'the tool changed (its descriptor) since this call was parked: the approval was for another call; retry without requestState to ask again');
+      }
+      id = ticket.approval_id;
+    }
+    const record = await approvals.desk.hold(id, pickup.holdMs, { ...(call.signal ? { signal: call.signal } : {}), onWaiting: this.progressTo(call) });
+    if (!record) throw new Denial('approve', 'BASTION_APPROVAL_INVALID', 'the approval request disappeared');
+    if (record.call_hash !== hash) throw new Denial('approve', 'BASTION_APPROVAL_INVALID', 'the approved call differs from the call about to run');
+    if (record.status === 'approved') return { id, hash };
+    if (record.status === 'pending') return { id, requestState: await tickets.issue({ approval_id: id, call_hash: hash }, binding, Date.parse(record.expires_at)) };
+    throw pickupRefusal(record);
+  }
+
+  /** The approval request for this call, as approvers see it. */
+  private parkRequest(principal: Principal, entry: ToolEntry, args: Record<string, unknown>, decision: Decision, explanation: FlowExplanation | undefined, hash: string) {
+    const approvals = this.parts.approvals!;
+    const timeoutMs = Math.min(decision.approval.timeout_s ? decision.approval.timeout_s * 1000 : approvals.defaultTimeoutMs, approvals.maxTimeoutMs);
+    return {
+      call_hash: hash,
+      principal: { sub: principal.sub, iss: principal.iss, act: principal.act },
+      tool: entry.exposedName,
+      connector: entry.connector.name,
+      risk: entry.risk,
+      descriptor_hash: entry.descriptorHash,
+      arguments: args,
+      reasons: decision.reasons,
+      approval_reason: decision.approval.reason,
+      quorum: decision.approval.quorum,
+      roles: decision.approval.roles ?? [],
+      ...(decision.approval.max_auth_age_s ? { max_auth_age_s: decision.approval.max_auth_age_s } : {}),
+      ...(explanation ? { flow: explanation } : {}),
+      timeoutMs,
+    };
+  }
+
+  /** Progress notifications to an agent that asked for them, while its call waits. */
+  private progressTo(call: CallContext): (state: { approvals: number; quorum: number; secondsLeft: number }) => void {
+    return ({ approvals: given, quorum, secondsLeft }) => {
+      if (call.progressToken === undefined) return;
+      void call.origin
+        .sendNotification({
+          method: 'notifications/progress',
+          params: { progressToken: call.progressToken, progress: given, total: quorum, message: `waiting for human approval: ${given}/${quorum}, ${secondsLeft}s left` },
+        })
+        .catch(() => undefined);
+    };
   }
 
   /** After a wait: the token (revoked, expired) and the policy may have changed; either stops the call. */

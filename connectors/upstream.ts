@@ -8,10 +8,11 @@
  * Upstream credentials come from config (env for stdio, headers for HTTP);
  * nothing the agent sent is ever forwarded as a credential.
  *
- * Server-to-client requests (sampling, elicitation, roots) and logging are
- * relayed to the agent whose call is in flight on this connector. When calls
- * from several agents are in flight at once, such a request cannot be
- * attributed with certainty and is refused rather than sent to the wrong agent.
+ * The connection opened here is the catalog connection: it lists and keeps
+ * the catalog fresh and serves no agent (it answers roots/list with no roots
+ * and refuses sampling and elicitation). Every agent request goes through the
+ * agent's own upstream connection (agent-sessions.ts), so what the upstream
+ * keeps per client, and sends back, belongs to exactly one agent.
  *
  * @example
  *   const demo = new Connector(config, { log, onListChanged });
@@ -20,21 +21,18 @@
  */
 import { getDefaultEnvironment, StdioClientTransport } from '@modelcontextprotocol/client/stdio';
 import { Client, StreamableHTTPClientTransport, ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/client';
-import type { Transport, CallToolResult, Notification, Prompt, Request, Resource, ResourceTemplateType, Result, ServerCapabilities, Tool } from '@modelcontextprotocol/client';
+import type { Transport, CallToolResult, LoggingLevel, Prompt, Resource, ResourceTemplateType, ServerCapabilities, Tool } from '@modelcontextprotocol/client';
 import { fetchWithOwnSignal } from './fetch.ts';
-import { stopProcessTree } from './process-tree.ts';
 import type { ConnectorConfig } from '../broker/config.ts';
 import type { Logger } from '../broker/log.ts';
-import { compileSchema, linearSchemaValidator, toolSchemaProblems } from '../sandboxes/schema-patterns.ts';
+import { linearSchemaValidator, toolSchemaProblems } from '../sandboxes/schema-patterns.ts';
+import type { Denial } from '../broker/errors.ts';
+import { AgentSessions, closeUpstreamClient, type AgentChannel, type AgentConnectionInfo, type CallOrigin, type UpstreamInputRequired } from './agent-sessions.ts';
+
+export type { AgentChannel, AgentOwner, CallOrigin, UpstreamInputRequired } from './agent-sessions.ts';
+export { isInputRequired } from './agent-sessions.ts';
 
 export type ConnectorStatus = 'starting' | 'ready' | 'down' | 'stopped';
-
-/** The agent side of one in-flight call: where relayed traffic must go. */
-export interface CallOrigin {
-  sessionId: string;
-  sendRequest: (request: Request) => Promise<Result>;
-  sendNotification: (notification: Notification) => Promise<void>;
-}
 
 export interface CallOptions {
   origin: CallOrigin;
@@ -48,24 +46,15 @@ export interface CallOptions {
   inputRequired?: { manual: true; inputResponses?: Record<string, unknown>; requestState?: string };
 }
 
-/** An upstream's `input_required` answer (2026-07-28), handed back in manual mode. */
-export interface UpstreamInputRequired {
-  resultType: 'input_required';
-  inputRequests?: Record<string, unknown>;
-  requestState?: string;
-}
-
-export function isInputRequired(result: unknown): result is UpstreamInputRequired {
-  return !!result && typeof result === 'object' && (result as { resultType?: unknown }).resultType === 'input_required';
-}
-
 export interface ConnectorEvents {
   log: Logger;
   /** A catalog changed (after the connector refreshed it). */
   onListChanged?: (connector: Connector, kind: 'tools' | 'resources' | 'prompts') => void | Promise<void>;
-  /** An upstream resource changed; the front door forwards it to subscribers. */
-  onResourceUpdated?: (connector: Connector, uri: string) => void;
   onStatus?: (connector: Connector, status: ConnectorStatus) => void;
+  /** The live agent session with this id (for what its upstream connection sends outside a request). */
+  agentChannel?: (sessionId: string) => AgentChannel | undefined;
+  /** An agent connection was refused (isolation bounds): for the audit trail. */
+  onAgentRefused?: (connector: Connector, origin: CallOrigin, denial: Denial) => void;
 }
 
 export interface Catalog {
@@ -76,11 +65,7 @@ export interface Catalog {
 }
 
 const EMPTY_CATALOG: Catalog = { tools: [], resources: [], resourceTemplates: [], prompts: [] };
-/** Within an MCP client's 2 s grace for `bastion stdio`, with the rest of the broker's shutdown. */
-const STOP_SCHEDULE = { termAfterMs: 400, killAfterMs: 900 };
 const BACKOFF_MIN_MS = 250;
-/** How long after forwarding a roots change an upstream's roots/list is still attributed to the agent that changed them. */
-const ROOTS_CHANGE_WINDOW_MS = 2_000;
 
 /** The SDK's version negotiation for each `protocol` setting (config.ts). */
 const NEGOTIATION = {
@@ -109,19 +94,13 @@ export class Connector {
   private client: Client | undefined;
   private statusValue: ConnectorStatus = 'starting';
   private catalogValue: Catalog = EMPTY_CATALOG;
-  /** Output-schema validators for manual multi-round-trip results, per catalog tool object. */
-  private readonly outputValidators = new WeakMap<Tool, ReturnType<typeof compileSchema>>();
   private capabilities: ServerCapabilities = {};
   /** Whether the upstream ever completed a handshake: until then its capabilities are unknown, not absent. */
   private handshakeDone = false;
   private instructionsValue: string | undefined;
+  /** Every agent's own upstream connection. */
+  private readonly agents: AgentSessions;
   private protocolValue: string | undefined;
-  private readonly inflight = new Map<number, CallOrigin>();
-  /** Progress listeners by the token Bastion sent upstream. */
-  private readonly progress = new Map<string, NonNullable<CallOptions['onprogress']>>();
-  /** Forwarded roots changes waiting for the upstream to ask for the new roots. */
-  private readonly rootsWaiters = new Set<() => void>();
-  private nextCallId = 1;
   private backoffMs = BACKOFF_MIN_MS;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private startPromise: Promise<void> | undefined;
@@ -132,6 +111,19 @@ export class Connector {
   constructor(config: ConnectorConfig, events: ConnectorEvents) {
     this.config = config;
     this.events = events;
+    this.agents = new AgentSessions({
+      connector: config.name,
+      isolation: config.isolation,
+      timeoutMs: config.timeout,
+      log: events.log,
+      client: () => this.newClient(),
+      transport: () => this.makeTransport(),
+      channel: (sessionId) => events.agentChannel?.(sessionId),
+      refused: (origin, denial) => events.onAgentRefused?.(this, origin, denial),
+      catalogTool: (name) => this.catalogValue.tools.find((tool) => tool.name === name),
+      // A change announced on an agent's connection may be the server's: the catalog re-lists (and re-pins).
+      toolsChanged: () => this.catalogChanged('tools'),
+    });
   }
 
   get name(): string {
@@ -181,12 +173,7 @@ export class Connector {
     clearTimeout(this.reconnectTimer);
     const client = this.client;
     this.client = undefined;
-    // A stdio upstream (and what it started) is signalled on Bastion's schedule, not the SDK's slower one.
-    const pid = client?.transport instanceof StdioClientTransport ? client.transport.pid : null;
-    const stopping = pid ? stopProcessTree(pid, STOP_SCHEDULE) : undefined;
-    const closing = client?.close().catch(() => undefined);
-    // The SDK's close waits for the pipes to close; once the processes are stopped, not for long.
-    await (stopping ? Promise.race([closing, stopping.then(() => new Promise((resolve) => setTimeout(resolve, 250)))]) : closing);
+    await Promise.all([closeUpstreamClient(client), this.agents.stop()]);
   }
 
   private setStatus(status: ConnectorStatus): void {
@@ -213,10 +200,9 @@ export class Connector {
     return new StreamableHTTPClientTransport(new URL(config.url), { requestInit: { headers: config.headers }, fetch: fetchWithOwnSignal });
   }
 
-  private async connect(): Promise<void> {
-    if (this.statusValue === 'stopped') return;
-    this.setStatus('starting');
-    const client = new Client(
+  /** A client as every connection to this upstream is made: the catalog's and each agent's offer the same capabilities. */
+  private newClient(): Client {
+    return new Client(
       { name: 'bastion', version: '0.1.0' },
       // The SDK validates results against the upstream's output schemas: patterns there run on RE2.
       {
@@ -225,11 +211,16 @@ export class Connector {
         versionNegotiation: NEGOTIATION[this.config.protocol ?? '2025-11-25'],
       },
     );
-    this.installRelays(client);
+  }
+
+  private async connect(): Promise<void> {
+    if (this.statusValue === 'stopped') return;
+    this.setStatus('starting');
+    const client = this.newClient();
+    this.installCatalogHandlers(client);
     client.onclose = () => {
       if (this.client !== client) return;
       this.client = undefined;
-      this.failInflight();
       if (this.statusValue !== 'stopped') {
         this.events.log.warn({ connector: this.name }, 'upstream connection closed');
         this.scheduleReconnect();
@@ -283,11 +274,6 @@ export class Connector {
     this.backoffMs = Math.min(this.backoffMs * 2, BACKOFF_MAX_MS);
     this.reconnectTimer = setTimeout(() => void this.connect(), delay);
     this.reconnectTimer.unref();
-  }
-
-  private failInflight(): void {
-    // The SDK rejects pending requests on close; nothing else to release here.
-    this.inflight.clear();
   }
 
   /** Re-reads one catalog list from the upstream. */
@@ -346,62 +332,31 @@ export class Connector {
     });
   }
 
-  /** The single agent with calls in flight here, or undefined when none or ambiguous. */
-  private currentOrigin(): CallOrigin | undefined {
-    let origin: CallOrigin | undefined;
-    for (const candidate of this.inflight.values()) {
-      if (origin && origin.sessionId !== candidate.sessionId) return undefined;
-      origin ??= candidate;
-    }
-    return origin;
+  /** The catalog connection serves no agent: it reveals no roots, relays nothing, and logs what it is told. */
+  private installCatalogHandlers(client: Client): void {
+    const noAgent = (method: string) => {
+      throw new ProtocolError(ProtocolErrorCode.InvalidRequest, `Bastion's catalog connection to ${this.name} serves no agent; ${method} is relayed only on an agent's own connection`);
+    };
+    client.setRequestHandler('sampling/createMessage', () => noAgent('sampling/createMessage'));
+    client.setRequestHandler('elicitation/create', () => noAgent('elicitation/create'));
+    client.setRequestHandler('roots/list', () => ({ roots: [] }));
+    client.setNotificationHandler('notifications/message', async (notification) => {
+      this.events.log.info({ connector: this.name, upstream: notification.params }, 'upstream log message');
+    });
+    client.setNotificationHandler('notifications/tools/list_changed', () => this.catalogChanged('tools'));
+    client.setNotificationHandler('notifications/resources/list_changed', () => this.catalogChanged('resources'));
+    client.setNotificationHandler('notifications/prompts/list_changed', () => this.catalogChanged('prompts'));
   }
 
-  private installRelays(client: Client): void {
-    const relayRequest = async (request: Request): Promise<Result> => {
-      const origin = this.currentOrigin();
-      if (!origin) {
-        throw new ProtocolError(
-          ProtocolErrorCode.InvalidRequest,
-          `Bastion cannot attribute ${request.method} to exactly one agent call in flight on connector ${this.name}`,
-        );
-      }
-      return origin.sendRequest(request);
-    };
-    client.setRequestHandler('sampling/createMessage', (request) => relayRequest(request) as never);
-    client.setRequestHandler('elicitation/create', (request) => relayRequest(request) as never);
-    client.setRequestHandler('roots/list', (request) => {
-      const relayed = relayRequest(request);
-      for (const wake of this.rootsWaiters) wake();
-      return relayed as never;
-    });
-
-    client.setNotificationHandler('notifications/message', async (notification) => {
-      const origin = this.currentOrigin();
-      if (origin) await origin.sendNotification(notification).catch(() => undefined);
-      else this.events.log.info({ connector: this.name, upstream: notification.params }, 'upstream log message');
-    });
-    // The SDK's own onprogress drops a progress notification that arrives in the
-    // same read as the response (its handler runs a microtask after the response
-    // unregisters it), so Bastion routes progress by its own tokens.
-    client.setNotificationHandler('notifications/progress', async (notification) => {
-      const { progressToken, ...progress } = notification.params;
-      this.progress.get(String(progressToken))?.(progress);
-    });
-    client.setNotificationHandler('notifications/resources/updated', async (notification) => {
-      this.events.onResourceUpdated?.(this, notification.params.uri);
-    });
-    const onListChanged = (kind: 'tools' | 'resources' | 'prompts') => () => {
-      const settled = this.refresh(kind)
-        .catch((error: Error) => {
-          this.events.log.warn({ connector: this.name, err: error.message }, `refreshing ${kind} failed`);
-        })
-        .then(() => this.events.onListChanged?.(this, kind));
-      if (kind === 'tools') this.toolsSettled = settled;
-      return settled;
-    };
-    client.setNotificationHandler('notifications/tools/list_changed', onListChanged('tools'));
-    client.setNotificationHandler('notifications/resources/list_changed', onListChanged('resources'));
-    client.setNotificationHandler('notifications/prompts/list_changed', onListChanged('prompts'));
+  /** Re-lists one catalog list (and, for tools, re-pins); calls wait for a tools change to settle. */
+  private catalogChanged(kind: 'tools' | 'resources' | 'prompts'): Promise<void> {
+    const settled = this.refresh(kind)
+      .catch((error: Error) => {
+        this.events.log.warn({ connector: this.name, err: error.message }, `refreshing ${kind} failed`);
+      })
+      .then(() => this.events.onListChanged?.(this, kind));
+    if (kind === 'tools') this.toolsSettled = settled;
+    return settled;
   }
 
   private requireClient(): Client {
@@ -411,85 +366,52 @@ export class Connector {
     return this.client;
   }
 
-  /** Runs `operation` with `origin` registered as the owner of relayed traffic. */
-  async withOrigin<T>(origin: CallOrigin, operation: (client: Client) => Promise<T>): Promise<T> {
-    const client = this.requireClient();
-    const id = this.nextCallId++;
-    this.inflight.set(id, origin);
-    try {
-      return await operation(client);
-    } finally {
-      this.inflight.delete(id);
-    }
+  /** Runs `operation` on the agent's own upstream connection (opened on first need, within bounds). */
+  withOrigin<T>(origin: CallOrigin, operation: (client: Client) => Promise<T>): Promise<T> {
+    this.requireClient();
+    return this.agents.run(origin, (client) => operation(client));
   }
 
-  /**
-   * Passes an agent's `notifications/roots/list_changed` upstream. An
-   * upstream answers it by asking for the roots (roots/list), outside any
-   * call: for a short window, or until it asks, that request is attributed
-   * to this agent as if one of its calls were in flight. A connector that is
-   * not connected has no roots to refresh.
-   */
-  async rootsChanged(origin: CallOrigin): Promise<void> {
-    if (!this.client || this.statusValue !== 'ready') return;
-    await this.withOrigin(origin, async (client) => {
-      let wake = () => {};
-      const asked = new Promise<void>((resolve) => (wake = resolve));
-      this.rootsWaiters.add(wake);
-      const timer = setTimeout(wake, ROOTS_CHANGE_WINDOW_MS);
-      try {
-        await client.sendRootsListChanged();
-        await asked;
-      } finally {
-        clearTimeout(timer);
-        this.rootsWaiters.delete(wake);
-      }
-    });
-  }
-
-  /** The rule client.callTool applies: a tool with an output schema answers valid structured content (unless isError). */
-  private checkStructured(name: string, result: CallToolResult): void {
-    const tool = this.catalogValue.tools.find((candidate) => candidate.name === name);
-    if (!tool?.outputSchema || result.isError) return;
-    if (result.structuredContent === undefined) throw new ProtocolError(ProtocolErrorCode.InvalidRequest, `Tool ${name} has an output schema but did not return structured content`);
-    let validate = this.outputValidators.get(tool);
-    if (!validate) {
-      validate = compileSchema(tool.outputSchema as Record<string, unknown>);
-      this.outputValidators.set(tool, validate);
-    }
-    if (!validate(result.structuredContent)) {
-      throw new ProtocolError(ProtocolErrorCode.InvalidParams, `Structured content does not match the tool's output schema: ${validate.errors?.[0]?.message ?? 'invalid'}`);
-    }
-  }
-
-  /** Calls an upstream tool by its upstream (un-namespaced) name. */
+  /** Calls an upstream tool by its upstream (un-namespaced) name, on the agent's own connection. */
   callTool(name: string, args: Record<string, unknown>, options: CallOptions): Promise<CallToolResult | UpstreamInputRequired> {
-    return this.withOrigin(options.origin, async (client) => {
-      const token = options.onprogress ? `bastion-${this.nextCallId++}` : undefined;
-      if (token) this.progress.set(token, options.onprogress!);
-      // Manual multi-round-trip only where both sides speak 2026-07-28; otherwise the SDK fulfils
-      // input_required itself through the relays above (to a 2025 agent's session).
-      const manual = options.inputRequired && client.getProtocolEra() === 'modern' ? options.inputRequired : undefined;
-      try {
-        const params = {
-          name,
-          arguments: args,
-          ...(token ? { _meta: { progressToken: token } } : {}),
-          ...(manual?.inputResponses ? { inputResponses: manual.inputResponses } : {}),
-          ...(manual?.requestState !== undefined ? { requestState: manual.requestState } : {}),
-        };
-        const requestOptions = { timeout: this.config.timeout, ...(options.signal ? { signal: options.signal } : {}) };
-        if (!manual) return (await client.callTool(params, requestOptions)) as CallToolResult;
-        // client.callTool refuses an input_required answer from a tool with an output schema (it
-        // finds no structured content), so manual rounds go through request() and the final
-        // result is checked against the output schema here, as callTool would.
-        const answer = (await client.request({ method: 'tools/call', params }, { ...requestOptions, allowInputRequired: true })) as CallToolResult | UpstreamInputRequired;
-        if (!isInputRequired(answer)) this.checkStructured(name, answer);
-        return answer;
-      } finally {
-        if (token) this.progress.delete(token);
-      }
-    });
+    this.requireClient();
+    const { origin, ...rest } = options;
+    return this.agents.callTool(origin, name, args, rest);
+  }
+
+  /** resources/subscribe on the agent's own upstream session. */
+  subscribe(origin: CallOrigin, uri: string): Promise<void> {
+    this.requireClient();
+    return this.agents.subscribe(origin, uri);
+  }
+
+  unsubscribe(origin: CallOrigin, uri: string): Promise<void> {
+    return this.agents.unsubscribe(origin, uri);
+  }
+
+  /** logging/setLevel for the agent's own upstream connection (now, if open; else when it opens). */
+  setLoggingLevel(origin: CallOrigin, level: LoggingLevel): Promise<void> {
+    return this.agents.setLoggingLevel(origin, level);
+  }
+
+  /** notifications/roots/list_changed from an agent session, to its own upstream connection. */
+  rootsChanged(sessionId: string): Promise<void> {
+    return this.agents.rootsChanged(sessionId);
+  }
+
+  /** Whether the agent's own upstream session lists `uri` (a resource made for that session). */
+  listsForAgent(origin: CallOrigin, uri: string): boolean {
+    return this.agents.lists(origin, uri);
+  }
+
+  /** The agent session closed: its upstream connection here closes (and a stdio child stops). */
+  release(sessionId: string): Promise<void> {
+    return this.agents.release(sessionId);
+  }
+
+  /** The agent connections open now. */
+  agentConnections(): AgentConnectionInfo[] {
+    return this.agents.list();
   }
 }
 

@@ -165,6 +165,21 @@ describe('a bad field stops with a message naming its path', () => {
     }
   });
 
+  it('connector isolation: an unknown mode, bounds that contradict each other or are not positive, an idle time under 100ms', () => {
+    const fs = { name: 'fs', transport: 'stdio', command: '/bin/true' };
+    expectInvalid({ connectors: [{ ...fs, isolation: { mode: 'shared' } }] }, 'connectors.0.isolation.mode');
+    expectInvalid({ connectors: [{ ...fs, isolation: { max: 1, max_per_principal: 2 } }] }, 'connectors.0.isolation.max_per_principal');
+    expectInvalid({ connectors: [{ ...fs, isolation: { max: 0 } }] }, 'connectors.0.isolation.max');
+    expectInvalid({ connectors: [{ ...fs, isolation: { max_per_principal: 1.5 } }] }, 'connectors.0.isolation.max_per_principal');
+    expectInvalid({ connectors: [{ ...fs, isolation: { idle: '10ms' } }] }, 'connectors.0.isolation.idle');
+    expectInvalid({ connectors: [{ ...fs, isolation: { per: 'session' } }] }, 'connectors.0.isolation');
+  });
+
+  it('connector isolation defaults: one connection per agent session, 32 per connector, 8 per principal, closed after 5 minutes idle', () => {
+    const config = parseConfig({ connectors: [{ name: 'fs', transport: 'stdio', command: '/bin/true' }] });
+    expect(config.connectors![0]!.isolation).toEqual({ mode: 'session', max: 32, max_per_principal: 8, idle: 300_000 });
+  });
+
   it('an unknown connector transport', () => {
     expectInvalid({ connectors: [{ name: 'ws', transport: 'websocket', url: 'ws://x' }] }, 'connectors.0.transport');
   });

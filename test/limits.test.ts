@@ -31,20 +31,25 @@ const denial = (r: CallToolResult) => r._meta?.['bastion/denial'] as { stage: st
 describe('rate limits', () => {
   it('a burst over the per-principal bucket is refused with retry-after; the upstream sees no excess call', async () => {
     const client = await t.connect(await t.mint({ sub: 'agent:burst' }));
-    // Back to back (the concurrency cap of 2 is tested separately); far quicker than the 10 s refill.
+    // The session's first call starts its own upstream process (slow on a loaded machine): make it first.
+    expect(((await client.callTool({ name: 'rec__echo', arguments: { text: 'warm-up' } })) as CallToolResult).isError).toBeFalsy();
+    // Back to back (the concurrency cap of 2 is tested separately); far quicker than the 10 s refill. The
+    // warm-up took one token of 5, and the bucket may have won it back while the process started: 4 or 5 left.
     const results: CallToolResult[] = [];
     for (let i = 0; i < 12; i++) results.push((await client.callTool({ name: 'rec__echo', arguments: { text: `burst-${i}` } })) as CallToolResult);
     const ok = results.filter((r) => !r.isError);
     const limited = results.filter((r) => denial(r)?.code === 'BASTION_RATE_LIMITED');
-    expect(ok).toHaveLength(5);
-    expect(limited).toHaveLength(7);
+    expect([4, 5]).toContain(ok.length);
+    // The bucket emptied once: every call after the first refusal is refused too.
+    expect(results.slice(0, ok.length).every((r) => !r.isError)).toBe(true);
+    expect(limited).toHaveLength(12 - ok.length);
     expect(denial(limited[0]!)).toMatchObject({ stage: 'limit' });
     expect(denial(limited[0]!)!.retry_after_ms).toBeGreaterThan(0);
     expect(denial(limited[0]!)!.reason).toMatch(/retry after \d+s/);
     const seen = (await t.upstreamCalls()).filter((c) => String(c.args.text).startsWith('burst-'));
-    expect(seen).toHaveLength(5);
+    expect(seen).toHaveLength(ok.length);
     const refused = (await t.auditRecords()).filter((r) => r.principal?.sub === 'agent:burst' && r.denial?.code === 'BASTION_RATE_LIMITED');
-    expect(refused).toHaveLength(7);
+    expect(refused).toHaveLength(limited.length);
   });
 
   it('a per-tool bucket is tighter than the principal bucket', async () => {

@@ -1,7 +1,9 @@
 /**
  * The load generator: N agents, each an SDK Client over Streamable HTTP
- * with its own session, each calling one tool in a closed loop (the next
- * call starts when the previous one answered), as an agent does.
+ * (with its own session in 2025-11-25; pinned to 2026-07-28, where every
+ * request stands alone, for a target of that era), each calling one tool in
+ * a closed loop (the next call starts when the previous one answered), as
+ * an agent does.
  *
  * @example
  *   const agents = await connectAgents(target, 16);
@@ -11,9 +13,14 @@
 import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
 import type { CallToolResult } from '@modelcontextprotocol/client';
 
+/** The protocol revisions a target is measured in. */
+export type Era = '2025-11-25' | '2026-07-28';
+
 export interface Target {
-  /** direct | proxy | bastion */
+  /** direct | proxy | bastion (2025-11-25); the same with `, 2026-07-28` */
   name: string;
+  /** The revision its agents speak (default 2025-11-25: initialize and a session). */
+  protocol?: Era;
   url: string;
   tool: string;
   /** A bearer token for agent `i`; absent for targets that take none. */
@@ -45,14 +52,15 @@ export async function connectAgents(target: Target, n: number): Promise<Agent[]>
   for (let i = 0; i < n; i++) {
     const headers: Record<string, string> = target.token ? { Authorization: `Bearer ${await target.token(i)}` } : {};
     const transport = new StreamableHTTPClientTransport(new URL(target.url), { requestInit: { headers } });
-    const client = new Client({ name: `bench-agent-${i}`, version: '1.0.0' });
+    const modern = target.protocol === '2026-07-28';
+    const client = new Client({ name: `bench-agent-${i}`, version: '1.0.0' }, modern ? { versionNegotiation: { mode: { pin: '2026-07-28' } } } : {});
     await client.connect(transport);
     agents.push({ client, transport });
   }
   return agents;
 }
 
-/** Ends every agent's session (DELETE), so the server under test does not carry them into the next run. */
+/** Ends every agent's session (DELETE; a 2026-07-28 agent has none), so the server under test does not carry them into the next run. */
 export async function disconnect(agents: Agent[]): Promise<void> {
   await Promise.all(
     agents.map(async ({ client, transport }) => {

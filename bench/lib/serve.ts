@@ -1,7 +1,11 @@
 /**
- * Serves MCP servers over Streamable HTTP, one SDK Server and transport per
- * session, the way the SDK's examples do. Shared by the benchmark upstream
- * and the bare proxy so both use exactly the same front-door machinery.
+ * Serves MCP servers over Streamable HTTP on one endpoint in both protocol
+ * eras, as Bastion's front door does: 2025-11-25 with one SDK Server and
+ * transport per session (the SDK's examples' way), 2026-07-28 through the
+ * SDK's per-request entry (`createMcpHandler`, a fresh Server per request).
+ * Requests are told apart with the SDK's own classifier, as Bastion's
+ * broker/server/eras.ts does. Shared by the benchmark upstream and the bare
+ * proxy so both use exactly the same front-door machinery.
  *
  * @example
  *   const { url } = await serveSessions(() => makeServer(), 0);
@@ -9,9 +13,9 @@
 import { randomUUID } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import type { Request, Response } from 'express';
-import { NodeStreamableHTTPServerTransport } from '@modelcontextprotocol/node';
+import { NodeStreamableHTTPServerTransport, toNodeHandler } from '@modelcontextprotocol/node';
 import { createMcpExpressApp } from '@modelcontextprotocol/express';
-import { isInitializeRequest } from '@modelcontextprotocol/server';
+import { classifyInboundRequest, createMcpHandler, isInitializeRequest } from '@modelcontextprotocol/server';
 import type { Server } from '@modelcontextprotocol/server';
 
 export interface Served {
@@ -28,13 +32,36 @@ export interface ServeOptions {
   admit?: () => Promise<void>;
 }
 
+/** Whether a request speaks 2026-07-28 (a `_meta` envelope claim), by the SDK's classifier. Everything else goes the 2025 way. */
+function isModern(req: Request): boolean {
+  if (req.method !== 'POST') return false;
+  const header = (name: string) => {
+    const value = req.headers[name];
+    return Array.isArray(value) ? value.join(', ') : value;
+  };
+  const outcome = classifyInboundRequest({
+    httpMethod: req.method,
+    protocolVersionHeader: header('mcp-protocol-version'),
+    mcpMethodHeader: header('mcp-method'),
+    mcpNameHeader: header('mcp-name'),
+    body: req.body,
+  });
+  // A rejection other than a non-JSON-RPC body is the modern path's to answer (as createMcpHandler routes it).
+  return outcome.kind === 'reject' ? outcome.rung !== 'jsonrpc-shape' : outcome.kind !== 'legacy';
+}
+
 export async function serveSessions(makeServer: () => Server, port: number, options: ServeOptions = {}): Promise<Served> {
   const app = createMcpExpressApp({ host: '127.0.0.1' });
   const sessions = new Map<string, NodeStreamableHTTPServerTransport>();
   const { admit } = options;
+  const modern = toNodeHandler(createMcpHandler(() => makeServer(), { legacy: 'reject' }));
 
   app.all('/mcp', async (req: Request, res: Response) => {
     if (admit) await admit();
+    if (isModern(req)) {
+      await modern(req as Parameters<typeof modern>[0], res, req.body);
+      return;
+    }
     const id = req.headers['mcp-session-id'];
     if (typeof id === 'string') {
       const transport = sessions.get(id);

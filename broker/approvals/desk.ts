@@ -31,7 +31,7 @@ import type { Logger } from '../log.ts';
 import type { StateStore } from '../state/store.ts';
 import { hiddenCharactersOf } from './hidden-text.ts';
 import { ApprovalOwners, OWNER_TTL_MS } from './owners.ts';
-import { APPROVALS, OPEN_STATUSES, parseParkedCall, type ApproverDecision, type ParkedCall } from './record.ts';
+import { APPROVALS, OPEN_STATUSES, PICKUP_GRACE_MS, PICKUP_OWNER, parseParkedCall, type ApproverDecision, type ParkedCall } from './record.ts';
 
 /** Wakes waiters when a record changes; in-process here, Redis pub/sub across replicas. */
 export interface ApprovalBus {
@@ -202,7 +202,7 @@ export class ApprovalDesk {
    * approvals are polled with get() from the user's browser, then claimed and settled like a
    * call. This process answers for the record (the sweeper expires it if nobody decides).
    */
-  async submit(request: ParkRequest): Promise<ParkedCall> {
+  async submit(request: ParkRequest, options: { pickup?: boolean } = {}): Promise<ParkedCall> {
     await this.start();
     const { timeoutMs, ...fields } = request;
     const created = this.now();
@@ -212,10 +212,11 @@ export class ApprovalDesk {
       status: 'pending',
       created_at: new Date(created).toISOString(),
       expires_at: new Date(created + timeoutMs).toISOString(),
-      owner: this.owner,
+      // A pickup call is nobody's until it is claimed: any replica serves the agent's return.
+      owner: options.pickup ? PICKUP_OWNER : this.owner,
       decisions: [],
     };
-    this.inFlight.add(call.id);
+    if (!options.pickup) this.inFlight.add(call.id);
     try {
       // Keep decided records for a day so the page can show history.
       await this.options.state.set(APPROVALS, call.id, JSON.stringify(call), timeoutMs + HISTORY_MS);
@@ -312,6 +313,62 @@ export class ApprovalDesk {
   }
 
   /**
+   * Watches a pickup call for at most `holdMs` (one bounded HTTP response, never the whole wait):
+   * resolves with the record as soon as it leaves `pending`, or as it is when the hold ends or
+   * the agent goes away (the call stays parked: the agent can come back). A pending record past
+   * its expiry is expired here. Undefined when the record is gone.
+   */
+  async hold(id: string, holdMs: number, wait: WaitOptions = {}): Promise<ParkedCall | undefined> {
+    const settledOrNow = async (): Promise<{ call: ParkedCall | undefined; final: boolean }> => {
+      let call = (await this.read(id))?.call;
+      if (call?.status === 'pending' && Date.parse(call.expires_at) <= this.now()) {
+        call = (await this.transition(id, ['pending'], 'expired', 'timed out')) ?? (await this.read(id))?.call;
+      }
+      return { call, final: call?.status !== 'pending' };
+    };
+    const first = await settledOrNow();
+    if (first.final || holdMs <= 0 || wait.signal?.aborted) return first.call;
+    const deadline = Math.min(this.now() + holdMs, Date.parse(first.call!.expires_at));
+    return new Promise<ParkedCall | undefined>((resolve) => {
+      let done = false;
+      const finish = () => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        clearInterval(progress);
+        unsubscribe();
+        wait.signal?.removeEventListener('abort', finish);
+        // The last word is the store's, whatever woke this.
+        void settledOrNow().then(
+          ({ call }) => resolve(call),
+          () => resolve(undefined),
+        );
+      };
+      const look = () =>
+        void settledOrNow().then(
+          ({ final }) => final && finish(),
+          () => undefined,
+        );
+      const unsubscribe = this.options.bus.subscribe((changed) => changed === id && look());
+      const timer = setTimeout(finish, Math.max(0, deadline - this.now()));
+      wait.signal?.addEventListener('abort', finish, { once: true });
+      const progress = setInterval(() => {
+        void this.read(id)
+          .then((current) => {
+            if (current?.call.status !== 'pending') return finish();
+            wait.onWaiting?.({
+              approvals: current.call.decisions.filter((d) => d.decision === 'approve').length,
+              quorum: current.call.quorum,
+              secondsLeft: Math.max(0, Math.round((Date.parse(current.call.expires_at) - this.now()) / 1000)),
+            });
+          })
+          .catch(() => undefined);
+      }, this.options.progressEveryMs ?? 5000);
+      look();
+    });
+  }
+
+  /**
    * Consumes an approval for the call about to run: approved → dispatched, exactly once,
    * same hash only, and only while this process is not fenced by a newer one of its replica.
    */
@@ -329,9 +386,11 @@ export class ApprovalDesk {
         problem = `the approval is ${call.status}, not approved`;
         return undefined;
       }
-      return { ...call, status: 'dispatched', outcome: 'handed to the executor' };
+      // The claimant answers for it from now on (for a pickup call, the replica the agent came back to).
+      return { ...call, status: 'dispatched', owner: this.owner, outcome: 'handed to the executor' };
     });
     if (!dispatched) throw refuse('BASTION_APPROVAL_INVALID', problem || 'the approval request disappeared');
+    this.inFlight.add(id);
     await this.audit('approval.dispatched', dispatched);
   }
 
@@ -355,6 +414,8 @@ export class ApprovalDesk {
 
   /** Whether anyone still waits to run this record: this process, or a live, unfenced owner elsewhere. */
   private async waitedFor(call: ParkedCall): Promise<boolean> {
+    // A pickup call: its agent may come back (to any replica) while pending, and for a grace period once approved.
+    if (call.owner === PICKUP_OWNER) return call.status === 'pending' || (call.status === 'approved' && this.now() < Date.parse(call.expires_at) + PICKUP_GRACE_MS);
     return call.owner === this.owners.self ? this.inFlight.has(call.id) : this.owners.isAlive(call.owner);
   }
 
@@ -369,7 +430,7 @@ export class ApprovalDesk {
     for (const call of await this.all()) {
       if (!OPEN_STATUSES.has(call.status)) continue;
       const waited = await this.waitedFor(call);
-      const mine = call.owner === this.owners.self;
+      const mine = call.owner === this.owners.self || call.owner === PICKUP_OWNER;
       const swept = { swept_by: this.owners.self };
       if (call.status === 'pending' && (mine || !waited) && Date.parse(call.expires_at) <= this.now()) {
         await this.transition(call.id, ['pending'], 'expired', waited ? 'timed out' : 'timed out; the agent connection was already gone', swept);

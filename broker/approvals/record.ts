@@ -27,6 +27,15 @@ export const APPROVALS = 'approvals';
 export const ApprovalStatus = z.enum(['pending', 'approved', 'dispatched', 'executed', 'failed', 'interrupted', 'denied', 'expired', 'withdrawn', 'abandoned']);
 export type ApprovalStatus = z.infer<typeof ApprovalStatus>;
 
+/**
+ * The owner of a call parked for a 2026-07-28 agent that comes back for it (pickup.ts): no
+ * process holds its connection, any replica may pick it up, and it is waited for until it
+ * expires (pending) or until PICKUP_GRACE_MS after that (approved, not yet picked up).
+ */
+export const PICKUP_OWNER = 'pickup';
+/** How long an approved pickup call stays claimable after its approval request expired. */
+export const PICKUP_GRACE_MS = 10 * 60_000;
+
 export const OPEN_STATUSES: ReadonlySet<ApprovalStatus> = new Set(['pending', 'approved', 'dispatched']);
 
 export const ApproverDecisionSchema = z.strictObject({

@@ -312,7 +312,7 @@ export interface BastionProcess {
  * (validated here first, so a bad document fails with the parser's message
  * rather than a dead child); resolves once it listens.
  */
-export async function startBastion(dir: string, name: string, document: Record<string, unknown>, timeoutMs = 30_000): Promise<BastionProcess> {
+export async function startBastion(dir: string, name: string, document: Record<string, unknown>, timeoutMs = 120_000): Promise<BastionProcess> {
   const config = parseConfig(document, `red-team configuration ${name}`);
   const configFile = path.join(dir, 'bastion.yaml');
   await writeFile(configFile, YAML.stringify(document));

@@ -21,7 +21,7 @@ import { Denial } from '../errors.ts';
 import { denialResult, type CallContext } from '../pipeline.ts';
 import type { Broker } from '../broker.ts';
 import { linearSchemaValidator } from '../../sandboxes/schema-patterns.ts';
-import type { CallOrigin } from '../../connectors/upstream.ts';
+import type { AgentChannel, CallOrigin, Connector } from '../../connectors/upstream.ts';
 import { MODERN_REVISION } from './eras.ts';
 import { advertisedCapabilities, agentInstructions } from './advertised.ts';
 
@@ -69,9 +69,13 @@ class AgentServer extends Server {
   }
 }
 
-function originOf(session: SessionBinding, extra: Extra, protocol: string | undefined): CallOrigin {
+function originOf(session: SessionBinding, extra: Extra, principal: Principal, protocol: string | undefined): CallOrigin {
   return {
     sessionId: session.id,
+    // Upstream connections are keyed by who asks: the session, or (isolation: principal) this.
+    owner: { iss: principal.iss, sub: principal.sub },
+    // A 2026-07-28 request has no session to own an upstream connection: its principal does.
+    ...(session.register === false ? { stateless: true } : {}),
     // Relayed requests are spec methods (sampling, elicitation, roots): the SDK validates each
     // result against the spec's schema for its method. A 2026-07-28 agent has no channel for
     // them: a 2025-era upstream asking mid-call is refused, clearly (README "multi-round-trip").
@@ -94,13 +98,13 @@ function protocolOf(server: Server, extra: Extra): string | undefined {
   return typeof claimed === 'string' ? claimed : server.getNegotiatedProtocolVersion();
 }
 
-function callContext(session: SessionBinding, server: Server, extra: Extra, progressToken?: string | number): CallContext {
+function callContext(session: SessionBinding, server: Server, extra: Extra, principal: Principal, progressToken?: string | number): CallContext {
   const protocol = protocolOf(server, extra);
   return {
     session: session.id,
     transport: session.transport,
     ...(protocol !== undefined ? { protocol } : {}),
-    origin: originOf(session, extra, protocol),
+    origin: originOf(session, extra, principal, protocol),
     signal: extra.mcpReq.signal,
     ...(progressToken !== undefined ? { progressToken } : {}),
   };
@@ -136,7 +140,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
   if (capabilities.tools) {
     server.setRequestHandler('tools/list', async (_request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      return { tools: pipeline.listTools(principal, callContext(session, server, ctx)) };
+      return { tools: pipeline.listTools(principal, callContext(session, server, ctx, principal)) };
     });
 
     server.setRequestHandler('tools/call', async (request, ctx) => {
@@ -153,9 +157,14 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
         return denialResult(error);
       }
       const progressToken = request.params._meta?.progressToken;
-      const call = callContext(session, server, ctx, progressToken);
-      // A 2026-07-28 retry's multi-round-trip fields (the SDK lifts them off the params); untrusted until the pipeline opens them.
+      const call = callContext(session, server, ctx, principal, progressToken);
+      // A 2026-07-28 request over HTTP holds no connection Bastion could wait on: an approval wait
+      // answers input_required with a pickup ticket, and the retry echoes it (SDK-lifted requestState).
       const requestState = ctx.mcpReq.requestState();
+      if (session.register === false && session.transport === 'http' && protocolOf(server, ctx) === MODERN_REVISION) {
+        call.pickup = { holdMs: broker.config.approvals.pickup_hold, ...(requestState !== undefined ? { state: requestState } : {}) };
+      }
+      // A 2026-07-28 retry's multi-round-trip fields (the SDK lifts them off the params); untrusted until the pipeline opens them.
       const inputResponses = ctx.mcpReq.inputResponses;
       if (call.protocol === MODERN_REVISION && (typeof requestState === 'string' || inputResponses)) {
         call.continuation = { ...(inputResponses ? { inputResponses } : {}), ...(typeof requestState === 'string' ? { requestState } : {}) };
@@ -167,7 +176,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
   if (capabilities.prompts) {
     server.setRequestHandler('prompts/list', async (_request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      const call = callContext(session, server, ctx);
+      const call = callContext(session, server, ctx, principal);
       const prompts = [...registry.prompts().values()]
         .filter((p) => pipeline.mayUse(principal, call, 'prompt', p.exposedName, p.connector.name))
         .map((p) => p.descriptor);
@@ -176,7 +185,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
 
     server.setRequestHandler('prompts/get', async (request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      const call = callContext(session, server, ctx);
+      const call = callContext(session, server, ctx, principal);
       try {
         const entry = registry.resolvePrompt(request.params.name);
         pipeline.authorizeItem(principal, call, 'prompt', entry.exposedName, entry.connector.name);
@@ -192,17 +201,26 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
     });
   }
 
-  /** Finds the connector for a URI and checks this principal may use it. */
+
+  /** Finds the connector for a URI (in the catalog, or made for this agent's own upstream session) and checks this principal may use it. */
   const authorizedResource = (principal: Principal, call: CallContext, uri: string) => {
-    const connector = registry.resolveResource(uri);
+    let connector: Connector;
+    try {
+      connector = registry.resolveResource(uri);
+    } catch (error) {
+      const own = broker.connectors.filter((c) => c.listsForAgent(call.origin, uri));
+      if (own.length !== 1) throw error;
+      connector = own[0]!;
+    }
     pipeline.authorizeItem(principal, call, 'resource', uri, connector.name);
     return connector;
   };
 
+
   if (capabilities.resources) {
     server.setRequestHandler('resources/list', async (_request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      const call = callContext(session, server, ctx);
+      const call = callContext(session, server, ctx, principal);
       const resources = registry
         .resources()
         .filter(({ resource, connector }) => pipeline.mayUse(principal, call, 'resource', resource.uri, connector.name))
@@ -212,7 +230,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
 
     server.setRequestHandler('resources/templates/list', async (_request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      const call = callContext(session, server, ctx);
+      const call = callContext(session, server, ctx, principal);
       const resourceTemplates = registry
         .resourceTemplates()
         .filter(({ template, connector }) => pipeline.mayUse(principal, call, 'resource', template.uriTemplate, connector.name))
@@ -222,7 +240,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
 
     server.setRequestHandler('resources/read', async (request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      const call = callContext(session, server, ctx);
+      const call = callContext(session, server, ctx, principal);
       try {
         const connector = authorizedResource(principal, call, request.params.uri);
         const contents = await connector.withOrigin(call.origin, (client) => client.readResource(request.params, { signal: ctx.mcpReq.signal }));
@@ -235,10 +253,10 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
 
     server.setRequestHandler('resources/subscribe', async (request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      const call = callContext(session, server, ctx);
+      const call = callContext(session, server, ctx, principal);
       try {
         const connector = authorizedResource(principal, call, request.params.uri);
-        await connector.withOrigin(call.origin, (client) => client.subscribeResource(request.params));
+        await connector.subscribe(call.origin, request.params.uri);
         subscriptions.add(request.params.uri);
         return {};
       } catch (error) {
@@ -247,9 +265,11 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
     });
 
     server.setRequestHandler('resources/unsubscribe', async (request, ctx) => {
-      await session.principal(ctx).catch(protocolError);
+      const principal = await session.principal(ctx).catch(protocolError);
+      const call = callContext(session, server, ctx, principal);
       subscriptions.delete(request.params.uri);
-      // Other sessions may still be subscribed upstream; the upstream subscription is kept.
+      // Only this agent's own upstream subscriptions are dropped.
+      await Promise.all(broker.connectors.map((c) => c.unsubscribe(call.origin, request.params.uri).catch(() => undefined)));
       return {};
     });
   }
@@ -257,7 +277,7 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
   if (capabilities.completions) {
     server.setRequestHandler('completion/complete', async (request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      const call = callContext(session, server, ctx);
+      const call = callContext(session, server, ctx, principal);
       try {
         const ref = request.params.ref;
         if (ref.type === 'ref/prompt') {
@@ -278,31 +298,26 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
   if (capabilities.logging) {
     server.setRequestHandler('logging/setLevel', async (request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      const call = callContext(session, server, ctx);
-      void principal;
+      const call = callContext(session, server, ctx, principal);
+      // This agent's own upstream connections only, now and as they open; never another agent's.
       for (const connector of registry.connectorsWith('logging')) {
-        await connector.withOrigin(call.origin, (client) => client.setLoggingLevel(request.params.level)).catch(() => undefined);
+        await connector.setLoggingLevel(call.origin, request.params.level).catch(() => undefined);
       }
       return {};
     });
   }
 
-  // The agent's roots changed: every connected upstream hears of it (and may ask this agent for them).
-  const sessionOrigin: CallOrigin = {
-    sessionId: session.id,
-    sendRequest: (request) => server.request(request as { method: RequestMethod; params?: Record<string, unknown> }),
-    sendNotification: (notification) => server.notification(notification as ServerNotification),
-  };
+  // The agent's roots changed: its own upstream sessions ask again.
   server.setNotificationHandler('notifications/roots/list_changed', async () => {
-    await Promise.all(
-      broker.connectors.map((connector) =>
-        connector.rootsChanged(sessionOrigin).catch((error: Error) => broker.log.debug({ connector: connector.name, err: error.message }, 'forwarding a roots change failed')),
-      ),
-    );
+    await Promise.all(broker.connectors.map((c) => c.rootsChanged(session.id)));
   });
 
   if (session.register !== false) {
-    broker.sessions.add(session.id, { server, subscriptions });
+    const channel: AgentChannel = {
+      sendRequest: (request) => server.request(request as { method: RequestMethod; params?: Record<string, unknown> }),
+      sendNotification: (notification) => server.notification(notification as ServerNotification),
+    };
+    broker.sessions.add(session.id, { server, subscriptions, channel });
     server.onclose = () => broker.sessions.remove(session.id);
   }
   return server;
@@ -335,6 +350,9 @@ function capabilitiesFor(broker: Broker, session: SessionBinding, principal: Pri
 /** Listing relays nothing to the agent; an origin that refuses keeps it that way. */
 const REFUSING_ORIGIN: CallOrigin = {
   sessionId: 'discover',
+  // Never used to open an upstream connection: listing reads the catalog only.
+  owner: { iss: '', sub: '' },
+  stateless: true,
   sendRequest: async () => {
     throw new Error('nothing is relayed while listing');
   },

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { compactVerify, exportJWK, generateKeyPair, type CryptoKey, type JWK } from 'jose';
 import { ApprovalDesk, stateBus, type Approver, type ParkRequest } from '../../broker/approvals/desk.ts';
-import { callHash } from '../../broker/approvals/record.ts';
+import { callHash, PICKUP_GRACE_MS, PICKUP_OWNER } from '../../broker/approvals/record.ts';
 import type { AuditEvent } from '../../broker/audit/chain.ts';
 import { Denial } from '../../broker/errors.ts';
 import { createLogger } from '../../broker/log.ts';
@@ -249,6 +249,49 @@ describe('every record ends in a terminal state', () => {
     controller.abort();
     await expect(waiting).rejects.toMatchObject({ code: 'BASTION_APPROVAL_WITHDRAWN' });
     expect(await d.get(parked.id)).toMatchObject({ status: 'abandoned', outcome: expect.stringContaining('cancelled the call before it ran') });
+    await d.stop();
+  });
+});
+
+describe('pickup calls (2026-07-28 agents that come back)', () => {
+  it('nobody owns a pickup call: any replica may approve it (never "disconnected"), the sweeper expires it pending and abandons it approved only after the pickup grace', async () => {
+    let clock = Date.now();
+    const at = (replica: string) =>
+      new ApprovalDesk({ state, bus: stateBus(state), audit: async (e) => void audit.push(e), log: createLogger('silent'), signingKey: key, replica, now: () => clock });
+    const parker = at('replica-a');
+    const other = at('replica-b');
+    await other.start();
+    const waiting = await parker.submit(request(), { pickup: true });
+    const approved = await parker.submit({ ...request(), tool: 'db__dump' }, { pickup: true });
+    // The parking process goes away at once: the calls are not its to lose.
+    await parker.stop();
+    expect(waiting.owner).toBe(PICKUP_OWNER);
+    expect(await other.ownerIsAlive(waiting)).toBe(true);
+    expect((await other.decide(person('alice'), approved.id, 'approve', '', approved.call_hash)).status).toBe('approved');
+
+    await other.sweep();
+    expect((await other.get(waiting.id))?.status).toBe('pending');
+    clock += 61_000; // past expiry, within the grace
+    await other.sweep();
+    expect((await other.get(waiting.id))?.status).toBe('expired');
+    expect((await other.get(approved.id))?.status).toBe('approved');
+    clock += PICKUP_GRACE_MS;
+    await other.sweep();
+    expect(await other.get(approved.id)).toMatchObject({ status: 'abandoned' });
+    await other.stop();
+  });
+
+  it('hold returns a pending record when the hold ends, the decided one as soon as it is decided, and the claimant becomes the owner', async () => {
+    const d = desk('replica-c');
+    const parked = await d.submit(request(), { pickup: true });
+    expect(await d.hold(parked.id, 50)).toMatchObject({ status: 'pending' });
+    const holding = d.hold(parked.id, 600_000);
+    await d.decide(person('alice'), parked.id, 'approve', '', parked.call_hash);
+    expect(await holding).toMatchObject({ status: 'approved' });
+    await d.claimForExecution(parked.id, parked.call_hash);
+    expect(await d.get(parked.id)).toMatchObject({ status: 'dispatched', owner: d.owner });
+    await expect(d.claimForExecution(parked.id, parked.call_hash)).rejects.toMatchObject({ code: 'BASTION_APPROVAL_INVALID' });
+    await d.settle(parked.id, 'executed', 'the upstream answered');
     await d.stop();
   });
 });

@@ -5,6 +5,8 @@
  * setting they speak 2025-11-25 as before. The outcome is per connector,
  * shown by /readyz and in each call's audit record.
  */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { CallToolResult } from '@modelcontextprotocol/client';
@@ -14,12 +16,16 @@ const MODERN_UPSTREAM = path.join(ROOT, 'test/fixtures/modern-upstream.ts');
 
 let t: TestBroker;
 
+let growDir: string;
+
 beforeAll(async () => {
+  growDir = await mkdtemp(path.join(tmpdir(), 'bastion-grow-'));
   t = await startTestBroker({
     connectors: [
       // A 2025-only upstream: the probe falls back.
       { name: 'rec', transport: 'stdio', command: process.execPath, args: [RECORDING_UPSTREAM], timeout: '20s', protocol: 'auto' },
-      { name: 'modern', transport: 'stdio', command: process.execPath, args: [MODERN_UPSTREAM], timeout: '20s', protocol: 'auto' },
+      // Growing is the server's: the agent's own upstream process and the catalog's both follow GROW_FILE.
+      { name: 'modern', transport: 'stdio', command: process.execPath, args: [MODERN_UPSTREAM], timeout: '20s', protocol: 'auto', env: { GROW_FILE: path.join(growDir, 'grown') } },
       // The same both-eras upstream without the setting: 2025-11-25, no probe.
       { name: 'pinned', transport: 'stdio', command: process.execPath, args: [MODERN_UPSTREAM], timeout: '20s' },
     ],
@@ -28,6 +34,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await t.close();
+  await rm(growDir, { recursive: true, force: true });
 });
 
 describe('connectors negotiate the revision per upstream', () => {

@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
 import { mintToken } from '../../broker/auth/mint.ts';
 import type { AuditRecord } from '../../broker/audit/chain.ts';
-import { createBroker, type Broker } from '../../broker/broker.ts';
+import { createBroker, type Broker, type BrokerOptions } from '../../broker/broker.ts';
 import { parseConfig } from '../../broker/config.ts';
 import { createLogger } from '../../broker/log.ts';
 import type { Capability } from '../../broker/policy/schema.ts';
@@ -50,7 +50,11 @@ async function readLines<T>(file: string): Promise<T[]> {
   }
 }
 
-export async function startTestBroker(overrides: Record<string, unknown> = {}): Promise<TestBroker> {
+/**
+ * `rec` adds settings to the recording connector (e.g. its isolation), unless `overrides` replaces the
+ * connectors; `options` go to createBroker (e.g. a clock).
+ */
+export async function startTestBroker(overrides: Record<string, unknown> = {}, rec: Record<string, unknown> = {}, options: BrokerOptions = {}): Promise<TestBroker> {
   const dir = await mkdtemp(path.join(tmpdir(), 'bastion-test-'));
   const callLog = path.join(dir, 'upstream-calls.jsonl');
   const config = parseConfig({
@@ -65,11 +69,12 @@ export async function startTestBroker(overrides: Record<string, unknown> = {}): 
         args: [RECORDING_UPSTREAM],
         env: { CALL_LOG: callLog },
         timeout: '20s',
+        ...rec,
       },
     ],
     ...overrides,
   });
-  const broker = await createBroker(config, createLogger('silent'));
+  const broker = await createBroker(config, createLogger('silent'), options);
   const listeningFrom = performance.now();
   const door = await startHttp(broker);
   const clients: Client[] = [];

@@ -57,7 +57,8 @@ export async function startReplica(options: ReplicaOptions): Promise<Replica> {
     log_level: 'warn',
     // No progress notifications while a call waits: the desk then never re-reads a parked
     // record on a timer, so a call released on another replica was woken by pub/sub.
-    approvals: { progress_every: options.progressEvery ?? '10m' },
+    // 2026-07-28 agents come back for a parked call after this hold (approvals/pickup.ts): short here, so tests retry often.
+    approvals: { progress_every: options.progressEvery ?? '10m', pickup_hold: '500ms' },
     connectors: [
       {
         name: 'rec',

@@ -25,6 +25,8 @@ import { ROOT } from '../helpers/broker.ts';
 import { approverToken, eventually, signInApprover, type ApproverClient } from '../helpers/approver.ts';
 import { MCP_HEADERS, openSession, post, toolCall } from '../helpers/http.ts';
 import { startRedis, until, type RedisServer } from '../helpers/redis.ts';
+import { denialOf, MODERN, modernCall } from '../helpers/modern.ts';
+import { startRoundRobin } from '../helpers/round-robin.ts';
 import { readJsonLines, startReplica, type Replica } from './replica.ts';
 
 const ISSUER = 'https://issuer.replicas.test';
@@ -133,6 +135,86 @@ describe('two replicas, one Redis', () => {
     // Every record names the replica that wrote it.
     expect(new Set((await readJsonLines<AuditRecord>(a.auditFile)).map((r) => r.replica))).toEqual(new Set(['replica-a']));
     expect(new Set((await readJsonLines<AuditRecord>(b.auditFile)).map((r) => r.replica))).toEqual(new Set(['replica-b']));
+  });
+
+  it('2026-07-28 requests round-robin across both replicas with no affinity: list, call, flow, and a call parked on A, approved on B, picked up on B', async () => {
+    const balancer = await startRoundRobin([a.url, b.url]);
+    const token = await mint('agent:stateless', [{ tool: 'rec__echo' }, { tool: 'rec__inject' }, { tool: 'rec__wipe' }]);
+    const client = new Client({ name: 'stateless', version: '1.0.0' }, { versionNegotiation: { mode: { pin: MODERN } }, inputRequired: { maxRounds: 10_000 } });
+    await client.connect(new StreamableHTTPClientTransport(new URL(balancer.url), { requestInit: { headers: { Authorization: `Bearer ${token}` } } }));
+    clients.push(client);
+    try {
+      expect(client.getProtocolEra()).toBe('modern');
+      // Lists and calls in turn: each replica answers some, none needs another's memory.
+      const lists = [await client.listTools(), await client.listTools()].map((l) => l.tools.map((t) => t.name).sort());
+      expect(lists[0]).toEqual(['rec__echo', 'rec__inject', 'rec__wipe']);
+      expect(lists[1]).toEqual(lists[0]);
+      for (const text of ['one', 'two', 'three']) {
+        const echoed = (await client.callTool({ name: 'rec__echo', arguments: { text } })) as CallToolResult;
+        expect(echoed.content).toEqual([{ type: 'text', text: `echo: ${text}` }]);
+      }
+      expect(new Set(balancer.routed.filter((r) => r.method === 'tools/call').map((r) => r.target))).toEqual(new Set([0, 1]));
+      expect(new Set(balancer.routed.filter((r) => r.method === 'tools/list').map((r) => r.target))).toEqual(new Set([0, 1]));
+
+      // What one replica recorded in the agent's flow, the other shows the same (the flow lives in Redis).
+      await client.callTool({ name: 'rec__inject', arguments: {} });
+      const flows = await Promise.all(
+        [a, b].map(async (replica) => {
+          const operator = await mint('operator:flows', [{ tool: 'bastion:flows' }]);
+          const response = await fetch(new URL(`/admin/flows?iss=${encodeURIComponent(ISSUER)}&sub=agent:stateless`, replica.origin), { headers: { authorization: `Bearer ${operator}` } });
+          return ((await response.json()) as { flow: { labels: Record<string, unknown>; sources: unknown[] } | null }).flow;
+        }),
+      );
+      expect(flows[0]?.labels).toHaveProperty('untrusted');
+      expect(flows[1]).toEqual(flows[0]);
+
+      // A parked call: the first request lands on A, every retry on B; the approver uses B's page.
+      const before = await upstreamCalls('wipe');
+      balancer.route = ({ tool, retry }) => (tool === 'rec__wipe' ? (retry ? 1 : 0) : undefined);
+      const result = client.callTool({ name: 'rec__wipe', arguments: {} }) as Promise<CallToolResult>;
+      result.catch(() => undefined);
+      const alice = await approver(b, 'approver:alice');
+      const parked = await eventually(async () => (await alice.pending()).find((c) => c.principal.sub === 'agent:stateless'), 'the stateless call on B\'s page');
+      expect(parked).toMatchObject({ owner: 'pickup', owner_alive: true });
+      // The agent keeps coming back to B while nobody has decided; nothing runs.
+      await eventually(async () => (balancer.routed.filter((r) => r.tool === 'rec__wipe' && r.retry).length >= 2 ? true : undefined), 'two retries on B');
+      expect(await upstreamCalls('wipe')).toBe(before);
+      expect((await alice.decide(parked.id, 'approve', 'stateless', parked.call_hash)).status).toBe(200);
+      expect((await within(result, 30_000, 'the pickup on B')).content).toEqual([{ type: 'text', text: 'wiped' }]);
+      expect(await upstreamCalls('wipe')).toBe(before + 1);
+      const wipes = balancer.routed.filter((r) => r.tool === 'rec__wipe');
+      expect(wipes[0]).toMatchObject({ target: 0, retry: false });
+      expect(wipes.slice(1).every((r) => r.target === 1 && r.retry)).toBe(true);
+
+      // A parked it (and no process of A answers for it); B dispatched and executed it.
+      const onA = (await readJsonLines<AuditRecord>(a.auditFile)).filter((r) => r.detail?.approval_id === parked.id).map((r) => r.event);
+      const onB = (await readJsonLines<AuditRecord>(b.auditFile)).filter((r) => r.detail?.approval_id === parked.id).map((r) => r.event);
+      expect(onA).toEqual(expect.arrayContaining(['approval.requested']));
+      expect(onA).not.toContain('approval.dispatched');
+      expect(onB).toEqual(expect.arrayContaining(['approval.approved', 'approval.dispatched', 'approval.executed', 'tools/call']));
+      expect((await alice.history()).find((c) => c.id === parked.id)).toMatchObject({ status: 'executed', owner: expect.stringMatching(/^replica-b#/) });
+    } finally {
+      await balancer.close();
+    }
+  });
+
+  it('the same pickup presented on both replicas at once runs the tool once; the other gets the approval already used', async () => {
+    const before = await upstreamCalls('wipe');
+    const token = await mint('agent:both-at-once', [{ tool: 'rec__wipe' }]);
+    const first = await modernCall(a.url, token, { name: 'rec__wipe' });
+    const requestState = first.message.result?.requestState as string;
+    expect(first.message.result).toMatchObject({ resultType: 'input_required' });
+    const alice = await approver(b, 'approver:alice');
+    const parked = await eventually(async () => (await alice.pending()).find((c) => c.principal.sub === 'agent:both-at-once'), 'the parked call');
+    await alice.decide(parked.id, 'approve', 'once', parked.call_hash);
+    const answers = await Promise.all([a, b].map((replica) => modernCall(replica.url, token, { name: 'rec__wipe', requestState })));
+    expect(answers.filter((x) => x.message.result?.content?.[0]?.text === 'wiped')).toHaveLength(1);
+    expect(answers.map(denialOf).filter(Boolean)).toEqual([expect.objectContaining({ code: 'BASTION_APPROVAL_INVALID' })]);
+    expect(await upstreamCalls('wipe')).toBe(before + 1);
+    // Another principal's replay on either replica is refused too.
+    const thief = await mint('agent:thief', [{ tool: 'rec__wipe' }]);
+    expect(denialOf(await modernCall(b.url, thief, { name: 'rec__wipe', requestState }))).toMatchObject({ code: 'BASTION_APPROVAL_STATE_INVALID' });
+    expect(await upstreamCalls('wipe')).toBe(before + 1);
   });
 
   it('an approver sign-in link used on one replica is refused on the other', async () => {

@@ -9,11 +9,10 @@
  * another call or expired, and inputResponses for requests it never issued.
  */
 import path from 'node:path';
-import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
 import type { CallToolResult } from '@modelcontextprotocol/client';
-import type { JWK } from 'jose';
+import { sharedSecret } from '../../broker/state/shared-secret.ts';
 import { ROOT, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { RequestStateSealer } from '../../broker/server/request-state.ts';
 
@@ -198,13 +197,13 @@ describe('refusals of a retry', () => {
 
   it('an expired state (sealed with the broker key under a clock in the past)', async () => {
     const token = await t.mint({ sub: 'agent:late', cap: [{ tool: 'modern__*' }] });
-    const brokerKey = JSON.parse(await readFile(path.join(t.dir, 'delegation-signing-key.json'), 'utf8')) as JWK;
-    const past = RequestStateSealer.fromPrivateJwk(brokerKey, 'mrtr', { now: () => Date.now() - 3_600_000 });
+    const secret = await sharedSecret(t.broker.state, 'request-state');
+    const past = RequestStateSealer.fromSecret(secret, 'mrtr', { now: () => Date.now() - 3_600_000 });
     const iss = t.broker.devKey!.issuer;
     const stale = await past.seal({ c: 'modern', k: ['confirm'], s: 'confirm:a' }, { iss, sub: 'agent:late', tool: 'modern__confirm', arguments: { what: 'a' } }, 600_000);
     await refused(token, 'modern__confirm', { what: 'a' }, { requestState: stale, inputResponses: { confirm: { action: 'accept', content: { ok: true } } } }, 'BASTION_STATE_EXPIRED', /expired/);
     // The same state, fresh, is accepted: the refusal above was about time alone.
-    const fresh = await RequestStateSealer.fromPrivateJwk(brokerKey, 'mrtr').seal({ c: 'modern', k: ['confirm'], s: 'confirm:a' }, { iss, sub: 'agent:late', tool: 'modern__confirm', arguments: { what: 'a' } }, 600_000);
+    const fresh = await RequestStateSealer.fromSecret(secret, 'mrtr').seal({ c: 'modern', k: ['confirm'], s: 'confirm:a' }, { iss, sub: 'agent:late', tool: 'modern__confirm', arguments: { what: 'a' } }, 600_000);
     expect(text((await rawCall(token, 'modern__confirm', { what: 'a' }, { requestState: fresh, inputResponses: { confirm: { action: 'accept', content: { ok: true } } } })).result)).toBe('confirm a: accept {"ok":true} (state confirm:a)');
   });
 
