@@ -216,7 +216,6 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
     return connector;
   };
 
-
   if (capabilities.resources) {
     server.setRequestHandler('resources/list', async (_request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);

@@ -7,10 +7,10 @@
  * A's session resource, and received A's log messages and resource updates.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createServer, type AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ProtocolError, type CreateMessageRequest } from '@modelcontextprotocol/client';
 import { startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { freePort } from '../helpers/spawn.ts';
 import { connectAgent, EVERYTHING, eventually, textOf, type Agent, type AgentOptions } from './helpers.ts';
 
 let t: TestBroker;
@@ -207,12 +207,3 @@ describe('the same over Streamable HTTP: each agent holds its own upstream MCP s
     await bob.leave();
   });
 });
-
-/** A port nobody listens on now (the upstream binds it right after). */
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}

@@ -5,8 +5,7 @@
  * recovers. Never a system service: each suite owns its own process.
  */
 import { spawnSync, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
-import { spawnCollecting } from './spawn.ts';
+import { freePort, spawnCollecting } from './spawn.ts';
 
 export interface RedisServer {
   port: number;
@@ -29,17 +28,6 @@ export function requireRedisServer(): void {
   if (probe.error || probe.status !== 0) {
     throw new Error(`${BINARY} is not installed (apt-get install redis-server); the Redis state tests need a real server`);
   }
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 /** Spawns redis-server on `port` and waits (bounded) for "Ready to accept connections". */

@@ -7,6 +7,7 @@
  *   if (!(await server.waitFor((out) => /listening at/.test(out), 30_000))) throw new Error(server.stderr());
  */
 import { spawn, type ChildProcessWithoutNullStreams, type SpawnOptionsWithoutStdio } from 'node:child_process';
+import { createServer, type AddressInfo } from 'node:net';
 
 export interface ExitStatus {
   code: number | null;
@@ -44,4 +45,16 @@ export function spawnCollecting(command: string, args: string[], options: SpawnO
       return true;
     },
   };
+}
+
+/** A loopback port nobody listens on now, for a server the test starts right after. */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
 }

@@ -15,13 +15,12 @@
  *   const [direct, via] = await pair.both((side) => side.client.callTool({ name: side.tool('echo'), arguments: { message: 'hi' } }));
  *   expectEquivalent(direct, via, 'everything');
  */
-import { createServer } from 'node:net';
 import path from 'node:path';
 import { Client, StreamableHTTPClientTransport, type Transport } from '@modelcontextprotocol/client';
 import { StdioClientTransport } from '@modelcontextprotocol/client/stdio';
 import { expect } from 'vitest';
 import { ROOT, startTestBroker, type TestBroker } from '../helpers/broker.ts';
-import { spawnCollecting } from '../helpers/spawn.ts';
+import { freePort, spawnCollecting } from '../helpers/spawn.ts';
 
 const SERVERS = path.join(ROOT, 'node_modules/@modelcontextprotocol');
 export const EVERYTHING_BIN = path.join(SERVERS, 'server-everything/dist/index.js');
@@ -43,17 +42,6 @@ export function connectorConfig(name: string, upstream: Upstream, extra: Record<
   return upstream.transport === 'stdio'
     ? { name, transport: 'stdio', command: upstream.command, args: upstream.args, env: upstream.env, timeout: '60s', ...extra }
     : { name, transport: 'http', url: upstream.url, timeout: '60s', ...extra };
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 /** server-everything in its Streamable HTTP mode (`index.js streamableHttp`, port from PORT). */
