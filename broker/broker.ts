@@ -16,6 +16,7 @@ import { createLocalJWKSet, decodeJwt } from 'jose';
 import { CapabilitySchema, type Decision, type PolicyInput } from './policy/schema.ts';
 import { createAuthenticator, type Authenticator } from './auth/authenticate.ts';
 import type { DelegationSigner } from './auth/delegate.ts';
+import { RequestStateSealer } from './server/request-state.ts';
 import { ensureAuditCheckpointKey, ensureDelegationKey, ensureDevKey, readJwksFile, type DevKey } from './auth/keys.ts';
 import { issuerKeys, type IssuerKeys } from './auth/keysets.ts';
 import { createTokenVerifier, type Principal } from './auth/verify.ts';
@@ -23,7 +24,6 @@ import { ApproverDirectory } from './approvals/approvers.ts';
 import { ApprovalDesk, stateBus } from './approvals/desk.ts';
 import { webhookNotifier } from './approvals/webhook.ts';
 import { PickupTickets } from './approvals/pickup.ts';
-import { RequestStateSealer } from './server/request-state.ts';
 import { sharedSecret } from './state/shared-secret.ts';
 import { revocationOf } from './auth/revocation.ts';
 import { Denial } from './errors.ts';
@@ -437,6 +437,8 @@ export async function createBroker(config: Config, log: Logger, options: BrokerO
     log,
     recheck,
     ...(flows ? { flows } : {}),
+    // Multi-round-trip continuations: sealed under the secret every replica shares (state store), as pickups are.
+    requestStates: RequestStateSealer.fromSecret(await sharedSecret(state, 'request-state'), 'mrtr', options.now ? { now: options.now } : {}),
     filter: createResultFilter(off.has('filters') ? { redaction: { enabled: false }, injection: { enabled: false } } : config.filters.result),
     ...(off.has('quotas') ? {} : { limits: new Limits(config.limits, state) }),
     autoApprove: off.has('approvals'),

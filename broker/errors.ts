@@ -69,6 +69,14 @@ export type DenialCode =
   // authorize
   | 'BASTION_POLICY_DENIED'
   | 'BASTION_POLICY_ERROR'
+  // authorize: a multi-round-trip retry's requestState / inputResponses (broker/server/request-state.ts)
+  | 'BASTION_STATE_MALFORMED'
+  | 'BASTION_STATE_TAMPERED'
+  | 'BASTION_STATE_EXPIRED'
+  | 'BASTION_STATE_OTHER_PRINCIPAL'
+  | 'BASTION_STATE_OTHER_CALL'
+  | 'BASTION_INPUT_RESPONSES_UNEXPECTED'
+  | 'BASTION_INPUT_REQUIRED_UNSUPPORTED'
   // authorize (reading) and filter (recording): the agent's flow state could not be read or written
   | 'BASTION_FLOW_UNAVAILABLE'
   | 'BASTION_GRANT_DENIED'

@@ -24,7 +24,7 @@ import type { DecisionLog } from './policy/decision-log.ts';
 import type { PolicyEngine } from './policy/engine.ts';
 import type { Decision, PolicyInput } from './policy/schema.ts';
 import type { ToolEntry, ToolRegistry, Risk } from './registry.ts';
-import { ConnectorUnavailable, type CallOrigin } from '../connectors/upstream.ts';
+import { ConnectorUnavailable, isInputRequired, type CallOrigin, type UpstreamInputRequired } from '../connectors/upstream.ts';
 import { SandboxError } from '../sandboxes/errors.ts';
 import { summarizeUses } from '../sandboxes/capabilities/uses.ts';
 import { capabilityUsesOf, PluginHost, SANDBOX_META } from '../sandboxes/host.ts';
@@ -35,6 +35,8 @@ import type { ResultFilter } from './filters/result.ts';
 import type { Limits } from './limits.ts';
 import { metrics, TOOL_UNAUTHENTICATED_LABEL } from './metrics.ts';
 import type { FlowControl, PreparedFlow } from './flows/control.ts';
+import type { RequestStateSealer } from './server/request-state.ts';
+import { MODERN_REVISION } from './server/eras.ts';
 import { auditExplanation, explainFlow, type FlowExplanation } from './flows/explain.ts';
 import type { ContextLabel, FlowInput } from './flows/schema.ts';
 
@@ -55,7 +57,22 @@ export interface CallContext {
    * approvers decide (2025-era sessions, stdio).
    */
   pickup?: { state?: unknown; holdMs: number };
+  /** A 2026-07-28 retry's multi-round-trip fields, lifted off the request by the SDK (untrusted). */
+  continuation?: { inputResponses?: Record<string, unknown>; requestState?: string };
 }
+
+/** What Bastion seals into the requestState it hands a 2026-07-28 agent for an upstream's input_required. */
+interface ContinuationState {
+  /** The connector whose upstream asked. */
+  c: string;
+  /** The inputRequests keys the agent was given: the only inputResponses keys it may send. */
+  k: string[];
+  /** The upstream's own requestState, never shown to the agent. */
+  s?: string;
+}
+
+/** How long an agent has to answer an upstream's input_required (its retry must come within it). */
+export const CONTINUATION_TTL_MS = 10 * 60_000;
 
 /** What a call that is still waiting answers a 2026-07-28 agent: come back with this requestState. */
 export type PickupResult = InputRequiredResult & { resultType: 'input_required'; requestState: string };
@@ -86,6 +103,8 @@ export interface PipelineParts {
   recheck?: (principal: Principal) => Promise<void>;
   /** Flow control (broker/flows/); absent when config turns it off. */
   flows?: FlowControl;
+  /** Seals the requestState of relayed input_required results; absent: they are refused. */
+  requestStates?: RequestStateSealer;
   now?: () => Date;
 }
 
@@ -335,6 +354,7 @@ export class Pipeline {
     let explanation: FlowExplanation | undefined;
     // An approval this call holds, until it is handed to the executor; a refusal before that abandons it.
     let approval: { id: string; hash: string } | undefined;
+    let continuation: ContinuationState | undefined;
     try {
       let mark = performance.now();
       entry = this.parts.registry.resolveTool(name);
@@ -372,6 +392,9 @@ export class Pipeline {
       }
       // An obligation the filter cannot honour refuses the call before the tool runs.
       this.parts.filter.checkObligations(decision.obligations);
+      // A multi-round-trip retry: its state must be one Bastion issued, to this principal, for this call.
+      continuation = await this.openContinuation(principal, call, entry, args);
+      if (continuation) event.detail = { ...event.detail, input_responses: Object.keys(call.continuation?.inputResponses ?? {}) };
       // Stage 4: quotas are taken only for calls policy allows, so refused calls cannot drain them.
       mark = performance.now();
       if (this.parts.limits) {
@@ -443,11 +466,21 @@ export class Pipeline {
     // Relayed notifications (progress, logging) must reach the agent before the
     // result does: the result closes the call's stream, and later sends are lost.
     const relay = orderedRelay(call.origin);
-    let result: CallToolResult;
+    let answer: CallToolResult | UpstreamInputRequired;
     const executing = performance.now();
     try {
-      result = await entry.connector.callTool(entry.upstreamName, args, {
+      answer = await entry.connector.callTool(entry.upstreamName, args, {
         origin: relay.origin,
+        // A 2026-07-28 agent gets an upstream's input_required to answer itself (retrying through Bastion).
+        ...(call.protocol === MODERN_REVISION
+          ? {
+              inputRequired: {
+                manual: true as const,
+                ...(continuation && call.continuation?.inputResponses ? { inputResponses: call.continuation.inputResponses } : {}),
+                ...(continuation?.s !== undefined ? { requestState: continuation.s } : {}),
+              },
+            }
+          : {}),
         ...(call.signal ? { signal: call.signal } : {}),
         ...(call.progressToken !== undefined
           ? {
@@ -490,12 +523,17 @@ export class Pipeline {
     }
 
     // A sandbox answers a call it stopped for the agent with a tool error; the record says cancelled.
-    if (call.signal?.aborted && entry.connector instanceof PluginHost && (result._meta?.[SANDBOX_META] as { code?: string } | undefined)?.code === 'SANDBOX_CANCELLED') {
+    if (call.signal?.aborted && entry.connector instanceof PluginHost && ((answer as CallToolResult)._meta?.[SANDBOX_META] as { code?: string } | undefined)?.code === 'SANDBOX_CANCELLED') {
       const denial = new Denial('execute', 'BASTION_CANCELLED', `the agent cancelled the call while plugin ${entry.connector.name} ran it`);
       if (approval) await this.settleApproval(approval.id, 'failed', denial.reason);
       await this.recordAndLog(finish, denial, 'error');
       return denialResult(denial);
     }
+    if (isInputRequired(answer)) {
+      if (approval) await this.settleApproval(approval.id, 'executed', 'the upstream asked the agent for input (input_required)');
+      return this.relayInputRequired(principal, entry, name, args, answer, finish);
+    }
+    const result = answer;
     if (approval) await this.settleApproval(approval.id, 'executed', result.isError ? 'the upstream answered with a tool error' : 'the upstream answered');
 
     // Stage 7. A result that cannot be scanned or measured (too big, too deep) is withheld, never passed through.
@@ -537,6 +575,64 @@ export class Pipeline {
       },
     });
     return filtered.result;
+  }
+
+  /**
+   * Opens a 2026-07-28 retry's requestState (refusing one Bastion did not issue to this principal
+   * for this tool, arguments and connector, or one past its time) and checks its inputResponses
+   * answer only requests the agent was given. Undefined: not a retry.
+   */
+  private async openContinuation(principal: Principal, call: CallContext, entry: ToolEntry, args: Record<string, unknown>): Promise<ContinuationState | undefined> {
+    const { inputResponses, requestState } = call.continuation ?? {};
+    const answered = Object.keys(inputResponses ?? {});
+    if (requestState === undefined) {
+      if (answered.length === 0) return undefined;
+      throw new Denial('authorize', 'BASTION_INPUT_RESPONSES_UNEXPECTED', `inputResponses (${answered.slice(0, 5).join(', ')}) answer no request Bastion issued: a retry must carry the requestState of the input_required result it answers`);
+    }
+    if (!this.parts.requestStates) throw new Denial('authorize', 'BASTION_STATE_MALFORMED', 'this Bastion issues no requestState; retry the call without it');
+    const opened = await this.parts.requestStates.open<ContinuationState>(requestState, binding(principal, entry.exposedName, args));
+    if (!opened.ok) {
+      // Not a continuation Bastion sealed: with no inputResponses it may be an approval pickup ticket,
+      // which the approve stage redeems (or refuses) itself.
+      const notOurs = opened.refusal.code === 'BASTION_STATE_TAMPERED' || opened.refusal.code === 'BASTION_STATE_MALFORMED';
+      if (notOurs && answered.length === 0 && call.pickup?.state !== undefined) return undefined;
+      throw new Denial('authorize', opened.refusal.code, opened.refusal.message);
+    }
+    // A continuation, not a pickup ticket: an approval this leg needs starts afresh.
+    if (call.pickup) call.pickup = { holdMs: call.pickup.holdMs };
+    const state = opened.payload;
+    if (state.c !== entry.connector.name) throw new Denial('authorize', 'BASTION_STATE_OTHER_CALL', 'requestState belongs to a call to another upstream; retry without it');
+    const unexpected = answered.filter((key) => !state.k.includes(key));
+    if (unexpected.length > 0) {
+      throw new Denial('authorize', 'BASTION_INPUT_RESPONSES_UNEXPECTED', `inputResponses ${unexpected.slice(0, 5).join(', ')} answer no request in this call's input_required (it asked for: ${state.k.join(', ') || 'nothing'})`);
+    }
+    return state;
+  }
+
+  /**
+   * An upstream asked the agent for input (2026-07-28 input_required): the agent gets its
+   * inputRequests and a requestState Bastion sealed (the upstream's own state inside, bound to
+   * this principal, tool and arguments). The final result of the retried call is filtered as usual.
+   */
+  private async relayInputRequired(
+    principal: Principal,
+    entry: ToolEntry,
+    name: string,
+    args: Record<string, unknown>,
+    answer: UpstreamInputRequired,
+    finish: (outcome: AuditEvent['outcome'], extra?: Partial<AuditEvent>) => Promise<void>,
+  ): Promise<CallToolResult> {
+    const keys = Object.keys(answer.inputRequests ?? {});
+    if (!this.parts.requestStates) {
+      const denial = new Denial('execute', 'BASTION_INPUT_REQUIRED_UNSUPPORTED', `upstream ${entry.connector.name} asked for input, and this Bastion cannot carry multi-round-trip state`);
+      await this.recordAndLog(finish, denial, 'error');
+      return denialResult(denial);
+    }
+    const state: ContinuationState = { c: entry.connector.name, k: keys, ...(answer.requestState !== undefined ? { s: answer.requestState } : {}) };
+    const sealed = await this.parts.requestStates.seal(state, binding(principal, name, args), CONTINUATION_TTL_MS);
+    const methods = Object.values(answer.inputRequests ?? {}).map((request) => String((request as { method?: unknown })?.method ?? 'unknown'));
+    await finish('ok', { detail: { input_required: { keys, methods } } });
+    return { resultType: 'input_required', ...(answer.inputRequests ? { inputRequests: answer.inputRequests } : {}), requestState: sealed } as unknown as CallToolResult;
   }
 
   /**
@@ -682,4 +778,9 @@ export class Pipeline {
     this.parts.log.info({ denial: denial.toJSON() }, 'call refused');
     await finish(outcome, { denial: denial.toJSON() });
   }
+}
+
+/** What a sealed continuation is bound to: the principal, the exposed tool and its arguments. */
+function binding(principal: Principal, tool: string, args: Record<string, unknown>) {
+  return { iss: principal.iss, sub: principal.sub, tool, arguments: args };
 }

@@ -18,7 +18,7 @@ import { canonicalJson, sha256 } from './audit/chain.ts';
 import { lookalikesOf } from './filters/names.ts';
 import { Denial, type DenialCode } from './errors.ts';
 import type { Logger } from './log.ts';
-import type { CallOptions, Connector } from '../connectors/upstream.ts';
+import type { CallOptions, Connector, UpstreamInputRequired } from '../connectors/upstream.ts';
 
 /**
  * What serves tools: an upstream connector or a sandboxed plugin. The
@@ -32,7 +32,7 @@ export interface ToolSource {
   lastError: string | undefined;
   /** Set when the source was refused before loading (a plugin claiming a taken name): the code its calls are denied with. */
   readonly refusedWith?: DenialCode | undefined;
-  callTool(name: string, args: Record<string, unknown>, options: CallOptions): Promise<CallToolResult>;
+  callTool(name: string, args: Record<string, unknown>, options: CallOptions): Promise<CallToolResult | UpstreamInputRequired>;
   /** Connectors: resolves once an announced catalog change is processed. */
   catalogSettled?(): Promise<void>;
 }

@@ -27,6 +27,7 @@ import type { IsolationConfig } from '../broker/config.ts';
 import { Denial } from '../broker/errors.ts';
 import type { Logger } from '../broker/log.ts';
 import { stopProcessTree } from './process-tree.ts';
+import { compileSchema } from '../sandboxes/schema-patterns.ts';
 
 /** Who a request comes from: the key of its upstream connection. */
 export interface AgentOwner {
@@ -76,6 +77,40 @@ export interface AgentSessionsOptions {
 export interface ToolCallOptions {
   signal?: AbortSignal;
   onprogress?: (progress: { progress: number; total?: number; message?: string }) => void;
+  /**
+   * Multi-round-trip, 2026-07-28 upstream to a 2026-07-28 agent: an `input_required`
+   * answer is handed back (not fulfilled here), and a retry carries the agent's
+   * `inputResponses` and the upstream's own `requestState`. Ignored on a 2025 upstream.
+   */
+  inputRequired?: { manual: true; inputResponses?: Record<string, unknown>; requestState?: string };
+}
+
+/** An upstream's `input_required` answer (2026-07-28), handed back in manual mode. */
+export interface UpstreamInputRequired {
+  resultType: 'input_required';
+  inputRequests?: Record<string, unknown>;
+  requestState?: string;
+}
+
+export function isInputRequired(result: unknown): result is UpstreamInputRequired {
+  return !!result && typeof result === 'object' && (result as { resultType?: unknown }).resultType === 'input_required';
+}
+
+/** Output-schema validators for manual multi-round-trip results, per catalog tool object. */
+const outputValidators = new WeakMap<Tool, ReturnType<typeof compileSchema>>();
+
+/** The rule client.callTool applies: a tool with an output schema answers valid structured content (unless isError). */
+function checkStructured(tool: Tool | undefined, name: string, result: CallToolResult): void {
+  if (!tool?.outputSchema || result.isError) return;
+  if (result.structuredContent === undefined) throw new ProtocolError(ProtocolErrorCode.InvalidRequest, `Tool ${name} has an output schema but did not return structured content`);
+  let validate = outputValidators.get(tool);
+  if (!validate) {
+    validate = compileSchema(tool.outputSchema as Record<string, unknown>);
+    outputValidators.set(tool, validate);
+  }
+  if (!validate(result.structuredContent)) {
+    throw new ProtocolError(ProtocolErrorCode.InvalidParams, `Structured content does not match the tool's output schema: ${validate.errors?.[0]?.message ?? 'invalid'}`);
+  }
 }
 
 /** What `list()` says about one open agent connection. */
@@ -376,18 +411,31 @@ export class AgentSessions {
   }
 
   /** Calls an upstream tool by its upstream (un-namespaced) name on the agent's own connection. */
-  callTool(origin: CallOrigin, name: string, args: Record<string, unknown>, options: ToolCallOptions): Promise<CallToolResult> {
+  callTool(origin: CallOrigin, name: string, args: Record<string, unknown>, options: ToolCallOptions): Promise<CallToolResult | UpstreamInputRequired> {
     return this.run(origin, async (client, connection) => {
       await connection.toolsListed;
       this.checkDescriptor(connection, name);
       const token = options.onprogress ? `bastion-${this.nextId++}` : undefined;
       if (token) connection.progress.set(token, options.onprogress!);
+      // Manual multi-round-trip only where both sides speak 2026-07-28; otherwise the SDK fulfils
+      // input_required itself through the relay handlers (to a 2025 agent's session).
+      const manual = options.inputRequired && client.getProtocolEra() === 'modern' ? options.inputRequired : undefined;
       try {
-        const result = await client.callTool(
-          { name, arguments: args, ...(token ? { _meta: { progressToken: token } } : {}) },
-          { timeout: this.options.timeoutMs, ...(options.signal ? { signal: options.signal } : {}) },
-        );
-        return result as CallToolResult;
+        const params = {
+          name,
+          arguments: args,
+          ...(token ? { _meta: { progressToken: token } } : {}),
+          ...(manual?.inputResponses ? { inputResponses: manual.inputResponses } : {}),
+          ...(manual?.requestState !== undefined ? { requestState: manual.requestState } : {}),
+        };
+        const requestOptions = { timeout: this.options.timeoutMs, ...(options.signal ? { signal: options.signal } : {}) };
+        if (!manual) return (await client.callTool(params, requestOptions)) as CallToolResult;
+        // client.callTool refuses an input_required answer from a tool with an output schema (it
+        // finds no structured content), so manual rounds go through request() and the final
+        // result is checked against the output schema here, as callTool would.
+        const answer = (await client.request({ method: 'tools/call', params }, { ...requestOptions, allowInputRequired: true })) as CallToolResult | UpstreamInputRequired;
+        if (!isInputRequired(answer)) checkStructured(this.options.catalogTool(name), name, answer);
+        return answer;
       } finally {
         if (token) connection.progress.delete(token);
       }

@@ -27,9 +27,10 @@ import type { ConnectorConfig } from '../broker/config.ts';
 import type { Logger } from '../broker/log.ts';
 import { linearSchemaValidator, toolSchemaProblems } from '../sandboxes/schema-patterns.ts';
 import type { Denial } from '../broker/errors.ts';
-import { AgentSessions, closeUpstreamClient, type AgentChannel, type AgentConnectionInfo, type CallOrigin } from './agent-sessions.ts';
+import { AgentSessions, closeUpstreamClient, type AgentChannel, type AgentConnectionInfo, type CallOrigin, type UpstreamInputRequired } from './agent-sessions.ts';
 
-export type { AgentChannel, AgentOwner, CallOrigin } from './agent-sessions.ts';
+export type { AgentChannel, AgentOwner, CallOrigin, UpstreamInputRequired } from './agent-sessions.ts';
+export { isInputRequired } from './agent-sessions.ts';
 
 export type ConnectorStatus = 'starting' | 'ready' | 'down' | 'stopped';
 
@@ -37,6 +38,12 @@ export interface CallOptions {
   origin: CallOrigin;
   signal?: AbortSignal;
   onprogress?: (progress: { progress: number; total?: number; message?: string }) => void;
+  /**
+   * Multi-round-trip, 2026-07-28 upstream to a 2026-07-28 agent: an `input_required`
+   * answer is handed back (not fulfilled here), and a retry carries the agent's
+   * `inputResponses` and the upstream's own `requestState`. Ignored on a 2025 upstream.
+   */
+  inputRequired?: { manual: true; inputResponses?: Record<string, unknown>; requestState?: string };
 }
 
 export interface ConnectorEvents {
@@ -366,7 +373,7 @@ export class Connector {
   }
 
   /** Calls an upstream tool by its upstream (un-namespaced) name, on the agent's own connection. */
-  callTool(name: string, args: Record<string, unknown>, options: CallOptions): Promise<CallToolResult> {
+  callTool(name: string, args: Record<string, unknown>, options: CallOptions): Promise<CallToolResult | UpstreamInputRequired> {
     this.requireClient();
     const { origin, ...rest } = options;
     return this.agents.callTool(origin, name, args, rest);

@@ -69,7 +69,7 @@ class AgentServer extends Server {
   }
 }
 
-function originOf(session: SessionBinding, extra: Extra, principal: Principal): CallOrigin {
+function originOf(session: SessionBinding, extra: Extra, principal: Principal, protocol: string | undefined): CallOrigin {
   return {
     sessionId: session.id,
     // Upstream connections are keyed by who asks: the session, or (isolation: principal) this.
@@ -77,8 +77,17 @@ function originOf(session: SessionBinding, extra: Extra, principal: Principal): 
     // A 2026-07-28 request has no session to own an upstream connection: its principal does.
     ...(session.register === false ? { stateless: true } : {}),
     // Relayed requests are spec methods (sampling, elicitation, roots): the SDK validates each
-    // result against the spec's schema for its method.
-    sendRequest: (request: Request) => extra.mcpReq.send(request as { method: RequestMethod; params?: Record<string, unknown> }),
+    // result against the spec's schema for its method. A 2026-07-28 agent has no channel for
+    // them: a 2025-era upstream asking mid-call is refused, clearly (README "multi-round-trip").
+    sendRequest: (request: Request) =>
+      protocol === MODERN_REVISION
+        ? Promise.reject(
+            new ProtocolError(
+              ProtocolErrorCode.InvalidRequest,
+              `Bastion cannot relay ${request.method}: the calling agent speaks ${MODERN_REVISION}, which has no server-to-client requests, and this upstream asked mid-call (2025-11-25); configure the connector with protocol 2026-07-28 or auto if the upstream supports it`,
+            ),
+          )
+        : extra.mcpReq.send(request as { method: RequestMethod; params?: Record<string, unknown> }),
     sendNotification: (notification) => extra.mcpReq.notify(notification as ServerNotification),
   };
 }
@@ -95,7 +104,7 @@ function callContext(session: SessionBinding, server: Server, extra: Extra, prin
     session: session.id,
     transport: session.transport,
     ...(protocol !== undefined ? { protocol } : {}),
-    origin: originOf(session, extra, principal),
+    origin: originOf(session, extra, principal, protocol),
     signal: extra.mcpReq.signal,
     ...(progressToken !== undefined ? { progressToken } : {}),
   };
@@ -151,9 +160,14 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
       const call = callContext(session, server, ctx, principal, progressToken);
       // A 2026-07-28 request over HTTP holds no connection Bastion could wait on: an approval wait
       // answers input_required with a pickup ticket, and the retry echoes it (SDK-lifted requestState).
+      const requestState = ctx.mcpReq.requestState();
       if (session.register === false && session.transport === 'http' && protocolOf(server, ctx) === MODERN_REVISION) {
-        const state = ctx.mcpReq.requestState();
-        call.pickup = { holdMs: broker.config.approvals.pickup_hold, ...(state !== undefined ? { state } : {}) };
+        call.pickup = { holdMs: broker.config.approvals.pickup_hold, ...(requestState !== undefined ? { state: requestState } : {}) };
+      }
+      // A 2026-07-28 retry's multi-round-trip fields (the SDK lifts them off the params); untrusted until the pipeline opens them.
+      const inputResponses = ctx.mcpReq.inputResponses;
+      if (call.protocol === MODERN_REVISION && (typeof requestState === 'string' || inputResponses)) {
+        call.continuation = { ...(inputResponses ? { inputResponses } : {}), ...(typeof requestState === 'string' ? { requestState } : {}) };
       }
       return pipeline.callTool(principal, call, request.params.name, request.params.arguments ?? {});
     });

@@ -72,7 +72,11 @@ async function main(): Promise<number> {
         // The suite opens a session per scenario and never closes one; all are the same anonymous principal.
         limits: { sessions_per_principal: 1000, principal: { requests_per_minute: 0, burst: 1 } },
         // One upstream session per scenario's session, as many as the sessions it leaves open.
-        connectors: [{ name: 'conformance', transport: 'http', url: upstream, namespace: false, isolation: { max: 1000, max_per_principal: 1000 } }],
+        connectors: [
+          { name: 'conformance', transport: 'http', url: upstream, namespace: false, isolation: { max: 1000, max_per_principal: 1000 } },
+          // The input-required-result-* tools, on a 2026-07-28 upstream: the suite's calls cross Bastion's relay.
+          { name: 'mrtr', transport: 'stdio', command: process.execPath, args: [path.join(ROOT, 'test/fixtures/conformance-mrtr-upstream.ts')], protocol: '2026-07-28', namespace: false },
+        ],
       }),
     );
     const bastion = await startAndWait(

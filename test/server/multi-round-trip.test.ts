@@ -1,0 +1,269 @@
+/**
+ * Multi-round-trip through Bastion (MCP 2026-07-28 `input_required`), with the
+ * real v2 SDK on both sides: an upstream (test/fixtures/modern-upstream.ts)
+ * that asks for elicitation, sampling and roots, and agents pinned to
+ * 2026-07-28 or left on 2025-11-25. Bastion relays the upstream's inputRequests
+ * to the calling agent under a requestState it sealed (the upstream's own state
+ * inside), and refuses, with an audited denial and no upstream call, a state
+ * that is forged, tampered with, replayed by another principal, brought to
+ * another call or expired, and inputResponses for requests it never issued.
+ */
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
+import type { CallToolResult } from '@modelcontextprotocol/client';
+import { sharedSecret } from '../../broker/state/shared-secret.ts';
+import { ROOT, startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { RequestStateSealer } from '../../broker/server/request-state.ts';
+
+const MODERN = '2026-07-28';
+const MODERN_UPSTREAM = path.join(ROOT, 'test/fixtures/modern-upstream.ts');
+
+let t: TestBroker;
+
+beforeAll(async () => {
+  t = await startTestBroker({
+    connectors: [
+      { name: 'modern', transport: 'stdio', command: process.execPath, args: [MODERN_UPSTREAM], timeout: '20s', protocol: '2026-07-28' },
+      // The same upstream spoken to in 2025-11-25: it asks the client mid-call instead.
+      { name: 'legacy', transport: 'stdio', command: process.execPath, args: [MODERN_UPSTREAM], timeout: '20s' },
+    ],
+  });
+});
+
+afterAll(async () => {
+  await t.close();
+});
+
+/** An agent with handlers for everything an upstream may ask, recording what it was asked. */
+async function agent(token: string, era: 'modern' | 'legacy') {
+  const asked: { method: string; params: unknown }[] = [];
+  const client = new Client(
+    { name: 'mrtr-agent', version: '1.0.0' },
+    {
+      capabilities: { elicitation: { form: {} }, sampling: {}, roots: {} },
+      ...(era === 'modern' ? { versionNegotiation: { mode: { pin: MODERN } } } : {}),
+    },
+  );
+  client.setRequestHandler('elicitation/create', async (request) => {
+    asked.push({ method: request.method, params: request.params });
+    return { action: 'accept', content: { ok: true } };
+  });
+  client.setRequestHandler('sampling/createMessage', async (request) => {
+    asked.push({ method: request.method, params: request.params });
+    return { role: 'assistant', content: { type: 'text', text: 'short' }, model: 'test-model' };
+  });
+  client.setRequestHandler('roots/list', async (request) => {
+    asked.push({ method: request.method, params: request.params });
+    return { roots: [{ uri: 'file:///work', name: 'work' }] };
+  });
+  await client.connect(new StreamableHTTPClientTransport(new URL(t.url), { requestInit: { headers: { Authorization: `Bearer ${token}` } } }));
+  return { client, asked };
+}
+
+const text = (result: unknown) => ((result as CallToolResult).content as { text: string }[]).map((c) => c.text).join('');
+
+function envelope(): Record<string, unknown> {
+  return {
+    'io.modelcontextprotocol/protocolVersion': MODERN,
+    'io.modelcontextprotocol/clientInfo': { name: 'raw', version: '1.0.0' },
+    'io.modelcontextprotocol/clientCapabilities': { elicitation: { form: {} }, sampling: {}, roots: {} },
+  };
+}
+
+let nextId = 1;
+/** One raw 2026-07-28 tools/call; extra params (inputResponses, requestState) as given. */
+async function rawCall(token: string, name: string, args: Record<string, unknown>, extra: Record<string, unknown> = {}) {
+  const response = await fetch(t.url, {
+    method: 'POST',
+    headers: {
+      'content-type': 'application/json',
+      accept: 'application/json, text/event-stream',
+      authorization: `Bearer ${token}`,
+      'mcp-protocol-version': MODERN,
+      'mcp-method': 'tools/call',
+      'mcp-name': name,
+    },
+    body: JSON.stringify({ jsonrpc: '2.0', id: nextId++, method: 'tools/call', params: { name, arguments: args, ...extra, _meta: envelope() } }),
+  });
+  const body = await response.text();
+  const json = response.headers.get('content-type')?.startsWith('text/event-stream')
+    ? JSON.parse(body.split('\n').find((line) => line.startsWith('data: ') && line.includes('"jsonrpc"'))!.slice(6))
+    : JSON.parse(body);
+  return json as { result?: Record<string, unknown> & { requestState?: string; inputRequests?: Record<string, { method: string }> }; error?: { message: string } };
+}
+
+describe('a 2026-07-28 agent behind a 2026-07-28 upstream', () => {
+  it('the SDK agent answers elicitation, sampling and roots through Bastion and gets the final result', async () => {
+    const token = await t.mint({ sub: 'agent:mrtr', cap: [{ tool: 'modern__*' }] });
+    const { client, asked } = await agent(token, 'modern');
+    try {
+      const mark = await t.auditMark();
+      expect(text(await client.callTool({ name: 'modern__confirm', arguments: { what: 'deploy' } }))).toBe('confirm deploy: accept {"ok":true} (state confirm:deploy)');
+      expect(text(await client.callTool({ name: 'modern__summarize', arguments: { text: 'long text' } }))).toBe('summary: short (state summarize:1)');
+      expect(text(await client.callTool({ name: 'modern__where', arguments: {} }))).toBe('roots: file:///work (state where:1)');
+      expect(text(await client.callTool({ name: 'modern__stepwise', arguments: {} }))).toBe('stepwise done: step:2:file:///work {"action":"accept","content":{"ok":true}}');
+      expect(asked.map((a) => a.method)).toEqual(['elicitation/create', 'sampling/createMessage', 'roots/list', 'roots/list', 'elicitation/create']);
+      expect(asked[0]!.params).toMatchObject({ message: 'Confirm deploy?' });
+      // Each leg is its own audited tools/call: the asking one records what was asked, the retry what was answered.
+      const records = await t.auditSince(mark, 'tools/call');
+      expect(records).toHaveLength(9);
+      expect(records.every((r) => r.outcome === 'ok' && r.protocol === MODERN && r.principal?.sub === 'agent:mrtr')).toBe(true);
+      expect(records[0]!.detail).toMatchObject({ input_required: { keys: ['confirm'], methods: ['elicitation/create'] } });
+      expect(records[1]!.detail).toMatchObject({ input_responses: ['confirm'] });
+      expect(records[1]!.detail?.input_required).toBeUndefined();
+    } finally {
+      await client.close();
+    }
+  });
+
+  it('a tool with an output schema: the asking leg passes, and the final structured result is validated and relayed', async () => {
+    const token = await t.mint({ sub: 'agent:typed', cap: [{ tool: 'modern__confirm_typed' }] });
+    const { client, asked } = await agent(token, 'modern');
+    try {
+      const result = (await client.callTool({ name: 'modern__confirm_typed', arguments: {} })) as CallToolResult;
+      expect(result.structuredContent).toEqual({ answer: 'accept' });
+      expect(asked.map((a) => a.method)).toEqual(['elicitation/create']);
+    } finally {
+      await client.close();
+    }
+    // The final result of a retry is still held to the output schema: content that breaks it never reaches the agent.
+    const first = await rawCall(token, 'modern__confirm_typed', {});
+    expect(first.result?.resultType).toBe('input_required');
+    const broken = await rawCall(token, 'modern__confirm_typed', {}, { requestState: first.result!.requestState, inputResponses: { confirm: { action: 'decline' } } });
+    expect(broken.result?.isError).toBe(true);
+    expect(broken.result?.structuredContent).toBeUndefined();
+    expect(text(broken.result)).toMatch(/Output validation error/);
+  });
+
+  it("the agent gets Bastion's sealed requestState, never the upstream's", async () => {
+    const token = await t.mint({ sub: 'agent:raw', cap: [{ tool: 'modern__*' }] });
+    const first = await rawCall(token, 'modern__confirm', { what: 'x' });
+    expect(first.result).toMatchObject({ resultType: 'input_required', inputRequests: { confirm: { method: 'elicitation/create' } } });
+    const state = first.result!.requestState!;
+    expect(state.split('.')).toHaveLength(5);
+    expect(state).not.toContain('confirm:x');
+    const done = await rawCall(token, 'modern__confirm', { what: 'x' }, { requestState: state, inputResponses: { confirm: { action: 'decline' } } });
+    expect(text(done.result)).toBe('confirm x: decline {} (state confirm:x)');
+  });
+});
+
+describe('refusals of a retry', () => {
+  /** Sends a retry, expects a denial with `code`, an audit record of it, and no upstream completion. */
+  async function refused(token: string, name: string, args: Record<string, unknown>, extra: Record<string, unknown>, code: string, message: RegExp) {
+    const mark = await t.auditMark();
+    const answer = await rawCall(token, name, args, extra);
+    expect(answer.result?.isError).toBe(true);
+    expect(answer.result?.resultType).not.toBe('input_required');
+    expect(text(answer.result)).toMatch(message);
+    expect(JSON.stringify(answer.result)).toContain(code);
+    const records = await t.auditSince(mark, 'tools/call');
+    expect(records).toHaveLength(1);
+    expect(records[0]).toMatchObject({ outcome: 'denied', tool: name, denial: { stage: 'authorize', code } });
+  }
+
+  async function issued(token: string, args = { what: 'a' }) {
+    const first = await rawCall(token, 'modern__confirm', args);
+    return first.result!.requestState!;
+  }
+
+  it('a state replayed by another principal', async () => {
+    const alice = await t.mint({ sub: 'agent:alice', cap: [{ tool: 'modern__*' }] });
+    const mallory = await t.mint({ sub: 'agent:mallory', cap: [{ tool: 'modern__*' }] });
+    const state = await issued(alice);
+    await refused(mallory, 'modern__confirm', { what: 'a' }, { requestState: state, inputResponses: { confirm: { action: 'accept', content: { ok: true } } } }, 'BASTION_STATE_OTHER_PRINCIPAL', /another principal/);
+  });
+
+  it('a state brought to another call (other arguments, other tool)', async () => {
+    const token = await t.mint({ sub: 'agent:other-call', cap: [{ tool: 'modern__*' }] });
+    const state = await issued(token);
+    const answer = { confirm: { action: 'accept', content: { ok: true } } };
+    await refused(token, 'modern__confirm', { what: 'b' }, { requestState: state, inputResponses: answer }, 'BASTION_STATE_OTHER_CALL', /another call/);
+    await refused(token, 'modern__where', {}, { requestState: state, inputResponses: answer }, 'BASTION_STATE_OTHER_CALL', /another call/);
+  });
+
+  it('a forged state and a tampered one', async () => {
+    const token = await t.mint({ sub: 'agent:forger', cap: [{ tool: 'modern__*' }] });
+    const forged = await RequestStateSealer.fromSecret('not-the-broker-key-material', 'mrtr').seal({ c: 'modern', k: ['confirm'], s: 'confirm:a' }, { iss: 'x', sub: 'agent:forger', tool: 'modern__confirm', arguments: { what: 'a' } }, 60_000);
+    await refused(token, 'modern__confirm', { what: 'a' }, { requestState: forged, inputResponses: { confirm: { action: 'accept' } } }, 'BASTION_STATE_TAMPERED', /not issued by this Bastion or was altered/);
+    const state = await issued(token);
+    const parts = state.split('.');
+    const ciphertext = Buffer.from(parts[3]!, 'base64url');
+    ciphertext[0]! ^= 0xff;
+    parts[3] = ciphertext.toString('base64url');
+    await refused(token, 'modern__confirm', { what: 'a' }, { requestState: parts.join('.'), inputResponses: { confirm: { action: 'accept' } } }, 'BASTION_STATE_TAMPERED', /altered/);
+    await refused(token, 'modern__confirm', { what: 'a' }, { requestState: 'confirm:a', inputResponses: { confirm: { action: 'accept' } } }, 'BASTION_STATE_MALFORMED', /not a state Bastion issued/);
+  });
+
+  it('an expired state (sealed with the broker key under a clock in the past)', async () => {
+    const token = await t.mint({ sub: 'agent:late', cap: [{ tool: 'modern__*' }] });
+    const secret = await sharedSecret(t.broker.state, 'request-state');
+    const past = RequestStateSealer.fromSecret(secret, 'mrtr', { now: () => Date.now() - 3_600_000 });
+    const iss = t.broker.devKey!.issuer;
+    const stale = await past.seal({ c: 'modern', k: ['confirm'], s: 'confirm:a' }, { iss, sub: 'agent:late', tool: 'modern__confirm', arguments: { what: 'a' } }, 600_000);
+    await refused(token, 'modern__confirm', { what: 'a' }, { requestState: stale, inputResponses: { confirm: { action: 'accept', content: { ok: true } } } }, 'BASTION_STATE_EXPIRED', /expired/);
+    // The same state, fresh, is accepted: the refusal above was about time alone.
+    const fresh = await RequestStateSealer.fromSecret(secret, 'mrtr').seal({ c: 'modern', k: ['confirm'], s: 'confirm:a' }, { iss, sub: 'agent:late', tool: 'modern__confirm', arguments: { what: 'a' } }, 600_000);
+    expect(text((await rawCall(token, 'modern__confirm', { what: 'a' }, { requestState: fresh, inputResponses: { confirm: { action: 'accept', content: { ok: true } } } })).result)).toBe('confirm a: accept {"ok":true} (state confirm:a)');
+  });
+
+  it('inputResponses for requests never issued (with no state, and keys outside the sealed set)', async () => {
+    const token = await t.mint({ sub: 'agent:unasked', cap: [{ tool: 'modern__*' }] });
+    await refused(token, 'modern__confirm', { what: 'a' }, { inputResponses: { confirm: { action: 'accept', content: { ok: true } } } }, 'BASTION_INPUT_RESPONSES_UNEXPECTED', /answer no request Bastion issued/);
+    const state = await issued(token);
+    await refused(token, 'modern__confirm', { what: 'a' }, { requestState: state, inputResponses: { confirm: { action: 'accept' }, sneaky: { action: 'accept' } } }, 'BASTION_INPUT_RESPONSES_UNEXPECTED', /sneaky/);
+  });
+
+  it('a retry is authorized like any call: a principal that lost the tool is refused by policy', async () => {
+    const iss = t.broker.devKey!.issuer;
+    const full = await t.mint({ sub: 'agent:narrowed', cap: [{ tool: 'modern__*' }] });
+    const state = await issued(full);
+    const narrowed = await t.mint({ sub: 'agent:narrowed', cap: [{ tool: 'modern__where' }] });
+    const mark = await t.auditMark();
+    const answer = await rawCall(narrowed, 'modern__confirm', { what: 'a' }, { requestState: state, inputResponses: { confirm: { action: 'accept' } } });
+    expect(answer.result?.isError).toBe(true);
+    expect((await t.auditSince(mark, 'tools/call'))[0]).toMatchObject({ outcome: 'denied', denial: { code: 'BASTION_POLICY_DENIED' }, principal: { sub: 'agent:narrowed', iss } });
+  });
+});
+
+describe('across eras', () => {
+  it('a 2025-11-25 agent behind a 2026-07-28 upstream gets elicitation, sampling and roots as server-to-client requests on its session', async () => {
+    const token = await t.mint({ sub: 'agent:legacy', cap: [{ tool: 'modern__*' }] });
+    const { client, asked } = await agent(token, 'legacy');
+    try {
+      expect(client.getProtocolEra()).not.toBe('modern');
+      expect(text(await client.callTool({ name: 'modern__confirm', arguments: { what: 'ship' } }))).toBe('confirm ship: accept {"ok":true} (state confirm:ship)');
+      expect(text(await client.callTool({ name: 'modern__summarize', arguments: { text: 't' } }))).toBe('summary: short (state summarize:1)');
+      expect(text(await client.callTool({ name: 'modern__stepwise', arguments: {} }))).toBe('stepwise done: step:2:file:///work {"action":"accept","content":{"ok":true}}');
+      expect(asked.map((a) => a.method)).toEqual(['elicitation/create', 'sampling/createMessage', 'roots/list', 'elicitation/create']);
+    } finally {
+      await client.close();
+    }
+  });
+
+  it('a 2025-11-25 agent behind a 2025-11-25 upstream still gets mid-call requests relayed', async () => {
+    const token = await t.mint({ sub: 'agent:legacy2', cap: [{ tool: 'legacy__*' }] });
+    const { client, asked } = await agent(token, 'legacy');
+    try {
+      expect(text(await client.callTool({ name: 'legacy__where', arguments: {} }))).toBe('roots: file:///work (state legacy)');
+      expect(asked.map((a) => a.method)).toEqual(['roots/list']);
+    } finally {
+      await client.close();
+    }
+  });
+
+  it('a 2026-07-28 agent behind a 2025-11-25 upstream that asks mid-call is refused clearly, and its handlers are never called', async () => {
+    const token = await t.mint({ sub: 'agent:modern-on-legacy', cap: [{ tool: 'legacy__*' }] });
+    const { client, asked } = await agent(token, 'modern');
+    try {
+      const outcome = await client.callTool({ name: 'legacy__confirm', arguments: { what: 'z' } }).then(
+        (result) => JSON.stringify(result),
+        (error: Error) => error.message,
+      );
+      expect(outcome).toMatch(/Bastion cannot relay elicitation\/create: the calling agent speaks 2026-07-28/);
+      expect(asked).toEqual([]);
+    } finally {
+      await client.close();
+    }
+  });
+});
