@@ -20,11 +20,18 @@ export interface ModernAnswer {
   message: { id?: unknown; result?: any; error?: { code: number; message: string; data?: any } };
 }
 
-/** One tools/call as a 2026-07-28 client sends it; `requestState` echoed when given. */
+/** One tools/call as a 2026-07-28 client sends it; `requestState` echoed when given, `extra` params (inputResponses) as given. */
 export async function modernCall(
   url: string,
   token: string,
-  call: { id?: number; name: string; arguments?: Record<string, unknown>; requestState?: string; capabilities?: Record<string, unknown> },
+  call: {
+    id?: number;
+    name: string;
+    arguments?: Record<string, unknown>;
+    requestState?: string;
+    extra?: Record<string, unknown>;
+    capabilities?: Record<string, unknown>;
+  },
 ): Promise<ModernAnswer> {
   const id = call.id ?? Math.floor(Math.random() * 1e9);
   const response = await fetch(url, {
@@ -41,7 +48,13 @@ export async function modernCall(
       jsonrpc: '2.0',
       id,
       method: 'tools/call',
-      params: { name: call.name, arguments: call.arguments ?? {}, _meta: envelope(call.capabilities), ...(call.requestState !== undefined ? { requestState: call.requestState } : {}) },
+      params: {
+        name: call.name,
+        arguments: call.arguments ?? {},
+        ...call.extra,
+        _meta: envelope(call.capabilities),
+        ...(call.requestState !== undefined ? { requestState: call.requestState } : {}),
+      },
     }),
   });
   const text = await response.text();

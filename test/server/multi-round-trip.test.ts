@@ -15,8 +15,8 @@ import type { CallToolResult } from '@modelcontextprotocol/client';
 import { sharedSecret } from '../../broker/state/shared-secret.ts';
 import { ROOT, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { RequestStateSealer } from '../../broker/server/request-state.ts';
+import { MODERN, modernCall } from '../helpers/modern.ts';
 
-const MODERN = '2026-07-28';
 const MODERN_UPSTREAM = path.join(ROOT, 'test/fixtures/modern-upstream.ts');
 
 let t: TestBroker;
@@ -63,34 +63,10 @@ async function agent(token: string, era: 'modern' | 'legacy') {
 
 const text = (result: unknown) => ((result as CallToolResult).content as { text: string }[]).map((c) => c.text).join('');
 
-function envelope(): Record<string, unknown> {
-  return {
-    'io.modelcontextprotocol/protocolVersion': MODERN,
-    'io.modelcontextprotocol/clientInfo': { name: 'raw', version: '1.0.0' },
-    'io.modelcontextprotocol/clientCapabilities': { elicitation: { form: {} }, sampling: {}, roots: {} },
-  };
-}
-
-let nextId = 1;
-/** One raw 2026-07-28 tools/call; extra params (inputResponses, requestState) as given. */
+/** One raw 2026-07-28 tools/call from an agent that can answer elicitation, sampling and roots; extra params (inputResponses, requestState) as given. */
 async function rawCall(token: string, name: string, args: Record<string, unknown>, extra: Record<string, unknown> = {}) {
-  const response = await fetch(t.url, {
-    method: 'POST',
-    headers: {
-      'content-type': 'application/json',
-      accept: 'application/json, text/event-stream',
-      authorization: `Bearer ${token}`,
-      'mcp-protocol-version': MODERN,
-      'mcp-method': 'tools/call',
-      'mcp-name': name,
-    },
-    body: JSON.stringify({ jsonrpc: '2.0', id: nextId++, method: 'tools/call', params: { name, arguments: args, ...extra, _meta: envelope() } }),
-  });
-  const body = await response.text();
-  const json = response.headers.get('content-type')?.startsWith('text/event-stream')
-    ? JSON.parse(body.split('\n').find((line) => line.startsWith('data: ') && line.includes('"jsonrpc"'))!.slice(6))
-    : JSON.parse(body);
-  return json as { result?: Record<string, unknown> & { requestState?: string; inputRequests?: Record<string, { method: string }> }; error?: { message: string } };
+  const { message } = await modernCall(t.url, token, { name, arguments: args, extra, capabilities: { elicitation: { form: {} }, sampling: {}, roots: {} } });
+  return message as { result?: Record<string, unknown> & { requestState?: string; inputRequests?: Record<string, { method: string }> }; error?: { message: string } };
 }
 
 describe('a 2026-07-28 agent behind a 2026-07-28 upstream', () => {
