@@ -431,6 +431,10 @@ export class Pipeline {
         approval = outcome;
         event.detail = { ...event.detail, approval_id: approval.id };
         await this.recheckAfterApproval(principal, call, entry, args);
+      } else if (call.pickup?.state !== undefined && !continuation) {
+        // openContinuation left this state to the approve stage, which does not run: it is neither a
+        // continuation nor a ticket this call can redeem, so it is refused, never silently ignored.
+        throw new Denial('authorize', 'BASTION_APPROVAL_STATE_INVALID', 'the requestState is neither an input request nor a pending approval Bastion issued for this call; retry the call without it');
       }
       // The upstream may have announced a changed tool while this call was decided:
       // run only against the descriptor that was authorized (rug-pull race).

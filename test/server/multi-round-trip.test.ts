@@ -171,6 +171,13 @@ describe('refusals of a retry', () => {
     await refused(token, 'modern__confirm', { what: 'a' }, { requestState: 'confirm:a', inputResponses: { confirm: { action: 'accept' } } }, 'BASTION_STATE_MALFORMED', /not a state Bastion issued/);
   });
 
+  it('a state on a call that asked for nothing and needs no approval is refused, not ignored', async () => {
+    const token = await t.mint({ sub: 'agent:stray-state', cap: [{ tool: 'modern__*' }] });
+    await refused(token, 'modern__echo', { text: 'hi' }, { requestState: 'anything' }, 'BASTION_APPROVAL_STATE_INVALID', /neither an input request nor a pending approval/);
+    const forged = await RequestStateSealer.fromSecret('not-the-broker-key-material', 'approval').seal({ id: 'x' }, { iss: 'x', sub: 'agent:stray-state', tool: 'modern__echo', arguments: { text: 'hi' } }, 60_000);
+    await refused(token, 'modern__echo', { text: 'hi' }, { requestState: forged }, 'BASTION_APPROVAL_STATE_INVALID', /retry the call without it/);
+  });
+
   it('an expired state (sealed with the broker key under a clock in the past)', async () => {
     const token = await t.mint({ sub: 'agent:late', cap: [{ tool: 'modern__*' }] });
     const secret = await sharedSecret(t.broker.state, 'request-state');
