@@ -14,7 +14,7 @@
  *   const result = await pipeline.callTool(principal, call, 'demo__read_file', { path: '/srv/a' });
  */
 import { ProtocolError, ProtocolErrorCode, SdkErrorCode, SdkError } from '@modelcontextprotocol/server';
-import type { CallToolResult, InputRequiredResult, Tool } from '@modelcontextprotocol/server';
+import type { CallToolResult, ClientCapabilities, InputRequiredResult, Tool } from '@modelcontextprotocol/server';
 import type { Principal } from './auth/verify.ts';
 import { canonicalJson, sha256, type AuditEvent } from './audit/chain.ts';
 import type { AuditLog } from './audit/log.ts';
@@ -57,6 +57,8 @@ export interface CallContext {
    * approvers decide (2025-era sessions, stdio).
    */
   pickup?: { state?: unknown; holdMs: number };
+  /** What a 2026-07-28 request declared it can answer (sampling, elicitation, roots); the upstream is told only these. */
+  clientCapabilities?: ClientCapabilities;
   /** A 2026-07-28 retry's multi-round-trip fields, lifted off the request by the SDK (untrusted). */
   continuation?: { inputResponses?: Record<string, unknown>; requestState?: string };
 }
@@ -480,6 +482,7 @@ export class Pipeline {
           ? {
               inputRequired: {
                 manual: true as const,
+                ...(call.clientCapabilities ? { clientCapabilities: call.clientCapabilities } : {}),
                 ...(continuation && call.continuation?.inputResponses ? { inputResponses: call.continuation.inputResponses } : {}),
                 ...(continuation?.s !== undefined ? { requestState: continuation.s } : {}),
               },

@@ -14,8 +14,8 @@
  *   const server = createAgentServer(broker, { id, transport: 'http', principal });
  *   await server.connect(transport);
  */
-import { PROTOCOL_VERSION_META_KEY, Server, ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/server';
-import type { CacheHint, Request, RequestMethod, ServerCapabilities, ServerContext, ServerNotification } from '@modelcontextprotocol/server';
+import { CLIENT_CAPABILITIES_META_KEY, LOG_LEVEL_META_KEY, PROTOCOL_VERSION_META_KEY, Server, ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/server';
+import type { CacheHint, ClientCapabilities, LoggingLevel, Request, RequestMethod, ServerCapabilities, ServerContext, ServerNotification } from '@modelcontextprotocol/server';
 import type { Principal } from '../auth/verify.ts';
 import { Denial } from '../errors.ts';
 import { denialResult, type CallContext } from '../pipeline.ts';
@@ -69,6 +69,35 @@ class AgentServer extends Server {
   }
 }
 
+/** RFC 5424 severities, lowest first, as MCP's LoggingLevel lists them. */
+const LOG_LEVELS: readonly LoggingLevel[] = ['debug', 'info', 'notice', 'warning', 'error', 'critical', 'alert', 'emergency'];
+
+/**
+ * Whether a relayed notification may reach this request's agent. A 2026-07-28 request gets
+ * log messages only at or above the `logLevel` its envelope names, and none without one
+ * (a 2025-era upstream logs by its session's level, which a 2026 agent never set).
+ */
+function relays(extra: Extra, protocol: string | undefined, notification: { method: string; params?: unknown }): boolean {
+  if (protocol !== MODERN_REVISION || notification.method !== 'notifications/message') return true;
+  const threshold = (extra.mcpReq.envelope as Record<string, unknown> | undefined)?.[LOG_LEVEL_META_KEY];
+  const level = (notification.params as { level?: unknown } | undefined)?.level;
+  const at = (value: unknown) => LOG_LEVELS.indexOf(value as LoggingLevel);
+  return at(threshold) >= 0 && at(level) >= at(threshold);
+}
+
+/**
+ * What a 2026-07-28 request declared it can answer (sampling, elicitation, roots): an upstream
+ * is told only these, so it asks the agent for no input it cannot give.
+ */
+export function declaredInput(extra: Extra): ClientCapabilities {
+  const declared = ((extra.mcpReq.envelope as Record<string, unknown> | undefined)?.[CLIENT_CAPABILITIES_META_KEY] ?? {}) as ClientCapabilities;
+  return {
+    ...(declared.sampling ? { sampling: declared.sampling } : {}),
+    ...(declared.elicitation ? { elicitation: declared.elicitation } : {}),
+    ...(declared.roots ? { roots: declared.roots } : {}),
+  };
+}
+
 function originOf(session: SessionBinding, extra: Extra, principal: Principal, protocol: string | undefined): CallOrigin {
   return {
     sessionId: session.id,
@@ -88,7 +117,9 @@ function originOf(session: SessionBinding, extra: Extra, principal: Principal, p
             ),
           )
         : extra.mcpReq.send(request as { method: RequestMethod; params?: Record<string, unknown> }),
-    sendNotification: (notification) => extra.mcpReq.notify(notification as ServerNotification),
+    sendNotification: async (notification) => {
+      if (relays(extra, protocol, notification)) await extra.mcpReq.notify(notification as ServerNotification);
+    },
   };
 }
 
@@ -105,6 +136,7 @@ function callContext(session: SessionBinding, server: Server, extra: Extra, prin
     transport: session.transport,
     ...(protocol !== undefined ? { protocol } : {}),
     origin: originOf(session, extra, principal, protocol),
+    ...(protocol === MODERN_REVISION ? { clientCapabilities: declaredInput(extra) } : {}),
     signal: extra.mcpReq.signal,
     ...(progressToken !== undefined ? { progressToken } : {}),
   };

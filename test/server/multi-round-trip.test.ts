@@ -124,6 +124,20 @@ describe('a 2026-07-28 agent behind a 2026-07-28 upstream', () => {
   });
 });
 
+describe("the agent's declared capabilities", () => {
+  it('the upstream is told only what the agent declared, so it never asks for input the agent cannot give', async () => {
+    const token = await t.mint({ sub: 'agent:no-elicitation', cap: [{ tool: 'modern__*' }] });
+    const mark = await t.auditMark();
+    const { message } = await modernCall(t.url, token, { name: 'modern__confirm', arguments: { what: 'a' }, capabilities: { sampling: {} } });
+    // The upstream itself refused (it saw no elicitation), not Bastion's front door after a relay.
+    expect(message.error).toMatchObject({ code: -32021, data: { requiredCapabilities: { elicitation: {} } } });
+    const records = await t.auditSince(mark, 'tools/call');
+    expect(records).toHaveLength(1);
+    expect(records[0]).toMatchObject({ outcome: 'error', denial: { code: 'BASTION_UPSTREAM_ERROR' } });
+    expect(records[0]!.detail?.input_required).toBeUndefined();
+  });
+});
+
 describe('refusals of a retry', () => {
   /** Sends a retry, expects a denial with `code`, an audit record of it, and no upstream completion. */
   async function refused(token: string, name: string, args: Record<string, unknown>, extra: Record<string, unknown>, code: string, message: RegExp) {
