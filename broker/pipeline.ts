@@ -466,6 +466,7 @@ export class Pipeline {
       if (denial.code === 'BASTION_TOOL_UNKNOWN') {
         throw new ProtocolError(ProtocolErrorCode.InvalidParams, `Unknown tool: ${name}`, denial.toJSON());
       }
+      if (isStateRefusal(denial)) throw stateRefusalError(denial);
       return denialResult(denial);
     }
 
@@ -785,6 +786,21 @@ export class Pipeline {
     this.parts.log.info({ denial: denial.toJSON() }, 'call refused');
     await finish(outcome, { denial: denial.toJSON() });
   }
+}
+
+/** A retry's requestState that Bastion refused to open (forged, altered, another principal's or call's, expired). */
+const STATE_REFUSALS = new Set(['BASTION_STATE_MALFORMED', 'BASTION_STATE_TAMPERED', 'BASTION_STATE_OTHER_PRINCIPAL', 'BASTION_STATE_OTHER_CALL', 'BASTION_STATE_EXPIRED']);
+
+export function isStateRefusal(denial: Denial): boolean {
+  return STATE_REFUSALS.has(denial.code);
+}
+
+/**
+ * The spec wants a state that fails its integrity check rejected with a JSON-RPC error
+ * (invalid params), not a result: the denial rides in the message and in `data`.
+ */
+export function stateRefusalError(denial: Denial): ProtocolError {
+  return new ProtocolError(ProtocolErrorCode.InvalidParams, `Bastion refused this request at the ${denial.stage} stage (${denial.code}): ${denial.reason}`, denial.toJSON());
 }
 
 /** What a sealed continuation is bound to: the principal, the exposed tool and its arguments. */

@@ -66,7 +66,7 @@ const text = (result: unknown) => ((result as CallToolResult).content as { text:
 /** One raw 2026-07-28 tools/call from an agent that can answer elicitation, sampling and roots; extra params (inputResponses, requestState) as given. */
 async function rawCall(token: string, name: string, args: Record<string, unknown>, extra: Record<string, unknown> = {}) {
   const { message } = await modernCall(t.url, token, { name, arguments: args, extra, capabilities: { elicitation: { form: {} }, sampling: {}, roots: {} } });
-  return message as { result?: Record<string, unknown> & { requestState?: string; inputRequests?: Record<string, { method: string }> }; error?: { message: string } };
+  return message as { result?: Record<string, unknown> & { requestState?: string; inputRequests?: Record<string, { method: string }> }; error?: { code: number; message: string; data?: unknown } };
 }
 
 describe('a 2026-07-28 agent behind a 2026-07-28 upstream', () => {
@@ -139,14 +139,25 @@ describe("the agent's declared capabilities", () => {
 });
 
 describe('refusals of a retry', () => {
-  /** Sends a retry, expects a denial with `code`, an audit record of it, and no upstream completion. */
+  /**
+   * Sends a retry, expects a denial with `code`, an audit record of it, and no upstream completion.
+   * A refused requestState is a JSON-RPC error (-32602, as the spec asks of a state that fails its
+   * integrity check), the denial in its data; other refusals are tool errors.
+   */
   async function refused(token: string, name: string, args: Record<string, unknown>, extra: Record<string, unknown>, code: string, message: RegExp) {
     const mark = await t.auditMark();
     const answer = await rawCall(token, name, args, extra);
-    expect(answer.result?.isError).toBe(true);
-    expect(answer.result?.resultType).not.toBe('input_required');
-    expect(text(answer.result)).toMatch(message);
-    expect(JSON.stringify(answer.result)).toContain(code);
+    if (code.startsWith('BASTION_STATE_')) {
+      expect(answer.result).toBeUndefined();
+      expect(answer.error).toMatchObject({ code: -32602, data: { stage: 'authorize', code } });
+      expect(answer.error!.message).toMatch(message);
+      expect(answer.error!.message).toContain(code);
+    } else {
+      expect(answer.result?.isError).toBe(true);
+      expect(answer.result?.resultType).not.toBe('input_required');
+      expect(text(answer.result)).toMatch(message);
+      expect(JSON.stringify(answer.result)).toContain(code);
+    }
     const records = await t.auditSince(mark, 'tools/call');
     expect(records).toHaveLength(1);
     expect(records[0]).toMatchObject({ outcome: 'denied', tool: name, denial: { stage: 'authorize', code } });
