@@ -357,6 +357,8 @@ export class Pipeline {
     // An approval this call holds, until it is handed to the executor; a refusal before that abandons it.
     let approval: { id: string; hash: string } | undefined;
     let continuation: ContinuationState | undefined;
+    // inputResponses sent without a requestState: never forwarded as they are (see answerFromUnasked).
+    let unasked: Record<string, unknown> | undefined;
     try {
       let mark = performance.now();
       entry = this.parts.registry.resolveTool(name);
@@ -397,6 +399,8 @@ export class Pipeline {
       // A multi-round-trip retry: its state must be one Bastion issued, to this principal, for this call.
       continuation = await this.openContinuation(principal, call, entry, args);
       if (continuation) event.detail = { ...event.detail, input_responses: Object.keys(call.continuation?.inputResponses ?? {}) };
+      unasked = unaskedResponses(call);
+      if (unasked) event.detail = { ...event.detail, unasked_input_responses: { keys: Object.keys(unasked).slice(0, 20), used: [] as string[] } };
       // Stage 4: quotas are taken only for calls policy allows, so refused calls cannot drain them.
       mark = performance.now();
       if (this.parts.limits) {
@@ -475,8 +479,8 @@ export class Pipeline {
     const relay = orderedRelay(call.origin);
     let answer: CallToolResult | UpstreamInputRequired;
     const executing = performance.now();
-    try {
-      answer = await entry.connector.callTool(entry.upstreamName, args, {
+    const upstreamCall = (inputResponses: Record<string, unknown> | undefined, requestState: string | undefined) =>
+      entry.connector.callTool(entry.upstreamName, args, {
         origin: relay.origin,
         // A 2026-07-28 agent gets an upstream's input_required to answer itself (retrying through Bastion).
         ...(call.protocol === MODERN_REVISION
@@ -484,8 +488,8 @@ export class Pipeline {
               inputRequired: {
                 manual: true as const,
                 ...(call.clientCapabilities ? { clientCapabilities: call.clientCapabilities } : {}),
-                ...(continuation && call.continuation?.inputResponses ? { inputResponses: call.continuation.inputResponses } : {}),
-                ...(continuation?.s !== undefined ? { requestState: continuation.s } : {}),
+                ...(inputResponses ? { inputResponses } : {}),
+                ...(requestState !== undefined ? { requestState } : {}),
               },
             }
           : {}),
@@ -498,6 +502,14 @@ export class Pipeline {
             }
           : {}),
       });
+    try {
+      answer = await upstreamCall(continuation ? call.continuation?.inputResponses : undefined, continuation?.s);
+      // Responses the agent sent unasked answer only what the upstream asks now, in this call.
+      const preanswered = unasked && isInputRequired(answer) ? answerFromUnasked(answer, unasked) : undefined;
+      if (preanswered) {
+        (event.detail!.unasked_input_responses as { used: string[] }).used = Object.keys(preanswered);
+        answer = await upstreamCall(preanswered, (answer as UpstreamInputRequired).requestState);
+      }
       await relay.drained();
       metrics.stageTime('execute', executing);
     } catch (error) {
@@ -593,10 +605,8 @@ export class Pipeline {
   private async openContinuation(principal: Principal, call: CallContext, entry: ToolEntry, args: Record<string, unknown>): Promise<ContinuationState | undefined> {
     const { inputResponses, requestState } = call.continuation ?? {};
     const answered = Object.keys(inputResponses ?? {});
-    if (requestState === undefined) {
-      if (answered.length === 0) return undefined;
-      throw new Denial('authorize', 'BASTION_INPUT_RESPONSES_UNEXPECTED', `inputResponses (${answered.slice(0, 5).join(', ')}) answer no request Bastion issued: a retry must carry the requestState of the input_required result it answers`);
-    }
+    // inputResponses with no state answer nothing Bastion asked: runStages holds them back (unaskedResponses).
+    if (requestState === undefined) return undefined;
     if (!this.parts.requestStates) throw new Denial('authorize', 'BASTION_STATE_MALFORMED', 'this Bastion issues no requestState; retry the call without it');
     const opened = await this.parts.requestStates.open<ContinuationState>(requestState, binding(principal, entry.exposedName, args));
     if (!opened.ok) {
@@ -786,6 +796,28 @@ export class Pipeline {
     this.parts.log.info({ denial: denial.toJSON() }, 'call refused');
     await finish(outcome, { denial: denial.toJSON() });
   }
+}
+
+/**
+ * A 2026-07-28 call's inputResponses that come without a requestState: they answer no request
+ * Bastion issued, so they are never forwarded as they are (an agent must not feed an upstream
+ * answers to questions it was not asked). Undefined when there are none.
+ */
+function unaskedResponses(call: CallContext): Record<string, unknown> | undefined {
+  const { inputResponses, requestState } = call.continuation ?? {};
+  if (requestState !== undefined || !inputResponses || Object.keys(inputResponses).length === 0) return undefined;
+  return inputResponses;
+}
+
+/**
+ * When the upstream, called without them, asks in this very call for keys the agent already
+ * answered unasked, those answers (and only those) are its answers; anything else, or a
+ * question the agent did not answer, goes back to the agent as a sealed input_required.
+ */
+function answerFromUnasked(answer: UpstreamInputRequired, unasked: Record<string, unknown>): Record<string, unknown> | undefined {
+  const keys = Object.keys(answer.inputRequests ?? {});
+  if (keys.length === 0 || !keys.every((key) => Object.hasOwn(unasked, key))) return undefined;
+  return Object.fromEntries(keys.map((key) => [key, unasked[key]]));
 }
 
 /** A retry's requestState that Bastion refused to open (forged, altered, another principal's or call's, expired). */

@@ -138,6 +138,34 @@ describe("the agent's declared capabilities", () => {
   });
 });
 
+describe('inputResponses sent without a requestState (answering nothing Bastion asked)', () => {
+  const accept = { action: 'accept', content: { ok: true } };
+
+  it('are never forwarded as they are: the upstream is called without them and its question goes to the agent, sealed', async () => {
+    const token = await t.mint({ sub: 'agent:unasked-wrong', cap: [{ tool: 'modern__*' }] });
+    const mark = await t.auditMark();
+    const answer = await rawCall(token, 'modern__inputs_seen', {}, { inputResponses: { wrong_key: accept } });
+    expect(answer.result).toMatchObject({ resultType: 'input_required', inputRequests: { confirm: { method: 'elicitation/create' } } });
+    expect(answer.result!.requestState!.split('.')).toHaveLength(5);
+    const [record] = await t.auditSince(mark, 'tools/call');
+    expect(record!.detail).toMatchObject({ unasked_input_responses: { keys: ['wrong_key'], used: [] }, input_required: { keys: ['confirm'] } });
+    // The sealed retry completes, and the upstream saw only the answer to its own question.
+    const done = await rawCall(token, 'modern__inputs_seen', {}, { requestState: answer.result!.requestState, inputResponses: { confirm: accept } });
+    expect(text(done.result)).toBe('seen: confirm');
+  });
+
+  it('answer only what the upstream asks in that same call; extra keys never reach it', async () => {
+    const token = await t.mint({ sub: 'agent:unasked-extra', cap: [{ tool: 'modern__*' }] });
+    const mark = await t.auditMark();
+    const answer = await rawCall(token, 'modern__inputs_seen', {}, { inputResponses: { confirm: accept, sneaky: accept } });
+    expect(text(answer.result)).toBe('seen: confirm');
+    const [record] = await t.auditSince(mark, 'tools/call');
+    expect(record).toMatchObject({ outcome: 'ok', detail: { unasked_input_responses: { keys: ['confirm', 'sneaky'], used: ['confirm'] } } });
+    // The upstream's own state still binds the answer to its question.
+    expect(text((await rawCall(token, 'modern__confirm', { what: 'q' }, { inputResponses: { confirm: accept } })).result)).toBe('confirm q: accept {"ok":true} (state confirm:q)');
+  });
+});
+
 describe('refusals of a retry', () => {
   /**
    * Sends a retry, expects a denial with `code`, an audit record of it, and no upstream completion.
@@ -215,9 +243,8 @@ describe('refusals of a retry', () => {
     expect(text((await rawCall(token, 'modern__confirm', { what: 'a' }, { requestState: fresh, inputResponses: { confirm: { action: 'accept', content: { ok: true } } } })).result)).toBe('confirm a: accept {"ok":true} (state confirm:a)');
   });
 
-  it('inputResponses for requests never issued (with no state, and keys outside the sealed set)', async () => {
+  it('inputResponses with a state but keys outside the sealed set', async () => {
     const token = await t.mint({ sub: 'agent:unasked', cap: [{ tool: 'modern__*' }] });
-    await refused(token, 'modern__confirm', { what: 'a' }, { inputResponses: { confirm: { action: 'accept', content: { ok: true } } } }, 'BASTION_INPUT_RESPONSES_UNEXPECTED', /answer no request Bastion issued/);
     const state = await issued(token);
     await refused(token, 'modern__confirm', { what: 'a' }, { requestState: state, inputResponses: { confirm: { action: 'accept' }, sneaky: { action: 'accept' } } }, 'BASTION_INPUT_RESPONSES_UNEXPECTED', /sneaky/);
   });
