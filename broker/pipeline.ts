@@ -602,7 +602,7 @@ export class Pipeline {
    * for this tool, arguments and connector, or one past its time) and checks its inputResponses
    * answer only requests the agent was given. Undefined: not a retry.
    */
-  private async openContinuation(principal: Principal, call: CallContext, entry: ToolEntry, args: Record<string, unknown>): Promise<ContinuationState | undefined> {
+  private async openContinuation(principal: Principal, call: CallContext, entry: Pick<ToolEntry, 'exposedName'> & { connector: { name: string } }, args: Record<string, unknown>): Promise<ContinuationState | undefined> {
     const { inputResponses, requestState } = call.continuation ?? {};
     const answered = Object.keys(inputResponses ?? {});
     // inputResponses with no state answer nothing Bastion asked: runStages holds them back (unaskedResponses).
@@ -625,6 +625,65 @@ export class Pipeline {
       throw new Denial('authorize', 'BASTION_INPUT_RESPONSES_UNEXPECTED', `inputResponses ${unexpected.slice(0, 5).join(', ')} answer no request in this call's input_required (it asked for: ${state.k.join(', ') || 'nothing'})`);
     }
     return state;
+  }
+
+  /**
+   * `prompts/get` or `resources/read` for a 2026-07-28 agent: an upstream's input_required
+   * reaches the agent under a state Bastion sealed, exactly as for `tools/call`, bound to the
+   * principal, the method and the prompt name or resource URI (so a tool call's state never
+   * opens here, nor one item's for another), the arguments hash and an expiry; a retry's state
+   * is opened and its inputResponses checked before the upstream is asked. `run` asks the
+   * upstream (on the agent's own connection) with what to forward; its input_required answer
+   * comes back to be relayed. Refusals are audited; a refused state is a JSON-RPC error.
+   * Returns the upstream's complete result, or the input_required to hand the agent.
+   */
+  async itemRound<T>(
+    principal: Principal,
+    call: CallContext,
+    item: { method: 'prompts/get' | 'resources/read'; name: string; connector: string; arguments: Record<string, unknown> },
+    run: (forward: { inputResponses?: Record<string, unknown>; requestState?: string; clientCapabilities?: ClientCapabilities }) => Promise<T | UpstreamInputRequired>,
+  ): Promise<T | InputRequiredResult> {
+    const bound = { exposedName: `${item.method} ${item.name}`, connector: { name: item.connector } };
+    const event: AuditEvent = {
+      event: item.method,
+      session: call.session,
+      transport: call.transport,
+      ...(call.protocol !== undefined ? { protocol: call.protocol } : {}),
+      principal: principalForAudit(principal),
+      tool: item.name,
+      outcome: 'ok',
+      detail: { connector: { name: item.connector } },
+    };
+    let continuation: ContinuationState | undefined;
+    try {
+      continuation = await this.openContinuation(principal, call, bound, item.arguments);
+    } catch (error) {
+      const denial = asDenial('authorize', 'BASTION_POLICY_ERROR', error);
+      await this.recordDenial(event, denial);
+      throw isStateRefusal(denial) ? stateRefusalError(denial) : denial;
+    }
+    const caps = call.clientCapabilities ? { clientCapabilities: call.clientCapabilities } : {};
+    let answer = await run({ ...caps, ...(continuation ? { inputResponses: call.continuation?.inputResponses ?? {} } : {}), ...(continuation?.s !== undefined ? { requestState: continuation.s } : {}) });
+    const unasked = unaskedResponses(call);
+    const preanswered = unasked && isInputRequired(answer) ? answerFromUnasked(answer, unasked) : undefined;
+    if (preanswered) answer = await run({ ...caps, inputResponses: preanswered, ...((answer as UpstreamInputRequired).requestState !== undefined ? { requestState: (answer as UpstreamInputRequired).requestState } : {}) });
+    if (unasked) event.detail = { ...event.detail, unasked_input_responses: { keys: Object.keys(unasked).slice(0, 20), used: Object.keys(preanswered ?? {}) } };
+    if (continuation) event.detail = { ...event.detail, input_responses: Object.keys(call.continuation?.inputResponses ?? {}) };
+    if (!isInputRequired(answer)) {
+      if (continuation || unasked) await this.parts.audit.append(event);
+      return answer;
+    }
+    if (!this.parts.requestStates) {
+      const denial = new Denial('execute', 'BASTION_INPUT_REQUIRED_UNSUPPORTED', `upstream ${item.connector} asked for input, and this Bastion cannot carry multi-round-trip state`);
+      await this.recordDenial(event, denial);
+      throw denial;
+    }
+    const keys = Object.keys(answer.inputRequests ?? {});
+    const state: ContinuationState = { c: item.connector, k: keys, ...(answer.requestState !== undefined ? { s: answer.requestState } : {}) };
+    const sealed = await this.parts.requestStates.seal(state, binding(principal, bound.exposedName, item.arguments), CONTINUATION_TTL_MS);
+    const methods = Object.values(answer.inputRequests ?? {}).map((request) => String((request as { method?: unknown })?.method ?? 'unknown'));
+    await this.parts.audit.append({ ...event, detail: { ...event.detail, input_required: { keys, methods } } });
+    return { resultType: 'input_required', ...(answer.inputRequests ? { inputRequests: answer.inputRequests } : {}), requestState: sealed } as InputRequiredResult;
   }
 
   /**

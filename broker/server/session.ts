@@ -15,13 +15,13 @@
  *   await server.connect(transport);
  */
 import { CLIENT_CAPABILITIES_META_KEY, LOG_LEVEL_META_KEY, PROTOCOL_VERSION_META_KEY, Server, ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/server';
-import type { CacheHint, ClientCapabilities, LoggingLevel, Request, RequestMethod, ServerCapabilities, ServerContext, ServerNotification } from '@modelcontextprotocol/server';
+import type { CacheHint, ClientCapabilities, GetPromptResult, LoggingLevel, ReadResourceResult, Request, RequestMethod, ServerCapabilities, ServerContext, ServerNotification } from '@modelcontextprotocol/server';
 import type { Principal } from '../auth/verify.ts';
 import { Denial } from '../errors.ts';
 import { denialResult, type CallContext } from '../pipeline.ts';
 import type { Broker } from '../broker.ts';
 import { linearSchemaValidator } from '../../sandboxes/schema-patterns.ts';
-import type { AgentChannel, CallOrigin, Connector } from '../../connectors/upstream.ts';
+import { isInputRequired, type AgentChannel, type CallOrigin, type Connector, type UpstreamInputRequired } from '../../connectors/upstream.ts';
 import { MODERN_REVISION } from './eras.ts';
 import { advertisedCapabilities, agentInstructions } from './advertised.ts';
 
@@ -98,6 +98,18 @@ export function declaredInput(extra: Extra): ClientCapabilities {
   };
 }
 
+/** A request's params with what a multi-round-trip leg forwards: the agent's answers, the upstream's own state, the agent's declared capabilities. */
+function withForward<P extends { _meta?: Record<string, unknown> }>(params: P, forward: { inputResponses?: Record<string, unknown>; requestState?: string; clientCapabilities?: ClientCapabilities }): P {
+  const { _meta, ...rest } = params;
+  const meta = { ...(_meta ?? {}), ...(forward.clientCapabilities ? { [CLIENT_CAPABILITIES_META_KEY]: forward.clientCapabilities } : {}) };
+  return {
+    ...rest,
+    ...(Object.keys(meta).length ? { _meta: meta } : {}),
+    ...(forward.inputResponses ? { inputResponses: forward.inputResponses } : {}),
+    ...(forward.requestState !== undefined ? { requestState: forward.requestState } : {}),
+  } as P;
+}
+
 function originOf(session: SessionBinding, extra: Extra, principal: Principal, protocol: string | undefined): CallOrigin {
   return {
     sessionId: session.id,
@@ -131,7 +143,13 @@ function protocolOf(server: Server, extra: Extra): string | undefined {
 
 function callContext(session: SessionBinding, server: Server, extra: Extra, principal: Principal, progressToken?: string | number): CallContext {
   const protocol = protocolOf(server, extra);
+  // A 2026-07-28 retry's multi-round-trip fields (the SDK lifts them off the params); untrusted until the pipeline opens them.
+  const requestState = protocol === MODERN_REVISION ? extra.mcpReq.requestState() : undefined;
+  const inputResponses = protocol === MODERN_REVISION ? extra.mcpReq.inputResponses : undefined;
   return {
+    ...(typeof requestState === 'string' || inputResponses
+      ? { continuation: { ...(inputResponses ? { inputResponses } : {}), ...(typeof requestState === 'string' ? { requestState } : {}) } }
+      : {}),
     session: session.id,
     transport: session.transport,
     ...(protocol !== undefined ? { protocol } : {}),
@@ -196,11 +214,6 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
       if (session.register === false && session.transport === 'http' && protocolOf(server, ctx) === MODERN_REVISION) {
         call.pickup = { holdMs: broker.config.approvals.pickup_hold, ...(requestState !== undefined ? { state: requestState } : {}) };
       }
-      // A 2026-07-28 retry's multi-round-trip fields (the SDK lifts them off the params); untrusted until the pipeline opens them.
-      const inputResponses = ctx.mcpReq.inputResponses;
-      if (call.protocol === MODERN_REVISION && (typeof requestState === 'string' || inputResponses)) {
-        call.continuation = { ...(inputResponses ? { inputResponses } : {}), ...(typeof requestState === 'string' ? { requestState } : {}) };
-      }
       return pipeline.callTool(principal, call, request.params.name, request.params.arguments ?? {});
     });
   }
@@ -221,9 +234,16 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
       try {
         const entry = registry.resolvePrompt(request.params.name);
         pipeline.authorizeItem(principal, call, 'prompt', entry.exposedName, entry.connector.name);
-        const prompt = await entry.connector.withOrigin(call.origin, (client) =>
-          client.getPrompt({ ...request.params, name: entry.upstreamName }, { signal: ctx.mcpReq.signal }),
+        const params = { ...request.params, name: entry.upstreamName };
+        const item = { method: 'prompts/get' as const, name: entry.exposedName, connector: entry.connector.name, arguments: request.params.arguments ?? {} };
+        const prompt = await pipeline.itemRound(principal, call, item, (forward) =>
+          entry.connector.withOrigin(call.origin, (client) =>
+            call.protocol === MODERN_REVISION && client.getProtocolEra() === 'modern'
+              ? (client.request({ method: 'prompts/get', params: withForward(params, forward) }, { signal: ctx.mcpReq.signal, allowInputRequired: true }) as Promise<GetPromptResult | UpstreamInputRequired>)
+              : client.getPrompt(params, { signal: ctx.mcpReq.signal }),
+          ),
         );
+        if (isInputRequired(prompt)) return prompt as never;
         // What it brings into the agent's flow is recorded before the agent sees it.
         await pipeline.recordItemFlow(principal, 'prompt', entry.exposedName, entry.connector.config.labels.prompts, prompt);
         return prompt;
@@ -274,7 +294,15 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
       const call = callContext(session, server, ctx, principal);
       try {
         const connector = authorizedResource(principal, call, request.params.uri);
-        const contents = await connector.withOrigin(call.origin, (client) => client.readResource(request.params, { signal: ctx.mcpReq.signal }));
+        const item = { method: 'resources/read' as const, name: request.params.uri, connector: connector.name, arguments: {} };
+        const contents = await pipeline.itemRound(principal, call, item, (forward) =>
+          connector.withOrigin(call.origin, (client) =>
+            call.protocol === MODERN_REVISION && client.getProtocolEra() === 'modern'
+              ? (client.request({ method: 'resources/read', params: withForward(request.params, forward) }, { signal: ctx.mcpReq.signal, allowInputRequired: true }) as Promise<ReadResourceResult | UpstreamInputRequired>)
+              : client.readResource(request.params, { signal: ctx.mcpReq.signal }),
+          ),
+        );
+        if (isInputRequired(contents)) return contents as never;
         await pipeline.recordItemFlow(principal, 'resource', request.params.uri, connector.config.labels.resources, contents);
         return contents;
       } catch (error) {

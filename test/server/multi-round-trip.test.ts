@@ -15,7 +15,7 @@ import type { CallToolResult } from '@modelcontextprotocol/client';
 import { sharedSecret } from '../../broker/state/shared-secret.ts';
 import { ROOT, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { RequestStateSealer } from '../../broker/server/request-state.ts';
-import { MODERN, modernCall } from '../helpers/modern.ts';
+import { envelope, MODERN, modernCall } from '../helpers/modern.ts';
 
 const MODERN_UPSTREAM = path.join(ROOT, 'test/fixtures/modern-upstream.ts');
 
@@ -24,7 +24,7 @@ let t: TestBroker;
 beforeAll(async () => {
   t = await startTestBroker({
     connectors: [
-      { name: 'modern', transport: 'stdio', command: process.execPath, args: [MODERN_UPSTREAM], timeout: '20s', protocol: '2026-07-28' },
+      { name: 'modern', transport: 'stdio', command: process.execPath, args: [MODERN_UPSTREAM], env: { VAULT: '1' }, timeout: '20s', protocol: '2026-07-28' },
       // The same upstream spoken to in 2025-11-25: it asks the client mid-call instead.
       { name: 'legacy', transport: 'stdio', command: process.execPath, args: [MODERN_UPSTREAM], timeout: '20s' },
     ],
@@ -163,6 +163,85 @@ describe('inputResponses sent without a requestState (answering nothing Bastion 
     expect(record).toMatchObject({ outcome: 'ok', detail: { unasked_input_responses: { keys: ['confirm', 'sneaky'], used: ['confirm'] } } });
     // The upstream's own state still binds the answer to its question.
     expect(text((await rawCall(token, 'modern__confirm', { what: 'q' }, { inputResponses: { confirm: accept } })).result)).toBe('confirm q: accept {"ok":true} (state confirm:q)');
+  });
+});
+
+/** One raw 2026-07-28 request of any method (prompts/get, resources/read), as a stateless client sends it. */
+async function rawRequest(token: string, method: string, params: Record<string, unknown>, nameHeader: string) {
+  const id = Math.floor(Math.random() * 1e9);
+  const response = await fetch(t.url, {
+    method: 'POST',
+    headers: {
+      'content-type': 'application/json',
+      accept: 'application/json, text/event-stream',
+      authorization: `Bearer ${token}`,
+      'mcp-protocol-version': MODERN,
+      'mcp-method': method,
+      'mcp-name': nameHeader,
+    },
+    body: JSON.stringify({ jsonrpc: '2.0', id, method, params: { ...params, _meta: envelope({ elicitation: { form: {} } }) } }),
+  });
+  const body = await response.text();
+  const messages = body.includes('data: ') ? body.split('\n').filter((l) => l.startsWith('data: ')).map((l) => JSON.parse(l.slice(6))) : [JSON.parse(body)];
+  return messages.find((m) => m.id === id) as { result?: any; error?: { code: number; message: string; data?: any } };
+}
+
+describe('input_required on prompts/get and resources/read', () => {
+  const accept = (content: Record<string, unknown>) => ({ action: 'accept', content });
+  const caps = [{ tool: 'modern__*' }, { tool: 'prompt:modern__briefing' }, { tool: 'resource:mrtr://vault' }];
+
+  it('the SDK agent answers a prompt\'s and a resource\'s questions through Bastion and gets the final result', async () => {
+    const token = await t.mint({ sub: 'agent:items', cap: caps });
+    const { client, asked } = await agent(token, 'modern');
+    try {
+      const prompt = await client.getPrompt({ name: 'modern__briefing', arguments: { audience: 'ops' } });
+      expect(prompt.messages[0]!.content).toMatchObject({ type: 'text', text: 'brief ops on undefined' });
+      const read = await client.readResource({ uri: 'mrtr://vault' });
+      expect(read.contents[0]).toMatchObject({ text: 'vault contents' });
+      expect(asked.map((a) => a.method)).toEqual(['elicitation/create', 'elicitation/create']);
+    } finally {
+      await client.close();
+    }
+  });
+
+  it("raw rounds: the agent gets Bastion's sealed state, and the retry with it completes; each leg is audited", async () => {
+    const token = await t.mint({ sub: 'agent:items-raw', cap: caps });
+    const mark = await t.auditMark();
+    const first = await rawRequest(token, 'prompts/get', { name: 'modern__briefing', arguments: { audience: 'dev' } }, 'modern__briefing');
+    expect(first.result).toMatchObject({ resultType: 'input_required', inputRequests: { topic: { method: 'elicitation/create' } } });
+    const state = first.result.requestState as string;
+    expect(state.split('.')).toHaveLength(5);
+    expect(state).not.toContain('briefing:dev');
+    const done = await rawRequest(token, 'prompts/get', { name: 'modern__briefing', arguments: { audience: 'dev' }, requestState: state, inputResponses: { topic: accept({ topic: 'dns' }) } }, 'modern__briefing');
+    expect(done.result.messages[0].content.text).toBe('brief dev on dns');
+    const records = await t.auditSince(mark, 'prompts/get');
+    expect(records.map((r) => r.detail?.input_required ?? r.detail?.input_responses)).toEqual([{ keys: ['topic'], methods: ['elicitation/create'] }, ['topic']]);
+  });
+
+  it('refusals: a tool call\'s state on prompts/get, one prompt\'s state on other arguments or a resource, another principal, keys never asked; each refusal audited', async () => {
+    const token = await t.mint({ sub: 'agent:items-refused', cap: caps });
+    const mallory = await t.mint({ sub: 'agent:items-mallory', cap: caps });
+    const toolState = (await rawCall(token, 'modern__confirm', { what: 'a' })).result!.requestState!;
+    const promptState = (await rawRequest(token, 'prompts/get', { name: 'modern__briefing', arguments: { audience: 'x' } }, 'modern__briefing')).result.requestState as string;
+    const answer = { topic: accept({ topic: 't' }) };
+    const cases: [string, string, Record<string, unknown>, string, string][] = [
+      [token, 'prompts/get', { name: 'modern__briefing', arguments: { audience: 'x' }, requestState: toolState, inputResponses: answer }, 'modern__briefing', 'BASTION_STATE_OTHER_CALL'],
+      [token, 'prompts/get', { name: 'modern__briefing', arguments: { audience: 'y' }, requestState: promptState, inputResponses: answer }, 'modern__briefing', 'BASTION_STATE_OTHER_CALL'],
+      [token, 'resources/read', { uri: 'mrtr://vault', requestState: promptState, inputResponses: { confirm: accept({ ok: true }) } }, 'mrtr://vault', 'BASTION_STATE_OTHER_CALL'],
+      [mallory, 'prompts/get', { name: 'modern__briefing', arguments: { audience: 'x' }, requestState: promptState, inputResponses: answer }, 'modern__briefing', 'BASTION_STATE_OTHER_PRINCIPAL'],
+      [token, 'prompts/get', { name: 'modern__briefing', arguments: { audience: 'x' }, requestState: `${promptState}x`, inputResponses: answer }, 'modern__briefing', 'BASTION_STATE_TAMPERED'],
+    ];
+    for (const [who, method, params, nameHeader, code] of cases) {
+      const mark = await t.auditMark();
+      const refused = await rawRequest(who, method, params, nameHeader);
+      expect(refused.result, code).toBeUndefined();
+      expect(refused.error, code).toMatchObject({ code: -32602, data: { stage: 'authorize', code } });
+      expect(await t.auditSince(mark, method), code).toMatchObject([{ outcome: 'denied', denial: { code } }]);
+    }
+    const mark = await t.auditMark();
+    const extra = await rawRequest(token, 'prompts/get', { name: 'modern__briefing', arguments: { audience: 'x' }, requestState: promptState, inputResponses: { ...answer, sneaky: accept({}) } }, 'modern__briefing');
+    expect(extra.error?.message).toMatch(/BASTION_INPUT_RESPONSES_UNEXPECTED.*sneaky/);
+    expect(await t.auditSince(mark, 'prompts/get')).toMatchObject([{ outcome: 'denied', denial: { code: 'BASTION_INPUT_RESPONSES_UNEXPECTED' } }]);
   });
 });
 
