@@ -36,6 +36,7 @@ import type { Limits } from './limits.ts';
 import { metrics, TOOL_UNAUTHENTICATED_LABEL } from './metrics.ts';
 import type { FlowControl, PreparedFlow } from './flows/control.ts';
 import type { RequestStateSealer } from './server/request-state.ts';
+import { HeldExchange, type HeldExchanges, type HeldRequest } from './server/held-exchanges.ts';
 import { MODERN_REVISION } from './server/eras.ts';
 import { auditExplanation, explainFlow, type FlowExplanation } from './flows/explain.ts';
 import type { ContextLabel, FlowInput } from './flows/schema.ts';
@@ -71,6 +72,8 @@ interface ContinuationState {
   k: string[];
   /** The upstream's own requestState, never shown to the agent. */
   s?: string;
+  /** Era translation: the exchange this process holds (a 2025 upstream's request waiting on the agent's answer). */
+  x?: string;
 }
 
 /** How long an agent has to answer an upstream's input_required (its retry must come within it). */
@@ -107,6 +110,8 @@ export interface PipelineParts {
   flows?: FlowControl;
   /** Seals the requestState of relayed input_required results; absent: they are refused. */
   requestStates?: RequestStateSealer;
+  /** Era translation: a 2025 upstream's mid-call requests held for a 2026 agent's retry; absent: they are refused. */
+  exchanges?: HeldExchanges;
   now?: () => Date;
 }
 
@@ -359,6 +364,8 @@ export class Pipeline {
     let continuation: ContinuationState | undefined;
     // inputResponses sent without a requestState: never forwarded as they are (see answerFromUnasked).
     let unasked: Record<string, unknown> | undefined;
+    // Era translation: the upstream call this retry answers, held by this process since an earlier leg.
+    let resumed: HeldExchange<CallToolResult | UpstreamInputRequired> | undefined;
     try {
       let mark = performance.now();
       entry = this.parts.registry.resolveTool(name);
@@ -399,6 +406,16 @@ export class Pipeline {
       // A multi-round-trip retry: its state must be one Bastion issued, to this principal, for this call.
       continuation = await this.openContinuation(principal, call, entry, args);
       if (continuation) event.detail = { ...event.detail, input_responses: Object.keys(call.continuation?.inputResponses ?? {}) };
+      if (continuation?.x !== undefined) {
+        resumed = this.parts.exchanges?.take(continuation.x, principal) as typeof resumed;
+        if (!resumed) {
+          throw new Denial(
+            'authorize',
+            'BASTION_EXCHANGE_UNAVAILABLE',
+            'the upstream request this retry answers is not held by this Bastion process: the retry reached another replica (a 2025-11-25 upstream asking mid-call ties the call to the process that holds it), or the exchange expired or was already answered; retry the call without requestState to start over',
+          );
+        }
+      }
       unasked = unaskedResponses(call);
       if (unasked) event.detail = { ...event.detail, unasked_input_responses: { keys: Object.keys(unasked).slice(0, 20), used: [] as string[] } };
       // Stage 4: quotas are taken only for calls policy allows, so refused calls cannot drain them.
@@ -466,6 +483,7 @@ export class Pipeline {
         const { id } = approval;
         await this.parts.approvals!.desk.abandon(id, denial.reason).catch((e: Error) => this.parts.log.warn({ err: e.message, approval_id: id }, 'could not mark the approval abandoned; the sweeper will'));
       }
+      resumed?.refuse(`the agent's retry was refused (${denial.code})`);
       await this.recordAndLog(finish, denial);
       if (denial.code === 'BASTION_TOOL_UNKNOWN') {
         throw new ProtocolError(ProtocolErrorCode.InvalidParams, `Unknown tool: ${name}`, denial.toJSON());
@@ -477,11 +495,15 @@ export class Pipeline {
     // Relayed notifications (progress, logging) must reach the agent before the
     // result does: the result closes the call's stream, and later sends are lost.
     const relay = orderedRelay(call.origin);
-    let answer: CallToolResult | UpstreamInputRequired;
+    let answer: CallToolResult | UpstreamInputRequired | undefined;
     const executing = performance.now();
+    // A 2026-07-28 agent has no channel for a 2025 upstream's mid-call requests: they are held (HeldExchange).
+    const exchange = resumed ?? (call.protocol === MODERN_REVISION && this.parts.exchanges ? new HeldExchange<CallToolResult | UpstreamInputRequired>() : undefined);
+    const unlink = exchange ? linkAbort(call.signal, exchange.controller) : () => undefined;
+    let held: HeldRequest | undefined;
     const upstreamCall = (inputResponses: Record<string, unknown> | undefined, requestState: string | undefined) =>
       entry.connector.callTool(entry.upstreamName, args, {
-        origin: relay.origin,
+        origin: exchange ? { ...relay.origin, sendRequest: exchange.ask } : relay.origin,
         // A 2026-07-28 agent gets an upstream's input_required to answer itself (retrying through Bastion).
         ...(call.protocol === MODERN_REVISION
           ? {
@@ -493,7 +515,7 @@ export class Pipeline {
               },
             }
           : {}),
-        ...(call.signal ? { signal: call.signal } : {}),
+        ...(exchange ? { signal: exchange.controller.signal } : call.signal ? { signal: call.signal } : {}),
         ...(call.progressToken !== undefined
           ? {
               onprogress: (progress) => {
@@ -503,9 +525,23 @@ export class Pipeline {
           : {}),
       });
     try {
-      answer = await upstreamCall(continuation ? call.continuation?.inputResponses : undefined, continuation?.s);
+      if (exchange) {
+        if (resumed) {
+          // The agent's answer goes to the upstream request that has waited for it.
+          const key = continuation!.k[0]!;
+          const response = call.continuation?.inputResponses?.[key];
+          if (response === undefined || !resumed.answer(key, response)) resumed.refuse(`the agent's retry carried no answer to ${key}`);
+        }
+        const upstream = resumed?.upstream ?? upstreamCall(continuation ? call.continuation?.inputResponses : undefined, continuation?.s);
+        const outcome = await this.nextHeld(exchange, upstream, principal, call, entry);
+        if ('failed' in outcome) throw outcome.failed;
+        if ('ask' in outcome) held = outcome.ask;
+        else answer = outcome.done;
+      } else {
+        answer = await upstreamCall(continuation ? call.continuation?.inputResponses : undefined, continuation?.s);
+      }
       // Responses the agent sent unasked answer only what the upstream asks now, in this call.
-      const preanswered = unasked && isInputRequired(answer) ? answerFromUnasked(answer, unasked) : undefined;
+      const preanswered = !held && unasked && isInputRequired(answer!) ? answerFromUnasked(answer as UpstreamInputRequired, unasked) : undefined;
       if (preanswered) {
         (event.detail!.unasked_input_responses as { used: string[] }).used = Object.keys(preanswered);
         answer = await upstreamCall(preanswered, (answer as UpstreamInputRequired).requestState);
@@ -513,6 +549,7 @@ export class Pipeline {
       await relay.drained();
       metrics.stageTime('execute', executing);
     } catch (error) {
+      unlink();
       metrics.stageTime('execute', executing);
       // The SDK rejects an aborted request as a timeout; the agent's own signal tells the two apart.
       // (The upstream was told: the SDK sent it notifications/cancelled; a sandbox call is stopped.)
@@ -549,6 +586,12 @@ export class Pipeline {
       await this.recordAndLog(finish, denial, 'error');
       return denialResult(denial);
     }
+    unlink();
+    if (held) {
+      if (approval) await this.settleApproval(approval.id, 'executed', 'the upstream asked the agent for input mid-call (held for its retry)');
+      return this.relayHeld(principal, entry, name, args, exchange!, held, finish);
+    }
+    answer = answer!;
     if (isInputRequired(answer)) {
       if (approval) await this.settleApproval(approval.id, 'executed', 'the upstream asked the agent for input (input_required)');
       return this.relayInputRequired(principal, entry, name, args, answer, finish);
@@ -684,6 +727,51 @@ export class Pipeline {
     const methods = Object.values(answer.inputRequests ?? {}).map((request) => String((request as { method?: unknown })?.method ?? 'unknown'));
     await this.parts.audit.append({ ...event, detail: { ...event.detail, input_required: { keys, methods } } });
     return { resultType: 'input_required', ...(answer.inputRequests ? { inputRequests: answer.inputRequests } : {}), requestState: sealed } as InputRequiredResult;
+  }
+
+  /**
+   * Era translation: waits for the held upstream call to end or to ask the agent something it
+   * declared it can answer, and holds the exchange for the agent's retry. A request the agent
+   * cannot answer (not declared), or one past the principal's bound on held exchanges, is
+   * refused to the upstream (which turns the error into its answer) and the wait goes on.
+   */
+  private async nextHeld(
+    exchange: HeldExchange<CallToolResult | UpstreamInputRequired>,
+    upstream: Promise<CallToolResult | UpstreamInputRequired>,
+    principal: Principal,
+    call: CallContext,
+    entry: ToolEntry,
+  ) {
+    for (;;) {
+      const outcome = await exchange.next(upstream);
+      if (!('ask' in outcome)) return outcome;
+      const needs = CAPABILITY_FOR[outcome.ask.request.method];
+      if (!needs || !call.clientCapabilities?.[needs]) {
+        exchange.refuse(`Bastion cannot relay ${outcome.ask.request.method}: the calling agent (${MODERN_REVISION}) did not declare the ${needs ?? 'matching'} capability`);
+      } else if (!this.parts.exchanges!.hold(exchange, principal)) {
+        exchange.refuse(`Bastion cannot relay ${outcome.ask.request.method}: this principal holds as many unanswered upstream requests as Bastion allows; answer or abandon those first`);
+      } else {
+        this.parts.log.debug({ connector: entry.connector.name, exchange: exchange.id, method: outcome.ask.request.method }, 'upstream request held for the agent');
+        return outcome;
+      }
+    }
+  }
+
+  /** The agent gets the held upstream request as an input_required, under a state that names the exchange. */
+  private async relayHeld(
+    principal: Principal,
+    entry: ToolEntry,
+    name: string,
+    args: Record<string, unknown>,
+    exchange: HeldExchange,
+    held: HeldRequest,
+    finish: (outcome: AuditEvent['outcome'], extra?: Partial<AuditEvent>) => Promise<void>,
+  ): Promise<CallToolResult> {
+    const state: ContinuationState = { c: entry.connector.name, k: [held.key], x: exchange.id };
+    const sealed = await this.parts.requestStates!.seal(state, binding(principal, name, args), this.parts.exchanges!.ttlMs);
+    const { _meta: _dropped, ...params } = (held.request.params ?? {}) as Record<string, unknown>;
+    await finish('ok', { detail: { input_required: { keys: [held.key], methods: [held.request.method], held: true } } });
+    return { resultType: 'input_required', inputRequests: { [held.key]: { method: held.request.method, params } }, requestState: sealed } as unknown as CallToolResult;
   }
 
   /**
@@ -877,6 +965,22 @@ function answerFromUnasked(answer: UpstreamInputRequired, unasked: Record<string
   const keys = Object.keys(answer.inputRequests ?? {});
   if (keys.length === 0 || !keys.every((key) => Object.hasOwn(unasked, key))) return undefined;
   return Object.fromEntries(keys.map((key) => [key, unasked[key]]));
+}
+
+/** The client capability each server-to-client request needs. */
+const CAPABILITY_FOR: Record<string, 'elicitation' | 'sampling' | 'roots'> = {
+  'elicitation/create': 'elicitation',
+  'sampling/createMessage': 'sampling',
+  'roots/list': 'roots',
+};
+
+/** Aborts `controller` when `signal` aborts, until the returned unlink is called (a held exchange outlives its leg). */
+function linkAbort(signal: AbortSignal | undefined, controller: AbortController): () => void {
+  if (!signal) return () => undefined;
+  if (signal.aborted) controller.abort(signal.reason);
+  const onAbort = () => controller.abort(signal.reason);
+  signal.addEventListener('abort', onAbort, { once: true });
+  return () => signal.removeEventListener('abort', onAbort);
 }
 
 /** A retry's requestState that Bastion refused to open (forged, altered, another principal's or call's, expired). */

@@ -366,18 +366,71 @@ describe('across eras', () => {
     }
   });
 
-  it('a 2026-07-28 agent behind a 2025-11-25 upstream that asks mid-call is refused clearly, and its handlers are never called', async () => {
+  it('a 2026-07-28 agent behind a 2025-11-25 upstream that asks mid-call: the request is held, the agent answers it as input_required, the call goes on', async () => {
     const token = await t.mint({ sub: 'agent:modern-on-legacy', cap: [{ tool: 'legacy__*' }] });
     const { client, asked } = await agent(token, 'modern');
     try {
-      const outcome = await client.callTool({ name: 'legacy__confirm', arguments: { what: 'z' } }).then(
-        (result) => JSON.stringify(result),
-        (error: Error) => error.message,
-      );
-      expect(outcome).toMatch(/Bastion cannot relay elicitation\/create: the calling agent speaks 2026-07-28/);
-      expect(asked).toEqual([]);
+      const mark = await t.auditMark();
+      expect(text(await client.callTool({ name: 'legacy__confirm', arguments: { what: 'z' } }))).toBe('confirm z: accept {"ok":true} (state legacy)');
+      expect(text(await client.callTool({ name: 'legacy__summarize', arguments: { text: 't' } }))).toBe('summary: short (state legacy)');
+      // Two requests in one upstream call: two rounds, each its own input_required.
+      expect(text(await client.callTool({ name: 'legacy__stepwise', arguments: {} }))).toBe('stepwise legacy roots file:///work {"action":"accept","content":{"ok":true}}');
+      expect(asked.map((a) => a.method)).toEqual(['elicitation/create', 'sampling/createMessage', 'roots/list', 'elicitation/create']);
+      const records = await t.auditSince(mark, 'tools/call');
+      expect(records[0]!.detail).toMatchObject({ input_required: { keys: ['elicitation_create_1'], methods: ['elicitation/create'], held: true } });
+      expect(records[1]).toMatchObject({ outcome: 'ok', detail: { input_responses: ['elicitation_create_1'] } });
     } finally {
       await client.close();
     }
+  });
+});
+
+describe('era translation refusals (a 2025-11-25 upstream request held for a 2026-07-28 agent)', () => {
+  const accept = { action: 'accept', content: { ok: true } };
+  /** The first leg: the upstream asks mid-call, the agent gets the held request and its state. */
+  async function held(token: string, what: string) {
+    const first = await rawCall(token, 'legacy__confirm', { what });
+    expect(first.result).toMatchObject({ resultType: 'input_required', inputRequests: { elicitation_create_1: { method: 'elicitation/create', params: { message: `Confirm ${what}?` } } } });
+    return first.result!.requestState!;
+  }
+
+  it("another principal's retry and a retry for another call are refused, and the held request still waits for its own agent", async () => {
+    const alice = await t.mint({ sub: 'agent:held-alice', cap: [{ tool: 'legacy__*' }] });
+    const mallory = await t.mint({ sub: 'agent:held-mallory', cap: [{ tool: 'legacy__*' }] });
+    const state = await held(alice, 'a');
+    const stolen = await rawCall(mallory, 'legacy__confirm', { what: 'a' }, { requestState: state, inputResponses: { elicitation_create_1: accept } });
+    expect(stolen.error).toMatchObject({ code: -32602, data: { code: 'BASTION_STATE_OTHER_PRINCIPAL' } });
+    const other = await rawCall(alice, 'legacy__confirm', { what: 'b' }, { requestState: state, inputResponses: { elicitation_create_1: accept } });
+    expect(other.error).toMatchObject({ code: -32602, data: { code: 'BASTION_STATE_OTHER_CALL' } });
+    const done = await rawCall(alice, 'legacy__confirm', { what: 'a' }, { requestState: state, inputResponses: { elicitation_create_1: accept } });
+    expect(text(done.result)).toBe('confirm a: accept {"ok":true} (state legacy)');
+  });
+
+  it('a retry whose exchange this process does not hold (another replica, already answered) is refused with BASTION_EXCHANGE_UNAVAILABLE, audited', async () => {
+    const token = await t.mint({ sub: 'agent:held-gone', cap: [{ tool: 'legacy__*' }] });
+    const state = await held(token, 'c');
+    const retry = { requestState: state, inputResponses: { elicitation_create_1: accept } };
+    expect(text((await rawCall(token, 'legacy__confirm', { what: 'c' }, retry)).result)).toBe('confirm c: accept {"ok":true} (state legacy)');
+    const mark = await t.auditMark();
+    const replayed = await rawCall(token, 'legacy__confirm', { what: 'c' }, retry);
+    expect(replayed.result?.isError).toBe(true);
+    expect(text(replayed.result)).toMatch(/BASTION_EXCHANGE_UNAVAILABLE.*another replica/);
+    expect(await t.auditSince(mark, 'tools/call')).toMatchObject([{ outcome: 'denied', denial: { stage: 'authorize', code: 'BASTION_EXCHANGE_UNAVAILABLE' } }]);
+    // A state naming an exchange held elsewhere (sealed with the shared key, as another replica would).
+    const secret = await sharedSecret(t.broker.state, 'request-state');
+    const elsewhere = await RequestStateSealer.fromSecret(secret, 'mrtr').seal(
+      { c: 'legacy', k: ['elicitation_create_1'], x: '00000000-0000-4000-8000-000000000000' },
+      { iss: t.broker.devKey!.issuer, sub: 'agent:held-gone', tool: 'legacy__confirm', arguments: { what: 'd' } },
+      60_000,
+    );
+    const remote = await rawCall(token, 'legacy__confirm', { what: 'd' }, { requestState: elsewhere, inputResponses: { elicitation_create_1: accept } });
+    expect(text(remote.result)).toMatch(/BASTION_EXCHANGE_UNAVAILABLE/);
+  });
+
+  it('a request the agent did not declare it can answer is refused to the upstream, never held', async () => {
+    const token = await t.mint({ sub: 'agent:held-undeclared', cap: [{ tool: 'legacy__*' }] });
+    const { message } = await modernCall(t.url, token, { name: 'legacy__confirm', arguments: { what: 'e' }, capabilities: { sampling: {} } });
+    expect(message.result?.resultType).not.toBe('input_required');
+    expect(JSON.stringify(message)).toMatch(/did not declare the elicitation capability/);
   });
 });
