@@ -498,7 +498,9 @@ export class Pipeline {
     let answer: CallToolResult | UpstreamInputRequired | undefined;
     const executing = performance.now();
     // A 2026-07-28 agent has no channel for a 2025 upstream's mid-call requests: they are held (HeldExchange).
-    const exchange = resumed ?? (call.protocol === MODERN_REVISION && this.parts.exchanges ? new HeldExchange<CallToolResult | UpstreamInputRequired>() : undefined);
+    // Only a 2025-era upstream asks mid-call (a 2026 one answers input_required; a plugin asks nothing).
+    const asksMidCall = 'protocol' in entry.connector && entry.connector.protocol !== undefined && entry.connector.protocol !== MODERN_REVISION;
+    const exchange = resumed ?? (call.protocol === MODERN_REVISION && asksMidCall && this.parts.exchanges ? new HeldExchange<CallToolResult | UpstreamInputRequired>() : undefined);
     const unlink = exchange ? linkAbort(call.signal, exchange.controller) : () => undefined;
     let held: HeldRequest | undefined;
     const upstreamCall = (inputResponses: Record<string, unknown> | undefined, requestState: string | undefined) =>
