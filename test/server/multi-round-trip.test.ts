@@ -7,6 +7,10 @@
  * inside), and refuses, with an audited denial and no upstream call, a state
  * that is forged, tampered with, replayed by another principal, brought to
  * another call or expired, and inputResponses for requests it never issued.
+ * The same for prompts/get and resources/read. Era translation: a 2025-11-25
+ * upstream's mid-call request is held for a 2026-07-28 agent and answered by
+ * its retry. And what a 2026-07-28 request is told: only its declared
+ * capabilities reach the upstream, only logs at its logLevel reach it.
  */
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -167,7 +171,12 @@ describe('inputResponses sent without a requestState (answering nothing Bastion 
 });
 
 /** One raw 2026-07-28 request of any method (prompts/get, resources/read), as a stateless client sends it. */
-async function rawRequest(token: string, method: string, params: Record<string, unknown>, nameHeader: string) {
+async function rawRequest(token: string, method: string, params: Record<string, unknown>, nameHeader: string, meta: Record<string, unknown> = {}) {
+  return (await rawExchange(token, method, params, nameHeader, meta)).response;
+}
+
+/** The same, with every message the response stream carried (notifications before the response). */
+async function rawExchange(token: string, method: string, params: Record<string, unknown>, nameHeader: string, meta: Record<string, unknown> = {}) {
   const id = Math.floor(Math.random() * 1e9);
   const response = await fetch(t.url, {
     method: 'POST',
@@ -179,12 +188,26 @@ async function rawRequest(token: string, method: string, params: Record<string, 
       'mcp-method': method,
       'mcp-name': nameHeader,
     },
-    body: JSON.stringify({ jsonrpc: '2.0', id, method, params: { ...params, _meta: envelope({ elicitation: { form: {} } }) } }),
+    body: JSON.stringify({ jsonrpc: '2.0', id, method, params: { ...params, _meta: { ...envelope({ elicitation: { form: {} } }), ...meta } } }),
   });
   const body = await response.text();
   const messages = body.includes('data: ') ? body.split('\n').filter((l) => l.startsWith('data: ')).map((l) => JSON.parse(l.slice(6))) : [JSON.parse(body)];
-  return messages.find((m) => m.id === id) as { result?: any; error?: { code: number; message: string; data?: any } };
+  return { response: messages.find((m) => m.id === id) as { result?: any; error?: { code: number; message: string; data?: any } }, messages: messages as { method?: string; params?: any }[] };
 }
+
+describe('log messages from a 2025-11-25 upstream to a 2026-07-28 request', () => {
+  it('reach it only at or above the logLevel its envelope names, and not at all without one', async () => {
+    const token = await t.mint({ sub: 'agent:logs', cap: [{ tool: 'legacy__*' }] });
+    const logs = async (meta: Record<string, unknown>) => {
+      const { response, messages } = await rawExchange(token, 'tools/call', { name: 'legacy__chatty', arguments: {} }, 'legacy__chatty', meta);
+      expect(text(response.result)).toBe('chatted');
+      return messages.filter((m) => m.method === 'notifications/message').map((m) => m.params.data);
+    };
+    expect(await logs({})).toEqual([]);
+    expect(await logs({ 'io.modelcontextprotocol/logLevel': 'warning' })).toEqual(['warning from chatty']);
+    expect(await logs({ 'io.modelcontextprotocol/logLevel': 'debug' })).toEqual(['info from chatty', 'warning from chatty']);
+  });
+});
 
 describe('input_required on prompts/get and resources/read', () => {
   const accept = (content: Record<string, unknown>) => ({ action: 'accept', content });
