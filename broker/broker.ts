@@ -17,6 +17,7 @@ import { CapabilitySchema, type Decision, type PolicyInput } from './policy/sche
 import { createAuthenticator, type Authenticator } from './auth/authenticate.ts';
 import type { DelegationSigner } from './auth/delegate.ts';
 import { RequestStateSealer } from './server/request-state.ts';
+import { HELD_EXCHANGE_TTL_MS, HELD_EXCHANGES_PER_PRINCIPAL, HeldExchanges } from './server/held-exchanges.ts';
 import { ensureAuditCheckpointKey, ensureDelegationKey, ensureDevKey, readJwksFile, type DevKey } from './auth/keys.ts';
 import { issuerKeys, type IssuerKeys } from './auth/keysets.ts';
 import { createTokenVerifier, type Principal } from './auth/verify.ts';
@@ -428,6 +429,7 @@ export async function createBroker(config: Config, log: Logger, options: BrokerO
   if (off.size > 0) log.warn({ defenses_off: [...off] }, 'DEFENSES SWITCHED OFF FOR AN ABLATION RUN: this broker is not safe to use');
   const flows = config.flows.enabled ? new FlowControl({ state, settings: config.flows, delegationIssuer: delegationKey?.issuer, log }) : undefined;
   await flows?.start();
+  const exchanges = new HeldExchanges({ maxPerPrincipal: HELD_EXCHANGES_PER_PRINCIPAL, ttlMs: HELD_EXCHANGE_TTL_MS });
   const pipeline = new Pipeline({
     registry,
     // Asked once per call, and that engine decides the whole call: a reload never changes it mid-call.
@@ -439,6 +441,8 @@ export async function createBroker(config: Config, log: Logger, options: BrokerO
     ...(flows ? { flows } : {}),
     // Multi-round-trip continuations: sealed under the secret every replica shares (state store), as pickups are.
     requestStates: RequestStateSealer.fromSecret(await sharedSecret(state, 'request-state'), 'mrtr', options.now ? { now: options.now } : {}),
+    // Era translation (a 2025 upstream asking a 2026 agent mid-call): held in this process, bounded per principal.
+    exchanges,
     filter: createResultFilter(off.has('filters') ? { redaction: { enabled: false }, injection: { enabled: false } } : config.filters.result),
     ...(off.has('quotas') ? {} : { limits: new Limits(config.limits, state) }),
     autoApprove: off.has('approvals'),
@@ -505,6 +509,7 @@ export async function createBroker(config: Config, log: Logger, options: BrokerO
       approvalPageUrl = url;
     },
     async stop() {
+      exchanges.close();
       await approvals?.stop();
       await Promise.all(connectors.map((c) => c.stop()));
       await Promise.all(plugins.map((p) => p.stop()));

@@ -77,6 +77,8 @@ export type DenialCode =
   | 'BASTION_STATE_OTHER_CALL'
   | 'BASTION_INPUT_RESPONSES_UNEXPECTED'
   | 'BASTION_INPUT_REQUIRED_UNSUPPORTED'
+  /** Era translation: the held upstream request a retry answers is not in this process (another replica, expired, answered). */
+  | 'BASTION_EXCHANGE_UNAVAILABLE'
   // authorize (reading) and filter (recording): the agent's flow state could not be read or written
   | 'BASTION_FLOW_UNAVAILABLE'
   | 'BASTION_GRANT_DENIED'

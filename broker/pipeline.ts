@@ -14,7 +14,7 @@
  *   const result = await pipeline.callTool(principal, call, 'demo__read_file', { path: '/srv/a' });
  */
 import { ProtocolError, ProtocolErrorCode, SdkErrorCode, SdkError } from '@modelcontextprotocol/server';
-import type { CallToolResult, InputRequiredResult, Tool } from '@modelcontextprotocol/server';
+import type { CallToolResult, ClientCapabilities, InputRequiredResult, Tool } from '@modelcontextprotocol/server';
 import type { Principal } from './auth/verify.ts';
 import { canonicalJson, sha256, type AuditEvent } from './audit/chain.ts';
 import type { AuditLog } from './audit/log.ts';
@@ -36,6 +36,7 @@ import type { Limits } from './limits.ts';
 import { metrics, TOOL_UNAUTHENTICATED_LABEL } from './metrics.ts';
 import type { FlowControl, PreparedFlow } from './flows/control.ts';
 import type { RequestStateSealer } from './server/request-state.ts';
+import { HeldExchange, type HeldExchanges, type HeldRequest } from './server/held-exchanges.ts';
 import { MODERN_REVISION } from './server/eras.ts';
 import { auditExplanation, explainFlow, type FlowExplanation } from './flows/explain.ts';
 import type { ContextLabel, FlowInput } from './flows/schema.ts';
@@ -57,6 +58,8 @@ export interface CallContext {
    * approvers decide (2025-era sessions, stdio).
    */
   pickup?: { state?: unknown; holdMs: number };
+  /** What a 2026-07-28 request declared it can answer (sampling, elicitation, roots); the upstream is told only these. */
+  clientCapabilities?: ClientCapabilities;
   /** A 2026-07-28 retry's multi-round-trip fields, lifted off the request by the SDK (untrusted). */
   continuation?: { inputResponses?: Record<string, unknown>; requestState?: string };
 }
@@ -69,6 +72,8 @@ interface ContinuationState {
   k: string[];
   /** The upstream's own requestState, never shown to the agent. */
   s?: string;
+  /** Era translation: the exchange this process holds (a 2025 upstream's request waiting on the agent's answer). */
+  x?: string;
 }
 
 /** How long an agent has to answer an upstream's input_required (its retry must come within it). */
@@ -105,6 +110,8 @@ export interface PipelineParts {
   flows?: FlowControl;
   /** Seals the requestState of relayed input_required results; absent: they are refused. */
   requestStates?: RequestStateSealer;
+  /** Era translation: a 2025 upstream's mid-call requests held for a 2026 agent's retry; absent: they are refused. */
+  exchanges?: HeldExchanges;
   now?: () => Date;
 }
 
@@ -355,6 +362,10 @@ export class Pipeline {
     // An approval this call holds, until it is handed to the executor; a refusal before that abandons it.
     let approval: { id: string; hash: string } | undefined;
     let continuation: ContinuationState | undefined;
+    // inputResponses sent without a requestState: never forwarded as they are (see answerFromUnasked).
+    let unasked: Record<string, unknown> | undefined;
+    // Era translation: the upstream call this retry answers, held by this process since an earlier leg.
+    let resumed: HeldExchange<CallToolResult | UpstreamInputRequired> | undefined;
     try {
       let mark = performance.now();
       entry = this.parts.registry.resolveTool(name);
@@ -395,6 +406,18 @@ export class Pipeline {
       // A multi-round-trip retry: its state must be one Bastion issued, to this principal, for this call.
       continuation = await this.openContinuation(principal, call, entry, args);
       if (continuation) event.detail = { ...event.detail, input_responses: Object.keys(call.continuation?.inputResponses ?? {}) };
+      if (continuation?.x !== undefined) {
+        resumed = this.parts.exchanges?.take(continuation.x, principal) as typeof resumed;
+        if (!resumed) {
+          throw new Denial(
+            'authorize',
+            'BASTION_EXCHANGE_UNAVAILABLE',
+            'the upstream request this retry answers is not held by this Bastion process: the retry reached another replica (a 2025-11-25 upstream asking mid-call ties the call to the process that holds it), or the exchange expired or was already answered; retry the call without requestState to start over',
+          );
+        }
+      }
+      unasked = unaskedResponses(call);
+      if (unasked) event.detail = { ...event.detail, unasked_input_responses: { keys: Object.keys(unasked).slice(0, 20), used: [] as string[] } };
       // Stage 4: quotas are taken only for calls policy allows, so refused calls cannot drain them.
       mark = performance.now();
       if (this.parts.limits) {
@@ -460,32 +483,41 @@ export class Pipeline {
         const { id } = approval;
         await this.parts.approvals!.desk.abandon(id, denial.reason).catch((e: Error) => this.parts.log.warn({ err: e.message, approval_id: id }, 'could not mark the approval abandoned; the sweeper will'));
       }
+      resumed?.refuse(`the agent's retry was refused (${denial.code})`);
       await this.recordAndLog(finish, denial);
       if (denial.code === 'BASTION_TOOL_UNKNOWN') {
         throw new ProtocolError(ProtocolErrorCode.InvalidParams, `Unknown tool: ${name}`, denial.toJSON());
       }
+      if (isStateRefusal(denial)) throw stateRefusalError(denial);
       return denialResult(denial);
     }
 
     // Relayed notifications (progress, logging) must reach the agent before the
     // result does: the result closes the call's stream, and later sends are lost.
     const relay = orderedRelay(call.origin);
-    let answer: CallToolResult | UpstreamInputRequired;
+    let answer: CallToolResult | UpstreamInputRequired | undefined;
     const executing = performance.now();
-    try {
-      answer = await entry.connector.callTool(entry.upstreamName, args, {
-        origin: relay.origin,
+    // A 2026-07-28 agent has no channel for a 2025 upstream's mid-call requests: they are held (HeldExchange).
+    // Only a 2025-era upstream asks mid-call (a 2026 one answers input_required; a plugin asks nothing).
+    const asksMidCall = 'protocol' in entry.connector && entry.connector.protocol !== undefined && entry.connector.protocol !== MODERN_REVISION;
+    const exchange = resumed ?? (call.protocol === MODERN_REVISION && asksMidCall && this.parts.exchanges ? new HeldExchange<CallToolResult | UpstreamInputRequired>() : undefined);
+    const unlink = exchange ? linkAbort(call.signal, exchange.controller) : () => undefined;
+    let held: HeldRequest | undefined;
+    const upstreamCall = (inputResponses: Record<string, unknown> | undefined, requestState: string | undefined) =>
+      entry.connector.callTool(entry.upstreamName, args, {
+        origin: exchange ? { ...relay.origin, sendRequest: exchange.ask } : relay.origin,
         // A 2026-07-28 agent gets an upstream's input_required to answer itself (retrying through Bastion).
         ...(call.protocol === MODERN_REVISION
           ? {
               inputRequired: {
                 manual: true as const,
-                ...(continuation && call.continuation?.inputResponses ? { inputResponses: call.continuation.inputResponses } : {}),
-                ...(continuation?.s !== undefined ? { requestState: continuation.s } : {}),
+                ...(call.clientCapabilities ? { clientCapabilities: call.clientCapabilities } : {}),
+                ...(inputResponses ? { inputResponses } : {}),
+                ...(requestState !== undefined ? { requestState } : {}),
               },
             }
           : {}),
-        ...(call.signal ? { signal: call.signal } : {}),
+        ...(exchange ? { signal: exchange.controller.signal } : call.signal ? { signal: call.signal } : {}),
         ...(call.progressToken !== undefined
           ? {
               onprogress: (progress) => {
@@ -494,9 +526,32 @@ export class Pipeline {
             }
           : {}),
       });
+    try {
+      if (exchange) {
+        if (resumed) {
+          // The agent's answer goes to the upstream request that has waited for it.
+          const key = continuation!.k[0]!;
+          const response = call.continuation?.inputResponses?.[key];
+          if (response === undefined || !resumed.answer(key, response)) resumed.refuse(`the agent's retry carried no answer to ${key}`);
+        }
+        const upstream = resumed?.upstream ?? upstreamCall(continuation ? call.continuation?.inputResponses : undefined, continuation?.s);
+        const outcome = await this.nextHeld(exchange, upstream, principal, call, entry);
+        if ('failed' in outcome) throw outcome.failed;
+        if ('ask' in outcome) held = outcome.ask;
+        else answer = outcome.done;
+      } else {
+        answer = await upstreamCall(continuation ? call.continuation?.inputResponses : undefined, continuation?.s);
+      }
+      // Responses the agent sent unasked answer only what the upstream asks now, in this call.
+      const preanswered = !held && unasked && isInputRequired(answer!) ? answerFromUnasked(answer as UpstreamInputRequired, unasked) : undefined;
+      if (preanswered) {
+        (event.detail!.unasked_input_responses as { used: string[] }).used = Object.keys(preanswered);
+        answer = await upstreamCall(preanswered, (answer as UpstreamInputRequired).requestState);
+      }
       await relay.drained();
       metrics.stageTime('execute', executing);
     } catch (error) {
+      unlink();
       metrics.stageTime('execute', executing);
       // The SDK rejects an aborted request as a timeout; the agent's own signal tells the two apart.
       // (The upstream was told: the SDK sent it notifications/cancelled; a sandbox call is stopped.)
@@ -533,6 +588,12 @@ export class Pipeline {
       await this.recordAndLog(finish, denial, 'error');
       return denialResult(denial);
     }
+    unlink();
+    if (held) {
+      if (approval) await this.settleApproval(approval.id, 'executed', 'the upstream asked the agent for input mid-call (held for its retry)');
+      return this.relayHeld(principal, entry, name, args, exchange!, held, finish);
+    }
+    answer = answer!;
     if (isInputRequired(answer)) {
       if (approval) await this.settleApproval(approval.id, 'executed', 'the upstream asked the agent for input (input_required)');
       return this.relayInputRequired(principal, entry, name, args, answer, finish);
@@ -586,13 +647,11 @@ export class Pipeline {
    * for this tool, arguments and connector, or one past its time) and checks its inputResponses
    * answer only requests the agent was given. Undefined: not a retry.
    */
-  private async openContinuation(principal: Principal, call: CallContext, entry: ToolEntry, args: Record<string, unknown>): Promise<ContinuationState | undefined> {
+  private async openContinuation(principal: Principal, call: CallContext, entry: Pick<ToolEntry, 'exposedName'> & { connector: { name: string } }, args: Record<string, unknown>): Promise<ContinuationState | undefined> {
     const { inputResponses, requestState } = call.continuation ?? {};
     const answered = Object.keys(inputResponses ?? {});
-    if (requestState === undefined) {
-      if (answered.length === 0) return undefined;
-      throw new Denial('authorize', 'BASTION_INPUT_RESPONSES_UNEXPECTED', `inputResponses (${answered.slice(0, 5).join(', ')}) answer no request Bastion issued: a retry must carry the requestState of the input_required result it answers`);
-    }
+    // inputResponses with no state answer nothing Bastion asked: runStages holds them back (unaskedResponses).
+    if (requestState === undefined) return undefined;
     if (!this.parts.requestStates) throw new Denial('authorize', 'BASTION_STATE_MALFORMED', 'this Bastion issues no requestState; retry the call without it');
     const opened = await this.parts.requestStates.open<ContinuationState>(requestState, binding(principal, entry.exposedName, args));
     if (!opened.ok) {
@@ -611,6 +670,110 @@ export class Pipeline {
       throw new Denial('authorize', 'BASTION_INPUT_RESPONSES_UNEXPECTED', `inputResponses ${unexpected.slice(0, 5).join(', ')} answer no request in this call's input_required (it asked for: ${state.k.join(', ') || 'nothing'})`);
     }
     return state;
+  }
+
+  /**
+   * `prompts/get` or `resources/read` for a 2026-07-28 agent: an upstream's input_required
+   * reaches the agent under a state Bastion sealed, exactly as for `tools/call`, bound to the
+   * principal, the method and the prompt name or resource URI (so a tool call's state never
+   * opens here, nor one item's for another), the arguments hash and an expiry; a retry's state
+   * is opened and its inputResponses checked before the upstream is asked. `run` asks the
+   * upstream (on the agent's own connection) with what to forward; its input_required answer
+   * comes back to be relayed. Refusals are audited; a refused state is a JSON-RPC error.
+   * Returns the upstream's complete result, or the input_required to hand the agent.
+   */
+  async itemRound<T>(
+    principal: Principal,
+    call: CallContext,
+    item: { method: 'prompts/get' | 'resources/read'; name: string; connector: string; arguments: Record<string, unknown> },
+    run: (forward: { inputResponses?: Record<string, unknown>; requestState?: string; clientCapabilities?: ClientCapabilities }) => Promise<T | UpstreamInputRequired>,
+  ): Promise<T | InputRequiredResult> {
+    const bound = { exposedName: `${item.method} ${item.name}`, connector: { name: item.connector } };
+    const event: AuditEvent = {
+      event: item.method,
+      session: call.session,
+      transport: call.transport,
+      ...(call.protocol !== undefined ? { protocol: call.protocol } : {}),
+      principal: principalForAudit(principal),
+      tool: item.name,
+      outcome: 'ok',
+      detail: { connector: { name: item.connector } },
+    };
+    let continuation: ContinuationState | undefined;
+    try {
+      continuation = await this.openContinuation(principal, call, bound, item.arguments);
+    } catch (error) {
+      const denial = asDenial('authorize', 'BASTION_POLICY_ERROR', error);
+      await this.recordDenial(event, denial);
+      throw isStateRefusal(denial) ? stateRefusalError(denial) : denial;
+    }
+    const caps = call.clientCapabilities ? { clientCapabilities: call.clientCapabilities } : {};
+    let answer = await run({ ...caps, ...(continuation ? { inputResponses: call.continuation?.inputResponses ?? {} } : {}), ...(continuation?.s !== undefined ? { requestState: continuation.s } : {}) });
+    const unasked = unaskedResponses(call);
+    const preanswered = unasked && isInputRequired(answer) ? answerFromUnasked(answer, unasked) : undefined;
+    if (preanswered) answer = await run({ ...caps, inputResponses: preanswered, ...((answer as UpstreamInputRequired).requestState !== undefined ? { requestState: (answer as UpstreamInputRequired).requestState } : {}) });
+    if (unasked) event.detail = { ...event.detail, unasked_input_responses: { keys: Object.keys(unasked).slice(0, 20), used: Object.keys(preanswered ?? {}) } };
+    if (continuation) event.detail = { ...event.detail, input_responses: Object.keys(call.continuation?.inputResponses ?? {}) };
+    if (!isInputRequired(answer)) {
+      if (continuation || unasked) await this.parts.audit.append(event);
+      return answer;
+    }
+    if (!this.parts.requestStates) {
+      const denial = new Denial('execute', 'BASTION_INPUT_REQUIRED_UNSUPPORTED', `upstream ${item.connector} asked for input, and this Bastion cannot carry multi-round-trip state`);
+      await this.recordDenial(event, denial);
+      throw denial;
+    }
+    const keys = Object.keys(answer.inputRequests ?? {});
+    const state: ContinuationState = { c: item.connector, k: keys, ...(answer.requestState !== undefined ? { s: answer.requestState } : {}) };
+    const sealed = await this.parts.requestStates.seal(state, binding(principal, bound.exposedName, item.arguments), CONTINUATION_TTL_MS);
+    const methods = Object.values(answer.inputRequests ?? {}).map((request) => String((request as { method?: unknown })?.method ?? 'unknown'));
+    await this.parts.audit.append({ ...event, detail: { ...event.detail, input_required: { keys, methods } } });
+    return { resultType: 'input_required', ...(answer.inputRequests ? { inputRequests: answer.inputRequests } : {}), requestState: sealed } as InputRequiredResult;
+  }
+
+  /**
+   * Era translation: waits for the held upstream call to end or to ask the agent something it
+   * declared it can answer, and holds the exchange for the agent's retry. A request the agent
+   * cannot answer (not declared), or one past the principal's bound on held exchanges, is
+   * refused to the upstream (which turns the error into its answer) and the wait goes on.
+   */
+  private async nextHeld(
+    exchange: HeldExchange<CallToolResult | UpstreamInputRequired>,
+    upstream: Promise<CallToolResult | UpstreamInputRequired>,
+    principal: Principal,
+    call: CallContext,
+    entry: ToolEntry,
+  ) {
+    for (;;) {
+      const outcome = await exchange.next(upstream);
+      if (!('ask' in outcome)) return outcome;
+      const needs = CAPABILITY_FOR[outcome.ask.request.method];
+      if (!needs || !call.clientCapabilities?.[needs]) {
+        exchange.refuse(`Bastion cannot relay ${outcome.ask.request.method}: the calling agent (${MODERN_REVISION}) did not declare the ${needs ?? 'matching'} capability`);
+      } else if (!this.parts.exchanges!.hold(exchange, principal)) {
+        exchange.refuse(`Bastion cannot relay ${outcome.ask.request.method}: this principal holds as many unanswered upstream requests as Bastion allows; answer or abandon those first`);
+      } else {
+        this.parts.log.debug({ connector: entry.connector.name, exchange: exchange.id, method: outcome.ask.request.method }, 'upstream request held for the agent');
+        return outcome;
+      }
+    }
+  }
+
+  /** The agent gets the held upstream request as an input_required, under a state that names the exchange. */
+  private async relayHeld(
+    principal: Principal,
+    entry: ToolEntry,
+    name: string,
+    args: Record<string, unknown>,
+    exchange: HeldExchange,
+    held: HeldRequest,
+    finish: (outcome: AuditEvent['outcome'], extra?: Partial<AuditEvent>) => Promise<void>,
+  ): Promise<CallToolResult> {
+    const state: ContinuationState = { c: entry.connector.name, k: [held.key], x: exchange.id };
+    const sealed = await this.parts.requestStates!.seal(state, binding(principal, name, args), this.parts.exchanges!.ttlMs);
+    const { _meta: _dropped, ...params } = (held.request.params ?? {}) as Record<string, unknown>;
+    await finish('ok', { detail: { input_required: { keys: [held.key], methods: [held.request.method], held: true } } });
+    return { resultType: 'input_required', inputRequests: { [held.key]: { method: held.request.method, params } }, requestState: sealed } as unknown as CallToolResult;
   }
 
   /**
@@ -782,6 +945,59 @@ export class Pipeline {
     this.parts.log.info({ denial: denial.toJSON() }, 'call refused');
     await finish(outcome, { denial: denial.toJSON() });
   }
+}
+
+/**
+ * A 2026-07-28 call's inputResponses that come without a requestState: they answer no request
+ * Bastion issued, so they are never forwarded as they are (an agent must not feed an upstream
+ * answers to questions it was not asked). Undefined when there are none.
+ */
+function unaskedResponses(call: CallContext): Record<string, unknown> | undefined {
+  const { inputResponses, requestState } = call.continuation ?? {};
+  if (requestState !== undefined || !inputResponses || Object.keys(inputResponses).length === 0) return undefined;
+  return inputResponses;
+}
+
+/**
+ * When the upstream, called without them, asks in this very call for keys the agent already
+ * answered unasked, those answers (and only those) are its answers; anything else, or a
+ * question the agent did not answer, goes back to the agent as a sealed input_required.
+ */
+function answerFromUnasked(answer: UpstreamInputRequired, unasked: Record<string, unknown>): Record<string, unknown> | undefined {
+  const keys = Object.keys(answer.inputRequests ?? {});
+  if (keys.length === 0 || !keys.every((key) => Object.hasOwn(unasked, key))) return undefined;
+  return Object.fromEntries(keys.map((key) => [key, unasked[key]]));
+}
+
+/** The client capability each server-to-client request needs. */
+const CAPABILITY_FOR: Record<string, 'elicitation' | 'sampling' | 'roots'> = {
+  'elicitation/create': 'elicitation',
+  'sampling/createMessage': 'sampling',
+  'roots/list': 'roots',
+};
+
+/** Aborts `controller` when `signal` aborts, until the returned unlink is called (a held exchange outlives its leg). */
+function linkAbort(signal: AbortSignal | undefined, controller: AbortController): () => void {
+  if (!signal) return () => undefined;
+  if (signal.aborted) controller.abort(signal.reason);
+  const onAbort = () => controller.abort(signal.reason);
+  signal.addEventListener('abort', onAbort, { once: true });
+  return () => signal.removeEventListener('abort', onAbort);
+}
+
+/** A retry's requestState that Bastion refused to open (forged, altered, another principal's or call's, expired). */
+const STATE_REFUSALS = new Set(['BASTION_STATE_MALFORMED', 'BASTION_STATE_TAMPERED', 'BASTION_STATE_OTHER_PRINCIPAL', 'BASTION_STATE_OTHER_CALL', 'BASTION_STATE_EXPIRED']);
+
+export function isStateRefusal(denial: Denial): boolean {
+  return STATE_REFUSALS.has(denial.code);
+}
+
+/**
+ * The spec wants a state that fails its integrity check rejected with a JSON-RPC error
+ * (invalid params), not a result: the denial rides in the message and in `data`.
+ */
+export function stateRefusalError(denial: Denial): ProtocolError {
+  return new ProtocolError(ProtocolErrorCode.InvalidParams, `Bastion refused this request at the ${denial.stage} stage (${denial.code}): ${denial.reason}`, denial.toJSON());
 }
 
 /** What a sealed continuation is bound to: the principal, the exposed tool and its arguments. */

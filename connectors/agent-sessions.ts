@@ -21,7 +21,8 @@
  */
 import { StdioClientTransport } from '@modelcontextprotocol/client/stdio';
 import { ProtocolError, ProtocolErrorCode, SdkError, SdkErrorCode, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
-import type { CallToolResult, Client, LoggingLevel, Notification, Request, Result, Tool, Transport } from '@modelcontextprotocol/client';
+import { CLIENT_CAPABILITIES_META_KEY } from '@modelcontextprotocol/client';
+import type { CallToolResult, Client, ClientCapabilities, LoggingLevel, Notification, Request, Result, Tool, Transport } from '@modelcontextprotocol/client';
 import canonicalizeModule from 'canonicalize';
 import type { IsolationConfig } from '../broker/config.ts';
 import { Denial } from '../broker/errors.ts';
@@ -82,7 +83,7 @@ export interface ToolCallOptions {
    * answer is handed back (not fulfilled here), and a retry carries the agent's
    * `inputResponses` and the upstream's own `requestState`. Ignored on a 2025 upstream.
    */
-  inputRequired?: { manual: true; inputResponses?: Record<string, unknown>; requestState?: string };
+  inputRequired?: { manual: true; inputResponses?: Record<string, unknown>; requestState?: string; clientCapabilities?: ClientCapabilities };
 }
 
 /** An upstream's `input_required` answer (2026-07-28), handed back in manual mode. */
@@ -424,7 +425,10 @@ export class AgentSessions {
         const params = {
           name,
           arguments: args,
-          ...(token ? { _meta: { progressToken: token } } : {}),
+          // The agent's own declared capabilities ride in place of Bastion's, so the upstream asks only for input the agent can give.
+          ...(token || manual?.clientCapabilities
+            ? { _meta: { ...(token ? { progressToken: token } : {}), ...(manual?.clientCapabilities ? { [CLIENT_CAPABILITIES_META_KEY]: manual.clientCapabilities } : {}) } }
+            : {}),
           ...(manual?.inputResponses ? { inputResponses: manual.inputResponses } : {}),
           ...(manual?.requestState !== undefined ? { requestState: manual.requestState } : {}),
         };

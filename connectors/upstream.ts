@@ -21,7 +21,7 @@
  */
 import { getDefaultEnvironment, StdioClientTransport } from '@modelcontextprotocol/client/stdio';
 import { Client, StreamableHTTPClientTransport, ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/client';
-import type { Transport, CallToolResult, LoggingLevel, Prompt, Resource, ResourceTemplateType, ServerCapabilities, Tool } from '@modelcontextprotocol/client';
+import type { ClientCapabilities, Transport, CallToolResult, LoggingLevel, Prompt, Resource, ResourceTemplateType, ServerCapabilities, Tool } from '@modelcontextprotocol/client';
 import { fetchWithOwnSignal } from './fetch.ts';
 import type { ConnectorConfig } from '../broker/config.ts';
 import type { Logger } from '../broker/log.ts';
@@ -43,7 +43,7 @@ export interface CallOptions {
    * answer is handed back (not fulfilled here), and a retry carries the agent's
    * `inputResponses` and the upstream's own `requestState`. Ignored on a 2025 upstream.
    */
-  inputRequired?: { manual: true; inputResponses?: Record<string, unknown>; requestState?: string };
+  inputRequired?: { manual: true; inputResponses?: Record<string, unknown>; requestState?: string; clientCapabilities?: ClientCapabilities };
 }
 
 export interface ConnectorEvents {

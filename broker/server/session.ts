@@ -14,14 +14,14 @@
  *   const server = createAgentServer(broker, { id, transport: 'http', principal });
  *   await server.connect(transport);
  */
-import { PROTOCOL_VERSION_META_KEY, Server, ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/server';
-import type { CacheHint, Request, RequestMethod, ServerCapabilities, ServerContext, ServerNotification } from '@modelcontextprotocol/server';
+import { CLIENT_CAPABILITIES_META_KEY, LOG_LEVEL_META_KEY, PROTOCOL_VERSION_META_KEY, Server, ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/server';
+import type { CacheHint, ClientCapabilities, GetPromptResult, LoggingLevel, ReadResourceResult, Request, RequestMethod, ServerCapabilities, ServerContext, ServerNotification } from '@modelcontextprotocol/server';
 import type { Principal } from '../auth/verify.ts';
 import { Denial } from '../errors.ts';
 import { denialResult, type CallContext } from '../pipeline.ts';
 import type { Broker } from '../broker.ts';
 import { linearSchemaValidator } from '../../sandboxes/schema-patterns.ts';
-import type { AgentChannel, CallOrigin, Connector } from '../../connectors/upstream.ts';
+import { isInputRequired, type AgentChannel, type CallOrigin, type Connector, type UpstreamInputRequired } from '../../connectors/upstream.ts';
 import { MODERN_REVISION } from './eras.ts';
 import { advertisedCapabilities, agentInstructions } from './advertised.ts';
 
@@ -69,6 +69,47 @@ class AgentServer extends Server {
   }
 }
 
+/** RFC 5424 severities, lowest first, as MCP's LoggingLevel lists them. */
+const LOG_LEVELS: readonly LoggingLevel[] = ['debug', 'info', 'notice', 'warning', 'error', 'critical', 'alert', 'emergency'];
+
+/**
+ * Whether a relayed notification may reach this request's agent. A 2026-07-28 request gets
+ * log messages only at or above the `logLevel` its envelope names, and none without one
+ * (a 2025-era upstream logs by its session's level, which a 2026 agent never set).
+ */
+function relays(extra: Extra, protocol: string | undefined, notification: { method: string; params?: unknown }): boolean {
+  if (protocol !== MODERN_REVISION || notification.method !== 'notifications/message') return true;
+  const threshold = (extra.mcpReq.envelope as Record<string, unknown> | undefined)?.[LOG_LEVEL_META_KEY];
+  const level = (notification.params as { level?: unknown } | undefined)?.level;
+  const at = (value: unknown) => LOG_LEVELS.indexOf(value as LoggingLevel);
+  return at(threshold) >= 0 && at(level) >= at(threshold);
+}
+
+/**
+ * What a 2026-07-28 request declared it can answer (sampling, elicitation, roots): an upstream
+ * is told only these, so it asks the agent for no input it cannot give.
+ */
+export function declaredInput(extra: Extra): ClientCapabilities {
+  const declared = ((extra.mcpReq.envelope as Record<string, unknown> | undefined)?.[CLIENT_CAPABILITIES_META_KEY] ?? {}) as ClientCapabilities;
+  return {
+    ...(declared.sampling ? { sampling: declared.sampling } : {}),
+    ...(declared.elicitation ? { elicitation: declared.elicitation } : {}),
+    ...(declared.roots ? { roots: declared.roots } : {}),
+  };
+}
+
+/** A request's params with what a multi-round-trip leg forwards: the agent's answers, the upstream's own state, the agent's declared capabilities. */
+function withForward<P extends { _meta?: Record<string, unknown> }>(params: P, forward: { inputResponses?: Record<string, unknown>; requestState?: string; clientCapabilities?: ClientCapabilities }): P {
+  const { _meta, ...rest } = params;
+  const meta = { ...(_meta ?? {}), ...(forward.clientCapabilities ? { [CLIENT_CAPABILITIES_META_KEY]: forward.clientCapabilities } : {}) };
+  return {
+    ...rest,
+    ...(Object.keys(meta).length ? { _meta: meta } : {}),
+    ...(forward.inputResponses ? { inputResponses: forward.inputResponses } : {}),
+    ...(forward.requestState !== undefined ? { requestState: forward.requestState } : {}),
+  } as P;
+}
+
 function originOf(session: SessionBinding, extra: Extra, principal: Principal, protocol: string | undefined): CallOrigin {
   return {
     sessionId: session.id,
@@ -88,7 +129,9 @@ function originOf(session: SessionBinding, extra: Extra, principal: Principal, p
             ),
           )
         : extra.mcpReq.send(request as { method: RequestMethod; params?: Record<string, unknown> }),
-    sendNotification: (notification) => extra.mcpReq.notify(notification as ServerNotification),
+    sendNotification: async (notification) => {
+      if (relays(extra, protocol, notification)) await extra.mcpReq.notify(notification as ServerNotification);
+    },
   };
 }
 
@@ -100,11 +143,18 @@ function protocolOf(server: Server, extra: Extra): string | undefined {
 
 function callContext(session: SessionBinding, server: Server, extra: Extra, principal: Principal, progressToken?: string | number): CallContext {
   const protocol = protocolOf(server, extra);
+  // A 2026-07-28 retry's multi-round-trip fields (the SDK lifts them off the params); untrusted until the pipeline opens them.
+  const requestState = protocol === MODERN_REVISION ? extra.mcpReq.requestState() : undefined;
+  const inputResponses = protocol === MODERN_REVISION ? extra.mcpReq.inputResponses : undefined;
   return {
+    ...(typeof requestState === 'string' || inputResponses
+      ? { continuation: { ...(inputResponses ? { inputResponses } : {}), ...(typeof requestState === 'string' ? { requestState } : {}) } }
+      : {}),
     session: session.id,
     transport: session.transport,
     ...(protocol !== undefined ? { protocol } : {}),
     origin: originOf(session, extra, principal, protocol),
+    ...(protocol === MODERN_REVISION ? { clientCapabilities: declaredInput(extra) } : {}),
     signal: extra.mcpReq.signal,
     ...(progressToken !== undefined ? { progressToken } : {}),
   };
@@ -164,11 +214,6 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
       if (session.register === false && session.transport === 'http' && protocolOf(server, ctx) === MODERN_REVISION) {
         call.pickup = { holdMs: broker.config.approvals.pickup_hold, ...(requestState !== undefined ? { state: requestState } : {}) };
       }
-      // A 2026-07-28 retry's multi-round-trip fields (the SDK lifts them off the params); untrusted until the pipeline opens them.
-      const inputResponses = ctx.mcpReq.inputResponses;
-      if (call.protocol === MODERN_REVISION && (typeof requestState === 'string' || inputResponses)) {
-        call.continuation = { ...(inputResponses ? { inputResponses } : {}), ...(typeof requestState === 'string' ? { requestState } : {}) };
-      }
       return pipeline.callTool(principal, call, request.params.name, request.params.arguments ?? {});
     });
   }
@@ -189,9 +234,16 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
       try {
         const entry = registry.resolvePrompt(request.params.name);
         pipeline.authorizeItem(principal, call, 'prompt', entry.exposedName, entry.connector.name);
-        const prompt = await entry.connector.withOrigin(call.origin, (client) =>
-          client.getPrompt({ ...request.params, name: entry.upstreamName }, { signal: ctx.mcpReq.signal }),
+        const params = { ...request.params, name: entry.upstreamName };
+        const item = { method: 'prompts/get' as const, name: entry.exposedName, connector: entry.connector.name, arguments: request.params.arguments ?? {} };
+        const prompt = await pipeline.itemRound(principal, call, item, (forward) =>
+          entry.connector.withOrigin(call.origin, (client) =>
+            call.protocol === MODERN_REVISION && client.getProtocolEra() === 'modern'
+              ? (client.request({ method: 'prompts/get', params: withForward(params, forward) }, { signal: ctx.mcpReq.signal, allowInputRequired: true }) as Promise<GetPromptResult | UpstreamInputRequired>)
+              : client.getPrompt(params, { signal: ctx.mcpReq.signal }),
+          ),
         );
+        if (isInputRequired(prompt)) return prompt as never;
         // What it brings into the agent's flow is recorded before the agent sees it.
         await pipeline.recordItemFlow(principal, 'prompt', entry.exposedName, entry.connector.config.labels.prompts, prompt);
         return prompt;
@@ -242,7 +294,15 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
       const call = callContext(session, server, ctx, principal);
       try {
         const connector = authorizedResource(principal, call, request.params.uri);
-        const contents = await connector.withOrigin(call.origin, (client) => client.readResource(request.params, { signal: ctx.mcpReq.signal }));
+        const item = { method: 'resources/read' as const, name: request.params.uri, connector: connector.name, arguments: {} };
+        const contents = await pipeline.itemRound(principal, call, item, (forward) =>
+          connector.withOrigin(call.origin, (client) =>
+            call.protocol === MODERN_REVISION && client.getProtocolEra() === 'modern'
+              ? (client.request({ method: 'resources/read', params: withForward(request.params, forward) }, { signal: ctx.mcpReq.signal, allowInputRequired: true }) as Promise<ReadResourceResult | UpstreamInputRequired>)
+              : client.readResource(request.params, { signal: ctx.mcpReq.signal }),
+          ),
+        );
+        if (isInputRequired(contents)) return contents as never;
         await pipeline.recordItemFlow(principal, 'resource', request.params.uri, connector.config.labels.resources, contents);
         return contents;
       } catch (error) {

@@ -3,8 +3,9 @@
  * against the same agent talking 2025-11-25 straight to server-everything
  * (which speaks only that revision): the request/response features give the
  * same results whichever era the agent speaks to Bastion. Server-to-client
- * requests (sampling, elicitation, roots) reach a 2026 agent only as
- * input_required results, which Bastion does not relay yet (README).
+ * requests (sampling, elicitation) the server sends mid-call reach the 2026
+ * agent as input_required results: Bastion holds the server's request and
+ * delivers the agent's answer from its retry (era translation, README).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { byKey, EVERYTHING_BIN, expectEquivalent, openPair, stdioUpstream, type Pair } from './harness.ts';
@@ -79,6 +80,18 @@ describe('server-everything, the agent pinned to 2026-07-28 through Bastion', ()
       read: await side.client.readResource({ uri: 'demo://resource/dynamic/text/4' }),
     }));
     expectSameAcrossEras(direct, via);
+  });
+
+  it('sampling and elicitation asked mid-call by the 2025 server: held, answered by the 2026 agent, the same results', async () => {
+    const [direct, via] = await pair.both(async (side) => ({
+      sampled: await side.client.callTool({ name: side.tool('trigger-sampling-request'), arguments: { prompt: 'Name a prime number', maxTokens: 50 } }),
+      elicited: await side.client.callTool({ name: side.tool('trigger-elicitation-request'), arguments: {} }),
+    }));
+    expect(JSON.stringify(direct.sampled)).toContain('sampled: ');
+    expect(JSON.stringify(direct.elicited)).toContain('Ada Lovelace');
+    expectSameAcrossEras(direct, via);
+    expect(pair.bastion.observed.sampling.at(-1)).toEqual(pair.direct.observed.sampling.at(-1));
+    expect(pair.bastion.observed.elicitations.at(-1)).toEqual(pair.direct.observed.elicitations.at(-1));
   });
 
   it('prompts and completions: the same', async () => {
