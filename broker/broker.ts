@@ -47,6 +47,7 @@ import { PolicyHolder, type PolicySource } from './policy/holder.ts';
 import { recordPolicyReload } from './metrics.ts';
 import { readBundleKeyFile, type BundleVerification } from './policy/signature.ts';
 import { Pipeline } from './pipeline.ts';
+import { TaskTable } from './tasks/task-table.ts';
 import { descriptorHash, exposed, legacyDescriptorHash, ToolRegistry } from './registry.ts';
 import { DescriptorPins } from './pins.ts';
 import { FlowControl } from './flows/control.ts';
@@ -306,6 +307,8 @@ export async function createBroker(config: Config, log: Logger, options: BrokerO
     audit = withCheckpoints(audit, checkpointer);
   }
   const sessions = new SessionHub();
+  // Agents' tasks (2025-11-25): this process's, as the upstream connections that hold them are (broker/tasks/).
+  const tasks = new TaskTable();
 
   const connectors: Connector[] = [];
   const off = new Set(config.defenses_off);
@@ -364,6 +367,11 @@ export async function createBroker(config: Config, log: Logger, options: BrokerO
           if (kind === 'tools') await reconcile(connector);
         },
         agentChannel: (sessionId) => sessions.get(sessionId)?.channel,
+        // A task's status reaches its owner's sessions under Bastion's id; a task Bastion does not know is dropped.
+        taskStatus: (connector, connection, params) => {
+          const record = typeof params.taskId === 'string' ? tasks.byUpstream(connector.name, connection, params.taskId) : undefined;
+          return record ? { method: 'notifications/tasks/status', params: { ...params, taskId: record.id } } : undefined;
+        },
         onAgentRefused: (connector, origin, denial) => {
           log.warn({ connector: connector.name, session: origin.sessionId, sub: origin.owner.sub, code: denial.code }, denial.reason);
           void audit
@@ -439,6 +447,7 @@ export async function createBroker(config: Config, log: Logger, options: BrokerO
     ...(flows ? { flows } : {}),
     // Multi-round-trip continuations: sealed under the secret every replica shares (state store), as pickups are.
     requestStates: RequestStateSealer.fromSecret(await sharedSecret(state, 'request-state'), 'mrtr', options.now ? { now: options.now } : {}),
+    tasks,
     filter: createResultFilter(off.has('filters') ? { redaction: { enabled: false }, injection: { enabled: false } } : config.filters.result),
     ...(off.has('quotas') ? {} : { limits: new Limits(config.limits, state) }),
     autoApprove: off.has('approvals'),

@@ -28,6 +28,7 @@ import { Denial } from '../broker/errors.ts';
 import type { Logger } from '../broker/log.ts';
 import { stopProcessTree } from './process-tree.ts';
 import { compileSchema } from '../sandboxes/schema-patterns.ts';
+import { CreateTaskResultSchema, isTerminal, RELATED_TASK, TaskPayloadSchema, TaskResultSchema, type UpstreamTask } from '../broker/tasks/schemas.ts';
 
 /** Who a request comes from: the key of its upstream connection. */
 export interface AgentOwner {
@@ -72,6 +73,11 @@ export interface AgentSessionsOptions {
   catalogTool: (name: string) => Tool | undefined;
   /** An agent's upstream session announced a tools change: the catalog re-lists. */
   toolsChanged: () => Promise<void>;
+  /**
+   * An upstream task's status notification on one agent connection, rewritten for the agent
+   * (Bastion's task id in place of the upstream's); undefined: not a task Bastion knows, dropped.
+   */
+  taskStatus?: (connection: string, params: Record<string, unknown>) => Notification | undefined;
 }
 
 export interface ToolCallOptions {
@@ -83,7 +89,40 @@ export interface ToolCallOptions {
    * `inputResponses` and the upstream's own `requestState`. Ignored on a 2025 upstream.
    */
   inputRequired?: { manual: true; inputResponses?: Record<string, unknown>; requestState?: string };
+  /**
+   * The tool requires task augmentation (`execution.taskSupport: required`) and the agent did not
+   * ask for a task: Bastion creates the upstream task itself and waits for its result within the
+   * call (cancelling the task if the agent cancels).
+   */
+  viaTask?: true;
 }
+
+/** A task an agent's upstream connection created: the upstream's task and the connection that holds it. */
+export interface CreatedTask {
+  task: UpstreamTask;
+  connection: string;
+}
+
+/** The agent connection that held a task is gone (closed, idle, its agent session ended): so is the task. */
+export class TaskConnectionGone extends Error {
+  override readonly name = 'TaskConnectionGone';
+}
+
+/** Waits `ms`, or less when `signal` aborts. */
+function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    }
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}
+
+/** How often a task is polled when the upstream suggests nothing, and the bounds of what it may suggest. */
+const POLL = { defaultMs: 1000, minMs: 100, maxMs: 5000 };
 
 /** An upstream's `input_required` answer (2026-07-28), handed back in manual mode. */
 export interface UpstreamInputRequired {
@@ -220,7 +259,7 @@ export class AgentSessions {
   }
 
   /** The connection key: the agent session, or the principal, by isolation mode. */
-  private keyOf(origin: CallOrigin): string {
+  keyOf(origin: CallOrigin): string {
     return this.options.isolation.mode === 'session' && !origin.stateless ? `session:${origin.sessionId}` : `principal:${ownerKey(origin.owner)}`;
   }
 
@@ -338,6 +377,12 @@ export class AgentSessions {
       const subscribers = connection.subscriptions.get(notification.params.uri);
       if (subscribers) await toSessions(notification, subscribers);
     });
+    // A task's status goes to the sessions of the agent that owns the task, under Bastion's id; others are dropped.
+    // (The v2 client's typed registry leaves task notifications out, so the handler names its own schema.)
+    client.setNotificationHandler('notifications/tasks/status', { params: TaskResultSchema }, async (params) => {
+      const rewritten = this.options.taskStatus?.(connection.key, params);
+      if (rewritten) await toSessions(rewritten, connection.sessions);
+    });
     // A descriptor change in this agent's session: the catalog re-lists (a server-wide change is
     // re-pinned or quarantined there), and this session's own descriptors are read again.
     client.setNotificationHandler('notifications/tools/list_changed', async () => {
@@ -429,6 +474,7 @@ export class AgentSessions {
           ...(manual?.requestState !== undefined ? { requestState: manual.requestState } : {}),
         };
         const requestOptions = { timeout: this.options.timeoutMs, ...(options.signal ? { signal: options.signal } : {}) };
+        if (options.viaTask) return await this.runAsTask(client, name, params, options.signal);
         if (!manual) return (await client.callTool(params, requestOptions)) as CallToolResult;
         // client.callTool refuses an input_required answer from a tool with an output schema (it
         // finds no structured content), so manual rounds go through request() and the final
@@ -440,6 +486,77 @@ export class AgentSessions {
         if (token) connection.progress.delete(token);
       }
     });
+  }
+
+  /**
+   * A task-augmented `tools/call` on the agent's own connection (policy and approval already
+   * passed): the upstream's task, and the key of the connection that holds it.
+   */
+  createTask(origin: CallOrigin, name: string, args: Record<string, unknown>, task: { ttl?: number }, signal?: AbortSignal): Promise<CreatedTask> {
+    return this.run(origin, async (client, connection) => {
+      await connection.toolsListed;
+      this.checkDescriptor(connection, name);
+      const created = await client.request(
+        { method: 'tools/call', params: { name, arguments: args, task } },
+        CreateTaskResultSchema,
+        { timeout: this.options.timeoutMs, ...(signal ? { signal } : {}) },
+      );
+      return { task: created.task, connection: connection.key };
+    });
+  }
+
+  /**
+   * A tasks/* request about a task held by connection `key`, with `origin` receiving what the
+   * upstream sends meanwhile (an elicitation delivered through tasks/result). Never opens a
+   * connection: a new one would not hold the task.
+   */
+  async onTaskConnection<T>(key: string, origin: CallOrigin, operation: (client: Client) => Promise<T>): Promise<T> {
+    const connection = this.connections.get(key);
+    if (!connection || connection.closed) throw new TaskConnectionGone(`the upstream connection that held this task (${this.name}) has closed`);
+    await connection.ready;
+    const client = connection.client;
+    if (!client) throw new TaskConnectionGone(`the upstream connection that held this task (${this.name}) has closed`);
+    const id = this.nextId++;
+    connection.inflight.set(id, origin);
+    clearTimeout(connection.idleTimer);
+    try {
+      return await operation(client);
+    } finally {
+      connection.inflight.delete(id);
+      this.armIdle(connection);
+    }
+  }
+
+  /**
+   * A tool that requires task augmentation, for an agent that did not ask for a task: the task
+   * is created here and polled (tasks/get, at the upstream's pollInterval) until it ends or asks
+   * for input, then its result fetched (tasks/result, which also carries the upstream's requests
+   * to the agent). The agent cancelling the call cancels the task (tasks/cancel).
+   */
+  private async runAsTask(client: Client, name: string, params: Record<string, unknown>, signal: AbortSignal | undefined): Promise<CallToolResult> {
+    const requestOptions = { timeout: this.options.timeoutMs, ...(signal ? { signal } : {}) };
+    const created = await client.request({ method: 'tools/call', params: { ...params, task: {} } }, CreateTaskResultSchema, requestOptions);
+    const taskId = created.task.taskId;
+    let task: UpstreamTask = created.task;
+    try {
+      while (!isTerminal(task.status) && task.status !== 'input_required') {
+        await pause(Math.min(Math.max(task.pollInterval ?? POLL.defaultMs, POLL.minMs), POLL.maxMs), signal);
+        if (signal?.aborted) throw new SdkError(SdkErrorCode.RequestTimeout, 'the agent cancelled the call');
+        task = await client.request({ method: 'tasks/get', params: { taskId } }, TaskResultSchema, requestOptions);
+      }
+      const result = (await client.request({ method: 'tasks/result', params: { taskId } }, TaskPayloadSchema, requestOptions)) as CallToolResult;
+      if (!Array.isArray(result.content)) throw new ProtocolError(ProtocolErrorCode.InvalidRequest, `the result of task-run tool ${name} is not a tool result (no content)`);
+      checkStructured(this.options.catalogTool(name), name, result);
+      // The agent made no task: the upstream's task reference is not its to see.
+      if (!result._meta || !(RELATED_TASK in result._meta)) return result;
+      const { [RELATED_TASK]: _related, ...meta } = result._meta;
+      const { _meta: _dropped, ...rest } = result;
+      return Object.keys(meta).length ? { ...rest, _meta: meta } : rest;
+    } finally {
+      if (signal?.aborted && !isTerminal(task.status)) {
+        await client.request({ method: 'tasks/cancel', params: { taskId } }, TaskResultSchema, { timeout: this.options.timeoutMs }).catch(() => undefined);
+      }
+    }
   }
 
   /**
