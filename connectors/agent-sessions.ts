@@ -121,6 +121,9 @@ function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
   });
 }
 
+/** The longest an agent connection is held open for a task it holds (Bastion's task table keeps none longer: broker/tasks/task-table.ts). */
+const TASK_HOLD_MAX_MS = 60 * 60_000;
+
 /** How often a task is polled when the upstream suggests nothing, and the bounds of what it may suggest. */
 const POLL = { defaultMs: 1000, minMs: 100, maxMs: 5000 };
 
@@ -218,6 +221,9 @@ class AgentConnection {
     this.key = key;
     this.owner = owner;
   }
+
+  /** Until when an upstream task made on this connection may live (the connection must not idle out under it). */
+  tasksUntil = 0;
 
   get busy(): boolean {
     return this.inflight.size > 0 || this.subscriptions.size > 0;
@@ -501,6 +507,7 @@ export class AgentSessions {
         CreateTaskResultSchema,
         { timeout: this.options.timeoutMs, ...(signal ? { signal } : {}) },
       );
+      connection.tasksUntil = Math.max(connection.tasksUntil, Date.now() + Math.min(created.task.ttl ?? TASK_HOLD_MAX_MS, TASK_HOLD_MAX_MS));
       return { task: created.task, connection: connection.key };
     });
   }
@@ -643,12 +650,16 @@ export class AgentSessions {
     await Promise.all([...this.closings]);
   }
 
-  private armIdle(connection: AgentConnection): void {
+  private armIdle(connection: AgentConnection, after = this.options.isolation.idle): void {
     clearTimeout(connection.idleTimer);
     if (connection.closed || connection.busy) return;
     connection.idleTimer = setTimeout(() => {
-      if (!connection.busy) void this.close(connection, 'idle');
-    }, this.options.isolation.idle);
+      if (connection.busy) return;
+      // Tasks it holds would die with it: it stays open (not idle) until the last of them may have expired.
+      const holding = connection.tasksUntil - Date.now();
+      if (holding > 0) this.armIdle(connection, holding);
+      else void this.close(connection, 'idle');
+    }, after);
     connection.idleTimer.unref();
   }
 

@@ -125,8 +125,9 @@ export class TaskTable {
 
   /** The record behind an upstream task on one agent connection (for its status notifications). */
   byUpstream(connector: string, connection: string, upstreamId: string): TaskRecord | undefined {
+    const now = this.now();
     for (const record of this.byId.values()) {
-      if (record.connector === connector && record.connection === connection && record.upstreamId === upstreamId) return record;
+      if (record.expiresAt > now && record.connector === connector && record.connection === connection && record.upstreamId === upstreamId) return record;
     }
     return undefined;
   }
