@@ -233,6 +233,9 @@ describe("tasks: each agent's tasks are its own", () => {
   it('neither agent can get, fetch the result of, cancel or list the other\'s task; a foreign id is answered as an unknown one', async () => {
     const [alice, bob] = await twoAgents();
     try {
+      const statuses = { alice: [] as { taskId: string; status: string }[], bob: [] as { taskId: string; status: string }[] };
+      alice.client.setNotificationHandler('notifications/tasks/status', { params: TaskSchema }, (params) => void statuses.alice.push(params));
+      bob.client.setNotificationHandler('notifications/tasks/status', { params: TaskSchema }, (params) => void statuses.bob.push(params));
       const mark = await t.auditMark();
       const mine = (await createTask(alice, 'every__simulate-research-query', { topic: 'alice only' })).task.taskId;
       const his = (await createTask(bob, 'every__simulate-research-query', { topic: 'bob only' })).task.taskId;
@@ -250,6 +253,11 @@ describe("tasks: each agent's tasks are its own", () => {
       const result = await taskRequest(alice, 'tasks/result', mine);
       expect(textOf(result)).toContain('alice only');
       expect((await taskRequest(alice, 'tasks/get', mine)).status).toBe('completed');
+      // Status notifications reach the owner only, under Bastion's id (never the upstream's).
+      await eventually(() => statuses.alice.some((s) => s.taskId === mine && s.status === 'completed'), "alice's completed-status notification");
+      expect(statuses.alice.every((s) => s.taskId === mine)).toBe(true);
+      await eventually(() => statuses.bob.some((s) => s.taskId === his), "bob's status notifications for his own task");
+      expect(statuses.bob.every((s) => s.taskId === his)).toBe(true);
       // Every refusal is on the record, and says (to the operator only) that the id was another principal's.
       const refused = (await t.auditSince(mark)).filter((r) => r.event.startsWith('tasks/') && r.outcome === 'denied');
       expect(refused).toHaveLength(6);

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/client';
 import { z } from 'zod';
 import { CreateTaskResultSchema, RELATED_TASK, TaskPayloadSchema, TaskResultSchema, TaskSchema } from '../../broker/tasks/schemas.ts';
-import { EVERYTHING_BIN, expectEquivalent, openPair, startEverythingHttp, stdioUpstream, type Pair, type Side, type Upstream } from './harness.ts';
+import { EVERYTHING_BIN, eventually, expectEquivalent, openPair, startEverythingHttp, stdioUpstream, type Pair, type Side, type Upstream } from './harness.ts';
 
 const CONNECTOR = 'everything';
 const RESEARCH = 'simulate-research-query';
@@ -61,6 +61,8 @@ describe.each(['stdio', 'http'] as const)('tasks with server-everything over %s:
 
   it('a task-augmented call, tasks/get, tasks/list and tasks/result: the same lifecycle', async () => {
     const lifecycle = async (side: Side) => {
+      const statuses: z.infer<typeof TaskSchema>[] = [];
+      side.client.setNotificationHandler('notifications/tasks/status', { params: TaskSchema }, (params) => void statuses.push(params));
       const created = await create(side, RESEARCH, { topic: 'interop' });
       const id = created.task.taskId;
       const got = await get(side, id);
@@ -68,9 +70,16 @@ describe.each(['stdio', 'http'] as const)('tasks with server-everything over %s:
       // tasks/result blocks until the task ends (about four seconds of simulated stages).
       const result = await side.client.request({ method: 'tasks/result', params: { taskId: id } }, TaskPayloadSchema, { timeout: 120_000 });
       const done = await get(side, id);
+      // Status notifications: the last one says completed (earlier ones may race the CreateTaskResult; README).
+      expect(await eventually(() => statuses.some((s) => s.status === 'completed'))).toBe(true);
+      const completed = statuses.find((s) => s.status === 'completed');
+      side.client.removeNotificationHandler('notifications/tasks/status');
       return {
         id,
-        view: masked({ created, working: { status: got.status, keys: Object.keys(got).sort() }, listed: listed.tasks.filter((t) => t.taskId === id).length, result, done }, id),
+        view: masked(
+          { created, working: { status: got.status, keys: Object.keys(got).sort() }, listed: listed.tasks.filter((t) => t.taskId === id).length, result, done, completed, notified: [...new Set(statuses.map((s) => s.taskId))] },
+          id,
+        ),
       };
     };
     // Both at once: the stages take seconds, the same either way.
@@ -78,6 +87,7 @@ describe.each(['stdio', 'http'] as const)('tasks with server-everything over %s:
     expect(direct.view.created.task.status).toBe('working');
     expect(direct.view.listed).toBe(1);
     expect(direct.view.done.status).toBe('completed');
+    expect(direct.view.notified).toEqual(['<task>']);
     expect((direct.view.result as { _meta?: Record<string, unknown> })._meta?.[RELATED_TASK]).toEqual({ taskId: '<task>' });
     expectEquivalent(direct.view, via.view, CONNECTOR);
     // Bastion's id is its own, never the server's.
