@@ -367,11 +367,8 @@ export async function createBroker(config: Config, log: Logger, options: BrokerO
           if (kind === 'tools') await reconcile(connector);
         },
         agentChannel: (sessionId) => sessions.get(sessionId)?.channel,
-        // A task's status reaches its owner's sessions under Bastion's id; a task Bastion does not know is dropped.
-        taskStatus: (connector, connection, params) => {
-          const record = typeof params.taskId === 'string' ? tasks.byUpstream(connector.name, connection, params.taskId) : undefined;
-          return record ? { method: 'notifications/tasks/status', params: { ...params, taskId: record.id } } : undefined;
-        },
+        // What an upstream says of its tasks reaches the owner under Bastion's ids; a task Bastion does not know is dropped.
+        taskIdFor: (connector, connection, upstreamId) => tasks.byUpstream(connector.name, connection, upstreamId)?.id,
         onAgentRefused: (connector, origin, denial) => {
           log.warn({ connector: connector.name, session: origin.sessionId, sub: origin.owner.sub, code: denial.code }, denial.reason);
           void audit

@@ -74,10 +74,10 @@ export interface AgentSessionsOptions {
   /** An agent's upstream session announced a tools change: the catalog re-lists. */
   toolsChanged: () => Promise<void>;
   /**
-   * An upstream task's status notification on one agent connection, rewritten for the agent
-   * (Bastion's task id in place of the upstream's); undefined: not a task Bastion knows, dropped.
+   * Bastion's id for an upstream task held by one agent connection; undefined: not a task Bastion
+   * knows (its status notifications are dropped, its id stripped from what is relayed).
    */
-  taskStatus?: (connection: string, params: Record<string, unknown>) => Notification | undefined;
+  taskIdFor?: (connection: string, upstreamId: string) => string | undefined;
 }
 
 export interface ToolCallOptions {
@@ -358,7 +358,7 @@ export class AgentSessions {
     const relayRequest = async (request: Request): Promise<Result> => {
       const target = connection.latestCall() ?? liveChannel();
       if (!target) throw new ProtocolError(ProtocolErrorCode.InvalidRequest, `the agent session of this connection to ${this.name} has closed`);
-      return target.sendRequest(request);
+      return target.sendRequest(this.withAgentTaskId(connection, request));
     };
     client.setRequestHandler('sampling/createMessage', (request) => relayRequest(request) as never);
     client.setRequestHandler('elicitation/create', (request) => relayRequest(request) as never);
@@ -386,8 +386,8 @@ export class AgentSessions {
     // A task's status goes to the sessions of the agent that owns the task, under Bastion's id; others are dropped.
     // (The v2 client's typed registry leaves task notifications out, so the handler names its own schema.)
     client.setNotificationHandler('notifications/tasks/status', { params: TaskResultSchema }, async (params) => {
-      const rewritten = this.options.taskStatus?.(connection.key, params);
-      if (rewritten) await toSessions(rewritten, connection.sessions);
+      const ours = this.options.taskIdFor?.(connection.key, params.taskId);
+      if (ours) await toSessions({ method: 'notifications/tasks/status', params: { ...params, taskId: ours } }, connection.sessions);
     });
     // A descriptor change in this agent's session: the catalog re-lists (a server-wide change is
     // re-pinned or quarantined there), and this session's own descriptors are read again.
@@ -401,6 +401,20 @@ export class AgentSessions {
       );
       await toSessions({ method: 'notifications/resources/list_changed' }, connection.sessions);
     });
+  }
+
+  /**
+   * A request the upstream ties to one of its tasks (an elicitation delivered through
+   * tasks/result) names the task by Bastion's id when it reaches the agent; an upstream id
+   * Bastion does not know is left out, never passed on.
+   */
+  private withAgentTaskId(connection: AgentConnection, request: Request): Request {
+    const meta = request.params?._meta as Record<string, unknown> | undefined;
+    const related = meta?.[RELATED_TASK] as { taskId?: unknown } | undefined;
+    if (!meta || !related) return request;
+    const { [RELATED_TASK]: _upstream, ...rest } = meta;
+    const ours = typeof related.taskId === 'string' ? this.options.taskIdFor?.(connection.key, related.taskId) : undefined;
+    return { ...request, params: { ...request.params, _meta: ours ? { ...rest, [RELATED_TASK]: { taskId: ours } } : rest } };
   }
 
   /** Re-reads the tool descriptors this agent's upstream session lists (compared with the catalog's at each call). */

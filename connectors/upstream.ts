@@ -28,7 +28,6 @@ import type { Logger } from '../broker/log.ts';
 import { linearSchemaValidator, toolSchemaProblems } from '../sandboxes/schema-patterns.ts';
 import type { Denial } from '../broker/errors.ts';
 import { AgentSessions, closeUpstreamClient, type AgentChannel, type AgentConnectionInfo, type CallOrigin, type CreatedTask, type UpstreamInputRequired } from './agent-sessions.ts';
-import type { Notification } from '@modelcontextprotocol/client';
 
 export type { AgentChannel, AgentOwner, CallOrigin, CreatedTask, UpstreamInputRequired } from './agent-sessions.ts';
 export { isInputRequired, TaskConnectionGone } from './agent-sessions.ts';
@@ -58,8 +57,8 @@ export interface ConnectorEvents {
   agentChannel?: (sessionId: string) => AgentChannel | undefined;
   /** An agent connection was refused (isolation bounds): for the audit trail. */
   onAgentRefused?: (connector: Connector, origin: CallOrigin, denial: Denial) => void;
-  /** An upstream task status notification on an agent connection, rewritten for its owner (undefined: dropped). */
-  taskStatus?: (connector: Connector, connection: string, params: Record<string, unknown>) => Notification | undefined;
+  /** Bastion's id for an upstream task on one agent connection (undefined: not one Bastion knows). */
+  taskIdFor?: (connector: Connector, connection: string, upstreamId: string) => string | undefined;
 }
 
 export interface Catalog {
@@ -128,7 +127,7 @@ export class Connector {
       catalogTool: (name) => this.catalogValue.tools.find((tool) => tool.name === name),
       // A change announced on an agent's connection may be the server's: the catalog re-lists (and re-pins).
       toolsChanged: () => this.catalogChanged('tools'),
-      taskStatus: (connection, params) => events.taskStatus?.(this, connection, params),
+      taskIdFor: (connection, upstreamId) => events.taskIdFor?.(this, connection, upstreamId),
     });
   }
 

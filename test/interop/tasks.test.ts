@@ -95,6 +95,20 @@ describe.each(['stdio', 'http'] as const)('tasks with server-everything over %s:
     directReport = (direct.view.result as { content: unknown }).content;
   });
 
+  it('a task that needs input (input_required): its elicitation reaches the agent through tasks/result, naming the task by the id the agent knows', async () => {
+    const ambiguous = async (side: Side) => {
+      const asked = side.observed.elicitations.length;
+      const created = await create(side, RESEARCH, { topic: 'python', ambiguous: true });
+      const id = created.task.taskId;
+      const result = await side.client.request({ method: 'tasks/result', params: { taskId: id } }, TaskPayloadSchema, { timeout: 120_000 });
+      return masked({ elicitations: side.observed.elicitations.slice(asked), result }, id);
+    };
+    const [direct, via] = await Promise.all([ambiguous(pair.direct), ambiguous(pair.bastion)]);
+    expect(direct.elicitations).toHaveLength(1);
+    expect((direct.elicitations[0] as { _meta?: Record<string, unknown> })._meta?.[RELATED_TASK]).toEqual({ taskId: '<task>' });
+    expectEquivalent(direct, via, CONNECTOR);
+  });
+
   it('tasks/cancel: the task ends cancelled, the same both ways', async () => {
     const cancel = async (side: Side) => {
       const created = await create(side, RESEARCH, { topic: 'to be cancelled' });
