@@ -308,7 +308,7 @@ export async function createBroker(config: Config, log: Logger, options: BrokerO
   }
   const sessions = new SessionHub();
   // Agents' tasks (2025-11-25): this process's, as the upstream connections that hold them are (broker/tasks/).
-  const tasks = new TaskTable();
+  const tasks = new TaskTable({ maxPerPrincipal: config.tasks.max_per_principal, maxTtlMs: config.tasks.max_ttl });
 
   const connectors: Connector[] = [];
   const off = new Set(config.defenses_off);

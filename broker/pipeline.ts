@@ -660,7 +660,7 @@ export class Pipeline {
     const { finish, approval } = ctx;
     let created: Awaited<ReturnType<Connector['createTask']>>;
     try {
-      created = await connector.createTask(entry.upstreamName, args, call.task!, { origin: call.origin, ...(call.signal ? { signal: call.signal } : {}) });
+      created = await connector.createTask(entry.upstreamName, args, call.task!, { origin: call.origin, holdMaxMs: this.parts.tasks!.maxTtlMs, ...(call.signal ? { signal: call.signal } : {}) });
     } catch (error) {
       const denial = call.signal?.aborted
         ? new Denial('execute', 'BASTION_CANCELLED', `the agent cancelled the call while ${connector.name} created its task`)

@@ -121,9 +121,6 @@ function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
   });
 }
 
-/** The longest an agent connection is held open for a task it holds (Bastion's task table keeps none longer: broker/tasks/task-table.ts). */
-const TASK_HOLD_MAX_MS = 60 * 60_000;
-
 /** How often a task is polled when the upstream suggests nothing, and the bounds of what it may suggest. */
 const POLL = { defaultMs: 1000, minMs: 100, maxMs: 5000 };
 
@@ -512,7 +509,7 @@ export class AgentSessions {
    * A task-augmented `tools/call` on the agent's own connection (policy and approval already
    * passed): the upstream's task, and the key of the connection that holds it.
    */
-  createTask(origin: CallOrigin, name: string, args: Record<string, unknown>, task: { ttl?: number }, signal?: AbortSignal): Promise<CreatedTask> {
+  createTask(origin: CallOrigin, name: string, args: Record<string, unknown>, task: { ttl?: number }, holdMaxMs: number, signal?: AbortSignal): Promise<CreatedTask> {
     return this.run(origin, async (client, connection) => {
       await connection.toolsListed;
       this.checkDescriptor(connection, name);
@@ -521,7 +518,8 @@ export class AgentSessions {
         CreateTaskResultSchema,
         { timeout: this.options.timeoutMs, ...(signal ? { signal } : {}) },
       );
-      connection.tasksUntil = Math.max(connection.tasksUntil, Date.now() + Math.min(created.task.ttl ?? TASK_HOLD_MAX_MS, TASK_HOLD_MAX_MS));
+      // Held open (not idle) while the task may live: its ttl, capped where Bastion's task table drops it.
+      connection.tasksUntil = Math.max(connection.tasksUntil, Date.now() + Math.min(created.task.ttl ?? holdMaxMs, holdMaxMs));
       return { task: created.task, connection: connection.key };
     });
   }

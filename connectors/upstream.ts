@@ -395,9 +395,9 @@ export class Connector {
   }
 
   /** A task-augmented tools/call on the agent's own connection: the upstream task and the connection holding it. */
-  createTask(name: string, args: Record<string, unknown>, task: { ttl?: number }, options: { origin: CallOrigin; signal?: AbortSignal }): Promise<CreatedTask> {
+  createTask(name: string, args: Record<string, unknown>, task: { ttl?: number }, options: { origin: CallOrigin; signal?: AbortSignal; holdMaxMs: number }): Promise<CreatedTask> {
     this.requireClient();
-    return this.agents.createTask(options.origin, name, args, task, options.signal);
+    return this.agents.createTask(options.origin, name, args, task, options.holdMaxMs, options.signal);
   }
 
   /** A tasks/* request on the connection that holds the task (never a new one); TaskConnectionGone when it closed. */

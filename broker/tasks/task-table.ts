@@ -13,8 +13,8 @@
  * one upstream session, reached only through the agent's own upstream
  * connection, which this process holds (connectors/agent-sessions.ts); a
  * replica holding the id could not reach the task. It is bounded per
- * principal (`max_per_principal`), and every entry expires (the upstream's
- * ttl, capped at `max_ttl`), so no principal can grow it without bound or
+ * principal (config `tasks.max_per_principal`), and every entry expires (the
+ * upstream's ttl, capped at `tasks.max_ttl`), so no principal can grow it without bound or
  * starve another.
  *
  * @example
@@ -134,6 +134,11 @@ export class TaskTable {
 
   remove(id: string): void {
     this.byId.delete(id);
+  }
+
+  /** The longest any task is kept. */
+  get maxTtlMs(): number {
+    return this.options.maxTtlMs;
   }
 
   get size(): number {

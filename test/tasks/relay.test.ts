@@ -25,6 +25,8 @@ let approver: ApproverClient;
 beforeAll(async () => {
   const everything = { transport: 'stdio', command: process.execPath, args: [EVERYTHING, 'stdio'], timeout: '30s' };
   t = await startTestBroker({
+    // One live task per principal: the bound is reached (and refused) with one call.
+    tasks: { max_per_principal: 1 },
     connectors: [
       // Idle agent connections close after a second: unless they hold a task.
       { name: 'every', ...everything, isolation: { idle: '1s' } },
@@ -103,6 +105,25 @@ describe('approval comes before the task', () => {
       expect((await bob.client.request({ method: 'tasks/list', params: {} }, ListTasks)).tasks).toEqual([]);
     } finally {
       await bob.leave();
+    }
+  });
+});
+
+describe("a principal's tasks are bounded", () => {
+  it('over its bound, a task-augmented call is refused at the limit stage before anything is made upstream; another principal is not affected', async () => {
+    const frank = await agent();
+    const gina = await agent();
+    try {
+      const first = await createTask(frank, `every__${RESEARCH}`, { topic: 'the one allowed' });
+      const refused = await createTask(frank, `every__${RESEARCH}`, { topic: 'one too many' }).catch((error: unknown) => error);
+      expect(refused).toBeInstanceOf(ProtocolError);
+      expect((refused as ProtocolError).data).toMatchObject({ stage: 'limit', code: 'BASTION_TASKS_FULL' });
+      expect((await upstreamTasks('every', frank.sub)).length).toBe(1);
+      expect((await frank.client.request({ method: 'tasks/list', params: {} }, ListTasks)).tasks.map((task) => task.taskId)).toEqual([first.task.taskId]);
+      expect((await createTask(gina, `every__${RESEARCH}`, { topic: 'her own' })).task.taskId).toMatch(/^bastion-task-/);
+    } finally {
+      await frank.leave();
+      await gina.leave();
     }
   });
 });
