@@ -109,6 +109,29 @@ describe('approval comes before the task', () => {
   });
 });
 
+describe('tasks/result is decided again', () => {
+  it('the same principal with a token that no longer covers the tool gets a denial instead of the result, audited; tasks/get still answers', async () => {
+    const henry = await agent();
+    // Another session of henry's, on a token that covers only echo (its capabilities narrowed since).
+    const narrowed = await connectAgent(t.url, await t.mint({ sub: henry.sub, cap: [{ tool: 'every__echo' }] }));
+    try {
+      const { task } = await createTask(henry, `every__${RESEARCH}`, { topic: 'withheld' });
+      const mark = await t.auditMark();
+      const result = await narrowed.client.request({ method: 'tasks/result', params: { taskId: task.taskId } }, TaskPayloadSchema, { timeout: 120_000 });
+      expect(result).toMatchObject({ isError: true, _meta: { 'bastion/denial': { stage: 'authorize', code: 'BASTION_POLICY_DENIED' } } });
+      expect(textOf(result)).not.toContain('withheld');
+      const [record] = await t.auditSince(mark, 'tasks/result');
+      expect(record).toMatchObject({ outcome: 'denied', principal: { sub: henry.sub }, denial: { code: 'BASTION_POLICY_DENIED' }, detail: { task: task.taskId } });
+      expect((await narrowed.client.request({ method: 'tasks/get', params: { taskId: task.taskId } }, TaskResultSchema)).taskId).toBe(task.taskId);
+      // With the tool still granted, the result is there.
+      expect(textOf(await henry.client.request({ method: 'tasks/result', params: { taskId: task.taskId } }, TaskPayloadSchema, { timeout: 120_000 }))).toContain('withheld');
+    } finally {
+      await narrowed.leave();
+      await henry.leave();
+    }
+  });
+});
+
 describe("a principal's tasks are bounded", () => {
   it('over its bound, a task-augmented call is refused at the limit stage before anything is made upstream; another principal is not affected', async () => {
     const frank = await agent();
