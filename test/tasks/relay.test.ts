@@ -13,6 +13,7 @@ import { z } from 'zod';
 import { CreateTaskResultSchema, TaskPayloadSchema, TaskResultSchema, TaskSchema } from '../../broker/tasks/schemas.ts';
 import type { CallOrigin } from '../../connectors/upstream.ts';
 import { startTestBroker, type TestBroker } from '../helpers/broker.ts';
+import { SAMPLES } from '../filters/samples.ts';
 import { approverToken, signInApprover, type ApproverClient } from '../helpers/approver.ts';
 import { connectAgent, EVERYTHING, eventually, textOf, type Agent } from '../connectors/helpers.ts';
 
@@ -170,10 +171,12 @@ describe('tools that require a task, for agents that ask for none', () => {
 });
 
 describe('a task lives as long as the agent session that made it', () => {
-  it('its agent connection does not idle out under it (idle: 1s), polled at longer gaps than that until the task completes', async () => {
+  it('its agent connection does not idle out under it (idle: 1s), polled at longer gaps than that until the task completes; its result is filtered', async () => {
     const dave = await agent();
     try {
-      const { task } = await createTask(dave, `every__${RESEARCH}`, { topic: 'slow and steady' });
+      // The topic carries a (fake) credential, which the report repeats: its result is filtered like any call's.
+      const { task } = await createTask(dave, `every__${RESEARCH}`, { topic: `slow and steady ${SAMPLES.awsAccessKey}` });
+      const mark = await t.auditMark();
       let status = task.status;
       while (status !== 'completed') {
         // Longer than the idle close: without the hold, the next request would find the task gone.
@@ -181,7 +184,11 @@ describe('a task lives as long as the agent session that made it', () => {
         status = (await dave.client.request({ method: 'tasks/get', params: { taskId: task.taskId } }, TaskResultSchema)).status;
         expect(['working', 'completed']).toContain(status);
       }
-      expect(textOf(await dave.client.request({ method: 'tasks/result', params: { taskId: task.taskId } }, TaskPayloadSchema))).toContain('slow and steady');
+      const report = textOf(await dave.client.request({ method: 'tasks/result', params: { taskId: task.taskId } }, TaskPayloadSchema));
+      expect(report).toContain('slow and steady [REDACTED:aws_access_key]');
+      expect(report).not.toContain(SAMPLES.awsAccessKey);
+      const [fetched] = await t.auditSince(mark, 'tasks/result');
+      expect(fetched).toMatchObject({ outcome: 'ok', detail: { redactions: { aws_access_key: expect.any(Number) } } });
     } finally {
       await dave.leave();
     }
