@@ -405,9 +405,11 @@ export class Pipeline {
       event.detail = { ...event.detail, connector: { name: entry.connector.name, ...(upstreamProtocol ? { protocol: upstreamProtocol } : {}) } };
       if (call.task) {
         event.detail = { ...event.detail, task: { requested: true } };
-        // The spec's answer to a task for a tool that does not take one (-32601, below); plugins take none.
-        if (taskSupportOf(entry) === 'forbidden' || !(entry.connector instanceof Connector) || !this.parts.tasks) {
-          throw new Denial('resolve', 'BASTION_TASK_NOT_SUPPORTED', `tool ${name} cannot be called as a task (its execution.taskSupport is ${taskSupportOf(entry)})`);
+        // The spec's answer to a task for a tool that does not take one (-32601, below); plugins take none,
+        // nor does a tool whose upstream never said it accepts task-augmented calls.
+        if (taskSupportOf(entry) === 'forbidden' || !(entry.connector instanceof Connector) || !entry.connector.offersToolTasks || !this.parts.tasks) {
+          const why = entry.connector instanceof Connector && !entry.connector.offersToolTasks ? `upstream ${entry.connector.name} does not offer tasks` : `its execution.taskSupport is ${taskSupportOf(entry)}`;
+          throw new Denial('resolve', 'BASTION_TASK_NOT_SUPPORTED', `tool ${name} cannot be called as a task (${why})`);
         }
       }
       mark = performance.now();
