@@ -122,7 +122,7 @@ function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
 }
 
 /** How often a task is polled when the upstream suggests nothing, and the bounds of what it may suggest. */
-const POLL = { defaultMs: 1000, minMs: 100, maxMs: 5000 };
+const POLL = { defaultMs: 1000, minMs: 100, maxMs: 5000, /** the longest tasks/result is awaited within one call */ waitMaxMs: 60 * 60_000 };
 
 /** An upstream's `input_required` answer (2026-07-28), handed back in manual mode. */
 export interface UpstreamInputRequired {
@@ -563,7 +563,9 @@ export class AgentSessions {
         if (signal?.aborted) throw new SdkError(SdkErrorCode.RequestTimeout, 'the agent cancelled the call');
         task = await client.request({ method: 'tasks/get', params: { taskId } }, TaskResultSchema, requestOptions);
       }
-      const result = (await client.request({ method: 'tasks/result', params: { taskId } }, TaskPayloadSchema, requestOptions)) as CallToolResult;
+      // It may still ask the agent for input (input_required) and wait for it: as long as the task may live.
+      const waitOptions = { ...requestOptions, timeout: Math.max(this.options.timeoutMs, Math.min(created.task.ttl ?? 0, POLL.waitMaxMs)) };
+      const result = (await client.request({ method: 'tasks/result', params: { taskId } }, TaskPayloadSchema, waitOptions)) as CallToolResult;
       if (!Array.isArray(result.content)) throw new ProtocolError(ProtocolErrorCode.InvalidRequest, `the result of task-run tool ${name} is not a tool result (no content)`);
       checkStructured(this.options.catalogTool(name), name, result);
       // The agent made no task: the upstream's task reference is not its to see.

@@ -97,7 +97,8 @@ export class TaskRelay {
       if (!connector) throw new TaskConnectionGone(`connector ${record.connector} is gone`);
       answer = await connector.onTaskConnection(record.connection, call.origin, (client) =>
         client.request({ method, params: { taskId: record.upstreamId } }, method === 'tasks/result' ? TaskPayloadSchema : TaskResultSchema, {
-          timeout: connector.config.timeout,
+          // tasks/result waits for the task to end: as long as it may live, never less than any request.
+          timeout: method === 'tasks/result' ? Math.max(connector.config.timeout, record.expiresAt - Date.now()) : connector.config.timeout,
           ...(call.signal ? { signal: call.signal } : {}),
         }),
       );
