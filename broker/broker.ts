@@ -48,6 +48,7 @@ import { PolicyHolder, type PolicySource } from './policy/holder.ts';
 import { recordPolicyReload } from './metrics.ts';
 import { readBundleKeyFile, type BundleVerification } from './policy/signature.ts';
 import { Pipeline } from './pipeline.ts';
+import { TaskTable } from './tasks/task-table.ts';
 import { descriptorHash, exposed, legacyDescriptorHash, ToolRegistry } from './registry.ts';
 import { DescriptorPins } from './pins.ts';
 import { FlowControl } from './flows/control.ts';
@@ -307,6 +308,8 @@ export async function createBroker(config: Config, log: Logger, options: BrokerO
     audit = withCheckpoints(audit, checkpointer);
   }
   const sessions = new SessionHub();
+  // Agents' tasks (2025-11-25): this process's, as the upstream connections that hold them are (broker/tasks/).
+  const tasks = new TaskTable({ maxPerPrincipal: config.tasks.max_per_principal, maxTtlMs: config.tasks.max_ttl });
 
   const connectors: Connector[] = [];
   const off = new Set(config.defenses_off);
@@ -365,6 +368,8 @@ export async function createBroker(config: Config, log: Logger, options: BrokerO
           if (kind === 'tools') await reconcile(connector);
         },
         agentChannel: (sessionId) => sessions.get(sessionId)?.channel,
+        // What an upstream says of its tasks reaches the owner under Bastion's ids; a task Bastion does not know is dropped.
+        taskIdFor: (connector, connection, upstreamId) => tasks.byUpstream(connector.name, connection, upstreamId)?.id,
         onAgentRefused: (connector, origin, denial) => {
           log.warn({ connector: connector.name, session: origin.sessionId, sub: origin.owner.sub, code: denial.code }, denial.reason);
           void audit
@@ -443,6 +448,7 @@ export async function createBroker(config: Config, log: Logger, options: BrokerO
     requestStates: RequestStateSealer.fromSecret(await sharedSecret(state, 'request-state'), 'mrtr', options.now ? { now: options.now } : {}),
     // Era translation (a 2025 upstream asking a 2026 agent mid-call): held in this process, bounded per principal.
     exchanges,
+    tasks,
     filter: createResultFilter(off.has('filters') ? { redaction: { enabled: false }, injection: { enabled: false } } : config.filters.result),
     ...(off.has('quotas') ? {} : { limits: new Limits(config.limits, state) }),
     autoApprove: off.has('approvals'),

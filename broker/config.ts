@@ -329,6 +329,13 @@ export const ConfigSchema = z.strictObject({
     .prefault({}),
   /** Quotas and caps (stage 4). */
   limits: LimitsConfigSchema.prefault({}),
+  /** Agents' 2025-11-25 tasks (broker/tasks/): live tasks per principal, and the longest a task is kept. */
+  tasks: z
+    .strictObject({
+      max_per_principal: z.number().int().min(1).max(10_000).default(32),
+      max_ttl: Duration.default(60 * 60_000).refine((ms) => ms >= 1000 && ms <= 7 * 24 * 60 * 60_000, 'between 1s and 7d'),
+    })
+    .prefault({}),
   /** Flow control: labels that follow an agent across calls (broker/flows/). */
   flows: z
     .strictObject({

@@ -60,12 +60,18 @@ export type DenialCode =
   | 'BASTION_TOOL_BLOCKED'
   | 'BASTION_TOOL_QUARANTINED'
   | 'BASTION_RESOURCE_AMBIGUOUS'
+  /** A task-augmented call to a tool whose execution.taskSupport is forbidden or absent (spec: -32601). */
+  | 'BASTION_TASK_NOT_SUPPORTED'
+  /** tasks/get, result or cancel for an id the caller does not own (unknown, expired, or another principal's). */
+  | 'BASTION_TASK_UNKNOWN'
   // limit
   | 'BASTION_RATE_LIMITED'
   | 'BASTION_ARGUMENTS_TOO_LARGE'
   | 'BASTION_SESSIONS_EXCEEDED'
   /** A connector holds as many agent connections as its isolation bounds allow. */
   | 'BASTION_UPSTREAM_SESSIONS_FULL'
+  /** A principal holds as many tasks as the task table allows (broker/tasks/task-table.ts). */
+  | 'BASTION_TASKS_FULL'
   // authorize
   | 'BASTION_POLICY_DENIED'
   | 'BASTION_POLICY_ERROR'

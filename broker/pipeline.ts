@@ -24,7 +24,10 @@ import type { DecisionLog } from './policy/decision-log.ts';
 import type { PolicyEngine } from './policy/engine.ts';
 import type { Decision, PolicyInput } from './policy/schema.ts';
 import type { ToolEntry, ToolRegistry, Risk } from './registry.ts';
-import { ConnectorUnavailable, isInputRequired, type CallOrigin, type UpstreamInputRequired } from '../connectors/upstream.ts';
+import { Connector, ConnectorUnavailable, isInputRequired, type CallOrigin, type UpstreamInputRequired } from '../connectors/upstream.ts';
+import type { TaskFiltering, TaskTable } from './tasks/task-table.ts';
+import { TaskResultSchema } from './tasks/schemas.ts';
+import { TaskRelay } from './tasks/relay.ts';
 import { SandboxError } from '../sandboxes/errors.ts';
 import { summarizeUses } from '../sandboxes/capabilities/uses.ts';
 import { capabilityUsesOf, PluginHost, SANDBOX_META } from '../sandboxes/host.ts';
@@ -62,6 +65,14 @@ export interface CallContext {
   clientCapabilities?: ClientCapabilities;
   /** A 2026-07-28 retry's multi-round-trip fields, lifted off the request by the SDK (untrusted). */
   continuation?: { inputResponses?: Record<string, unknown>; requestState?: string };
+  /** A 2025-11-25 task-augmented call (`params.task`): answered with a CreateTaskResult once every stage passed. */
+  task?: { ttl?: number };
+}
+
+/** What a task-augmented call answers: the task under Bastion's own id (broker/tasks/). */
+export interface CreatedTaskResult {
+  task: Record<string, unknown> & { taskId: string; status: string };
+  [key: string]: unknown;
 }
 
 /** What Bastion seals into the requestState it hands a 2026-07-28 agent for an upstream's input_required. */
@@ -112,6 +123,8 @@ export interface PipelineParts {
   requestStates?: RequestStateSealer;
   /** Era translation: a 2025 upstream's mid-call requests held for a 2026 agent's retry; absent: they are refused. */
   exchanges?: HeldExchanges;
+  /** Bastion's tasks (2025-11-25 task-augmented calls); absent: task-augmented calls are refused. */
+  tasks?: TaskTable;
   now?: () => Date;
 }
 
@@ -182,10 +195,38 @@ function pickupRefusal(record: ParkedCall): Denial {
 export class Pipeline {
   private readonly parts: PipelineParts;
   private readonly now: () => Date;
+  /** tasks/get, result, cancel and list for agents (broker/tasks/relay.ts); absent when tasks are off. */
+  readonly tasks: TaskRelay | undefined;
 
   constructor(parts: PipelineParts) {
     this.parts = parts;
     this.now = parts.now ?? (() => new Date());
+    this.tasks = parts.tasks
+      ? new TaskRelay({
+          tasks: parts.tasks,
+          connector: (name) => parts.registry.connectorNamed(name),
+          audit: parts.audit,
+          log: parts.log,
+          filter: parts.filter,
+          ...(parts.flows ? { flows: parts.flows } : {}),
+          stillAllowed: (principal, call, tool, args) => this.stillAllowed(principal, call, tool, args),
+          denialResult,
+          principalForAudit,
+        })
+      : undefined;
+  }
+
+  /** Whether policy, as it is now, still lets this principal make this call (a task's result is fetched later). */
+  private stillAllowed(principal: Principal, call: CallContext, tool: string, args: Record<string, unknown>): { allow: boolean; reasons: string[] } {
+    try {
+      const entry = this.parts.registry.resolveTool(tool);
+      const decision = this.parts.policy().decideTrusted(
+        this.input(principal, call, 'tools/call', { name: entry.exposedName, connector: entry.connector.name, risk: entry.risk, descriptor_hash: entry.descriptorHash }, args),
+      );
+      return { allow: decision.allow, reasons: decision.reasons };
+    } catch (error) {
+      return { allow: false, reasons: [error instanceof Denial ? error.reason : (error as Error).message] };
+    }
   }
 
   private input(
@@ -291,7 +332,7 @@ export class Pipeline {
    * or a tool error naming the stage that refused. Throws McpError only for
    * protocol-level problems: an unknown tool, or an upstream protocol error.
    */
-  async callTool(principal: Principal, call: CallContext, name: string, args: Record<string, unknown>): Promise<CallToolResult | PickupResult> {
+  async callTool(principal: Principal, call: CallContext, name: string, args: Record<string, unknown>): Promise<CallToolResult | PickupResult | CreatedTaskResult> {
     const started = performance.now();
     // Arguments nested too deeply to canonicalize (stack overflow) used to throw here, before any
     // stage: the agent got a bare -32603 and no audit record was written. Keep the error and refuse
@@ -353,7 +394,7 @@ export class Pipeline {
       argsError: Error | undefined;
       slots: { release?: () => Promise<void> };
     },
-  ): Promise<CallToolResult | PickupResult> {
+  ): Promise<CallToolResult | PickupResult | CreatedTaskResult> {
     const { event, finish, argsBytes, argsError, slots } = ctx;
     let entry: ToolEntry;
     let decision: Decision | undefined;
@@ -373,6 +414,15 @@ export class Pipeline {
       // Which upstream, and the revision Bastion speaks to it (plugins have none).
       const upstreamProtocol = 'protocol' in entry.connector ? entry.connector.protocol : undefined;
       event.detail = { ...event.detail, connector: { name: entry.connector.name, ...(upstreamProtocol ? { protocol: upstreamProtocol } : {}) } };
+      if (call.task) {
+        event.detail = { ...event.detail, task: { requested: true } };
+        // The spec's answer to a task for a tool that does not take one (-32601, below); plugins take none,
+        // nor does a tool whose upstream never said it accepts task-augmented calls.
+        if (taskSupportOf(entry) === 'forbidden' || !(entry.connector instanceof Connector) || !entry.connector.offersToolTasks || !this.parts.tasks) {
+          const why = entry.connector instanceof Connector && !entry.connector.offersToolTasks ? `upstream ${entry.connector.name} does not offer tasks` : `its execution.taskSupport is ${taskSupportOf(entry)}`;
+          throw new Denial('resolve', 'BASTION_TASK_NOT_SUPPORTED', `tool ${name} cannot be called as a task (${why})`);
+        }
+      }
       mark = performance.now();
       if (argsError) throw new Denial('limit', 'BASTION_ARGUMENTS_TOO_LARGE', `arguments cannot be evaluated: ${argsError.message}`);
       this.parts.limits?.checkArguments(argsBytes, args);
@@ -425,6 +475,8 @@ export class Pipeline {
           throw asDenial('limit', 'BASTION_STATE_UNAVAILABLE', error);
         });
       }
+      // A principal's tasks are bounded: a full table refuses before anything is made upstream.
+      if (call.task) this.parts.tasks!.checkCapacity(principal);
       metrics.stageMs('limit', argumentCapsMs + performance.now() - mark);
       const poisoned = entry.descriptorVerdict.action === 'require_approval';
       if ((decision.approval.required || poisoned) && !this.parts.autoApprove) {
@@ -489,7 +541,12 @@ export class Pipeline {
         throw new ProtocolError(ProtocolErrorCode.InvalidParams, `Unknown tool: ${name}`, denial.toJSON());
       }
       if (isStateRefusal(denial)) throw stateRefusalError(denial);
+      if (denial.code === 'BASTION_TASK_NOT_SUPPORTED') throw new ProtocolError(ProtocolErrorCode.MethodNotFound, denial.reason, denial.toJSON());
       return denialResult(denial);
+    }
+
+    if (call.task) {
+      return this.startTask(principal, call, entry, args, { finish, approval, argsHash: event.args_hash, filtering: { obligations: decision.obligations, ...(prepared ? { flow: { prepared, decided: decision.flow } } : {}) } });
     }
 
     // Relayed notifications (progress, logging) must reach the agent before the
@@ -518,6 +575,8 @@ export class Pipeline {
             }
           : {}),
         ...(exchange ? { signal: exchange.controller.signal } : call.signal ? { signal: call.signal } : {}),
+        // A tool that runs only as a task, for an agent that asked for none: Bastion runs the task and waits.
+        ...(taskSupportOf(entry) === 'required' ? { viaTask: true as const } : {}),
         ...(call.progressToken !== undefined
           ? {
               onprogress: (progress) => {
@@ -640,6 +699,69 @@ export class Pipeline {
       },
     });
     return filtered.result;
+  }
+
+  /**
+   * Stage 6 for a task-augmented call (every earlier stage passed): the upstream task is made on
+   * the agent's own connection, recorded under a new opaque id bound to this principal, and the
+   * agent gets the CreateTaskResult with that id (never the upstream's). Its result is filtered
+   * when the agent fetches it (tasks/result, broker/tasks/relay.ts).
+   */
+  private async startTask(
+    principal: Principal,
+    call: CallContext,
+    entry: ToolEntry,
+    args: Record<string, unknown>,
+    ctx: {
+      finish: (outcome: AuditEvent['outcome'], extra?: Partial<AuditEvent>) => Promise<void>;
+      approval: { id: string } | undefined;
+      argsHash: string | undefined;
+      filtering: TaskFiltering;
+    },
+  ): Promise<CallToolResult | CreatedTaskResult> {
+    const connector = entry.connector as Connector;
+    const { finish, approval } = ctx;
+    let created: Awaited<ReturnType<Connector['createTask']>>;
+    try {
+      created = await connector.createTask(entry.upstreamName, args, call.task!, { origin: call.origin, holdMaxMs: this.parts.tasks!.maxTtlMs, ...(call.signal ? { signal: call.signal } : {}) });
+    } catch (error) {
+      const denial = call.signal?.aborted
+        ? new Denial('execute', 'BASTION_CANCELLED', `the agent cancelled the call while ${connector.name} created its task`)
+        : error instanceof Denial
+          ? error
+          : new Denial('execute', 'BASTION_UPSTREAM_ERROR', `upstream ${connector.name} did not create the task: ${(error as Error).message}`);
+      if (approval) await this.settleApproval(approval.id, 'failed', denial.reason);
+      await this.recordAndLog(finish, denial, error instanceof Denial ? 'denied' : 'error');
+      if (error instanceof ProtocolError && !call.signal?.aborted) throw error;
+      return denialResult(denial);
+    }
+    let record: ReturnType<TaskTable['add']>;
+    try {
+      record = this.parts.tasks!.add({
+        owner: { iss: principal.iss, sub: principal.sub },
+        connector: connector.name,
+        connection: created.connection,
+        session: call.session,
+        upstreamId: created.task.taskId,
+        tool: entry.exposedName,
+        args,
+        argsHash: ctx.argsHash,
+        ttlMs: created.task.ttl,
+        filtering: ctx.filtering,
+      });
+    } catch (error) {
+      // Full since the limit stage (a concurrent call): the upstream task is not left running unowned.
+      await connector
+        .onTaskConnection(created.connection, call.origin, (client) => client.request({ method: 'tasks/cancel', params: { taskId: created.task.taskId } }, TaskResultSchema))
+        .catch(() => undefined);
+      const denial = asDenial('limit', 'BASTION_TASKS_FULL', error);
+      if (approval) await this.settleApproval(approval.id, 'failed', denial.reason);
+      await this.recordAndLog(finish, denial);
+      return denialResult(denial);
+    }
+    if (approval) await this.settleApproval(approval.id, 'executed', `the upstream created task ${record.id}`);
+    await finish('ok', { detail: { task: { id: record.id, upstream_id: created.task.taskId, status: created.task.status, expires_at: new Date(record.expiresAt).toISOString() } } });
+    return { task: { ...created.task, taskId: record.id, ttl: record.expiresAt - record.createdAt } };
   }
 
   /**
@@ -998,6 +1120,11 @@ export function isStateRefusal(denial: Denial): boolean {
  */
 export function stateRefusalError(denial: Denial): ProtocolError {
   return new ProtocolError(ProtocolErrorCode.InvalidParams, `Bastion refused this request at the ${denial.stage} stage (${denial.code}): ${denial.reason}`, denial.toJSON());
+}
+
+/** A tool's `execution.taskSupport` as the agent sees it (absent: forbidden, as the spec says). */
+export function taskSupportOf(entry: ToolEntry): 'forbidden' | 'optional' | 'required' {
+  return entry.descriptor.execution?.taskSupport ?? 'forbidden';
 }
 
 /** What a sealed continuation is bound to: the principal, the exposed tool and its arguments. */

@@ -466,6 +466,11 @@ export class ToolRegistry {
     throw new Denial('resolve', 'BASTION_TOOL_UNKNOWN', `unknown resource: ${uri}`);
   }
 
+  /** The connector with this name, whatever its status (a task's requests say themselves why it cannot answer). */
+  connectorNamed(name: string): Connector | undefined {
+    return this.connectors.find((c) => c.name === name);
+  }
+
   connectorsWith(capability: 'completions' | 'logging' | 'resources'): Connector[] {
     return this.ready().filter((c) => c.serverCapabilities[capability] !== undefined);
   }

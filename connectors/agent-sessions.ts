@@ -29,6 +29,7 @@ import { Denial } from '../broker/errors.ts';
 import type { Logger } from '../broker/log.ts';
 import { stopProcessTree } from './process-tree.ts';
 import { compileSchema } from '../sandboxes/schema-patterns.ts';
+import { CreateTaskResultSchema, isTerminal, RELATED_TASK, TaskPayloadSchema, TaskResultSchema, type UpstreamTask } from '../broker/tasks/schemas.ts';
 
 /** Who a request comes from: the key of its upstream connection. */
 export interface AgentOwner {
@@ -73,6 +74,11 @@ export interface AgentSessionsOptions {
   catalogTool: (name: string) => Tool | undefined;
   /** An agent's upstream session announced a tools change: the catalog re-lists. */
   toolsChanged: () => Promise<void>;
+  /**
+   * Bastion's id for an upstream task held by one agent connection; undefined: not a task Bastion
+   * knows (its status notifications are dropped, its id stripped from what is relayed).
+   */
+  taskIdFor?: (connection: string, upstreamId: string) => string | undefined;
 }
 
 export interface ToolCallOptions {
@@ -84,7 +90,40 @@ export interface ToolCallOptions {
    * `inputResponses` and the upstream's own `requestState`. Ignored on a 2025 upstream.
    */
   inputRequired?: { manual: true; inputResponses?: Record<string, unknown>; requestState?: string; clientCapabilities?: ClientCapabilities };
+  /**
+   * The tool requires task augmentation (`execution.taskSupport: required`) and the agent did not
+   * ask for a task: Bastion creates the upstream task itself and waits for its result within the
+   * call (cancelling the task if the agent cancels).
+   */
+  viaTask?: true;
 }
+
+/** A task an agent's upstream connection created: the upstream's task and the connection that holds it. */
+export interface CreatedTask {
+  task: UpstreamTask;
+  connection: string;
+}
+
+/** The agent connection that held a task is gone (closed, idle, its agent session ended): so is the task. */
+export class TaskConnectionGone extends Error {
+  override readonly name = 'TaskConnectionGone';
+}
+
+/** Waits `ms`, or less when `signal` aborts. */
+function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    }
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}
+
+/** How often a task is polled when the upstream suggests nothing, and the bounds of what it may suggest. */
+const POLL = { defaultMs: 1000, minMs: 100, maxMs: 5000, /** the longest tasks/result is awaited within one call */ waitMaxMs: 60 * 60_000 };
 
 /** An upstream's `input_required` answer (2026-07-28), handed back in manual mode. */
 export interface UpstreamInputRequired {
@@ -181,6 +220,9 @@ class AgentConnection {
     this.owner = owner;
   }
 
+  /** Until when an upstream task made on this connection may live (the connection must not idle out under it). */
+  tasksUntil = 0;
+
   get busy(): boolean {
     return this.inflight.size > 0 || this.subscriptions.size > 0;
   }
@@ -221,7 +263,7 @@ export class AgentSessions {
   }
 
   /** The connection key: the agent session, or the principal, by isolation mode. */
-  private keyOf(origin: CallOrigin): string {
+  keyOf(origin: CallOrigin): string {
     return this.options.isolation.mode === 'session' && !origin.stateless ? `session:${origin.sessionId}` : `principal:${ownerKey(origin.owner)}`;
   }
 
@@ -314,7 +356,7 @@ export class AgentSessions {
     const relayRequest = async (request: Request): Promise<Result> => {
       const target = connection.latestCall() ?? liveChannel();
       if (!target) throw new ProtocolError(ProtocolErrorCode.InvalidRequest, `the agent session of this connection to ${this.name} has closed`);
-      return target.sendRequest(request);
+      return target.sendRequest(this.withAgentTaskId(connection, request));
     };
     client.setRequestHandler('sampling/createMessage', (request) => relayRequest(request) as never);
     client.setRequestHandler('elicitation/create', (request) => relayRequest(request) as never);
@@ -339,6 +381,12 @@ export class AgentSessions {
       const subscribers = connection.subscriptions.get(notification.params.uri);
       if (subscribers) await toSessions(notification, subscribers);
     });
+    // A task's status goes to the sessions of the agent that owns the task, under Bastion's id; others are dropped.
+    // (The v2 client's typed registry leaves task notifications out, so the handler names its own schema.)
+    client.setNotificationHandler('notifications/tasks/status', { params: TaskResultSchema }, async (params) => {
+      const ours = this.options.taskIdFor?.(connection.key, params.taskId);
+      if (ours) await toSessions({ method: 'notifications/tasks/status', params: { ...params, taskId: ours } }, connection.sessions);
+    });
     // A descriptor change in this agent's session: the catalog re-lists (a server-wide change is
     // re-pinned or quarantined there), and this session's own descriptors are read again.
     client.setNotificationHandler('notifications/tools/list_changed', async () => {
@@ -351,6 +399,20 @@ export class AgentSessions {
       );
       await toSessions({ method: 'notifications/resources/list_changed' }, connection.sessions);
     });
+  }
+
+  /**
+   * A request the upstream ties to one of its tasks (an elicitation delivered through
+   * tasks/result) names the task by Bastion's id when it reaches the agent; an upstream id
+   * Bastion does not know is left out, never passed on.
+   */
+  private withAgentTaskId(connection: AgentConnection, request: Request): Request {
+    const meta = request.params?._meta as Record<string, unknown> | undefined;
+    const related = meta?.[RELATED_TASK] as { taskId?: unknown } | undefined;
+    if (!meta || !related) return request;
+    const { [RELATED_TASK]: _upstream, ...rest } = meta;
+    const ours = typeof related.taskId === 'string' ? this.options.taskIdFor?.(connection.key, related.taskId) : undefined;
+    return { ...request, params: { ...request.params, _meta: ours ? { ...rest, [RELATED_TASK]: { taskId: ours } } : rest } };
   }
 
   /** Re-reads the tool descriptors this agent's upstream session lists (compared with the catalog's at each call). */
@@ -433,6 +495,7 @@ export class AgentSessions {
           ...(manual?.requestState !== undefined ? { requestState: manual.requestState } : {}),
         };
         const requestOptions = { timeout: this.options.timeoutMs, ...(options.signal ? { signal: options.signal } : {}) };
+        if (options.viaTask) return await this.runAsTask(client, name, params, options.signal);
         if (!manual) return (await client.callTool(params, requestOptions)) as CallToolResult;
         // client.callTool refuses an input_required answer from a tool with an output schema (it
         // finds no structured content), so manual rounds go through request() and the final
@@ -444,6 +507,81 @@ export class AgentSessions {
         if (token) connection.progress.delete(token);
       }
     });
+  }
+
+  /**
+   * A task-augmented `tools/call` on the agent's own connection (policy and approval already
+   * passed): the upstream's task, and the key of the connection that holds it.
+   */
+  createTask(origin: CallOrigin, name: string, args: Record<string, unknown>, task: { ttl?: number }, holdMaxMs: number, signal?: AbortSignal): Promise<CreatedTask> {
+    return this.run(origin, async (client, connection) => {
+      await connection.toolsListed;
+      this.checkDescriptor(connection, name);
+      const created = await client.request(
+        { method: 'tools/call', params: { name, arguments: args, task } },
+        CreateTaskResultSchema,
+        { timeout: this.options.timeoutMs, ...(signal ? { signal } : {}) },
+      );
+      // Held open (not idle) while the task may live: its ttl, capped where Bastion's task table drops it.
+      connection.tasksUntil = Math.max(connection.tasksUntil, Date.now() + Math.min(created.task.ttl ?? holdMaxMs, holdMaxMs));
+      return { task: created.task, connection: connection.key };
+    });
+  }
+
+  /**
+   * A tasks/* request about a task held by connection `key`, with `origin` receiving what the
+   * upstream sends meanwhile (an elicitation delivered through tasks/result). Never opens a
+   * connection: a new one would not hold the task.
+   */
+  async onTaskConnection<T>(key: string, origin: CallOrigin, operation: (client: Client) => Promise<T>): Promise<T> {
+    const connection = this.connections.get(key);
+    if (!connection || connection.closed) throw new TaskConnectionGone(`the upstream connection that held this task (${this.name}) has closed`);
+    await connection.ready;
+    const client = connection.client;
+    if (!client) throw new TaskConnectionGone(`the upstream connection that held this task (${this.name}) has closed`);
+    const id = this.nextId++;
+    connection.inflight.set(id, origin);
+    clearTimeout(connection.idleTimer);
+    try {
+      return await operation(client);
+    } finally {
+      connection.inflight.delete(id);
+      this.armIdle(connection);
+    }
+  }
+
+  /**
+   * A tool that requires task augmentation, for an agent that did not ask for a task: the task
+   * is created here and polled (tasks/get, at the upstream's pollInterval) until it ends or asks
+   * for input, then its result fetched (tasks/result, which also carries the upstream's requests
+   * to the agent). The agent cancelling the call cancels the task (tasks/cancel).
+   */
+  private async runAsTask(client: Client, name: string, params: Record<string, unknown>, signal: AbortSignal | undefined): Promise<CallToolResult> {
+    const requestOptions = { timeout: this.options.timeoutMs, ...(signal ? { signal } : {}) };
+    const created = await client.request({ method: 'tools/call', params: { ...params, task: {} } }, CreateTaskResultSchema, requestOptions);
+    const taskId = created.task.taskId;
+    let task: UpstreamTask = created.task;
+    try {
+      while (!isTerminal(task.status) && task.status !== 'input_required') {
+        await pause(Math.min(Math.max(task.pollInterval ?? POLL.defaultMs, POLL.minMs), POLL.maxMs), signal);
+        if (signal?.aborted) throw new SdkError(SdkErrorCode.RequestTimeout, 'the agent cancelled the call');
+        task = await client.request({ method: 'tasks/get', params: { taskId } }, TaskResultSchema, requestOptions);
+      }
+      // It may still ask the agent for input (input_required) and wait for it: as long as the task may live.
+      const waitOptions = { ...requestOptions, timeout: Math.max(this.options.timeoutMs, Math.min(created.task.ttl ?? 0, POLL.waitMaxMs)) };
+      const result = (await client.request({ method: 'tasks/result', params: { taskId } }, TaskPayloadSchema, waitOptions)) as CallToolResult;
+      if (!Array.isArray(result.content)) throw new ProtocolError(ProtocolErrorCode.InvalidRequest, `the result of task-run tool ${name} is not a tool result (no content)`);
+      checkStructured(this.options.catalogTool(name), name, result);
+      // The agent made no task: the upstream's task reference is not its to see.
+      if (!result._meta || !(RELATED_TASK in result._meta)) return result;
+      const { [RELATED_TASK]: _related, ...meta } = result._meta;
+      const { _meta: _dropped, ...rest } = result;
+      return Object.keys(meta).length ? { ...rest, _meta: meta } : rest;
+    } finally {
+      if (signal?.aborted && !isTerminal(task.status)) {
+        await client.request({ method: 'tasks/cancel', params: { taskId } }, TaskResultSchema, { timeout: this.options.timeoutMs }).catch(() => undefined);
+      }
+    }
   }
 
   /**
@@ -530,12 +668,16 @@ export class AgentSessions {
     await Promise.all([...this.closings]);
   }
 
-  private armIdle(connection: AgentConnection): void {
+  private armIdle(connection: AgentConnection, after = this.options.isolation.idle): void {
     clearTimeout(connection.idleTimer);
     if (connection.closed || connection.busy) return;
     connection.idleTimer = setTimeout(() => {
-      if (!connection.busy) void this.close(connection, 'idle');
-    }, this.options.isolation.idle);
+      if (connection.busy) return;
+      // Tasks it holds would die with it: it stays open (not idle) until the last of them may have expired.
+      const holding = connection.tasksUntil - Date.now();
+      if (holding > 0) this.armIdle(connection, holding);
+      else void this.close(connection, 'idle');
+    }, after);
     connection.idleTimer.unref();
   }
 

@@ -27,10 +27,10 @@ import type { ConnectorConfig } from '../broker/config.ts';
 import type { Logger } from '../broker/log.ts';
 import { linearSchemaValidator, toolSchemaProblems } from '../sandboxes/schema-patterns.ts';
 import type { Denial } from '../broker/errors.ts';
-import { AgentSessions, closeUpstreamClient, type AgentChannel, type AgentConnectionInfo, type CallOrigin, type UpstreamInputRequired } from './agent-sessions.ts';
+import { AgentSessions, closeUpstreamClient, type AgentChannel, type AgentConnectionInfo, type CallOrigin, type CreatedTask, type UpstreamInputRequired } from './agent-sessions.ts';
 
-export type { AgentChannel, AgentOwner, CallOrigin, UpstreamInputRequired } from './agent-sessions.ts';
-export { isInputRequired } from './agent-sessions.ts';
+export type { AgentChannel, AgentOwner, CallOrigin, CreatedTask, UpstreamInputRequired } from './agent-sessions.ts';
+export { isInputRequired, TaskConnectionGone } from './agent-sessions.ts';
 
 export type ConnectorStatus = 'starting' | 'ready' | 'down' | 'stopped';
 
@@ -44,6 +44,8 @@ export interface CallOptions {
    * `inputResponses` and the upstream's own `requestState`. Ignored on a 2025 upstream.
    */
   inputRequired?: { manual: true; inputResponses?: Record<string, unknown>; requestState?: string; clientCapabilities?: ClientCapabilities };
+  /** The tool requires task augmentation and the agent asked for none: Bastion runs the task and waits (agent-sessions.ts). */
+  viaTask?: true;
 }
 
 export interface ConnectorEvents {
@@ -55,6 +57,8 @@ export interface ConnectorEvents {
   agentChannel?: (sessionId: string) => AgentChannel | undefined;
   /** An agent connection was refused (isolation bounds): for the audit trail. */
   onAgentRefused?: (connector: Connector, origin: CallOrigin, denial: Denial) => void;
+  /** Bastion's id for an upstream task on one agent connection (undefined: not one Bastion knows). */
+  taskIdFor?: (connector: Connector, connection: string, upstreamId: string) => string | undefined;
 }
 
 export interface Catalog {
@@ -123,6 +127,7 @@ export class Connector {
       catalogTool: (name) => this.catalogValue.tools.find((tool) => tool.name === name),
       // A change announced on an agent's connection may be the server's: the catalog re-lists (and re-pins).
       toolsChanged: () => this.catalogChanged('tools'),
+      taskIdFor: (connection, upstreamId) => events.taskIdFor?.(this, connection, upstreamId),
     });
   }
 
@@ -377,6 +382,27 @@ export class Connector {
     this.requireClient();
     const { origin, ...rest } = options;
     return this.agents.callTool(origin, name, args, rest);
+  }
+
+  /** Whether the upstream (as of its last handshake) accepts task-augmented tools/call. */
+  get offersToolTasks(): boolean {
+    return this.knownCapabilities?.tasks?.requests?.tools?.call !== undefined;
+  }
+
+  /** Whether the upstream answers tasks/cancel (2025-11-25 `tasks.cancel`). */
+  get offersTaskCancel(): boolean {
+    return this.knownCapabilities?.tasks?.cancel !== undefined;
+  }
+
+  /** A task-augmented tools/call on the agent's own connection: the upstream task and the connection holding it. */
+  createTask(name: string, args: Record<string, unknown>, task: { ttl?: number }, options: { origin: CallOrigin; signal?: AbortSignal; holdMaxMs: number }): Promise<CreatedTask> {
+    this.requireClient();
+    return this.agents.createTask(options.origin, name, args, task, options.holdMaxMs, options.signal);
+  }
+
+  /** A tasks/* request on the connection that holds the task (never a new one); TaskConnectionGone when it closed. */
+  onTaskConnection<T>(connection: string, origin: CallOrigin, operation: (client: Client) => Promise<T>): Promise<T> {
+    return this.agents.onTaskConnection(connection, origin, operation);
   }
 
   /** resources/subscribe on the agent's own upstream session. */

@@ -13,6 +13,9 @@
  * goes down or comes back, or a tool is quarantined, whatever the upstream
  * declares.
  *
+ * Tasks (2025-11-25) are advertised to 2025-era sessions only, and only when
+ * a connector offers task-augmented `tools/call` (broker/tasks/).
+ *
  * Instructions are Bastion's own sentence, then each connector's
  * instructions under a heading that names the connector and its namespace.
  * An upstream's instructions go to the model like a tool description, so
@@ -40,6 +43,11 @@ export function advertisedCapabilities(sources: { connectors: Connector[]; plugi
     ...(any('prompts') ? { prompts: { listChanged: true } } : {}),
     ...(any('logging') ? { logging: {} } : {}),
     ...(any('completions') ? { completions: {} } : {}),
+    // Task-augmented tools/call only where a connector takes it (a connector not yet seen is not assumed to);
+    // tasks/list is Bastion's own (the caller's tasks), tasks/cancel the upstream's.
+    ...(sources.connectors.some((c) => c.offersToolTasks)
+      ? { tasks: { list: {}, ...(sources.connectors.some((c) => c.offersToolTasks && c.offersTaskCancel) ? { cancel: {} } : {}), requests: { tools: { call: {} } } } }
+      : {}),
   };
 }
 

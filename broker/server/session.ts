@@ -15,7 +15,8 @@
  *   await server.connect(transport);
  */
 import { CLIENT_CAPABILITIES_META_KEY, LOG_LEVEL_META_KEY, PROTOCOL_VERSION_META_KEY, Server, ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/server';
-import type { CacheHint, ClientCapabilities, GetPromptResult, LoggingLevel, ReadResourceResult, Request, RequestMethod, ServerCapabilities, ServerContext, ServerNotification } from '@modelcontextprotocol/server';
+import type { CacheHint, ClientCapabilities, GetPromptResult, JSONRPCRequest, LoggingLevel, ReadResourceResult, Request, RequestMethod, Result, ServerCapabilities, ServerContext, ServerNotification } from '@modelcontextprotocol/server';
+import { z } from 'zod';
 import type { Principal } from '../auth/verify.ts';
 import { Denial } from '../errors.ts';
 import { denialResult, type CallContext } from '../pipeline.ts';
@@ -60,12 +61,43 @@ const CACHE_HINTS = {
   'server/discover': PRIVATE,
 } as const;
 
-/** The capabilities a per-request server advertises: only the kinds of things its principal may see. */
+/** Where a refusal's details ride on the tool error (pipeline.denialResult). */
+const DENIAL_META = 'bastion/denial';
+
+const TaskIdParams = z.looseObject({ taskId: z.string().max(256) });
+const TaskListParams = z.looseObject({ cursor: z.string().optional() });
+
+type Handler = (request: JSONRPCRequest, ctx: ServerContext) => Promise<Result>;
+
+/** A 2025-11-25 task-augmented request (`params.task` an object). */
+function asksForTask(request: JSONRPCRequest): boolean {
+  const task = (request.params as { task?: unknown } | undefined)?.task;
+  return task !== null && typeof task === 'object';
+}
+
+/**
+ * The capabilities a per-request server advertises: only the kinds of things its principal may see.
+ * And tools/call may answer a task: the SDK's own tools/call wrapper (its documented
+ * `_wrapHandler` hook) checks every answer against CallToolResult, which a CreateTaskResult
+ * (no `content`, a `task`) fails, so a task-augmented call's CreateTaskResult passes as
+ * Bastion built it; anything else it answers is still checked by the SDK.
+ */
 class AgentServer extends Server {
   viewCapabilities: (() => ServerCapabilities) | undefined;
 
   override getCapabilities(): ServerCapabilities {
     return this.viewCapabilities ? this.viewCapabilities() : super.getCapabilities();
+  }
+
+  protected override _wrapHandler(method: string, handler: Handler): Handler {
+    const checked = super._wrapHandler(method, handler);
+    if (method !== 'tools/call') return checked;
+    return async (request, ctx) => {
+      if (!asksForTask(request)) return checked(request, ctx);
+      const result = await handler(request, ctx);
+      if ('task' in result && !('content' in result)) return result;
+      return super._wrapHandler(method, async () => result)(request, ctx);
+    };
   }
 }
 
@@ -170,7 +202,9 @@ function protocolError(error: unknown, about: Record<string, unknown> = {}): nev
 }
 
 export function createAgentServer(broker: Broker, session: SessionBinding): Server {
-  const capabilities = advertisedCapabilities(broker);
+  // Tasks are a 2025-11-25 session feature: a per-request (2026-07-28) server offers none (the SDK has no 2026 tasks extension).
+  const { tasks: offeredTasks, ...stateless } = advertisedCapabilities(broker);
+  const capabilities: ServerCapabilities = session.register === false || !broker.pipeline.tasks ? stateless : { ...stateless, ...(offeredTasks ? { tasks: offeredTasks } : {}) };
   const server = new AgentServer(
     { name: 'bastion', version: BASTION_VERSION },
     {
@@ -214,7 +248,30 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
       if (session.register === false && session.transport === 'http' && protocolOf(server, ctx) === MODERN_REVISION) {
         call.pickup = { holdMs: broker.config.approvals.pickup_hold, ...(requestState !== undefined ? { state: requestState } : {}) };
       }
-      return pipeline.callTool(principal, call, request.params.name, request.params.arguments ?? {});
+      // A 2025-11-25 task-augmented call, where Bastion offers tasks (a server that offers none ignores the field, as the spec says).
+      const task = request.params.task;
+      if (task && capabilities.tasks && call.protocol !== MODERN_REVISION) call.task = task.ttl !== undefined ? { ttl: task.ttl } : {};
+      const result = await pipeline.callTool(principal, call, request.params.name, request.params.arguments ?? {});
+      // A client that asked for a task reads a CreateTaskResult or an error: a refusal (no task was made) is a JSON-RPC error.
+      const refusal = call.task && 'content' in result ? ((result._meta as Record<string, unknown> | undefined)?.[DENIAL_META] as ReturnType<Denial['toJSON']> | undefined) : undefined;
+      if (refusal) throw new ProtocolError(ProtocolErrorCode.InvalidRequest, `Bastion refused this call at the ${refusal.stage} stage (${refusal.code}): ${refusal.reason}; no task was created`, refusal);
+      return result as never;
+    });
+  }
+
+  const relay = pipeline.tasks;
+  if (capabilities.tasks && relay) {
+    // Every one names a task by Bastion's id, and answers only the principal that made it (broker/tasks/relay.ts).
+    // The v2 SDK's typed registry leaves tasks/* out, so each handler names its params' schema.
+    for (const method of ['tasks/get', 'tasks/result', 'tasks/cancel'] as const) {
+      server.setRequestHandler(method, { params: TaskIdParams }, async (params, ctx) => {
+        const principal = await session.principal(ctx).catch(protocolError);
+        return relay.request(principal, callContext(session, server, ctx, principal), method, params.taskId);
+      });
+    }
+    server.setRequestHandler('tasks/list', { params: TaskListParams }, async (_params, ctx) => {
+      const principal = await session.principal(ctx).catch(protocolError);
+      return (await relay.list(principal, callContext(session, server, ctx, principal))) as never;
     });
   }
 

@@ -8,7 +8,10 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ProtocolError, type CreateMessageRequest } from '@modelcontextprotocol/client';
+import { ProtocolError, ProtocolErrorCode, type CreateMessageRequest } from '@modelcontextprotocol/client';
+import { z } from 'zod';
+import { CreateTaskResultSchema, TaskPayloadSchema, TaskResultSchema, TaskSchema } from '../../broker/tasks/schemas.ts';
+import type { CallOrigin } from '../../connectors/upstream.ts';
 import { startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { freePort } from '../helpers/spawn.ts';
 import { connectAgent, EVERYTHING, eventually, textOf, type Agent, type AgentOptions } from './helpers.ts';
@@ -27,12 +30,13 @@ afterAll(async () => {
 
 let pair = 0;
 /** Alice and Bob, new principals for each test: flow state follows a principal across sessions (an earlier test's untrusted content would park a later call for approval). */
-async function twoAgents(a: AgentOptions = {}, b: AgentOptions = {}): Promise<[Agent, Agent]> {
+async function twoAgents(a: AgentOptions = {}, b: AgentOptions = {}): Promise<[Agent & { sub: string }, Agent & { sub: string }]> {
   const cap = [{ tool: '*' }];
   pair += 1;
+  const [alice, bob] = [`agent:alice-${pair}`, `agent:bob-${pair}`];
   return [
-    await connectAgent(t.url, await t.mint({ sub: `agent:alice-${pair}`, cap }), a),
-    await connectAgent(t.url, await t.mint({ sub: `agent:bob-${pair}`, cap }), b),
+    Object.assign(await connectAgent(t.url, await t.mint({ sub: alice, cap }), a), { sub: alice }),
+    Object.assign(await connectAgent(t.url, await t.mint({ sub: bob, cap }), b), { sub: bob }),
   ];
 }
 
@@ -207,3 +211,98 @@ describe('the same over Streamable HTTP: each agent holds its own upstream MCP s
     await bob.leave();
   });
 });
+
+/** Task requests as a 2025-11-25 client makes them (the v2 client has no task helpers; broker/tasks/schemas.ts). */
+const ListTasks = z.looseObject({ tasks: z.array(TaskSchema) });
+const createTask = (agent: Agent, name: string, args: Record<string, unknown>) =>
+  agent.client.request({ method: 'tools/call', params: { name, arguments: args, task: { ttl: 120_000 } } }, CreateTaskResultSchema);
+const taskRequest = (agent: Agent, method: 'tasks/get' | 'tasks/result' | 'tasks/cancel', taskId: string) =>
+  agent.client.request({ method, params: { taskId } }, method === 'tasks/result' ? TaskPayloadSchema : TaskResultSchema, { timeout: 120_000 });
+const listTasks = async (agent: Agent) => (await agent.client.request({ method: 'tasks/list', params: {} }, ListTasks)).tasks.map((task) => task.taskId);
+/** A refusal as the agent sees it, with the id it named replaced, so two refusals can be compared. */
+const refusalOf = async (request: Promise<unknown>, id: string) => {
+  const error = await request.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(error).toBeInstanceOf(ProtocolError);
+  return { code: (error as ProtocolError).code, message: (error as ProtocolError).message.replaceAll(id, '<id>'), data: (error as ProtocolError).data };
+};
+
+describe("tasks: each agent's tasks are its own", () => {
+  it('neither agent can get, fetch the result of, cancel or list the other\'s task; a foreign id is answered as an unknown one', async () => {
+    const [alice, bob] = await twoAgents();
+    try {
+      const statuses = { alice: [] as { taskId: string; status: string }[], bob: [] as { taskId: string; status: string }[] };
+      alice.client.setNotificationHandler('notifications/tasks/status', { params: TaskSchema }, (params) => void statuses.alice.push(params));
+      bob.client.setNotificationHandler('notifications/tasks/status', { params: TaskSchema }, (params) => void statuses.bob.push(params));
+      const mark = await t.auditMark();
+      const mine = (await createTask(alice, 'every__simulate-research-query', { topic: 'alice only' })).task.taskId;
+      const his = (await createTask(bob, 'every__simulate-research-query', { topic: 'bob only' })).task.taskId;
+      expect(mine).not.toBe(his);
+      const unknown = `bastion-task-${'A'.repeat(22)}`;
+      for (const method of ['tasks/get', 'tasks/result', 'tasks/cancel'] as const) {
+        const foreign = await refusalOf(taskRequest(bob, method, mine), mine);
+        expect(foreign.code).toBe(ProtocolErrorCode.InvalidParams);
+        // No existence oracle: exactly what an id that never existed gets.
+        expect(foreign).toEqual(await refusalOf(taskRequest(bob, method, unknown), unknown));
+      }
+      expect(await listTasks(alice)).toEqual([mine]);
+      expect(await listTasks(bob)).toEqual([his]);
+      // Bob's cancel changed nothing: alice's task ran on and completed.
+      const result = await taskRequest(alice, 'tasks/result', mine);
+      expect(textOf(result)).toContain('alice only');
+      expect((await taskRequest(alice, 'tasks/get', mine)).status).toBe('completed');
+      // Status notifications reach the owner only, under Bastion's id (never the upstream's).
+      await eventually(() => statuses.alice.some((s) => s.taskId === mine && s.status === 'completed'), "alice's completed-status notification");
+      expect(statuses.alice.every((s) => s.taskId === mine)).toBe(true);
+      await eventually(() => statuses.bob.some((s) => s.taskId === his), "bob's status notifications for his own task");
+      expect(statuses.bob.every((s) => s.taskId === his)).toBe(true);
+      // Every refusal is on the record, and says (to the operator only) that the id was another principal's.
+      const refused = (await t.auditSince(mark)).filter((r) => r.event.startsWith('tasks/') && r.outcome === 'denied');
+      expect(refused).toHaveLength(6);
+      expect(refused.every((r) => r.principal?.sub === bob.sub && r.denial?.code === 'BASTION_TASK_UNKNOWN')).toBe(true);
+      expect(refused.filter((r) => r.detail?.foreign === true).map((r) => r.event)).toEqual(['tasks/get', 'tasks/result', 'tasks/cancel']);
+    } finally {
+      await alice.leave();
+      await bob.leave();
+    }
+  });
+
+  it('a task-augmented call that policy denies creates nothing upstream and is refused as a JSON-RPC error, audited', async () => {
+    pair += 1;
+    const sub = `agent:carol-${pair}`;
+    const carol = Object.assign(await connectAgent(t.url, await t.mint({ sub, cap: [{ tool: 'every__echo' }] })), { sub });
+    try {
+      // An allowed call first, so carol's own upstream connection exists and can be asked what tasks it holds.
+      await carol.client.callTool({ name: 'every__echo', arguments: { message: 'hello' } });
+      const mark = await t.auditMark();
+      const refused = await refusalOf(createTask(carol, 'every__simulate-research-query', { topic: 'not allowed' }), '');
+      expect(refused.code).toBe(ProtocolErrorCode.InvalidRequest);
+      expect(refused.data).toMatchObject({ stage: 'authorize', code: 'BASTION_POLICY_DENIED' });
+      const [record] = await t.auditSince(mark, 'tools/call');
+      expect(record).toMatchObject({ outcome: 'denied', tool: 'every__simulate-research-query', denial: { code: 'BASTION_POLICY_DENIED' }, detail: { task: { requested: true } } });
+      const connector = t.broker.connectors[0]!;
+      const own = connector.agentConnections().find((c) => c.owner.sub === sub)!;
+      expect(own).toBeDefined();
+      const upstream = await connector.onTaskConnection(own.key, probeOrigin(sub), (client) => client.request({ method: 'tasks/list', params: {} }, ListTasks));
+      expect(upstream.tasks).toEqual([]);
+      expect(await listTasks(carol)).toEqual([]);
+    } finally {
+      await carol.leave();
+    }
+  });
+});
+
+/** An origin for asking an agent's upstream connection directly (nothing is relayed to anyone). */
+function probeOrigin(sub: string): CallOrigin {
+  return {
+    sessionId: 'probe',
+    owner: { iss: 'probe', sub },
+    stateless: true,
+    sendRequest: async () => {
+      throw new Error('nothing is relayed to a probe');
+    },
+    sendNotification: async () => undefined,
+  };
+}

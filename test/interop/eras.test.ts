@@ -8,6 +8,7 @@
  * delivers the agent's answer from its retry (era translation, README).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CreateTaskResultSchema, TaskPayloadSchema } from '../../broker/tasks/schemas.ts';
 import { byKey, EVERYTHING_BIN, expectEquivalent, openPair, stdioUpstream, type Pair } from './harness.ts';
 
 const CONNECTOR = 'everything';
@@ -71,6 +72,21 @@ describe('server-everything, the agent pinned to 2026-07-28 through Bastion', ()
       expect(direct.isError ?? false, name).toBe(false);
       expectSameAcrossEras(direct, via);
     }
+  });
+
+  it('a tool that requires a task (no tasks in 2026-07-28): Bastion runs the task and answers its result, as the 2025 agent gets it with tasks/result', async () => {
+    const args = { topic: 'across eras' };
+    // Both at once: the task's stages take seconds either way.
+    const [direct, via] = await Promise.all([
+      pair.direct.client
+        .request({ method: 'tools/call', params: { name: 'simulate-research-query', arguments: args, task: {} } }, CreateTaskResultSchema)
+        .then((created) => pair.direct.client.request({ method: 'tasks/result', params: { taskId: created.task.taskId } }, TaskPayloadSchema, { timeout: 120_000 })),
+      pair.bastion.client.callTool({ name: pair.bastion.tool('simulate-research-query'), arguments: args }, { timeout: 120_000 }),
+    ]);
+    expect(via.isError ?? false).toBe(false);
+    expect(via.content).toEqual(direct.content);
+    // Tasks are not advertised to a 2026-07-28 agent (the SDK has no 2026 tasks extension).
+    expect(pair.bastion.client.getServerCapabilities()?.tasks).toBeUndefined();
   });
 
   it('resources, templates and reads: the same', async () => {
