@@ -21,7 +21,7 @@
  */
 import { StdioClientTransport } from '@modelcontextprotocol/client/stdio';
 import { ProtocolError, ProtocolErrorCode, SdkError, SdkErrorCode, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
-import type { CallToolResult, Client, LoggingLevel, Notification, Request, Result, Tool, Transport } from '@modelcontextprotocol/client';
+import type { CallToolResult, Client, ClientCapabilities, LoggingLevel, Notification, Request, Resource, Result, Tool, Transport } from '@modelcontextprotocol/client';
 import canonicalizeModule from 'canonicalize';
 import type { IsolationConfig } from '../broker/config.ts';
 import { Denial } from '../broker/errors.ts';
@@ -44,9 +44,46 @@ export interface CallOrigin {
    * whatever the isolation mode, and leaves nothing keyed by its one-off id behind.
    */
   stateless?: boolean;
+  /**
+   * What the agent declared it can do (its `initialize`, or a 2026-07-28 request's `_meta`): its
+   * upstream connection declares the part Bastion relays, so the upstream offers it what it would
+   * offer the agent directly. Absent: everything Bastion relays (callers that are not an agent).
+   */
+  capabilities?: ClientCapabilities;
+  /** The agent speaks 2026-07-28: an upstream's server-to-client requests reach it only as input_required. */
+  modern?: boolean;
   sendRequest: (request: Request) => Promise<Result>;
   sendNotification: (notification: Notification) => Promise<void>;
 }
+
+/** The client capabilities Bastion can relay to an agent (and declares on its catalog connection). */
+export const RELAYABLE_CAPABILITIES = { sampling: {}, elicitation: { form: {}, url: {} }, roots: { listChanged: true } } as const satisfies ClientCapabilities;
+
+/**
+ * The capabilities an agent's upstream connection declares: what the agent declared, less what
+ * Bastion does not relay (tasks, extensions, experimental), and nothing at all that needs a
+ * server-to-client request when the agent speaks 2026-07-28 and the upstream 2025-11-25 (that
+ * request could only be refused). Elicitation keeps only the modes Bastion relays.
+ */
+export function relayedCapabilities(declared: ClientCapabilities | undefined, options: { modernAgent: boolean; modernUpstream: boolean }): ClientCapabilities {
+  if (declared === undefined) return structuredClone(RELAYABLE_CAPABILITIES) as ClientCapabilities;
+  if (options.modernAgent && !options.modernUpstream) return {};
+  const relayed: ClientCapabilities = {};
+  if (declared.sampling) relayed.sampling = { ...declared.sampling };
+  if (declared.elicitation) {
+    const { form, url } = declared.elicitation as { form?: object; url?: object };
+    relayed.elicitation = { ...(form ? { form: {} } : {}), ...(url ? { url: {} } : {}) };
+  }
+  if (declared.roots) relayed.roots = declared.roots.listChanged ? { listChanged: true } : {};
+  return relayed;
+}
+
+/** Why a server-to-client request this connection did not declare is refused. */
+const UNDECLARED_REASON: Record<string, string> = {
+  'sampling/createMessage': 'the agent did not declare sampling, so Bastion did not declare it upstream either',
+  'elicitation/create': 'the agent did not declare elicitation, so Bastion did not declare it upstream either',
+  'roots/list': 'the agent did not declare roots, so Bastion did not declare them upstream either',
+};
 
 /** An agent session as a whole, for what its upstream sends outside any request. */
 export interface AgentChannel {
@@ -60,8 +97,10 @@ export interface AgentSessionsOptions {
   /** Upstream request deadline. */
   timeoutMs: number;
   log: Logger;
-  /** A new SDK client configured like the catalog's (capabilities, validators), not connected. */
-  client: () => Client;
+  /** A new SDK client configured like the catalog's (validators, negotiation) declaring these capabilities, not connected. */
+  client: (capabilities: ClientCapabilities) => Client;
+  /** Whether the upstream speaks 2026-07-28 (as far as the connector knows). */
+  upstreamModern: () => boolean;
   /** A new transport to the upstream (for stdio: a new child process). */
   transport: () => Transport;
   /** The live agent session with this id, or undefined once it closed. */
@@ -151,10 +190,14 @@ function ownerKey(owner: AgentOwner): string {
   return JSON.stringify([owner.iss, owner.sub]);
 }
 
+const RELAYABLE_FORM = canonicalize(RELAYABLE_CAPABILITIES);
+
 /** One upstream connection and the agent sessions it serves (one, in mode `session`). */
 class AgentConnection {
   readonly key: string;
   readonly owner: AgentOwner;
+  /** What this connection declares to the upstream (relayedCapabilities). */
+  readonly capabilities: ClientCapabilities;
   /** Agent sessions served, most recently active last. */
   readonly sessions = new Set<string>();
   /** Requests in flight on this connection, by a local id. */
@@ -163,8 +206,8 @@ class AgentConnection {
   readonly progress = new Map<string, NonNullable<ToolCallOptions['onprogress']>>();
   /** Upstream subscriptions: uri → agent sessions subscribed. */
   readonly subscriptions = new Map<string, Set<string>>();
-  /** Resources this connection's upstream session lists (its own session resources included). */
-  resources = new Set<string>();
+  /** Resources this connection's upstream session lists (its own session resources included), by URI. */
+  resources = new Map<string, Resource>();
   /** Canonical descriptors of the tools this connection's upstream session lists, by name ('unknown': listing failed). */
   tools: Map<string, string | undefined> | 'unknown' = new Map();
   /** Settles when the latest tools change announced on this connection has been listed. */
@@ -175,9 +218,10 @@ class AgentConnection {
   idleTimer: NodeJS.Timeout | undefined;
   closed = false;
 
-  constructor(key: string, owner: AgentOwner) {
+  constructor(key: string, owner: AgentOwner, capabilities: ClientCapabilities) {
     this.key = key;
     this.owner = owner;
+    this.capabilities = capabilities;
   }
 
   get busy(): boolean {
@@ -219,9 +263,19 @@ export class AgentSessions {
     return this.options.connector;
   }
 
-  /** The connection key: the agent session, or the principal, by isolation mode. */
+  /** What the connection serving `origin` declares upstream. */
+  private capabilitiesOf(origin: CallOrigin): ClientCapabilities {
+    return relayedCapabilities(origin.capabilities, { modernAgent: origin.modern === true, modernUpstream: this.options.upstreamModern() });
+  }
+
+  /**
+   * The connection key: the agent session, or the principal, by isolation mode; and what the
+   * connection declares, so a principal's requests that declare different capabilities (2026-07-28
+   * carries them per request) never share an upstream session that offers the wrong tools.
+   */
   private keyOf(origin: CallOrigin): string {
-    return this.options.isolation.mode === 'session' && !origin.stateless ? `session:${origin.sessionId}` : `principal:${ownerKey(origin.owner)}`;
+    const who = this.options.isolation.mode === 'session' && !origin.stateless ? `session:${origin.sessionId}` : `principal:${ownerKey(origin.owner)}`;
+    return `${who}:${canonicalize(this.capabilitiesOf(origin))}`;
   }
 
   /** Open agent connections. */
@@ -240,7 +294,7 @@ export class AgentSessions {
       return existing;
     }
     this.checkBounds(origin);
-    const connection = new AgentConnection(key, origin.owner);
+    const connection = new AgentConnection(key, origin.owner, this.capabilitiesOf(origin));
     if (!origin.stateless) connection.touch(origin.sessionId);
     this.connections.set(key, connection);
     connection.ready = this.connect(connection, origin);
@@ -270,7 +324,7 @@ export class AgentSessions {
   }
 
   private async connect(connection: AgentConnection, origin: CallOrigin): Promise<void> {
-    const client = this.options.client();
+    const client = this.options.client(connection.capabilities);
     this.installRelays(connection, client);
     client.onclose = () => {
       if (connection.closed) return;
@@ -315,9 +369,19 @@ export class AgentSessions {
       if (!target) throw new ProtocolError(ProtocolErrorCode.InvalidRequest, `the agent session of this connection to ${this.name} has closed`);
       return target.sendRequest(request);
     };
-    client.setRequestHandler('sampling/createMessage', (request) => relayRequest(request) as never);
-    client.setRequestHandler('elicitation/create', (request) => relayRequest(request) as never);
-    client.setRequestHandler('roots/list', (request) => relayRequest(request) as never);
+    // Only what this connection declared (the SDK refuses a handler for an undeclared capability).
+    const declared = connection.capabilities;
+    if (declared.sampling) client.setRequestHandler('sampling/createMessage', (request) => relayRequest(request) as never);
+    if (declared.elicitation) client.setRequestHandler('elicitation/create', (request) => relayRequest(request) as never);
+    if (declared.roots) client.setRequestHandler('roots/list', (request) => relayRequest(request) as never);
+    // An upstream that asks for what was not declared gets a reason, not "Method not found".
+    client.fallbackRequestHandler = async (request) => {
+      const target = connection.latestCall();
+      if (!UNDECLARED_REASON[request.method]) throw new ProtocolError(ProtocolErrorCode.MethodNotFound, 'Method not found');
+      // A 2026-07-28 agent's origin refuses with the era reason (session.ts).
+      if (target?.modern) return target.sendRequest(request as Request);
+      throw new ProtocolError(ProtocolErrorCode.InvalidRequest, `Bastion cannot relay ${request.method}: ${UNDECLARED_REASON[request.method]}`);
+    };
 
     const toSessions = async (notification: Notification, sessionIds: Iterable<string>) => {
       for (const sessionId of sessionIds) await this.options.channel(sessionId)?.sendNotification(notification).catch(() => undefined);
@@ -378,11 +442,11 @@ export class AgentSessions {
   private async refreshResources(connection: AgentConnection): Promise<void> {
     const client = connection.client;
     if (!client?.getServerCapabilities()?.resources) return;
-    const uris = new Set<string>();
+    const uris = new Map<string, Resource>();
     let cursor: string | undefined;
     for (let pages = 0; pages < 100; pages++) {
       const page = await client.listResources(cursor ? { cursor } : {});
-      for (const resource of page.resources) uris.add(resource.uri);
+      for (const resource of page.resources) uris.set(resource.uri, resource);
       if (!page.nextCursor) break;
       cursor = page.nextCursor;
     }
@@ -392,6 +456,26 @@ export class AgentSessions {
   /** Whether the upstream session of `origin` lists `uri` (a resource it made for that session). */
   lists(origin: CallOrigin, uri: string): boolean {
     return this.connections.get(this.keyOf(origin))?.resources.has(uri) ?? false;
+  }
+
+  /** The resources the open upstream session of `origin` lists (none when it has none open). */
+  listed(origin: CallOrigin): Resource[] {
+    return [...(this.connections.get(this.keyOf(origin))?.resources.values() ?? [])];
+  }
+
+  /**
+   * The names of the tools the agent's own upstream session lists, when they may differ from the
+   * catalog's: a server may offer tools by the client's capabilities (server-everything offers
+   * get-roots-list only to a client with roots), and the catalog connection declares all Bastion
+   * relays. undefined: the catalog's list holds (the agent declared what the catalog did, or its
+   * own session's list is unknown). Opens the agent's connection if needed (within bounds).
+   */
+  async toolNames(origin: CallOrigin): Promise<Set<string> | undefined> {
+    if (canonicalize(this.capabilitiesOf(origin)) === RELAYABLE_FORM) return undefined;
+    return this.run(origin, async (_client, connection) => {
+      await connection.toolsListed;
+      return connection.tools === 'unknown' ? undefined : new Set(connection.tools.keys());
+    });
   }
 
   /** Runs `operation` on the agent's own connection, with `origin` receiving what the upstream sends meanwhile. */

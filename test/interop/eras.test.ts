@@ -4,10 +4,12 @@
  * (which speaks only that revision): the request/response features give the
  * same results whichever era the agent speaks to Bastion. Server-to-client
  * requests (sampling, elicitation, roots) reach a 2026 agent only as
- * input_required results, which Bastion does not relay yet (README).
+ * input_required results, which Bastion does not translate from a 2025 server
+ * (README): the agent here declares none of them, as its upstream connection
+ * then does (capabilities.test.ts).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { byKey, EVERYTHING_BIN, expectEquivalent, openPair, stdioUpstream, type Pair } from './harness.ts';
+import { Agent, byKey, EVERYTHING_BIN, expectEquivalent, openPair, stdioUpstream, type Pair } from './harness.ts';
 
 const CONNECTOR = 'everything';
 
@@ -43,7 +45,9 @@ describe('server-everything, the agent pinned to 2026-07-28 through Bastion', ()
   let pair: Pair;
 
   beforeAll(async () => {
-    pair = await openPair(CONNECTOR, stdioUpstream(EVERYTHING_BIN), { era: '2026-07-28' });
+    // It declares none of sampling, elicitation, roots: behind a 2025-11-25 server Bastion relays none
+    // of them to a 2026 agent, so its upstream connection declares none (capabilities.test.ts).
+    pair = await openPair(CONNECTOR, stdioUpstream(EVERYTHING_BIN), { era: '2026-07-28', agent: new Agent({}) });
   });
   afterAll(async () => pair?.close());
 
