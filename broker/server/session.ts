@@ -14,8 +14,8 @@
  *   const server = createAgentServer(broker, { id, transport: 'http', principal });
  *   await server.connect(transport);
  */
-import { PROTOCOL_VERSION_META_KEY, Server, ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/server';
-import type { CacheHint, Request, RequestMethod, ServerCapabilities, ServerContext, ServerNotification, Tool } from '@modelcontextprotocol/server';
+import { LOG_LEVEL_META_KEY, PROTOCOL_VERSION_META_KEY, Server, ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/server';
+import type { CacheHint, LoggingLevel, Notification, Request, RequestMethod, ServerCapabilities, ServerContext, ServerNotification, Tool } from '@modelcontextprotocol/server';
 import type { Principal } from '../auth/verify.ts';
 import { Denial } from '../errors.ts';
 import { denialResult, type CallContext } from '../pipeline.ts';
@@ -92,8 +92,26 @@ function originOf(session: SessionBinding, server: Server, extra: Extra, princip
             ),
           )
         : extra.mcpReq.send(request as { method: RequestMethod; params?: Record<string, unknown> }),
-    sendNotification: (notification) => extra.mcpReq.notify(notification as ServerNotification),
+    sendNotification: (notification) =>
+      protocol === MODERN_REVISION && !wantsLog(extra, notification) ? Promise.resolve() : extra.mcpReq.notify(notification as ServerNotification),
   };
+}
+
+/** Syslog severities, least first (RFC 5424, as MCP orders them). */
+const SEVERITY: LoggingLevel[] = ['debug', 'info', 'notice', 'warning', 'error', 'critical', 'alert', 'emergency'];
+
+/**
+ * 2026-07-28 has no logging/setLevel: a request asks for log messages with its own
+ * `_meta` log level, and gets none without one (as the SDK's own servers answer). So an
+ * upstream's log message reaches a 2026 call only at or above the level that call asked for;
+ * other notifications (progress) pass.
+ */
+function wantsLog(extra: Extra, notification: Notification): boolean {
+  if (notification.method !== 'notifications/message') return true;
+  const asked = (extra.mcpReq.envelope as Record<string, unknown> | undefined)?.[LOG_LEVEL_META_KEY];
+  const threshold = SEVERITY.indexOf(asked as LoggingLevel);
+  const level = SEVERITY.indexOf((notification.params as { level?: LoggingLevel } | undefined)?.level as LoggingLevel);
+  return threshold >= 0 && level >= threshold;
 }
 
 /** The revision a request speaks: its own envelope's (2026-07-28), or its session's negotiated one. */
@@ -375,10 +393,13 @@ function capabilitiesFor(broker: Broker, session: SessionBinding, principal: Pri
     offered.resources !== undefined &&
     (registry.resources().some(({ resource, connector }) => pipeline.mayUse(principal, call, 'resource', resource.uri, connector.name)) ||
       registry.resourceTemplates().some(({ template, connector }) => pipeline.mayUse(principal, call, 'resource', template.uriTemplate, connector.name)));
+  // Resource updates are not relayed onto 2026-07-28 subscriptions/listen streams yet (README), so
+  // no `subscribe`: the stream's acknowledgement then honours no resourceSubscriptions it would never serve.
+  const { subscribe: _notRelayed, ...resourceOffer } = offered.resources ?? {};
   // Only what the connectors offer (advertised.ts), narrowed to what this principal may see.
   return {
     ...(tools ? { tools: offered.tools } : {}),
-    ...(resources ? { resources: offered.resources } : {}),
+    ...(resources ? { resources: resourceOffer } : {}),
     ...(prompts ? { prompts: offered.prompts } : {}),
     ...((prompts || resources) && offered.completions ? { completions: {} } : {}),
     ...(offered.logging ? { logging: {} } : {}),
