@@ -416,6 +416,16 @@ export class AgentSessions {
     });
   }
 
+  /**
+   * The catalog's tools changed: every connection reads its own list again. A 2026-07-28
+   * upstream announces changes only on the catalog's listen stream, not to each connection.
+   */
+  relistTools(): void {
+    for (const connection of this.connections.values()) {
+      if (connection.client) connection.toolsListed = this.listTools(connection);
+    }
+  }
+
   /** Re-reads the tool descriptors this agent's upstream session lists (compared with the catalog's at each call). */
   private async listTools(connection: AgentConnection): Promise<void> {
     const client = connection.client;

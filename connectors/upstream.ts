@@ -360,6 +360,8 @@ export class Connector {
       .catch((error: Error) => {
         this.events.log.warn({ connector: this.name, err: error.message }, `refreshing ${kind} failed`);
       })
+      // Each agent's own list (what tools/list shows it) follows the server's.
+      .then(() => (kind === 'tools' ? this.agents.relistTools() : undefined))
       .then(() => this.events.onListChanged?.(this, kind));
     if (kind === 'tools') this.toolsSettled = settled;
     return settled;
