@@ -52,6 +52,11 @@ export interface CallOrigin {
   capabilities?: ClientCapabilities;
   /** The agent speaks 2026-07-28: an upstream's server-to-client requests reach it only as input_required. */
   modern?: boolean;
+  /**
+   * A 2026-07-28 subscriptions/listen stream (it has no session): where updates of the resources
+   * it subscribes to go. `sessionId` then names the stream.
+   */
+  updates?: (uri: string) => void;
   sendRequest: (request: Request) => Promise<Result>;
   sendNotification: (notification: Notification) => Promise<void>;
 }
@@ -159,6 +164,8 @@ export interface AgentConnectionInfo {
   sessions: string[];
   /** The upstream child process (stdio), while it runs. */
   pid: number | undefined;
+  /** Resources this connection is subscribed to upstream. */
+  subscriptions: string[];
 }
 
 const canonicalize = canonicalizeModule as unknown as (value: unknown) => string | undefined;
@@ -204,8 +211,10 @@ class AgentConnection {
   readonly inflight = new Map<number, CallOrigin>();
   /** Progress listeners by the token Bastion sent upstream. */
   readonly progress = new Map<string, NonNullable<ToolCallOptions['onprogress']>>();
-  /** Upstream subscriptions: uri → agent sessions subscribed. */
+  /** Upstream subscriptions: uri → agent sessions (or listen streams) subscribed. */
   readonly subscriptions = new Map<string, Set<string>>();
+  /** Listen streams (2026-07-28) subscribed here, by the id they subscribe under. */
+  readonly streams = new Map<string, (uri: string) => void>();
   /** Resources this connection's upstream session lists (its own session resources included), by URI. */
   resources = new Map<string, Resource>();
   /** Canonical descriptors of the tools this connection's upstream session lists, by name ('unknown': listing failed). */
@@ -280,7 +289,7 @@ export class AgentSessions {
 
   /** Open agent connections. */
   list(): AgentConnectionInfo[] {
-    return [...this.connections.values()].map((c) => ({ key: c.key, owner: c.owner, sessions: [...c.sessions], pid: c.pid }));
+    return [...this.connections.values()].map((c) => ({ key: c.key, owner: c.owner, sessions: [...c.sessions], pid: c.pid, subscriptions: [...c.subscriptions.keys()] }));
   }
 
   /** The connection for `origin`, opened (within bounds) when it has none. */
@@ -400,7 +409,9 @@ export class AgentSessions {
     });
     client.setNotificationHandler('notifications/resources/updated', async (notification) => {
       const subscribers = connection.subscriptions.get(notification.params.uri);
-      if (subscribers) await toSessions(notification, subscribers);
+      if (!subscribers) return;
+      for (const id of subscribers) connection.streams.get(id)?.(notification.params.uri);
+      await toSessions(notification, [...subscribers].filter((id) => !connection.streams.has(id)));
     });
     // A descriptor change in this agent's session: the catalog re-lists (a server-wide change is
     // re-pinned or quarantined there), and this session's own descriptors are read again.
@@ -558,10 +569,11 @@ export class AgentSessions {
   /** Subscribes the agent's own upstream session; updates then reach only the sessions subscribed. */
   async subscribe(origin: CallOrigin, uri: string): Promise<void> {
     await this.run(origin, async (client, connection) => {
-      // Updates go to sessions; a request without one has nowhere to receive them.
-      if (origin.stateless) throw new ProtocolError(ProtocolErrorCode.InvalidRequest, 'resources/subscribe needs a session (protocol 2025-11-25)');
+      // Updates go to sessions, or to a listen stream; a plain request has nowhere to receive them.
+      if (origin.stateless && !origin.updates) throw new ProtocolError(ProtocolErrorCode.InvalidRequest, 'resources/subscribe needs a session (protocol 2025-11-25)');
       const subscribers = connection.subscriptions.get(uri);
       if (!subscribers) await client.subscribeResource({ uri });
+      if (origin.updates) connection.streams.set(origin.sessionId, origin.updates);
       connection.subscriptions.set(uri, (subscribers ?? new Set()).add(origin.sessionId));
     });
   }
@@ -575,6 +587,7 @@ export class AgentSessions {
 
   private async dropSubscription(connection: AgentConnection, sessionId: string, uri: string): Promise<void> {
     const subscribers = connection.subscriptions.get(uri);
+    if (![...connection.subscriptions.values()].some((ids) => ids !== subscribers && ids.has(sessionId))) connection.streams.delete(sessionId);
     if (!subscribers?.delete(sessionId) || subscribers.size > 0) return;
     connection.subscriptions.delete(uri);
     await connection.client?.unsubscribeResource({ uri }).catch(() => undefined);

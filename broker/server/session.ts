@@ -393,13 +393,11 @@ function capabilitiesFor(broker: Broker, session: SessionBinding, principal: Pri
     offered.resources !== undefined &&
     (registry.resources().some(({ resource, connector }) => pipeline.mayUse(principal, call, 'resource', resource.uri, connector.name)) ||
       registry.resourceTemplates().some(({ template, connector }) => pipeline.mayUse(principal, call, 'resource', template.uriTemplate, connector.name)));
-  // Resource updates are not relayed onto 2026-07-28 subscriptions/listen streams yet (README), so
-  // no `subscribe`: the stream's acknowledgement then honours no resourceSubscriptions it would never serve.
-  const { subscribe: _notRelayed, ...resourceOffer } = offered.resources ?? {};
   // Only what the connectors offer (advertised.ts), narrowed to what this principal may see.
+  // (`resources.subscribe`: updates come on subscriptions/listen streams, per principal: listen.ts.)
   return {
     ...(tools ? { tools: offered.tools } : {}),
-    ...(resources ? { resources: resourceOffer } : {}),
+    ...(resources ? { resources: offered.resources } : {}),
     ...(prompts ? { prompts: offered.prompts } : {}),
     ...((prompts || resources) && offered.completions ? { completions: {} } : {}),
     ...(offered.logging ? { logging: {} } : {}),

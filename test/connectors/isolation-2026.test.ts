@@ -16,9 +16,10 @@
  * - log messages outside a request: there is no stream to carry them (the
  *   listen stream carries list changes and resource updates only), so an
  *   upstream's log message outside any of the principal's calls goes nowhere;
- * - resources/subscribe: updates come on subscriptions/listen, and Bastion
- *   does not relay resource updates onto listen streams yet (README), so it
- *   honours no resourceSubscriptions (tested below) rather than ack and drop.
+ * - resources/subscribe: updates come on a subscriptions/listen stream that
+ *   names the resources; Bastion subscribes the principal's own upstream
+ *   connection for it, and its updates reach that principal's streams only
+ *   (tested below).
  */
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -133,14 +134,43 @@ describe('2026-07-28 agents on one connector see only their own upstream state',
     await bob.client.callTool({ name: 'every__toggle-simulated-logging', arguments: {} });
   });
 
-  it('subscriptions: a listen stream is not promised resource updates Bastion would not deliver; list changes still are', async () => {
-    const [alice] = await twoAgents();
-    const subscription = await alice.client.listen({ resourceSubscriptions: ['demo://resource/static/document/architecture.md'], toolsListChanged: true });
+  it("subscriptions: updates alice's upstream session sends reach her listen stream only, though bob listens to the same resource", async () => {
+    const [alice, bob] = await twoAgents();
+    const uri = 'demo://resource/static/document/architecture.md';
+    const updates: Record<'alice' | 'bob', string[]> = { alice: [], bob: [] };
+    alice.client.setNotificationHandler('notifications/resources/updated', async (n) => void updates.alice.push(n.params.uri));
+    bob.client.setNotificationHandler('notifications/resources/updated', async (n) => void updates.bob.push(n.params.uri));
+    const theirs = await bob.client.listen({ resourceSubscriptions: [uri] });
+    const hers = await alice.client.listen({ resourceSubscriptions: [uri], toolsListChanged: true });
     try {
-      expect(subscription.honoredFilter.resourceSubscriptions).toBeUndefined();
-      expect(subscription.honoredFilter.toolsListChanged).toBe(true);
+      expect(hers.honoredFilter).toEqual({ resourceSubscriptions: [uri], toolsListChanged: true });
+      // Her upstream session (the one her calls use) sends updates for what it is subscribed to, every 5 s.
+      await alice.client.callTool({ name: 'every__toggle-subscriber-updates', arguments: {} });
+      await eventually(() => updates.alice.length >= 2, 'two updates on alice\'s listen stream');
+      expect(updates.alice.every((u) => u === uri)).toBe(true);
+      expect(updates.bob).toEqual([]);
     } finally {
-      await subscription.close();
+      await hers.close();
+      await theirs.close();
     }
+    // The upstream subscriptions end with the streams (else the connections would never be idle).
+    const subscribedBy = (who: string) => t.broker.connectors[0]!.agentConnections().filter((c) => c.owner.sub.startsWith(who) && c.subscriptions.length > 0);
+    await eventually(() => subscribedBy(`agent:alice26-${pair}`).length === 0 && subscribedBy(`agent:bob26-${pair}`).length === 0, 'the upstream subscriptions to end');
+  });
+
+  it('subscriptions: a listen stream naming a resource policy does not let the principal see is refused, audited, and subscribes nothing', async () => {
+    const client = new Client({ name: 'isolation-2026', version: '1.0.0' }, { versionNegotiation: { mode: { pin: MODERN } } });
+    const token = await t.mint({ sub: `agent:narrow26-${++pair}`, cap: [{ tool: 'every__echo' }] });
+    await client.connect(new StreamableHTTPClientTransport(new URL(t.url), { requestInit: { headers: { Authorization: `Bearer ${token}` } } }));
+    clients.push(client);
+    const mark = await t.auditMark();
+    const outcome = await client.listen({ resourceSubscriptions: ['demo://resource/static/document/architecture.md'] }).then(
+      () => 'opened',
+      (error: Error) => error.message,
+    );
+    expect(outcome).toMatch(/BASTION_POLICY_DENIED/);
+    const records = await t.auditSince(mark, 'subscriptions/listen');
+    expect(records).toHaveLength(1);
+    expect(records[0]).toMatchObject({ outcome: 'denied', protocol: MODERN, denial: { code: 'BASTION_POLICY_DENIED' } });
   });
 });
