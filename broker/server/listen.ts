@@ -128,10 +128,13 @@ export class ResourceListeners {
       );
       return;
     }
-    res.once('close', () => {
+    const ended = () => {
       void unsubscribe();
       this.release(ownerKey, streams);
-    });
+    };
+    // A client gone while its subscriptions were made never sees 'close' again: undo them now.
+    if (res.destroyed || req.socket.destroyed) return ended();
+    res.once('close', ended);
     await streams.serve(req, res, req.body);
   }
 

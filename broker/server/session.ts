@@ -394,10 +394,13 @@ function capabilitiesFor(broker: Broker, session: SessionBinding, principal: Pri
     (registry.resources().some(({ resource, connector }) => pipeline.mayUse(principal, call, 'resource', resource.uri, connector.name)) ||
       registry.resourceTemplates().some(({ template, connector }) => pipeline.mayUse(principal, call, 'resource', template.uriTemplate, connector.name)));
   // Only what the connectors offer (advertised.ts), narrowed to what this principal may see.
-  // (`resources.subscribe`: updates come on subscriptions/listen streams, per principal: listen.ts.)
+  // `resources.subscribe`: updates come on subscriptions/listen streams, per principal, over HTTP
+  // (listen.ts); `bastion stdio` does not relay them to a 2026 client yet, so it does not offer them.
+  const { subscribe: _stdioSubscribe, ...withoutSubscribe } = offered.resources ?? {};
+  const resourceOffer = session.transport === 'stdio' ? withoutSubscribe : offered.resources;
   return {
     ...(tools ? { tools: offered.tools } : {}),
-    ...(resources ? { resources: offered.resources } : {}),
+    ...(resources ? { resources: resourceOffer } : {}),
     ...(prompts ? { prompts: offered.prompts } : {}),
     ...((prompts || resources) && offered.completions ? { completions: {} } : {}),
     ...(offered.logging ? { logging: {} } : {}),
