@@ -133,7 +133,8 @@ export async function startProcesses(options: Pick<CallsOptions, 'root' | 'profi
         log_level: 'warn',
         limits: { principal: { requests_per_minute: 0, burst: 1, concurrency: 0 }, sessions_per_principal: 1000 },
         // Every agent of a level (one principal with --shared-token) holds its own upstream session.
-        connectors: [{ name: 'bench', transport: 'http', url: upstream.url, timeout: '30s', isolation: { max: 4096, max_per_principal: 4096 } }],
+        // Pinned: the measured upstream leg stays what earlier runs measured, whatever the HTTP default.
+        connectors: [{ name: 'bench', transport: 'http', url: upstream.url, timeout: '30s', protocol: '2025-11-25', isolation: { max: 4096, max_per_principal: 4096 } }],
         ...(options.plugins ? { plugins: [{ dir: DEMO_PLUGIN_DIR, hash: DEMO_PLUGIN_HASH }] } : {}),
       }),
     );

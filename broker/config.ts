@@ -96,17 +96,20 @@ const ConnectorCommon = {
   labels: ItemFlowSettingsSchema.prefault({}),
   /** Upstream call deadline. */
   timeout: Duration.default(60_000),
-  /**
-   * The MCP revision spoken to the upstream: `auto` asks with server/discover and speaks 2026-07-28
-   * to a server that offers it, 2025-11-25 (initialize) to any other; or one revision, pinned. The
-   * default stays 2025-11-25: `auto` on stdio starts a second copy of the upstream for the probe.
-   */
-  protocol: z.enum(['auto', '2025-11-25', '2026-07-28']).default('2025-11-25'),
 };
+
+/**
+ * The MCP revision spoken to the upstream: `auto` asks with server/discover and speaks 2026-07-28
+ * to a server that offers it, 2025-11-25 (initialize) to any other; or one revision, pinned. The
+ * default is `auto` over HTTP (the probe costs one request per connection) and 2025-11-25 over
+ * stdio (there the probe starts a second copy of the upstream per connection).
+ */
+const Protocol = z.enum(['auto', '2025-11-25', '2026-07-28']);
 
 const StdioConnector = z.strictObject({
   ...ConnectorCommon,
   transport: z.literal('stdio'),
+  protocol: Protocol.default('2025-11-25'),
   command: z.string().min(1),
   args: z.array(z.string()).default([]),
   cwd: z.string().optional(),
@@ -117,6 +120,7 @@ const StdioConnector = z.strictObject({
 const HttpConnector = z.strictObject({
   ...ConnectorCommon,
   transport: z.literal('http'),
+  protocol: Protocol.default('auto'),
   url: z.url(),
   /** Upstream credentials (e.g. Authorization) injected by Bastion, never taken from the agent. */
   headers: z.record(z.string(), z.string()).default({}),

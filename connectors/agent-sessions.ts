@@ -22,7 +22,7 @@
 import { StdioClientTransport } from '@modelcontextprotocol/client/stdio';
 import { ProtocolError, ProtocolErrorCode, SdkError, SdkErrorCode, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
 import { CLIENT_CAPABILITIES_META_KEY } from '@modelcontextprotocol/client';
-import type { CallToolResult, Client, ClientCapabilities, LoggingLevel, Notification, Request, Result, Tool, Transport } from '@modelcontextprotocol/client';
+import type { CallToolResult, Client, ClientCapabilities, LoggingLevel, Notification, Request, Resource, Result, Tool, Transport } from '@modelcontextprotocol/client';
 import canonicalizeModule from 'canonicalize';
 import type { IsolationConfig } from '../broker/config.ts';
 import { Denial } from '../broker/errors.ts';
@@ -46,9 +46,49 @@ export interface CallOrigin {
    * whatever the isolation mode, and leaves nothing keyed by its one-off id behind.
    */
   stateless?: boolean;
+  /**
+   * What the agent declared it can do (its `initialize`, or a 2026-07-28 request's `_meta`): its
+   * upstream connection declares the part Bastion relays, so the upstream offers it what it would
+   * offer the agent directly. Absent: everything Bastion relays (callers that are not an agent).
+   */
+  capabilities?: ClientCapabilities;
+  /**
+   * A 2026-07-28 subscriptions/listen stream (it has no session): where updates of the resources
+   * it subscribes to go. `sessionId` then names the stream.
+   */
+  updates?: (uri: string) => void;
   sendRequest: (request: Request) => Promise<Result>;
   sendNotification: (notification: Notification) => Promise<void>;
 }
+
+/** The client capabilities Bastion can relay to an agent (and declares on its catalog connection). */
+export const RELAYABLE_CAPABILITIES = { sampling: {}, elicitation: { form: {}, url: {} }, roots: { listChanged: true } } as const satisfies ClientCapabilities;
+
+/**
+ * The capabilities an agent's upstream connection declares: what the agent declared, less what
+ * Bastion does not relay (tasks, extensions, experimental). A 2026-07-28 agent behind a
+ * 2025-11-25 upstream keeps sampling, elicitation and roots: the upstream's mid-call request
+ * reaches it as input_required (era translation, broker/server/held-exchanges.ts).
+ * Elicitation keeps only the modes Bastion relays.
+ */
+export function relayedCapabilities(declared: ClientCapabilities | undefined): ClientCapabilities {
+  if (declared === undefined) return structuredClone(RELAYABLE_CAPABILITIES) as ClientCapabilities;
+  const relayed: ClientCapabilities = {};
+  if (declared.sampling) relayed.sampling = { ...declared.sampling };
+  if (declared.elicitation) {
+    const { form, url } = declared.elicitation as { form?: object; url?: object };
+    relayed.elicitation = { ...(form ? { form: {} } : {}), ...(url ? { url: {} } : {}) };
+  }
+  if (declared.roots) relayed.roots = declared.roots.listChanged ? { listChanged: true } : {};
+  return relayed;
+}
+
+/** Why a server-to-client request this connection did not declare is refused. */
+const UNDECLARED_REASON: Record<string, string> = {
+  'sampling/createMessage': 'the agent did not declare sampling, so Bastion did not declare it upstream either',
+  'elicitation/create': 'the agent did not declare elicitation, so Bastion did not declare it upstream either',
+  'roots/list': 'the agent did not declare roots, so Bastion did not declare them upstream either',
+};
 
 /** An agent session as a whole, for what its upstream sends outside any request. */
 export interface AgentChannel {
@@ -62,8 +102,8 @@ export interface AgentSessionsOptions {
   /** Upstream request deadline. */
   timeoutMs: number;
   log: Logger;
-  /** A new SDK client configured like the catalog's (capabilities, validators), not connected. */
-  client: () => Client;
+  /** A new SDK client configured like the catalog's (validators, negotiation) declaring these capabilities, not connected. */
+  client: (capabilities: ClientCapabilities) => Client;
   /** A new transport to the upstream (for stdio: a new child process). */
   transport: () => Transport;
   /** The live agent session with this id, or undefined once it closed. */
@@ -160,6 +200,8 @@ export interface AgentConnectionInfo {
   sessions: string[];
   /** The upstream child process (stdio), while it runs. */
   pid: number | undefined;
+  /** Resources this connection is subscribed to upstream. */
+  subscriptions: string[];
 }
 
 const canonicalize = canonicalizeModule as unknown as (value: unknown) => string | undefined;
@@ -191,20 +233,26 @@ function ownerKey(owner: AgentOwner): string {
   return JSON.stringify([owner.iss, owner.sub]);
 }
 
+const RELAYABLE_FORM = canonicalize(RELAYABLE_CAPABILITIES);
+
 /** One upstream connection and the agent sessions it serves (one, in mode `session`). */
 class AgentConnection {
   readonly key: string;
   readonly owner: AgentOwner;
+  /** What this connection declares to the upstream (relayedCapabilities). */
+  readonly capabilities: ClientCapabilities;
   /** Agent sessions served, most recently active last. */
   readonly sessions = new Set<string>();
   /** Requests in flight on this connection, by a local id. */
   readonly inflight = new Map<number, CallOrigin>();
   /** Progress listeners by the token Bastion sent upstream. */
   readonly progress = new Map<string, NonNullable<ToolCallOptions['onprogress']>>();
-  /** Upstream subscriptions: uri → agent sessions subscribed. */
+  /** Upstream subscriptions: uri → agent sessions (or listen streams) subscribed. */
   readonly subscriptions = new Map<string, Set<string>>();
-  /** Resources this connection's upstream session lists (its own session resources included). */
-  resources = new Set<string>();
+  /** Listen streams (2026-07-28) subscribed here, by the id they subscribe under. */
+  readonly streams = new Map<string, (uri: string) => void>();
+  /** Resources this connection's upstream session lists (its own session resources included), by URI. */
+  resources = new Map<string, Resource>();
   /** Canonical descriptors of the tools this connection's upstream session lists, by name ('unknown': listing failed). */
   tools: Map<string, string | undefined> | 'unknown' = new Map();
   /** Settles when the latest tools change announced on this connection has been listed. */
@@ -215,9 +263,10 @@ class AgentConnection {
   idleTimer: NodeJS.Timeout | undefined;
   closed = false;
 
-  constructor(key: string, owner: AgentOwner) {
+  constructor(key: string, owner: AgentOwner, capabilities: ClientCapabilities) {
     this.key = key;
     this.owner = owner;
+    this.capabilities = capabilities;
   }
 
   /** Until when an upstream task made on this connection may live (the connection must not idle out under it). */
@@ -262,14 +311,24 @@ export class AgentSessions {
     return this.options.connector;
   }
 
-  /** The connection key: the agent session, or the principal, by isolation mode. */
+  /** What the connection serving `origin` declares upstream. */
+  private capabilitiesOf(origin: CallOrigin): ClientCapabilities {
+    return relayedCapabilities(origin.capabilities);
+  }
+
+  /**
+   * The connection key: the agent session, or the principal, by isolation mode; and what the
+   * connection declares, so a principal's requests that declare different capabilities (2026-07-28
+   * carries them per request) never share an upstream session that offers the wrong tools.
+   */
   keyOf(origin: CallOrigin): string {
-    return this.options.isolation.mode === 'session' && !origin.stateless ? `session:${origin.sessionId}` : `principal:${ownerKey(origin.owner)}`;
+    const who = this.options.isolation.mode === 'session' && !origin.stateless ? `session:${origin.sessionId}` : `principal:${ownerKey(origin.owner)}`;
+    return `${who}:${canonicalize(this.capabilitiesOf(origin))}`;
   }
 
   /** Open agent connections. */
   list(): AgentConnectionInfo[] {
-    return [...this.connections.values()].map((c) => ({ key: c.key, owner: c.owner, sessions: [...c.sessions], pid: c.pid }));
+    return [...this.connections.values()].map((c) => ({ key: c.key, owner: c.owner, sessions: [...c.sessions], pid: c.pid, subscriptions: [...c.subscriptions.keys()] }));
   }
 
   /** The connection for `origin`, opened (within bounds) when it has none. */
@@ -283,7 +342,7 @@ export class AgentSessions {
       return existing;
     }
     this.checkBounds(origin);
-    const connection = new AgentConnection(key, origin.owner);
+    const connection = new AgentConnection(key, origin.owner, this.capabilitiesOf(origin));
     if (!origin.stateless) connection.touch(origin.sessionId);
     this.connections.set(key, connection);
     connection.ready = this.connect(connection, origin);
@@ -313,7 +372,7 @@ export class AgentSessions {
   }
 
   private async connect(connection: AgentConnection, origin: CallOrigin): Promise<void> {
-    const client = this.options.client();
+    const client = this.options.client(connection.capabilities);
     this.installRelays(connection, client);
     client.onclose = () => {
       if (connection.closed) return;
@@ -358,9 +417,16 @@ export class AgentSessions {
       if (!target) throw new ProtocolError(ProtocolErrorCode.InvalidRequest, `the agent session of this connection to ${this.name} has closed`);
       return target.sendRequest(this.withAgentTaskId(connection, request));
     };
-    client.setRequestHandler('sampling/createMessage', (request) => relayRequest(request) as never);
-    client.setRequestHandler('elicitation/create', (request) => relayRequest(request) as never);
-    client.setRequestHandler('roots/list', (request) => relayRequest(request) as never);
+    // Only what this connection declared (the SDK refuses a handler for an undeclared capability).
+    const declared = connection.capabilities;
+    if (declared.sampling) client.setRequestHandler('sampling/createMessage', (request) => relayRequest(request) as never);
+    if (declared.elicitation) client.setRequestHandler('elicitation/create', (request) => relayRequest(request) as never);
+    if (declared.roots) client.setRequestHandler('roots/list', (request) => relayRequest(request) as never);
+    // An upstream that asks for what was not declared gets a reason, not "Method not found".
+    client.fallbackRequestHandler = async (request) => {
+      if (!UNDECLARED_REASON[request.method]) throw new ProtocolError(ProtocolErrorCode.MethodNotFound, 'Method not found');
+      throw new ProtocolError(ProtocolErrorCode.InvalidRequest, `Bastion cannot relay ${request.method}: ${UNDECLARED_REASON[request.method]}`);
+    };
 
     const toSessions = async (notification: Notification, sessionIds: Iterable<string>) => {
       for (const sessionId of sessionIds) await this.options.channel(sessionId)?.sendNotification(notification).catch(() => undefined);
@@ -379,7 +445,9 @@ export class AgentSessions {
     });
     client.setNotificationHandler('notifications/resources/updated', async (notification) => {
       const subscribers = connection.subscriptions.get(notification.params.uri);
-      if (subscribers) await toSessions(notification, subscribers);
+      if (!subscribers) return;
+      for (const id of subscribers) connection.streams.get(id)?.(notification.params.uri);
+      await toSessions(notification, [...subscribers].filter((id) => !connection.streams.has(id)));
     });
     // A task's status goes to the sessions of the agent that owns the task, under Bastion's id; others are dropped.
     // (The v2 client's typed registry leaves task notifications out, so the handler names its own schema.)
@@ -415,6 +483,16 @@ export class AgentSessions {
     return { ...request, params: { ...request.params, _meta: ours ? { ...rest, [RELATED_TASK]: { taskId: ours } } : rest } };
   }
 
+  /**
+   * The catalog's tools changed: every connection reads its own list again. A 2026-07-28
+   * upstream announces changes only on the catalog's listen stream, not to each connection.
+   */
+  relistTools(): void {
+    for (const connection of this.connections.values()) {
+      if (connection.client) connection.toolsListed = this.listTools(connection);
+    }
+  }
+
   /** Re-reads the tool descriptors this agent's upstream session lists (compared with the catalog's at each call). */
   private async listTools(connection: AgentConnection): Promise<void> {
     const client = connection.client;
@@ -441,11 +519,11 @@ export class AgentSessions {
   private async refreshResources(connection: AgentConnection): Promise<void> {
     const client = connection.client;
     if (!client?.getServerCapabilities()?.resources) return;
-    const uris = new Set<string>();
+    const uris = new Map<string, Resource>();
     let cursor: string | undefined;
     for (let pages = 0; pages < 100; pages++) {
       const page = await client.listResources(cursor ? { cursor } : {});
-      for (const resource of page.resources) uris.add(resource.uri);
+      for (const resource of page.resources) uris.set(resource.uri, resource);
       if (!page.nextCursor) break;
       cursor = page.nextCursor;
     }
@@ -455,6 +533,26 @@ export class AgentSessions {
   /** Whether the upstream session of `origin` lists `uri` (a resource it made for that session). */
   lists(origin: CallOrigin, uri: string): boolean {
     return this.connections.get(this.keyOf(origin))?.resources.has(uri) ?? false;
+  }
+
+  /** The resources the open upstream session of `origin` lists (none when it has none open). */
+  listed(origin: CallOrigin): Resource[] {
+    return [...(this.connections.get(this.keyOf(origin))?.resources.values() ?? [])];
+  }
+
+  /**
+   * The names of the tools the agent's own upstream session lists, when they may differ from the
+   * catalog's: a server may offer tools by the client's capabilities (server-everything offers
+   * get-roots-list only to a client with roots), and the catalog connection declares all Bastion
+   * relays. undefined: the catalog's list holds (the agent declared what the catalog did, or its
+   * own session's list is unknown). Opens the agent's connection if needed (within bounds).
+   */
+  async toolNames(origin: CallOrigin): Promise<Set<string> | undefined> {
+    if (canonicalize(this.capabilitiesOf(origin)) === RELAYABLE_FORM) return undefined;
+    return this.run(origin, async (_client, connection) => {
+      await connection.toolsListed;
+      return connection.tools === 'unknown' ? undefined : new Set(connection.tools.keys());
+    });
   }
 
   /** Runs `operation` on the agent's own connection, with `origin` receiving what the upstream sends meanwhile. */
@@ -606,10 +704,11 @@ export class AgentSessions {
   /** Subscribes the agent's own upstream session; updates then reach only the sessions subscribed. */
   async subscribe(origin: CallOrigin, uri: string): Promise<void> {
     await this.run(origin, async (client, connection) => {
-      // Updates go to sessions; a request without one has nowhere to receive them.
-      if (origin.stateless) throw new ProtocolError(ProtocolErrorCode.InvalidRequest, 'resources/subscribe needs a session (protocol 2025-11-25)');
+      // Updates go to sessions, or to a listen stream; a plain request has nowhere to receive them.
+      if (origin.stateless && !origin.updates) throw new ProtocolError(ProtocolErrorCode.InvalidRequest, 'resources/subscribe needs a session (protocol 2025-11-25)');
       const subscribers = connection.subscriptions.get(uri);
       if (!subscribers) await client.subscribeResource({ uri });
+      if (origin.updates) connection.streams.set(origin.sessionId, origin.updates);
       connection.subscriptions.set(uri, (subscribers ?? new Set()).add(origin.sessionId));
     });
   }
@@ -623,6 +722,7 @@ export class AgentSessions {
 
   private async dropSubscription(connection: AgentConnection, sessionId: string, uri: string): Promise<void> {
     const subscribers = connection.subscriptions.get(uri);
+    if (![...connection.subscriptions.values()].some((ids) => ids !== subscribers && ids.has(sessionId))) connection.streams.delete(sessionId);
     if (!subscribers?.delete(sessionId) || subscribers.size > 0) return;
     connection.subscriptions.delete(uri);
     await connection.client?.unsubscribeResource({ uri }).catch(() => undefined);

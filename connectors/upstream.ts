@@ -27,7 +27,7 @@ import type { ConnectorConfig } from '../broker/config.ts';
 import type { Logger } from '../broker/log.ts';
 import { linearSchemaValidator, toolSchemaProblems } from '../sandboxes/schema-patterns.ts';
 import type { Denial } from '../broker/errors.ts';
-import { AgentSessions, closeUpstreamClient, type AgentChannel, type AgentConnectionInfo, type CallOrigin, type CreatedTask, type UpstreamInputRequired } from './agent-sessions.ts';
+import { AgentSessions, closeUpstreamClient, RELAYABLE_CAPABILITIES, type AgentChannel, type AgentConnectionInfo, type CallOrigin, type CreatedTask, type UpstreamInputRequired } from './agent-sessions.ts';
 
 export type { AgentChannel, AgentOwner, CallOrigin, CreatedTask, UpstreamInputRequired } from './agent-sessions.ts';
 export { isInputRequired, TaskConnectionGone } from './agent-sessions.ts';
@@ -120,7 +120,7 @@ export class Connector {
       isolation: config.isolation,
       timeoutMs: config.timeout,
       log: events.log,
-      client: () => this.newClient(),
+      client: (capabilities) => this.newClient(capabilities),
       transport: () => this.makeTransport(),
       channel: (sessionId) => events.agentChannel?.(sessionId),
       refused: (origin, denial) => events.onAgentRefused?.(this, origin, denial),
@@ -205,13 +205,17 @@ export class Connector {
     return new StreamableHTTPClientTransport(new URL(config.url), { requestInit: { headers: config.headers }, fetch: fetchWithOwnSignal });
   }
 
-  /** A client as every connection to this upstream is made: the catalog's and each agent's offer the same capabilities. */
-  private newClient(): Client {
+  /**
+   * A client as every connection to this upstream is made. The catalog's declares all Bastion
+   * relays (it lists the widest catalog, for pins and policy); each agent's declares what that agent
+   * declared, within the same (agent-sessions.ts relayedCapabilities).
+   */
+  private newClient(capabilities: ClientCapabilities = RELAYABLE_CAPABILITIES): Client {
     return new Client(
       { name: 'bastion', version: '0.1.0' },
       // The SDK validates results against the upstream's output schemas: patterns there run on RE2.
       {
-        capabilities: { sampling: {}, elicitation: { form: {}, url: {} }, roots: { listChanged: true } },
+        capabilities: structuredClone(capabilities),
         jsonSchemaValidator: linearSchemaValidator,
         versionNegotiation: NEGOTIATION[this.config.protocol ?? '2025-11-25'],
       },
@@ -359,6 +363,8 @@ export class Connector {
       .catch((error: Error) => {
         this.events.log.warn({ connector: this.name, err: error.message }, `refreshing ${kind} failed`);
       })
+      // Each agent's own list (what tools/list shows it) follows the server's.
+      .then(() => (kind === 'tools' ? this.agents.relistTools() : undefined))
       .then(() => this.events.onListChanged?.(this, kind));
     if (kind === 'tools') this.toolsSettled = settled;
     return settled;
@@ -428,6 +434,21 @@ export class Connector {
   /** Whether the agent's own upstream session lists `uri` (a resource made for that session). */
   listsForAgent(origin: CallOrigin, uri: string): boolean {
     return this.agents.lists(origin, uri);
+  }
+
+  /** What the agent's own open upstream session lists beyond the catalog (resources made for that session). */
+  resourcesForAgent(origin: CallOrigin): Resource[] {
+    const catalog = new Set(this.catalogValue.resources.map((r) => r.uri));
+    return this.agents.listed(origin).filter((r) => !catalog.has(r.uri));
+  }
+
+  /**
+   * The upstream names of the tools the agent's own upstream session offers, where they may differ
+   * from the catalog's (agent-sessions.ts toolNames); undefined: the catalog's list holds.
+   */
+  toolsForAgent(origin: CallOrigin): Promise<Set<string> | undefined> {
+    this.requireClient();
+    return this.agents.toolNames(origin);
   }
 
   /** The agent session closed: its upstream connection here closes (and a stdio child stops). */

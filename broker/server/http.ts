@@ -20,7 +20,7 @@ import { jsonDepth } from '../limits.ts';
 import type { AddressInfo } from 'node:net';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { createMcpHandler, isInitializeRequest, isJsonContentType, ProtocolErrorCode } from '@modelcontextprotocol/server';
-import type { AuthInfo, ServerContext } from '@modelcontextprotocol/server';
+import type { AuthInfo, McpRequestContext, ServerContext } from '@modelcontextprotocol/server';
 import { NodeStreamableHTTPServerTransport, toNodeHandler } from '@modelcontextprotocol/node';
 import type { Principal } from '../auth/verify.ts';
 import type { Broker } from '../broker.ts';
@@ -31,6 +31,7 @@ import { cohortGate } from './cohort.ts';
 import { loadScrapeToken, presentsScrapeToken } from './scrape-token.ts';
 import { createAgentServer } from './session.ts';
 import { claimedRevision, classifyEra, type EraRoute } from './eras.ts';
+import { ResourceListeners } from './listen.ts';
 import { SessionTable } from './session-table.ts';
 import { adminRoutes } from './admin-routes.ts';
 import { approvalRoutes } from './approval-routes.ts';
@@ -282,11 +283,12 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
    * entered in broker.sessions. 2025-era traffic never reaches it (routed by eras.ts; `reject` is
    * the entry's answer should any arrive).
    */
+  const modernServer = (context: McpRequestContext) => {
+    const viewer = (context.authInfo?.extra?.principal as Principal | undefined) ?? null;
+    return createAgentServer(broker, { id: `request-${randomUUID()}`, transport: 'http', register: false, viewer, principal: principalOfRequest });
+  };
   const modern = createMcpHandler(
-    (context) => {
-      const viewer = (context.authInfo?.extra?.principal as Principal | undefined) ?? null;
-      return createAgentServer(broker, { id: `request-${randomUUID()}`, transport: 'http', register: false, viewer, principal: principalOfRequest });
-    },
+    modernServer,
     {
       legacy: 'reject',
       maxRequestBodySize: config.server.max_body_bytes,
@@ -297,7 +299,10 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
     maxRequestBodySize: config.server.max_body_bytes,
     onerror: (error) => log.error({ err: error.message }, '2026-07-28 request failed'),
   });
+  // Listen streams that ask for resource updates: per principal (listen.ts).
+  const resourceListeners = new ResourceListeners(broker, modernServer, { maxRequestBodySize: config.server.max_body_bytes });
   const unlisten = broker.sessions.onChange((change) => {
+    resourceListeners.listChanged(change);
     if (change === 'tools') void modern.notify.toolsChanged();
     else if (change === 'prompts') void modern.notify.promptsChanged();
     else void modern.notify.resourcesChanged();
@@ -422,7 +427,9 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   });
   mcp.post('/', async (req: AuthedRequest, res) => {
     if (req.era?.era === 'modern') {
-      await serveModern(req as Parameters<typeof serveModern>[0], res, req.body);
+      const principal = req.auth?.extra?.principal as Principal | undefined;
+      if (principal && resourceListeners.wants(req.body)) await resourceListeners.serve(req, res, principal);
+      else await serveModern(req as Parameters<typeof serveModern>[0], res, req.body);
       return;
     }
     if (req.headers['mcp-session-id'] === undefined) {
@@ -535,6 +542,7 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
       unwatch();
       unlisten();
       await modern.close();
+      await resourceListeners.close();
       clearInterval(sweeper);
       for (const session of [...sessions.values()]) await session.transport.close().catch(() => undefined);
       server.closeAllConnections();

@@ -15,7 +15,7 @@
  *   await server.connect(transport);
  */
 import { CLIENT_CAPABILITIES_META_KEY, LOG_LEVEL_META_KEY, PROTOCOL_VERSION_META_KEY, Server, ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/server';
-import type { CacheHint, ClientCapabilities, GetPromptResult, JSONRPCRequest, LoggingLevel, ReadResourceResult, Request, RequestMethod, Result, ServerCapabilities, ServerContext, ServerNotification } from '@modelcontextprotocol/server';
+import type { CacheHint, ClientCapabilities, GetPromptResult, JSONRPCRequest, LoggingLevel, Notification, ReadResourceResult, Request, RequestMethod, Result, ServerCapabilities, ServerContext, ServerNotification, Tool } from '@modelcontextprotocol/server';
 import { z } from 'zod';
 import type { Principal } from '../auth/verify.ts';
 import { Denial } from '../errors.ts';
@@ -142,9 +142,12 @@ function withForward<P extends { _meta?: Record<string, unknown> }>(params: P, f
   } as P;
 }
 
-function originOf(session: SessionBinding, extra: Extra, principal: Principal, protocol: string | undefined): CallOrigin {
+function originOf(session: SessionBinding, server: Server, extra: Extra, principal: Principal, protocol: string | undefined): CallOrigin {
   return {
     sessionId: session.id,
+    // What the agent declared (its initialize, or this 2026-07-28 request's envelope, as the SDK
+    // seeded it): its upstream connections declare the part Bastion relays, no more.
+    capabilities: server.getClientCapabilities() ?? {},
     // Upstream connections are keyed by who asks: the session, or (isolation: principal) this.
     owner: { iss: principal.iss, sub: principal.sub },
     // A 2026-07-28 request has no session to own an upstream connection: its principal does.
@@ -185,7 +188,7 @@ function callContext(session: SessionBinding, server: Server, extra: Extra, prin
     session: session.id,
     transport: session.transport,
     ...(protocol !== undefined ? { protocol } : {}),
-    origin: originOf(session, extra, principal, protocol),
+    origin: originOf(session, server, extra, principal, protocol),
     ...(protocol === MODERN_REVISION ? { clientCapabilities: declaredInput(extra) } : {}),
     signal: extra.mcpReq.signal,
     ...(progressToken !== undefined ? { progressToken } : {}),
@@ -224,7 +227,8 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
   if (capabilities.tools) {
     server.setRequestHandler('tools/list', async (_request, ctx) => {
       const principal = await session.principal(ctx).catch(protocolError);
-      return { tools: pipeline.listTools(principal, callContext(session, server, ctx, principal)) };
+      const call = callContext(session, server, ctx, principal);
+      return { tools: await ownView(broker, call.origin, pipeline.listTools(principal, call)) };
     });
 
     server.setRequestHandler('tools/call', async (request, ctx) => {
@@ -333,6 +337,14 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
         .resources()
         .filter(({ resource, connector }) => pipeline.mayUse(principal, call, 'resource', resource.uri, connector.name))
         .map(({ resource }) => resource);
+      // And what the agent's own upstream sessions list for it alone (session resources), as a direct
+      // client would see them; a URI two of them list is left out, as resources/read refuses it.
+      const own = registry.connectorsWith('resources').flatMap((connector) => connector.resourcesForAgent(call.origin).map((resource) => ({ resource, connector })));
+      const listed = new Set(resources.map((r) => r.uri));
+      for (const { resource, connector } of own) {
+        if (listed.has(resource.uri) || own.filter((o) => o.resource.uri === resource.uri).length > 1) continue;
+        if (pipeline.mayUse(principal, call, 'resource', resource.uri, connector.name)) resources.push(resource);
+      }
       return { resources };
     });
 
@@ -440,6 +452,32 @@ export function createAgentServer(broker: Broker, session: SessionBinding): Serv
 }
 
 /**
+ * `tools/list` as the agent's own upstream sessions offer it: a server may list tools by the
+ * client's capabilities, and the catalog connection declares all Bastion relays. A connector whose
+ * agent-side list cannot be had (down, bounds) keeps the catalog's view; the call is then refused
+ * or answered upstream as before.
+ */
+async function ownView(broker: Broker, origin: CallOrigin, tools: Tool[]): Promise<Tool[]> {
+  const entries = broker.registry.tools();
+  const names = new Map<Connector, Set<string> | undefined>();
+  for (const connector of broker.connectors) {
+    if (!tools.some((tool) => entries.get(tool.name)?.connector === connector)) continue;
+    names.set(
+      connector,
+      await connector.toolsForAgent(origin).catch((error: Error) => {
+        broker.log.debug({ connector: connector.name, err: error.message }, "the agent's own tool list was not available; the catalog's is shown");
+        return undefined;
+      }),
+    );
+  }
+  return tools.filter((tool) => {
+    const entry = entries.get(tool.name);
+    const own = entry ? names.get(entry.connector as Connector) : undefined;
+    return !own || own.has(entry!.upstreamName);
+  });
+}
+
+/**
  * The capabilities one principal's `server/discover` shows: tools, prompts and resources
  * only when policy lets it see at least one of each (completions with either of the
  * latter two), so discovery tells an agent no more than `tools/list` would.
@@ -454,9 +492,13 @@ function capabilitiesFor(broker: Broker, session: SessionBinding, principal: Pri
     (registry.resources().some(({ resource, connector }) => pipeline.mayUse(principal, call, 'resource', resource.uri, connector.name)) ||
       registry.resourceTemplates().some(({ template, connector }) => pipeline.mayUse(principal, call, 'resource', template.uriTemplate, connector.name)));
   // Only what the connectors offer (advertised.ts), narrowed to what this principal may see.
+  // `resources.subscribe`: updates come on subscriptions/listen streams, per principal, over HTTP
+  // (listen.ts); `bastion stdio` does not relay them to a 2026 client yet, so it does not offer them.
+  const { subscribe: _stdioSubscribe, ...withoutSubscribe } = offered.resources ?? {};
+  const resourceOffer = session.transport === 'stdio' ? withoutSubscribe : offered.resources;
   return {
     ...(tools ? { tools: offered.tools } : {}),
-    ...(resources ? { resources: offered.resources } : {}),
+    ...(resources ? { resources: resourceOffer } : {}),
     ...(prompts ? { prompts: offered.prompts } : {}),
     ...((prompts || resources) && offered.completions ? { completions: {} } : {}),
     ...(offered.logging ? { logging: {} } : {}),

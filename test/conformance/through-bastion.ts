@@ -73,7 +73,8 @@ async function main(): Promise<number> {
         limits: { sessions_per_principal: 1000, principal: { requests_per_minute: 0, burst: 1 } },
         // One upstream session per scenario's session, as many as the sessions it leaves open.
         connectors: [
-          { name: 'conformance', transport: 'http', url: upstream, namespace: false, isolation: { max: 1000, max_per_principal: 1000 } },
+          // Pinned, as before HTTP connectors negotiated by default: the fixture speaks only 2025-11-25 over HTTP anyway.
+          { name: 'conformance', transport: 'http', url: upstream, namespace: false, protocol: '2025-11-25', isolation: { max: 1000, max_per_principal: 1000 } },
           // The input-required-result-* tools, on a 2026-07-28 upstream: the suite's calls cross Bastion's relay.
           { name: 'mrtr', transport: 'stdio', command: process.execPath, args: [path.join(ROOT, 'test/fixtures/conformance-mrtr-upstream.ts')], protocol: '2026-07-28', namespace: false },
         ],

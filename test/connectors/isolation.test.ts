@@ -70,7 +70,7 @@ describe('agents on one connector see only their own upstream state', () => {
     }
   });
 
-  it('session resources: a resource the upstream made for alice is readable by alice and not by bob', async () => {
+  it('session resources: a resource the upstream made for alice is listed to and readable by alice, and neither for bob', async () => {
     const [alice, bob] = await twoAgents();
     try {
       const made = await alice.client.callTool({
@@ -84,6 +84,9 @@ describe('agents on one connector see only their own upstream state', () => {
       await eventually(async () => (await alice.client.readResource({ uri }).catch(() => undefined)) !== undefined, 'alice reading her session resource');
       const mine = await alice.client.readResource({ uri });
       expect(mine.contents[0]?.uri).toBe(uri);
+      // Listed to her as the server lists it to her session directly, and never to bob.
+      expect((await alice.client.listResources()).resources.map((r) => r.uri)).toContain(uri);
+      expect((await bob.client.listResources()).resources.map((r) => r.uri)).not.toContain(uri);
 
       const theirs = await bob.client.readResource({ uri }).then(
         () => 'read',

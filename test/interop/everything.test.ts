@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BASTION_INSTRUCTIONS, instructionsHeading } from '../../broker/server/advertised.ts';
-import { Agent, byKey, EVERYTHING_BIN, eventually, expectEquivalent, openPair, startEverythingHttp, stdioUpstream, type Pair, type Upstream } from './harness.ts';
+import { Agent, byKey, EVERYTHING_BIN, eventually, expectEquivalent, openPair, startEverythingHttp, stdioUpstream, type Pair, type Side, type Upstream } from './harness.ts';
 
 const CONNECTOR = 'everything';
 const ROOTS = [{ uri: 'file:///srv/project-a', name: 'project-a' }];
@@ -28,8 +28,12 @@ describe.each(['stdio', 'http'] as const)('server-everything over %s: direct and
     agent.roots = ROOTS;
     // Flow control would hold the open-world URL elicitation tool for approval once a
     // sampled (untrusted) result is in the session: policy withholding, not the
-    // feature under test. The operator declares the tool label-free, as config allows.
-    pair = await openPair(CONNECTOR, upstream, { agent, connectorExtra: { tools: { 'trigger-url-elicitation': { labels: [] } } } });
+    // feature under test. The operator declares the tool label-free, as config allows; and the
+    // open-world gzip tool (it may fetch a URL), whose result would hold the sampling tool likewise.
+    pair = await openPair(CONNECTOR, upstream, {
+      agent,
+      connectorExtra: { tools: { 'trigger-url-elicitation': { labels: [] }, 'gzip-file-as-resource': { labels: [] } } },
+    });
   });
 
   afterAll(async () => {
@@ -103,6 +107,27 @@ describe.each(['stdio', 'http'] as const)('server-everything over %s: direct and
       expect(direct.contents.length, uri).toBeGreaterThan(0);
       expectEquivalent(direct, via, CONNECTOR);
     }
+  });
+
+  it('session resources: one a tool made for this session is listed and read the same', async () => {
+    // A name per side: over HTTP both sessions share one server process, which keeps one registration per URI.
+    const uri = (side: Side) => `demo://resource/session/interop-${side.kind}.txt.gz`;
+    const made = await pair.both((side) =>
+      side.client.callTool({
+        name: side.tool('gzip-file-as-resource'),
+        arguments: { name: `interop-${side.kind}.txt.gz`, data: 'data:text/plain;base64,' + Buffer.from('made for this session').toString('base64'), outputType: 'resourceLink' },
+      }),
+    );
+    expect(JSON.stringify(made[1])).toContain(uri(pair.bastion));
+    // Bastion lists it once it has read the server's list_changed for the agent's upstream session.
+    const entry = async (side: Side) => (await side.client.listResources()).resources.find((r) => r.uri === uri(side));
+    expect(await entry(pair.direct)).toBeDefined();
+    expect(await eventually(async () => (await entry(pair.bastion)) !== undefined)).toBe(true);
+    const [direct, via] = await pair.both(async (side) => {
+      const same = (text: string) => text.replaceAll(`interop-${side.kind}`, 'interop-<side>');
+      return JSON.parse(same(JSON.stringify({ listed: await entry(side), read: await side.client.readResource({ uri: uri(side) }) }))) as unknown;
+    });
+    expectEquivalent(direct, via, CONNECTOR);
   });
 
   it('subscriptions: resources/updated notifications for a subscribed resource', async () => {

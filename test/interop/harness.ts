@@ -16,7 +16,7 @@
  *   expectEquivalent(direct, via, 'everything');
  */
 import path from 'node:path';
-import { Client, StreamableHTTPClientTransport, type Transport } from '@modelcontextprotocol/client';
+import { Client, StreamableHTTPClientTransport, type ClientCapabilities, type Transport } from '@modelcontextprotocol/client';
 import { StdioClientTransport } from '@modelcontextprotocol/client/stdio';
 import { expect } from 'vitest';
 import { ROOT, startTestBroker, type TestBroker } from '../helpers/broker.ts';
@@ -84,37 +84,44 @@ export interface Side {
 
 /**
  * The agent: one set of client options and handlers for every connection.
- * It declares what Bastion's own upstream client declares (sampling,
- * elicitation in form and URL mode, roots with list changes), so a server
- * that registers tools by client capability offers the same set both ways.
- * Its handlers answer deterministically from the request, so answers can be
- * compared.
+ * By default it declares everything Bastion relays (sampling, elicitation in
+ * form and URL mode, roots with list changes); capabilities.test.ts gives it
+ * less, to see a server that registers tools by client capability offer the
+ * same set both ways. Its handlers answer deterministically from the request,
+ * so answers can be compared.
  */
 export class Agent {
   roots: { uri: string; name?: string }[] = [];
   private readonly clients: Client[] = [];
+  /** What the agent declares; the handlers of what it does not declare are not installed. */
+  readonly capabilities: ClientCapabilities;
+
+  constructor(capabilities: ClientCapabilities = { sampling: {}, elicitation: { form: {}, url: {} }, roots: { listChanged: true } }) {
+    this.capabilities = capabilities;
+  }
 
   async open(kind: Side['kind'], transport: Transport, prefix: string, era: Era = 'legacy'): Promise<Side> {
     const client = new Client(
       { name: 'interop-agent', version: '1.0.0' },
       {
-        capabilities: { sampling: {}, elicitation: { form: {}, url: {} }, roots: { listChanged: true } },
+        capabilities: structuredClone(this.capabilities),
         ...(era === 'legacy' ? {} : { versionNegotiation: { mode: { pin: era } } }),
       },
     );
     const observed: Observed = { logs: [], updated: [], sampling: [], elicitations: [], rootsRequests: 0 };
-    client.setRequestHandler('sampling/createMessage', async (request) => {
+    const declared = this.capabilities;
+    if (declared.sampling) client.setRequestHandler('sampling/createMessage', async (request) => {
       observed.sampling.push(request.params);
       const first = request.params.messages[0]?.content;
       const text = first && !Array.isArray(first) && first.type === 'text' ? first.text : '';
       return { model: 'interop-model', role: 'assistant', stopReason: 'endTurn', content: { type: 'text', text: `sampled: ${text}` } };
     });
-    client.setRequestHandler('elicitation/create', async (request) => {
+    if (declared.elicitation) client.setRequestHandler('elicitation/create', async (request) => {
       observed.elicitations.push(request.params);
       if (request.params.mode === 'url') return { action: 'accept' };
       return { action: 'accept', content: { name: 'Ada Lovelace', check: true, firstLine: 'It was a dark night', integer: 7, number: 3.5, email: 'ada@example.com' } };
     });
-    client.setRequestHandler('roots/list', async () => {
+    if (declared.roots) client.setRequestHandler('roots/list', async () => {
       observed.rootsRequests++;
       return { roots: this.roots };
     });
