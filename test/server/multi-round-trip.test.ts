@@ -454,6 +454,7 @@ describe('era translation refusals (a 2025-11-25 upstream request held for a 202
     const token = await t.mint({ sub: 'agent:held-undeclared', cap: [{ tool: 'legacy__*' }] });
     const { message } = await modernCall(t.url, token, { name: 'legacy__confirm', arguments: { what: 'e' }, capabilities: { sampling: {} } });
     expect(message.result?.resultType).not.toBe('input_required');
-    expect(JSON.stringify(message)).toMatch(/did not declare the elicitation capability/);
+    // Its upstream connection never declared elicitation (it follows the agent), so the upstream's request is refused with that reason.
+    expect(JSON.stringify(message)).toMatch(/did not declare elicitation, so Bastion did not declare it upstream either/);
   });
 });
