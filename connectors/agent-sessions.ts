@@ -104,6 +104,8 @@ export interface AgentSessionsOptions {
   log: Logger;
   /** A new SDK client configured like the catalog's (validators, negotiation) declaring these capabilities, not connected. */
   client: (capabilities: ClientCapabilities) => Client;
+  /** Whether the upstream speaks 2026-07-28 (as the catalog connection negotiated it). */
+  upstreamModern: () => boolean;
   /** A new transport to the upstream (for stdio: a new child process). */
   transport: () => Transport;
   /** The live agent session with this id, or undefined once it closed. */
@@ -311,15 +313,23 @@ export class AgentSessions {
     return this.options.connector;
   }
 
-  /** What the connection serving `origin` declares upstream. */
+  /**
+   * What the connection serving `origin` declares upstream. A 2026-07-28 request to a 2026-07-28
+   * upstream carries the agent's own capabilities in its `_meta` (the pipeline puts them there),
+   * so one connection per principal serves every declaration: it declares all Bastion relays, and
+   * a principal whose requests vary their declaration opens no further connection (for stdio, a
+   * process). A 2025-11-25 upstream learns capabilities only at initialize: one connection per
+   * declaration.
+   */
   private capabilitiesOf(origin: CallOrigin): ClientCapabilities {
+    if (origin.stateless && this.options.upstreamModern()) return structuredClone(RELAYABLE_CAPABILITIES) as ClientCapabilities;
     return relayedCapabilities(origin.capabilities);
   }
 
   /**
    * The connection key: the agent session, or the principal, by isolation mode; and what the
    * connection declares, so a principal's requests that declare different capabilities (2026-07-28
-   * carries them per request) never share an upstream session that offers the wrong tools.
+   * carries them per request) never share a 2025-era upstream session that offers the wrong tools.
    */
   keyOf(origin: CallOrigin): string {
     const who = this.options.isolation.mode === 'session' && !origin.stateless ? `session:${origin.sessionId}` : `principal:${ownerKey(origin.owner)}`;

@@ -122,6 +122,8 @@ export class Connector {
       log: events.log,
       client: (capabilities) => this.newClient(capabilities),
       transport: () => this.makeTransport(),
+      // Known from the catalog connection, which negotiates as every agent connection does.
+      upstreamModern: () => this.protocolValue === '2026-07-28',
       channel: (sessionId) => events.agentChannel?.(sessionId),
       refused: (origin, denial) => events.onAgentRefused?.(this, origin, denial),
       catalogTool: (name) => this.catalogValue.tools.find((tool) => tool.name === name),

@@ -140,6 +140,18 @@ describe("the agent's declared capabilities", () => {
     expect(records[0]).toMatchObject({ outcome: 'error', denial: { code: 'BASTION_UPSTREAM_ERROR' } });
     expect(records[0]!.detail?.input_required).toBeUndefined();
   });
+
+  it("one principal's requests declaring different capabilities share its one connection to a 2026 upstream (each request carries its own)", async () => {
+    const sub = 'agent:varying-declarations';
+    const token = await t.mint({ sub, cap: [{ tool: 'modern__*' }] });
+    const own = () => t.broker.connectors.find((c) => c.name === 'modern')!.agentConnections().filter((c) => c.owner.sub === sub);
+    const narrow = await modernCall(t.url, token, { name: 'modern__confirm', arguments: { what: 'b' }, capabilities: { sampling: {} } });
+    expect(narrow.message.error).toMatchObject({ code: -32021 });
+    const wide = await modernCall(t.url, token, { name: 'modern__confirm', arguments: { what: 'b' }, capabilities: { elicitation: { form: {} } } });
+    expect(wide.message.result).toMatchObject({ resultType: 'input_required', inputRequests: { confirm: { method: 'elicitation/create' } } });
+    // A stdio upstream: a connection per declaration would be a process per declaration.
+    expect(own()).toHaveLength(1);
+  });
 });
 
 describe('inputResponses sent without a requestState (answering nothing Bastion asked)', () => {
