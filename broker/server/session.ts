@@ -14,7 +14,7 @@
  *   const server = createAgentServer(broker, { id, transport: 'http', principal });
  *   await server.connect(transport);
  */
-import { CLIENT_CAPABILITIES_META_KEY, LOG_LEVEL_META_KEY, PROTOCOL_VERSION_META_KEY, Server, ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/server';
+import { CLIENT_CAPABILITIES_META_KEY, LOG_LEVEL_META_KEY, PROTOCOL_VERSION_META_KEY, SERVER_INFO_META_KEY, Server, ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/server';
 import type { CacheHint, ClientCapabilities, GetPromptResult, JSONRPCRequest, LoggingLevel, Notification, ReadResourceResult, Request, RequestMethod, Result, ServerCapabilities, ServerContext, ServerNotification, Tool } from '@modelcontextprotocol/server';
 import { z } from 'zod';
 import type { Principal } from '../auth/verify.ts';
@@ -90,15 +90,30 @@ class AgentServer extends Server {
   }
 
   protected override _wrapHandler(method: string, handler: Handler): Handler {
-    const checked = super._wrapHandler(method, handler);
+    const own: Handler = async (request, ctx) => withoutUpstreamIdentity(await handler(request, ctx));
+    const checked = super._wrapHandler(method, own);
     if (method !== 'tools/call') return checked;
     return async (request, ctx) => {
       if (!asksForTask(request)) return checked(request, ctx);
-      const result = await handler(request, ctx);
+      const result = await own(request, ctx);
       if ('task' in result && !('content' in result)) return result;
       return super._wrapHandler(method, async () => result)(request, ctx);
     };
   }
+}
+
+/**
+ * Bastion answers as itself: a relayed upstream result may carry the upstream's identity stamp
+ * (`_meta["io.modelcontextprotocol/serverInfo"]`, 2026-07-28), which would name the server behind
+ * Bastion to the agent and keep the SDK from stamping Bastion's own. It is dropped here; nothing
+ * Bastion builds carries one.
+ */
+function withoutUpstreamIdentity(result: Result): Result {
+  const meta = result._meta;
+  if (meta === null || typeof meta !== 'object' || Array.isArray(meta) || !Object.hasOwn(meta, SERVER_INFO_META_KEY)) return result;
+  const { [SERVER_INFO_META_KEY]: _upstream, ...rest } = meta as Record<string, unknown>;
+  const { _meta: _dropped, ...bare } = result;
+  return Object.keys(rest).length > 0 ? { ...bare, _meta: rest } : bare;
 }
 
 /** RFC 5424 severities, lowest first, as MCP's LoggingLevel lists them. */

@@ -128,6 +128,20 @@ describe('a 2026-07-28 agent behind a 2026-07-28 upstream', () => {
   });
 });
 
+describe('who answers', () => {
+  it("Bastion answers as itself: an upstream's serverInfo stamp never reaches the agent, on a result or an input_required", async () => {
+    const token = await t.mint({ sub: 'agent:who-answers', cap: [{ tool: 'modern__*' }] });
+    const stamp = (result: Record<string, unknown> | undefined) => (result?._meta as Record<string, { name?: string }> | undefined)?.['io.modelcontextprotocol/serverInfo'];
+    const done = await rawCall(token, 'modern__echo', { text: 'hi' });
+    expect(text(done.result)).toContain('hi');
+    expect(stamp(done.result)).toMatchObject({ name: 'bastion' });
+    const asking = await rawCall(token, 'modern__confirm', { what: 'who' });
+    expect(asking.result).toMatchObject({ resultType: 'input_required' });
+    expect(stamp(asking.result)).toMatchObject({ name: 'bastion' });
+    expect(JSON.stringify([done, asking])).not.toContain('modern-upstream');
+  });
+});
+
 describe("the agent's declared capabilities", () => {
   it('the upstream is told only what the agent declared, so it never asks for input the agent cannot give', async () => {
     const token = await t.mint({ sub: 'agent:no-elicitation', cap: [{ tool: 'modern__*' }] });
