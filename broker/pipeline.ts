@@ -1107,8 +1107,12 @@ function linkAbort(signal: AbortSignal | undefined, controller: AbortController)
   return () => signal.removeEventListener('abort', onAbort);
 }
 
-/** A retry's requestState that Bastion refused to open (forged, altered, another principal's or call's, expired). */
-const STATE_REFUSALS = new Set(['BASTION_STATE_MALFORMED', 'BASTION_STATE_TAMPERED', 'BASTION_STATE_OTHER_PRINCIPAL', 'BASTION_STATE_OTHER_CALL', 'BASTION_STATE_EXPIRED']);
+/**
+ * A retry's requestState that Bastion refused to open (forged, altered, another principal's or
+ * call's, expired), or one that is no state Bastion issued for this call (an approval pickup that
+ * fails its checks, or neither a continuation nor a pickup).
+ */
+const STATE_REFUSALS = new Set(['BASTION_STATE_MALFORMED', 'BASTION_STATE_TAMPERED', 'BASTION_STATE_OTHER_PRINCIPAL', 'BASTION_STATE_OTHER_CALL', 'BASTION_STATE_EXPIRED', 'BASTION_APPROVAL_STATE_INVALID']);
 
 export function isStateRefusal(denial: Denial): boolean {
   return STATE_REFUSALS.has(denial.code);

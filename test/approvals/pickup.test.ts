@@ -127,6 +127,9 @@ describe('2026-07-28 agents come back for their approval', () => {
     const thief = await t.mint({ sub: 'agent:pickup-thief', cap: [{ tool: 'rec__wipe' }] });
     const mark = await t.auditMark();
     const stolen = await modernCall(t.url, thief, { name: 'rec__wipe', requestState });
+    // A state that fails its checks is a JSON-RPC error (invalid params), as for a multi-round-trip state.
+    expect(stolen.message.result).toBeUndefined();
+    expect(stolen.message.error?.code).toBe(-32602);
     expect(denialOf(stolen)).toMatchObject({ stage: 'approve', code: 'BASTION_APPROVAL_STATE_INVALID', reason: expect.stringContaining('BASTION_STATE_OTHER_PRINCIPAL') });
     const audited = (await t.auditSince(mark, 'tools/call')).find((r) => r.principal?.sub === 'agent:pickup-thief');
     expect(audited).toMatchObject({ outcome: 'denied', denial: { code: 'BASTION_APPROVAL_STATE_INVALID' } });

@@ -68,5 +68,6 @@ export async function modernCall(
   return { status: response.status, message };
 }
 
-/** The Bastion denial a tool result carries, if any. */
-export const denialOf = (answer: ModernAnswer): { code: string; stage: string; reason: string } | undefined => answer.message.result?._meta?.['bastion/denial'];
+/** The Bastion denial a tool result carries, or a refused requestState's JSON-RPC error (-32602) carries in `data`, if any. */
+export const denialOf = (answer: ModernAnswer): { code: string; stage: string; reason: string } | undefined =>
+  answer.message.result?._meta?.['bastion/denial'] ?? (answer.message.error?.code === -32602 ? (answer.message.error.data as { code: string; stage: string; reason: string } | undefined) : undefined);

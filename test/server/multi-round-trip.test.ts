@@ -303,7 +303,7 @@ describe('refusals of a retry', () => {
   async function refused(token: string, name: string, args: Record<string, unknown>, extra: Record<string, unknown>, code: string, message: RegExp) {
     const mark = await t.auditMark();
     const answer = await rawCall(token, name, args, extra);
-    if (code.startsWith('BASTION_STATE_')) {
+    if (code.startsWith('BASTION_STATE_') || code === 'BASTION_APPROVAL_STATE_INVALID') {
       expect(answer.result).toBeUndefined();
       expect(answer.error).toMatchObject({ code: -32602, data: { stage: 'authorize', code } });
       expect(answer.error!.message).toMatch(message);
