@@ -6,23 +6,18 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BASTION_INSTRUCTIONS, instructionsHeading } from '../../broker/server/advertised.ts';
-import { Agent, byKey, EVERYTHING_BIN, eventually, expectEquivalent, openPair, startEverythingHttp, stdioUpstream, type Pair, type Side, type Upstream } from './harness.ts';
+import { Agent, byKey, eventually, everythingOver, expectEquivalent, openPair, type Pair, type Side } from './harness.ts';
 
 const CONNECTOR = 'everything';
 const ROOTS = [{ uri: 'file:///srv/project-a', name: 'project-a' }];
 
 describe.each(['stdio', 'http'] as const)('server-everything over %s: direct and through Bastion', (transport) => {
   let pair: Pair;
-  let httpServer: Awaited<ReturnType<typeof startEverythingHttp>> | undefined;
+  let server: Awaited<ReturnType<typeof everythingOver>> | undefined;
 
   beforeAll(async () => {
-    let upstream: Upstream;
-    if (transport === 'http') {
-      httpServer = await startEverythingHttp();
-      upstream = httpServer.upstream;
-    } else {
-      upstream = stdioUpstream(EVERYTHING_BIN);
-    }
+    server = await everythingOver(transport);
+    const { upstream } = server;
     // Roots are set before connecting: the server reads them at its initialization (directly) or first use (through Bastion).
     const agent = new Agent();
     agent.roots = ROOTS;
@@ -38,7 +33,7 @@ describe.each(['stdio', 'http'] as const)('server-everything over %s: direct and
 
   afterAll(async () => {
     await pair?.close();
-    await httpServer?.close();
+    await server?.close();
   });
 
   it('capabilities: what the server offers, tasks included (relayed: tasks.test.ts)', () => {

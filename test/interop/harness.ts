@@ -44,6 +44,12 @@ export function connectorConfig(name: string, upstream: Upstream, extra: Record<
     : { name, transport: 'http', url: upstream.url, timeout: '60s', ...extra };
 }
 
+/** server-everything over `transport`: a stdio command, or a started HTTP server (close() stops it; a no-op for stdio). */
+export async function everythingOver(transport: 'stdio' | 'http'): Promise<{ upstream: Upstream; close(): Promise<void> }> {
+  if (transport === 'http') return startEverythingHttp();
+  return { upstream: stdioUpstream(EVERYTHING_BIN), close: async () => undefined };
+}
+
 /** server-everything in its Streamable HTTP mode (`index.js streamableHttp`, port from PORT). */
 export async function startEverythingHttp(): Promise<{ upstream: Upstream; close(): Promise<void> }> {
   const port = await freePort();

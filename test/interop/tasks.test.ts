@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/client';
 import { z } from 'zod';
 import { CreateTaskResultSchema, RELATED_TASK, TaskPayloadSchema, TaskResultSchema, TaskSchema } from '../../broker/tasks/schemas.ts';
-import { EVERYTHING_BIN, eventually, expectEquivalent, openPair, startEverythingHttp, stdioUpstream, type Pair, type Side, type Upstream } from './harness.ts';
+import { eventually, everythingOver, expectEquivalent, openPair, type Pair, type Side } from './harness.ts';
 
 const CONNECTOR = 'everything';
 const RESEARCH = 'simulate-research-query';
@@ -33,24 +33,19 @@ const get = (side: Side, taskId: string) => side.client.request({ method: 'tasks
 
 describe.each(['stdio', 'http'] as const)('tasks with server-everything over %s: direct and through Bastion', (transport) => {
   let pair: Pair;
-  let httpServer: Awaited<ReturnType<typeof startEverythingHttp>> | undefined;
+  let server: Awaited<ReturnType<typeof everythingOver>> | undefined;
   /** The report a research task made directly, for the call without a task through Bastion. */
   let directReport: unknown;
 
   beforeAll(async () => {
-    let upstream: Upstream;
-    if (transport === 'http') {
-      httpServer = await startEverythingHttp();
-      upstream = httpServer.upstream;
-    } else {
-      upstream = stdioUpstream(EVERYTHING_BIN);
-    }
+    server = await everythingOver(transport);
+    const { upstream } = server;
     pair = await openPair(CONNECTOR, upstream);
   });
 
   afterAll(async () => {
     await pair?.close();
-    await httpServer?.close();
+    await server?.close();
   });
 
   it('capabilities: the same tasks capability (list, cancel, task-augmented tools/call)', () => {

@@ -19,7 +19,7 @@ import type { CallToolResult } from '@modelcontextprotocol/client';
 import { sharedSecret } from '../../broker/state/shared-secret.ts';
 import { ROOT, startTestBroker, type TestBroker } from '../helpers/broker.ts';
 import { RequestStateSealer } from '../../broker/server/request-state.ts';
-import { envelope, MODERN, modernCall } from '../helpers/modern.ts';
+import { envelope, MODERN, modernCall, modernRequest } from '../helpers/modern.ts';
 
 const MODERN_UPSTREAM = path.join(ROOT, 'test/fixtures/modern-upstream.ts');
 
@@ -203,22 +203,8 @@ async function rawRequest(token: string, method: string, params: Record<string, 
 
 /** The same, with every message the response stream carried (notifications before the response). */
 async function rawExchange(token: string, method: string, params: Record<string, unknown>, nameHeader: string, meta: Record<string, unknown> = {}) {
-  const id = Math.floor(Math.random() * 1e9);
-  const response = await fetch(t.url, {
-    method: 'POST',
-    headers: {
-      'content-type': 'application/json',
-      accept: 'application/json, text/event-stream',
-      authorization: `Bearer ${token}`,
-      'mcp-protocol-version': MODERN,
-      'mcp-method': method,
-      'mcp-name': nameHeader,
-    },
-    body: JSON.stringify({ jsonrpc: '2.0', id, method, params: { ...params, _meta: { ...envelope({ elicitation: { form: {} } }), ...meta } } }),
-  });
-  const body = await response.text();
-  const messages = body.includes('data: ') ? body.split('\n').filter((l) => l.startsWith('data: ')).map((l) => JSON.parse(l.slice(6))) : [JSON.parse(body)];
-  return { response: messages.find((m) => m.id === id) as { result?: any; error?: { code: number; message: string; data?: any } }, messages: messages as { method?: string; params?: any }[] };
+  const { message, messages } = await modernRequest(t.url, token, { method, params, name: nameHeader, capabilities: { elicitation: { form: {} } }, meta });
+  return { response: message, messages };
 }
 
 describe('log messages from a 2025-11-25 upstream to a 2026-07-28 request', () => {
