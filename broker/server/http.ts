@@ -308,6 +308,30 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
     else void modern.notify.resourcesChanged();
   });
 
+  /**
+   * A 2026-07-28 listen stream is what a session's GET stream was: it holds a connection (and
+   * the SDK's handler caps its open streams for everyone), so each principal holds at most
+   * `limits.sessions_per_principal` of them and none can use up the others' places. The place
+   * is released when the stream's response closes. False: refused (429, audited).
+   */
+  const listening = new Map<string, number>();
+  const holdListenPlace = async (req: AuthedRequest, res: Response, principal: Principal): Promise<boolean> => {
+    const owner = ownerOf(principal);
+    const held = listening.get(owner) ?? 0;
+    const limit = config.limits.sessions_per_principal;
+    if (held >= limit) {
+      await refuseRequest(req, res, 429, ProtocolErrorCode.InvalidRequest, 'BASTION_SESSIONS_EXCEEDED', `this principal already holds ${held} listen streams (limit ${limit}); close one first`);
+      return false;
+    }
+    listening.set(owner, held + 1);
+    res.once('close', () => {
+      const left = (listening.get(owner) ?? 1) - 1;
+      if (left > 0) listening.set(owner, left);
+      else listening.delete(owner);
+    });
+    return true;
+  };
+
   /** The session named by the request, if it exists and belongs to this principal. */
   const sessionFor = async (req: AuthedRequest, res: Response): Promise<HttpSession | undefined> => {
     const id = req.headers['mcp-session-id'];
@@ -428,6 +452,7 @@ export async function startHttp(broker: Broker): Promise<HttpFrontDoor> {
   mcp.post('/', async (req: AuthedRequest, res) => {
     if (req.era?.era === 'modern') {
       const principal = req.auth?.extra?.principal as Principal | undefined;
+      if (principal && (req.body as { method?: unknown } | undefined)?.method === 'subscriptions/listen' && !(await holdListenPlace(req, res, principal))) return;
       if (principal && resourceListeners.wants(req.body)) await resourceListeners.serve(req, res, principal);
       else await serveModern(req as Parameters<typeof serveModern>[0], res, req.body);
       return;
