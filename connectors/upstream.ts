@@ -27,25 +27,16 @@ import type { ConnectorConfig } from '../broker/config.ts';
 import type { Logger } from '../broker/log.ts';
 import { linearSchemaValidator, toolSchemaProblems } from '../sandboxes/schema-patterns.ts';
 import type { Denial } from '../broker/errors.ts';
-import { AgentSessions, closeUpstreamClient, RELAYABLE_CAPABILITIES, type AgentChannel, type AgentConnectionInfo, type CallOrigin, type CreatedTask, type UpstreamInputRequired } from './agent-sessions.ts';
+import { AgentSessions, closeUpstreamClient, RELAYABLE_CAPABILITIES, type AgentChannel, type AgentConnectionInfo, type CallOrigin, type CreatedTask, type ToolCallOptions, type UpstreamInputRequired } from './agent-sessions.ts';
 
 export type { AgentChannel, AgentOwner, CallOrigin, CreatedTask, UpstreamInputRequired } from './agent-sessions.ts';
-export { isInputRequired, TaskConnectionGone } from './agent-sessions.ts';
+export { isInputRequired, relayedCapabilities, TaskConnectionGone } from './agent-sessions.ts';
 
 export type ConnectorStatus = 'starting' | 'ready' | 'down' | 'stopped';
 
-export interface CallOptions {
+/** A tool call's options (agent-sessions.ts) and the agent it is made for. */
+export interface CallOptions extends ToolCallOptions {
   origin: CallOrigin;
-  signal?: AbortSignal;
-  onprogress?: (progress: { progress: number; total?: number; message?: string }) => void;
-  /**
-   * Multi-round-trip, 2026-07-28 upstream to a 2026-07-28 agent: an `input_required`
-   * answer is handed back (not fulfilled here), and a retry carries the agent's
-   * `inputResponses` and the upstream's own `requestState`. Ignored on a 2025 upstream.
-   */
-  inputRequired?: { manual: true; inputResponses?: Record<string, unknown>; requestState?: string; clientCapabilities?: ClientCapabilities };
-  /** The tool requires task augmentation and the agent asked for none: Bastion runs the task and waits (agent-sessions.ts). */
-  viaTask?: true;
 }
 
 export interface ConnectorEvents {

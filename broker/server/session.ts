@@ -15,14 +15,14 @@
  *   await server.connect(transport);
  */
 import { CLIENT_CAPABILITIES_META_KEY, LOG_LEVEL_META_KEY, PROTOCOL_VERSION_META_KEY, SERVER_INFO_META_KEY, Server, ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/server';
-import type { CacheHint, ClientCapabilities, GetPromptResult, JSONRPCRequest, LoggingLevel, Notification, ReadResourceResult, Request, RequestMethod, Result, ServerCapabilities, ServerContext, ServerNotification, Tool } from '@modelcontextprotocol/server';
+import type { CacheHint, ClientCapabilities, GetPromptResult, JSONRPCRequest, LoggingLevel, ReadResourceResult, Request, RequestMethod, Result, ServerCapabilities, ServerContext, ServerNotification, Tool } from '@modelcontextprotocol/server';
 import { z } from 'zod';
 import type { Principal } from '../auth/verify.ts';
 import { Denial } from '../errors.ts';
 import { denialResult, type CallContext } from '../pipeline.ts';
 import type { Broker } from '../broker.ts';
 import { linearSchemaValidator } from '../../sandboxes/schema-patterns.ts';
-import { isInputRequired, type AgentChannel, type CallOrigin, type Connector, type UpstreamInputRequired } from '../../connectors/upstream.ts';
+import { isInputRequired, relayedCapabilities, type AgentChannel, type CallOrigin, type Connector, type UpstreamInputRequired } from '../../connectors/upstream.ts';
 import { MODERN_REVISION } from './eras.ts';
 import { advertisedCapabilities, agentInstructions } from './advertised.ts';
 
@@ -132,19 +132,6 @@ function relays(extra: Extra, protocol: string | undefined, notification: { meth
   return at(threshold) >= 0 && at(level) >= at(threshold);
 }
 
-/**
- * What a 2026-07-28 request declared it can answer (sampling, elicitation, roots): an upstream
- * is told only these, so it asks the agent for no input it cannot give.
- */
-export function declaredInput(extra: Extra): ClientCapabilities {
-  const declared = ((extra.mcpReq.envelope as Record<string, unknown> | undefined)?.[CLIENT_CAPABILITIES_META_KEY] ?? {}) as ClientCapabilities;
-  return {
-    ...(declared.sampling ? { sampling: declared.sampling } : {}),
-    ...(declared.elicitation ? { elicitation: declared.elicitation } : {}),
-    ...(declared.roots ? { roots: declared.roots } : {}),
-  };
-}
-
 /** A request's params with what a multi-round-trip leg forwards: the agent's answers, the upstream's own state, the agent's declared capabilities. */
 function withForward<P extends { _meta?: Record<string, unknown> }>(params: P, forward: { inputResponses?: Record<string, unknown>; requestState?: string; clientCapabilities?: ClientCapabilities }): P {
   const { _meta, ...rest } = params;
@@ -196,6 +183,7 @@ function callContext(session: SessionBinding, server: Server, extra: Extra, prin
   // A 2026-07-28 retry's multi-round-trip fields (the SDK lifts them off the params); untrusted until the pipeline opens them.
   const requestState = protocol === MODERN_REVISION ? extra.mcpReq.requestState() : undefined;
   const inputResponses = protocol === MODERN_REVISION ? extra.mcpReq.inputResponses : undefined;
+  const origin = originOf(session, server, extra, principal, protocol);
   return {
     ...(typeof requestState === 'string' || inputResponses
       ? { continuation: { ...(inputResponses ? { inputResponses } : {}), ...(typeof requestState === 'string' ? { requestState } : {}) } }
@@ -203,8 +191,9 @@ function callContext(session: SessionBinding, server: Server, extra: Extra, prin
     session: session.id,
     transport: session.transport,
     ...(protocol !== undefined ? { protocol } : {}),
-    origin: originOf(session, server, extra, principal, protocol),
-    ...(protocol === MODERN_REVISION ? { clientCapabilities: declaredInput(extra) } : {}),
+    origin,
+    // What this 2026-07-28 request can answer (sampling, elicitation, roots, as Bastion relays them): an upstream is told only these.
+    ...(protocol === MODERN_REVISION ? { clientCapabilities: relayedCapabilities(origin.capabilities ?? {}) } : {}),
     signal: extra.mcpReq.signal,
     ...(progressToken !== undefined ? { progressToken } : {}),
   };
